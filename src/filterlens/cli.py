@@ -1,0 +1,176 @@
+"""The ``filterlens`` command.
+
+Every flag maps one-to-one onto a field of :class:`filterlens.config.Config`
+(``--probe-epochs`` -> ``Config.probe_epochs``); ``filterlens SUBCOMMAND --help``
+lists them with their defaults. User mistakes end with one line on stderr and
+exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import fields
+
+from .config import Config, stage_fields
+from .errors import FilterlensError
+
+TRAIN_STAGES = ("data", "model", "train", "run")
+ANALYZE_STAGES = ("probes", "sfp", "run")
+
+
+def _add_config_flags(p: argparse.ArgumentParser, stages) -> None:
+    groups = {}
+    for f in stage_fields(*stages):
+        g = groups.setdefault(f.metadata["stage"], p.add_argument_group(f"{f.metadata['stage']} settings"))
+        flag = "--" + f.name.replace("_", "-")
+        base = f.type.replace(" | None", "") if isinstance(f.type, str) else "str"
+        if base == "bool":
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f.metadata["help"] + f" (default: {f.default})")
+            continue
+        conv = {"int": int, "float": float}.get(base, str)
+        g.add_argument(flag, dest=f.name, type=conv, default=None, metavar=f.name.upper(),
+                       choices=f.metadata.get("choices"), help=f.metadata["help"] + f" (default: {f.default})")
+
+
+def _config_from_args(args, base: Config | None = None) -> Config:
+    d = (base or Config()).to_dict()
+    for f in fields(Config):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            d[f.name] = v
+    if getattr(args, "no_progress", False):
+        d["progress"] = False
+    return Config.from_dict(d)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage first otherwise)
+        sys.stderr.write(f"filterlens: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="filterlens", description="What each layer and each filter of a CNN does "
+                                              "(Meir et al., arXiv 2309.07537).")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"filterlens {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model on a dataset into a run directory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--run-dir", required=True, help="run directory (created)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted training from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a run directory that holds another config")
+    _add_config_flags(t, TRAIN_STAGES)
+
+    a = sub.add_parser("analyze", help="layer accuracies, filter clusters, noise and SNR of a trained run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a.add_argument("--run-dir", required=True, help="a run directory written by filterlens train")
+    _add_config_flags(a, ANALYZE_STAGES)
+
+    l = sub.add_parser("layers", help="list a model's analysable layers with their output shapes",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    l.add_argument("--model", default="vgg16", help="architecture name (see train --help)")
+    l.add_argument("--dataset", default="cifar100", help="dataset whose labels, channels and image size to use")
+    l.add_argument("--data-dir", default=None, help="data folder (only needed for imagefolder)")
+    l.add_argument("--width-mult", type=float, default=1.0, help="width multiplier of our VGG models")
+    l.add_argument("--vgg-cfg", default=None, help="explicit VGG widths for --model vgg")
+    l.add_argument("--image-size", type=int, default=None, help="input size (default: the dataset's)")
+    l.add_argument("--list-models", action="store_true", help="list the model names instead")
+
+    d = sub.add_parser("demo", help="train a small VGG on the embedded digits data and analyse it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--run-dir", default="runs/demo", help="run directory")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--overwrite", action="store_true", help="replace an earlier demo run with other settings")
+    return p
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    cfg = _config_from_args(args)
+    s = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite)
+    print(f"test accuracy {s['test_accuracy']:.4f} after {s['epochs']} epochs; run directory {args.run_dir}")
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from .data import DATASETS, dataset_spec
+    from .models import ModelSpec, available_models, build_model, list_layers
+
+    if args.list_models:
+        import torchvision
+
+        print("filterlens:", ", ".join(available_models()[:-2]))
+        print("torchvision:", ", ".join(torchvision.models.list_models(module=torchvision.models)))
+        return 0
+    ds = dataset_spec(args.dataset)
+    num_labels = ds.num_labels
+    if num_labels is None:
+        from .data import load_data
+
+        num_labels = load_data(args.dataset, args.data_dir).num_labels
+    size = args.image_size or ds.image_size
+    model = build_model(ModelSpec(args.model, num_labels, ds.in_channels, size, args.width_mult, args.vgg_cfg))
+    layers = list_layers(model, (ds.in_channels, size, size))
+    print(f"{args.model} on {args.dataset} ({ds.in_channels}x{size}x{size}, {num_labels} labels): "
+          f"{len(layers)} layers")
+    print(f"{'index':>5}  {'layer':<28} {'filters':>7}  {'output (C x H x W)':<20} {'features':>9}")
+    for l in layers:
+        c, h, w = l.shape
+        print(f"{l.index:>5}  {l.name:<28} {l.filters:>7}  {f'{c} x {h} x {w}':<20} {l.features:>9}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .analyze import analyze_run, print_table
+
+    result = analyze_run(args.run_dir, overrides=_overrides(args))
+    print_table(result)
+    return 0
+
+
+def _overrides(args) -> dict:
+    out = {}
+    for f in stage_fields(*ANALYZE_STAGES):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            out[f.name] = v
+    if getattr(args, "no_progress", False):
+        out["progress"] = False
+    return out
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.run_dir, progress=not args.no_progress, overwrite=args.overwrite)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
+
+
+def main(argv=None) -> int:
+    import logging
+
+    logging.basicConfig(level=os.environ.get("FILTERLENS_LOGLEVEL", "WARNING"), format="%(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FilterlensError as exc:
+        sys.stderr.write(f"filterlens: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("filterlens: interrupted; run the same command again (with --resume for train) to continue\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

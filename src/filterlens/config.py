@@ -1,0 +1,171 @@
+"""Every setting of a run, in one place.
+
+Each field of :class:`Config` is a command-line flag (``--field-name``) and a
+key of a run's ``config.json``; its metadata says which stage it belongs to
+(``data``, ``model``, ``train``, ``probes``, ``sfp``, ``run``) and its help text.
+A stage's results are keyed by :meth:`Config.stage_hash`, which hashes the
+settings of that stage and of every stage before it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from .errors import FilterlensError, closest
+
+STAGES = ("data", "model", "train", "probes", "sfp", "run")
+
+
+def _f(default, stage: str, help: str, choices=None, flag=True):
+    return field(default=default, metadata={"stage": stage, "help": help, "choices": choices, "flag": flag})
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = _f("digits", "data", "dataset name: digits, mnist, fashion-mnist, cifar10, cifar100, imagenet, "
+                                        "imagefolder")
+    data_dir: str | None = _f(None, "data", "folder with the dataset files (default: Debian's Fashion-MNIST path, "
+                                            "data/<dataset>)")
+    labels: str = _f("all", "data", "label subset: all, first:K, random:K:SEED, or a list of names/indices")
+    download: bool = _f(False, "data", "download CIFAR through torchvision when the files are absent (needs internet)")
+    image_size: int | None = _f(None, "data", "input size for folder datasets (default 224)")
+    train_samples: int = _f(0, "data", "use a seeded random subset of this many training samples (0: all)")
+    test_samples: int = _f(0, "data", "use a seeded random subset of this many test samples (0: all)")
+    # model
+    model: str = _f("vgg_small", "model", "architecture: vgg16, vgg16_slim, vgg_small, vgg_tiny, vgg11, vgg "
+                                          "(with --vgg-cfg), vgg16_imagenet, efficientnet_b0, any torchvision model, "
+                                          "timm:<name>")
+    width_mult: float = _f(1.0, "model", "width multiplier of our VGG models")
+    vgg_cfg: str | None = _f(None, "model", "explicit VGG widths for --model vgg, e.g. 16,16,M,32,M")
+    weights: str | None = _f(None, "model", "torchvision pretrained weights name (DEFAULT, IMAGENET1K_V1, ...)")
+    checkpoint: str | None = _f(None, "model", "start from this checkpoint (filterlens or plain state_dict)")
+    # train
+    epochs: int = _f(15, "train", "training epochs (0: use the weights as they are)")
+    batch_size: int = _f(64, "train", "training mini-batch size")
+    lr: float = _f(0.05, "train", "SGD learning rate")
+    momentum: float = _f(0.9, "train", "SGD (Nesterov) momentum")
+    weight_decay: float = _f(5e-4, "train", "SGD weight decay")
+    schedule: str = _f("cosine", "train", "learning-rate schedule", choices=("cosine", "step", "constant"))
+    step_epochs: int = _f(30, "train", "step schedule: epochs between decays")
+    gamma: float = _f(0.1, "train", "step schedule: decay factor")
+    augment: bool = _f(True, "train", "training augmentation (padded random crop, flip where the dataset allows)")
+    amp: bool = _f(True, "train", "mixed precision (bfloat16) on CUDA; ignored on CPU")
+    # probes (METHOD.md stage 2)
+    layers: str = _f("all", "probes", "layers to analyse: all, indices (negative ok), last:N, or dotted names")
+    probe_mode: str = _f("fast", "probes", "fast: cache features once, train probes from the cache; paper: the "
+                                           "authors' recipe, one forward pass per epoch for all layers",
+                         choices=("fast", "paper"))
+    probe_epochs: int = _f(30, "probes", "epochs of every layer's FC probe")
+    probe_lr: float | None = _f(None, "probes", "probe learning rate (default: 1e-3 Adam in fast mode, 0.01 SGD in paper mode)")
+    probe_batch_size: int = _f(100, "probes", "probe mini-batch size (paper: 100)")
+    probe_weight_decay: float | None = _f(None, "probes", "probe weight decay (default: 0 fast, 1e-3 paper)")
+    probe_pool: str = _f("none", "probes", "adaptive max-pool of each layer's map before its FC: none, HxW (e.g. 4x4), "
+                                           "or max:N (pool to at most N features)")
+    probe_augment: bool = _f(False, "probes", "training augmentation during probe training (the authors: on; "
+                                              "forces streaming)")
+    cache_budget: str = _f("2G", "probes", "bytes of cached float16 features (e.g. 500M, 4G); above it, stream")
+    # sfp (METHOD.md stage 3)
+    threshold: float = _f(0.3, "sfp", "binarisation threshold of the normalised filter matrices, in (0, 1)")
+    normalise: str = _f("max", "sfp", "filter-matrix normalisation", choices=("max", "column-centred"))
+    # run-wide (not part of any result's identity)
+    seed: int = _f(0, "train", "one seed for Python, NumPy, torch and the loaders")
+    device: str = _f("auto", "run", "auto, cpu, cuda or cuda:N")
+    num_workers: int = _f(0, "run", "DataLoader workers for folder datasets")
+    progress: bool = _f(True, "run", "progress bars (off when not a terminal)")
+
+    # ------------------------------------------------------------------ helpers
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "Config":
+        names = [f.name for f in fields(cls)]
+        for k in d:
+            if k not in names:
+                raise FilterlensError(f"unknown key '{k}' in {source}{closest(k, names)}")
+        cfg = cls(**{k: v for k, v in d.items()})
+        cfg.validate()
+        return cfg
+
+    def replace(self, **kw) -> "Config":
+        d = self.to_dict()
+        d.update(kw)
+        return Config.from_dict(d)
+
+    def validate(self) -> "Config":
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = f.type if isinstance(f.type, str) else str(f.type)
+            base = want.replace(" | None", "")
+            if v is None:
+                if "None" not in want:
+                    raise FilterlensError(f"setting '{f.name}' may not be empty; expected {base}")
+                continue
+            ok = {"int": isinstance(v, int) and not isinstance(v, bool),
+                  "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+                  "bool": isinstance(v, bool), "str": isinstance(v, str)}.get(base, True)
+            if not ok:
+                raise FilterlensError(f"setting '{f.name}' = {v!r} has the wrong type; expected {base}")
+            choices = f.metadata.get("choices")
+            if choices and v not in choices:
+                raise FilterlensError(f"setting '{f.name}' = {v!r} is invalid{closest(v, choices)}; valid: "
+                                      f"{', '.join(choices)}")
+        if not 0.0 < float(self.threshold) < 1.0:
+            raise FilterlensError(f"threshold {self.threshold} is outside (0, 1)")
+        for name in ("epochs", "probe_epochs"):
+            if getattr(self, name) < 0:
+                raise FilterlensError(f"{name} = {getattr(self, name)} must be >= 0")
+        for name in ("train_samples", "test_samples"):
+            if getattr(self, name) < 0:
+                raise FilterlensError(f"{name} = {getattr(self, name)} must be >= 0 (0: all samples)")
+        for name in ("batch_size", "probe_batch_size"):
+            if getattr(self, name) < 1:
+                raise FilterlensError(f"{name} = {getattr(self, name)} must be >= 1")
+        parse_bytes(self.cache_budget)
+        parse_pool(self.probe_pool)
+        return self
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of the settings that a stage's results depend on (its own and every earlier stage's)."""
+        upto = STAGES[: STAGES.index(stage) + 1]
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["stage"] in upto}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_fields(*stages: str) -> list:
+    return [f for f in fields(Config) if f.metadata["stage"] in stages]
+
+
+def default_of(f):
+    return f.default if f.default is not MISSING else None
+
+
+def parse_bytes(text) -> int:
+    """``"500M"`` -> 500 * 2**20; plain integers are bytes."""
+    s = str(text).strip().upper().removesuffix("B")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        if s and s[-1] in mult:
+            n = float(s[:-1]) * mult[s[-1]]
+        else:
+            n = float(s)
+    except ValueError:
+        raise FilterlensError(f"cache budget '{text}' is not a size; use bytes or e.g. 500M, 4G") from None
+    if n < 0:
+        raise FilterlensError(f"cache budget '{text}' is negative")
+    return int(n)
+
+
+def parse_pool(text):
+    """``none`` -> None; ``"4x4"`` -> ("size", (4, 4)); ``"max:8192"`` -> ("max", 8192)."""
+    s = str(text).strip().lower()
+    if s in ("none", ""):
+        return None
+    if s.startswith("max:") and s[4:].isdigit() and int(s[4:]) > 0:
+        return ("max", int(s[4:]))
+    parts = s.split("x")
+    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return ("size", (int(parts[0]), int(parts[1])))
+    raise FilterlensError(f"probe_pool '{text}' is invalid; use none, HxW (e.g. 4x4) or max:N (e.g. max:8192)")

@@ -1,0 +1,86 @@
+"""The run directory: its config, its files, and progress display.
+
+A run directory holds ``config.json`` (the resolved settings) and every file a
+stage writes. A directory that already holds a run with different settings is
+refused unless ``overwrite`` is given, so nothing is silently mixed or lost.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from .config import Config
+from .errors import FilterlensError
+from .files import read_json, write_json
+
+# files a run may write; --overwrite removes only these
+RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "train_log.csv", "train.json", "results.json",
+             "layers.csv", "filters.csv", "probes.pt", "label_means.pt", "accuracy.png", "cache")
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def read_json(self, name: str):
+        try:
+            return read_json(self.path / name)
+        except ValueError:
+            raise FilterlensError(f"'{self.path / name}' is not valid JSON (damaged?); remove it or use --overwrite") from None
+
+    def remove(self, name: str) -> None:
+        p = self.path / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+    def claim(self, cfg: Config, overwrite: bool = False, stage: str = "train") -> None:
+        """Make ``path`` this run's directory; refuse one holding a run with other ``stage`` settings."""
+        if self.path.exists() and not self.path.is_dir():
+            raise FilterlensError(f"run directory '{self.path}' exists and is not a directory")
+        if self.exists("config.json"):
+            try:
+                old = Config.from_dict(self.read_json("config.json"))
+            except FilterlensError:
+                old = None
+            if old is None or old.stage_hash(stage) != cfg.stage_hash(stage):
+                if not overwrite:
+                    diff = _differences(old, cfg, stage) if old else ["unreadable config.json"]
+                    raise FilterlensError(
+                        f"run directory '{self.path}' holds a run with another config ({'; '.join(diff[:3])}); "
+                        "use --overwrite to replace it or choose another --run-dir")
+                for name in RUN_FILES:
+                    self.remove(name)
+        elif overwrite:
+            for name in RUN_FILES:
+                self.remove(name)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.file("config.json"), cfg.to_dict())
+
+
+def _differences(old: Config, new: Config, stage: str) -> list[str]:
+    from .config import STAGES, fields
+
+    upto = STAGES[: STAGES.index(stage) + 1]
+    out = []
+    for f in fields(Config):
+        if f.metadata["stage"] in upto and getattr(old, f.name) != getattr(new, f.name):
+            out.append(f"{f.name}: {getattr(old, f.name)!r} there, {getattr(new, f.name)!r} now")
+    return out or ["settings differ"]
+
+
+def progress_bar(iterable, show: bool = True, **kw):
+    """A tqdm bar when ``show`` and stderr is a terminal; the plain iterable otherwise."""
+    if not show or not sys.stderr.isatty():
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, leave=False, dynamic_ncols=True, **kw)

@@ -1,0 +1,187 @@
+"""Stage 1: train the backbone (METHOD.md).
+
+SGD with Nesterov momentum and weight decay, cosine/step/constant decay, the
+dataset's training augmentation, a checkpoint written atomically after every
+epoch, ``resume`` from it (same weights as an uninterrupted run: the loader's
+order and augmentation are drawn from a generator seeded by (seed, epoch)),
+bfloat16 autocast and channels-last on CUDA.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Config
+from .data import Data, load_data, make_loader
+from .errors import FilterlensError
+from .files import write_csv, write_json
+from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from .run import RunDir, progress_bar
+from .utils import log, resolve_device, seed_everything
+
+
+def load_data_for(cfg: Config) -> Data:
+    return load_data(cfg.dataset, cfg.data_dir, cfg.labels, cfg.download, cfg.image_size,
+                     train_samples=cfg.train_samples, test_samples=cfg.test_samples)
+
+
+def model_spec_for(cfg: Config, data: Data) -> ModelSpec:
+    return ModelSpec(cfg.model, data.num_labels, data.in_channels, data.image_size, cfg.width_mult, cfg.vgg_cfg)
+
+
+def make_model(cfg: Config, data: Data) -> tuple[nn.Module, ModelSpec]:
+    """Build the architecture for this data; start from --weights or --checkpoint if given."""
+    spec = model_spec_for(cfg, data)
+    model = build_model(spec, cfg.weights)
+    if cfg.checkpoint:
+        load_checkpoint(cfg.checkpoint, model, spec)
+    return model, spec
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device, amp: bool = False) -> dict:
+    """Test accuracy and mean cross-entropy, in eval mode (the caller's mode is restored)."""
+    was = model.training
+    model.eval()
+    correct, total, loss = 0, 0, 0.0
+    try:
+        for x, y in loader:
+            with _autocast(device, amp):
+                out = model(x)
+            loss += F.cross_entropy(out.float(), y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            total += len(y)
+    finally:
+        model.train(was)
+    return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _scheduler(cfg: Config, opt, steps_per_epoch: int):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs, gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+
+
+def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
+          echo=print) -> dict:
+    """Train ``cfg.model`` on ``cfg.dataset`` into ``run_dir``; return the training summary.
+
+    Files: ``config.json``, ``checkpoint.pt`` (after every epoch), ``model.pt`` (final),
+    ``train_log.csv`` and ``train.json``. A finished run with the same settings is not
+    trained again; an unfinished one continues with ``resume=True``.
+    """
+    cfg.validate()
+    rd = RunDir(run_dir)
+    rd.claim(cfg, overwrite=overwrite, stage="train")
+    if rd.exists("model.pt") and rd.exists("train.json") and not overwrite:
+        summary = rd.read_json("train.json")
+        if summary.get("train_hash") == cfg.stage_hash("train"):
+            echo(f"model already trained in {rd.path} (test accuracy {summary['test_accuracy']:.4f}); nothing to do")
+            return summary
+    if rd.exists("checkpoint.pt") and not resume and not overwrite:
+        state = read_checkpoint(rd.file("checkpoint.pt"))
+        raise FilterlensError(f"run directory '{rd.path}' holds an unfinished training (epoch {state.get('epoch')} "
+                              f"of {cfg.epochs}); add --resume to continue it or --overwrite to start again")
+
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = load_data_for(cfg)
+    model, spec = make_model(cfg, data)
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.momentum > 0)
+    train_loader = make_loader(data, "train", cfg.batch_size, train=True, seed=cfg.seed, device=device,
+                               augment=cfg.augment, num_workers=cfg.num_workers)
+    test_loader = make_loader(data, "test", 512, seed=cfg.seed, device=device, num_workers=cfg.num_workers)
+    sched = _scheduler(cfg, opt, len(train_loader))
+    history, start = [], 0
+    if resume and rd.exists("checkpoint.pt"):
+        state = load_checkpoint(rd.file("checkpoint.pt"), model, spec)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, start = list(state["history"]), int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+        echo(f"resuming from epoch {start} of {cfg.epochs}")
+
+    show = progress if progress is not None else cfg.progress
+    t0 = time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        train_loader.set_epoch(epoch)
+        total, loss_sum, correct = 0, 0.0, 0
+        te = time.perf_counter()
+        bar = progress_bar(train_loader, show, desc=f"train epoch {epoch + 1}/{cfg.epochs}")
+        for x, y in bar:
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, cfg.amp):
+                out = model(x)
+                loss = F.cross_entropy(out.float(), y)
+            if not torch.isfinite(loss):
+                raise FilterlensError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr "
+                                      f"(now {cfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            total += len(y)
+        sched.step()
+        ev = evaluate(model, test_loader, device, cfg.amp)
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / total,
+               "train_accuracy": correct / total, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
+               "seconds": time.perf_counter() - te}
+        history.append(row)
+        echo(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc "
+             f"{row['train_accuracy']:.4f}  test acc {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)")
+        save_checkpoint(rd.file("checkpoint.pt"), _unwrap(model), spec, data.label_names,
+                        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                         "history": history, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict()})
+        write_csv(rd.file("train_log.csv"), history)
+
+    final = evaluate(model, test_loader, device, cfg.amp) if not history or start == cfg.epochs else \
+        {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
+    save_checkpoint(rd.file("model.pt"), _unwrap(model), spec, data.label_names,
+                    {"epoch": cfg.epochs, "history": history, "config": cfg.to_dict()})
+    summary = {"train_hash": cfg.stage_hash("train"), "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+               "epochs": cfg.epochs, "seconds": time.perf_counter() - t0, "model": asdict(spec),
+               "data": data.describe(), "history": history}
+    write_json(rd.file("train.json"), summary)
+    rd.remove("checkpoint.pt")
+    return summary
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def load_trained(run_dir, device="cpu") -> tuple[nn.Module, Config, Data, ModelSpec]:
+    """The trained model of a run directory, with its config and data."""
+    rd = RunDir(run_dir)
+    if not rd.exists("config.json") or not rd.exists("model.pt"):
+        raise FilterlensError(f"'{rd.path}' is not a trained run directory (no config.json/model.pt); run "
+                              "filterlens train --run-dir first")
+    cfg = Config.from_dict(rd.read_json("config.json"), source=str(rd.file("config.json")))
+    data = load_data_for(cfg)
+    spec = model_spec_for(cfg, data)
+    model = build_model(spec)
+    load_checkpoint(rd.file("model.pt"), model, spec)
+    model.to(device).eval()
+    return model, cfg, data, spec

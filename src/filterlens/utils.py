@@ -1,0 +1,57 @@
+"""Seeding, devices and the environment record every result carries."""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import sys
+
+import numpy as np
+import torch
+
+log = logging.getLogger("filterlens")
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch (DataLoader generators derive from it)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:  # pragma: no cover - message from torch
+        from .errors import FilterlensError
+
+        raise FilterlensError(f"device '{device}' is not valid; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from .errors import FilterlensError
+
+        raise FilterlensError(f"device '{device}' asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def environment() -> dict:
+    """Versions and machine, recorded in every result file."""
+    import sklearn
+    import torchvision
+
+    from . import __version__
+
+    env = {
+        "filterlens": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return env
