@@ -1,0 +1,181 @@
+"""Stages 2 and 3 on a trained model: layer accuracies, then every filter's clusters, noise and SNR.
+
+``analyze(model, data, cfg)`` is the library entry point; ``analyze_run(run_dir)``
+does the same for a run directory written by ``filterlens train`` and writes
+``layers.csv``, ``filters.csv``, ``results.json``, ``probes.pt`` (every layer's FC
+weight, (L, C, H, W)), ``label_means.pt`` (per-label mean maps of the test set)
+and the plots.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import sfp
+from .config import Config
+from .data import Data, check_labels_present
+from .files import read_json, torch_save, write_csv, write_json
+from .models import list_layers, select_layers
+from .probes import ProbeResult, train_probes
+from .run import RunDir
+from .utils import environment, resolve_device, seed_everything
+
+RESULTS_VERSION = 1
+LAYER_COLUMNS = ["layer", "index", "filters", "features", "accuracy", "train_accuracy",
+                 "clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
+                 "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr",
+                 "vote_fraction"]
+FILTER_COLUMNS = ["layer", "filter", "num_clusters", "clusters", "signal", "noise", "preferred_label",
+                  "vote_fraction"]
+
+
+class Analysis:
+    """The result of :func:`analyze`: one row per layer, one per filter, and the raw arrays."""
+
+    def __init__(self, layers: list[dict], filters: list[dict], probes: ProbeResult | None, sfp_layers: dict,
+                 meta: dict):
+        self.layers = layers
+        self.filters = filters
+        self.probes = probes
+        self.sfp = sfp_layers  # layer name -> fitted sfp.LayerSFP
+        self.meta = meta
+
+    def to_frame(self, table: str = "layers"):
+        import pandas as pd
+
+        return pd.DataFrame(self.layers if table == "layers" else self.filters)
+
+    def save(self, directory) -> None:
+        d = Path(directory)
+        write_csv(d / "layers.csv", self.layers, LAYER_COLUMNS)
+        write_csv(d / "filters.csv", self.filters, FILTER_COLUMNS)
+        if self.probes is not None:
+            torch_save(d / "probes.pt", {r.name: r.weight for r in self.probes.layers})
+            torch_save(d / "label_means.pt", {"means": {r.name: r.label_means for r in self.probes.layers},
+                                              "counts": self.probes.label_counts,
+                                              "votes": {r.name: r.votes for r in self.probes.layers}})
+        results = {}
+        if (d / "results.json").exists():
+            try:
+                results = read_json(d / "results.json")
+            except ValueError:
+                results = {}
+        results.update({"version": RESULTS_VERSION, **self.meta, "layers": self.layers})
+        write_json(d / "results.json", results)
+        self.plot(d)
+
+    def plot(self, directory) -> list[Path]:
+        from .report import plot_layers
+
+        return plot_layers(self.layers, Path(directory), title=self.meta.get("title", ""))
+
+    @classmethod
+    def load(cls, directory) -> "Analysis":
+        import csv
+
+        d = Path(directory)
+        meta = read_json(d / "results.json")
+        with open(d / "filters.csv", newline="") as fh:
+            filters = list(csv.DictReader(fh))
+        return cls(meta.pop("layers"), filters, None, {}, meta)
+
+
+def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, device=None, cache_dir=None,
+            progress: bool | None = None, echo=print, **settings) -> Analysis:
+    """Layer accuracies (stage 2) and single-filter performance (stage 3) of ``model`` on ``data``.
+
+    ``settings`` override fields of ``cfg`` (e.g. ``layers="last:3"``, ``threshold=0.4``).
+    The model is not modified; its train/eval mode is restored.
+    """
+    cfg = (cfg or Config()).replace(**settings) if settings else (cfg or Config())
+    cfg.validate()
+    check_labels_present(data)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device if device is None else device)
+    model.to(device)
+    show = cfg.progress if progress is None else progress
+    t0 = time.perf_counter()
+    layers = select_layers(list_layers(model, (data.in_channels, data.image_size, data.image_size)), cfg.layers)
+    pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo)
+    t_probes = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows, filter_rows, fitted = [], [], {}
+    n_test = float(pr.label_counts.sum())
+    for r in pr.layers:
+        est = sfp.analyze_layer(r.weight.double(), r.label_means, threshold=cfg.threshold, normalise=cfg.normalise)
+        fitted[r.name] = est
+        votes = r.votes.numpy()
+        pref = np.asarray(est.preferred_label_)
+        frac = votes[np.arange(len(pref)), pref] / max(n_test, 1.0)
+        row = {"layer": r.name, "index": r.index, "filters": r.filters, "features": r.features,
+               "accuracy": r.accuracy, "train_accuracy": r.train_accuracy}
+        summary = est.summary()
+        row.update({k: summary[k] for k in LAYER_COLUMNS if k in summary})
+        row["vote_fraction"] = float(frac.mean())
+        rows.append(row)
+        for fr, vf in zip(est.filter_table(r.name, data.label_names), frac):
+            fr["vote_fraction"] = float(vf)
+            filter_rows.append(fr)
+    t_sfp = time.perf_counter() - t0
+    meta = {
+        "config": cfg.to_dict(),
+        "environment": environment(),
+        "data": data.describe(),
+        "label_names": data.label_names,
+        "label_map": data.label_map,
+        "probes": {"mode": pr.mode, "engine": pr.engine, "recipe": asdict(pr.recipe), "note": pr.note,
+                   "forward_passes": pr.forward_passes, "timings": pr.timings,
+                   "pool": cfg.probe_pool, "augment": pr.recipe.augment},
+        "sfp": {"threshold": cfg.threshold, "normalise": cfg.normalise},
+        "timings": {"probes_s": t_probes, "sfp_s": t_sfp},
+        "title": f"{cfg.model} on {data.name} ({data.num_labels} labels)",
+    }
+    return Analysis(rows, filter_rows, pr, fitted, meta)
+
+
+def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
+    """Analyse the trained model of ``run_dir`` and write the results there."""
+    from .train import load_trained
+
+    rd = RunDir(run_dir)
+    model, cfg, data, _ = load_trained(run_dir)
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    rd.claim(cfg, stage="train")
+    result = analyze(model, data, cfg, echo=echo)
+    result.meta["train"] = {k: v for k, v in rd.read_json("train.json").items() if k != "history"} \
+        if rd.exists("train.json") else None
+    result.save(rd.path)
+    return result
+
+
+def print_table(result: Analysis, echo=print) -> None:
+    """The layer table, as the CLI prints it."""
+    pr = result.meta["probes"]
+    echo(f"{result.meta['title']}; probes: {pr['mode']} mode, {pr['engine']} engine, "
+         f"{pr['forward_passes']} forward pass(es); threshold {result.meta['sfp']['threshold']}")
+    echo(f"{'layer':<14}{'filters':>8}{'features':>9}{'acc':>8}{'clus/f':>8}{'size':>6}{'noise/f':>9}"
+         f"{'no-clus':>8}{'SNR':>8}")
+    for r in result.layers:
+        echo(f"{r['layer']:<14}{r['filters']:>8}{r['features']:>9}{r['accuracy']:>8.4f}"
+             f"{_fmt(r.get('clusters_per_filter')):>8}{_fmt(r.get('cluster_size')):>6}"
+             f"{_fmt(r.get('noise_per_filter')):>9}{_fmt(r.get('filters_without_cluster')):>8}"
+             f"{_fmt(r.get('snr')):>8}")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if np.isnan(v):
+        return "nan"
+    if np.isinf(v):
+        return "inf"
+    return f"{v:.2f}"

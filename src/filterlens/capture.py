@@ -1,0 +1,237 @@
+"""The one-pass activation engine (DESIGN.md "The capture engine").
+
+:class:`Capture` is a context manager that puts forward hooks on the selected
+layers of a frozen model. Inside it, :meth:`Capture.forward` runs one batch
+through the model, stops right after the deepest selected layer (nothing
+after it is computed), and returns every selected layer's output, detached,
+copied (VGG's ReLU is in-place) and, when asked, adaptively max-pooled
+(``probe_pool``). On exit the hooks it added, and only those, are removed and
+the caller's train/eval mode is restored, also when something raised.
+
+Sinks consume those outputs batch by batch, so memory grows with the batch,
+not with the dataset:
+
+* :class:`LabelMeanSink`: per-label float64 sums and counts of every layer's
+  (pooled) map; stage 3 needs only these.
+* :class:`FeatureCache`: float16 features of every sample, in memory or
+  memory-mapped on disk.
+* streaming: the caller hands each batch straight to the probes
+  (:mod:`filterlens.probes`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import FilterlensError
+from .models import Layer
+
+
+class _StopForward(Exception):
+    """Raised by the deepest layer's hook: nothing after it is computed."""
+
+
+def pooled_shape(shape: Sequence[int], pool) -> tuple[int, int, int]:
+    """The (C, H, W) a layer's FC sees under ``probe_pool`` (see :func:`filterlens.config.parse_pool`)."""
+    c, h, w = (int(s) for s in shape)
+    if pool is None:
+        return c, h, w
+    kind, arg = pool
+    if kind == "size":
+        return c, min(h, arg[0]), min(w, arg[1])
+    # ("max", N): the largest map, shrinking H and W together, with C*H*W <= N
+    if c * h * w <= arg:
+        return c, h, w
+    s = max(1, int(math.floor(math.sqrt(arg / c))))
+    return c, min(h, s), min(w, s)
+
+
+@dataclass
+class CaptureLayer:
+    """A selected layer as the probes see it: its model layer and the (pooled) FC input shape."""
+
+    layer: Layer
+    shape: tuple[int, int, int]
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def features(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class Capture:
+    """Hooks on ``layers`` of ``model``; use as ``with Capture(model, layers) as cap: cap.forward(x)``.
+
+    Parameters
+    ----------
+    model : the frozen network (never modified; put in eval mode while inside).
+    layers : :class:`~filterlens.models.Layer` objects from ``list_layers``.
+    pool : parsed ``probe_pool`` (None, ("size", (H, W)) or ("max", N)).
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[Layer], pool=None):
+        if not layers:
+            raise FilterlensError("no layer selected for capture; select at least one layer")
+        names = dict(model.named_modules())
+        for l in layers:
+            if l.name not in names:
+                raise FilterlensError(f"layer '{l.name}' is not a module of this model")
+        self.model = model
+        self.layers = [CaptureLayer(l, pooled_shape(l.shape, pool)) for l in layers]
+        self.pool = pool
+        self._handles: list = []
+        self._out: dict[str, torch.Tensor] = {}
+        self._deepest = max(layers, key=lambda l: l.index).name
+        self._was_training = None
+
+    # -- context manager ---------------------------------------------------
+    def __enter__(self) -> "Capture":
+        self._was_training = self.model.training
+        self.model.eval()
+        try:
+            for cl in self.layers:
+                module = self.model.get_submodule(cl.name)
+                self._handles.append(module.register_forward_hook(self._hook(cl)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._out.clear()
+        if self._was_training is not None:
+            self.model.train(self._was_training)
+            self._was_training = None
+
+    def _hook(self, cl: CaptureLayer):
+        name, target = cl.name, cl.shape[1:]
+
+        def hook(module, inputs, output):
+            x = output.detach()
+            if x.ndim != 4:
+                raise FilterlensError(f"layer '{name}' gives a {x.ndim}-D output; only 4-D maps can be analysed")
+            if tuple(x.shape[2:]) != target:
+                x = F.adaptive_max_pool2d(x, target)
+            else:
+                x = x.clone()  # in-place ops later in the network must not change what we keep
+            self._out[name] = x.float()
+            if name == self._deepest:
+                raise _StopForward
+
+        return hook
+
+    # -- work ----------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every selected layer's (pooled) output for the batch ``x``, as float32 (N, C, H, W)."""
+        if not self._handles:
+            raise RuntimeError("Capture.forward called outside its 'with' block")
+        self._out = {}
+        # no_grad rather than inference_mode: the captured tensors feed the probes' autograd
+        # in streaming mode, which inference tensors cannot do; either way nothing is attached
+        # to a graph of the frozen network.
+        with torch.no_grad():
+            try:
+                self.model(x)
+            except _StopForward:
+                pass
+        out, self._out = self._out, {}
+        return out
+
+
+def num_hooks(model: nn.Module) -> int:
+    """Total forward hooks registered on ``model``'s modules (tests check none is left behind)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+class LabelMeanSink:
+    """Per-label float64 sums and counts of every layer's map: stage 3's only input from the data."""
+
+    def __init__(self, layers: Sequence[CaptureLayer], num_labels: int, device="cpu"):
+        self.num_labels = num_labels
+        self.sums = {cl.name: torch.zeros((num_labels, *cl.shape), dtype=torch.float64, device=device)
+                     for cl in layers}
+        self.counts = torch.zeros(num_labels, dtype=torch.float64, device=device)
+
+    def update(self, feats: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        for name, f in feats.items():
+            self.sums[name].index_add_(0, y, f.double())
+        self.counts += torch.bincount(y, minlength=self.num_labels).double().to(self.counts.device)
+
+    def means(self) -> dict[str, torch.Tensor]:
+        c = self.counts.clamp_min(1).view(-1, 1, 1, 1)
+        return {name: s / c for name, s in self.sums.items()}
+
+    def all_reduce(self) -> None:
+        """Sum over processes (torch.distributed), so every rank holds the global sums."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for s in self.sums.values():
+                dist.all_reduce(s)
+            dist.all_reduce(self.counts)
+
+
+class FeatureCache:
+    """float16 features (N, F) of every sample for each layer, in memory or memory-mapped on disk."""
+
+    def __init__(self, layers: Sequence[CaptureLayer], num_samples: int, directory: Path | None = None,
+                 prefix: str = "train"):
+        self.num_samples = num_samples
+        self.directory = directory
+        self.features: dict[str, torch.Tensor] = {}
+        self.labels = torch.empty(num_samples, dtype=torch.long)
+        self._filled = 0
+        for cl in layers:
+            if directory is None:
+                self.features[cl.name] = torch.empty((num_samples, cl.features), dtype=torch.float16)
+            else:
+                directory.mkdir(parents=True, exist_ok=True)
+                path = directory / f"{prefix}-{cl.name}.f16"
+                arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_samples, cl.features))
+                self.features[cl.name] = torch.from_numpy(arr)
+
+    @staticmethod
+    def nbytes(layers: Sequence[CaptureLayer], num_samples: int) -> int:
+        return 2 * num_samples * sum(cl.features for cl in layers)
+
+    def update(self, feats: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        n = len(y)
+        a, b = self._filled, self._filled + n
+        if b > self.num_samples:
+            raise RuntimeError("more samples than the cache was sized for")
+        for name, f in feats.items():
+            self.features[name][a:b] = f.reshape(n, -1).to("cpu", torch.float16)
+        self.labels[a:b] = y.cpu()
+        self._filled = b
+
+    @property
+    def complete(self) -> bool:
+        return self._filled == self.num_samples
+
+
+def capture_pass(capture: Capture, loader: Iterable, sinks: Sequence, progress=None) -> int:
+    """One pass of ``loader`` through the hooked model, every batch sent to every sink. Returns samples seen."""
+    seen = 0
+    it = progress(loader) if progress else loader
+    for x, y in it:
+        feats = capture.forward(x)
+        for sink in sinks:
+            sink.update(feats, y)
+        seen += len(y)
+    return seen

@@ -1,0 +1,298 @@
+"""Stage 2: the accuracy of every layer (METHOD.md).
+
+For each selected layer a NEW bias-free ``Linear(C*H*W -> L)`` is trained on the
+frozen layer's (optionally pooled) output with cross-entropy; its test accuracy
+is the layer's accuracy. Two modes:
+
+``fast`` (default)
+    One capture pass over train and test caches every layer's float16 features
+    (:class:`~filterlens.capture.FeatureCache`); every probe is then trained from
+    the cache: Adam, lr 1e-3 with cosine decay to 0, mini-batch 100, no weight
+    decay, ``probe_epochs`` (default 30) epochs. If the cache would exceed
+    ``cache_budget`` (or augmentation is on) it streams instead, and says so.
+``paper``
+    The authors' recipe: SGD lr 0.01, momentum 0.975, Nesterov, weight decay
+    1e-3, lr x0.975 after every epoch, mini-batch 100, training augmentation on,
+    200 epochs unless ``probe_epochs`` says otherwise. Every epoch is ONE forward
+    pass of the frozen network that updates all layers' probes together.
+
+Either way the test pass also accumulates the per-label mean maps (stage 3's
+input) and, per filter, how often each output unit wins its single-filter field.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture_pass
+from .config import Config, parse_bytes, parse_pool
+from .data import Data, make_loader
+from .models import Layer
+from .run import progress_bar
+from .utils import log
+
+
+@dataclass
+class ProbeRecipe:
+    """How every layer's FC is trained (recorded in the results)."""
+
+    optimizer: str  # "adam" or "sgd"
+    lr: float
+    epochs: int
+    batch_size: int = 100
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_decay: str = "cosine"  # "cosine" or "exp:<factor per epoch>"
+    augment: bool = False
+
+    @classmethod
+    def paper(cls, epochs: int = 200, **kw) -> "ProbeRecipe":
+        base = dict(optimizer="sgd", lr=0.01, epochs=epochs, batch_size=100, momentum=0.975, nesterov=True,
+                    weight_decay=1e-3, lr_decay="exp:0.975", augment=True)
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+    @classmethod
+    def fast(cls, epochs: int = 30, **kw) -> "ProbeRecipe":
+        base = dict(optimizer="adam", lr=1e-3, epochs=epochs, batch_size=100, weight_decay=0.0, lr_decay="cosine",
+                    augment=False)
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "ProbeRecipe":
+        kw = dict(lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay, batch_size=cfg.probe_batch_size)
+        if cfg.probe_mode == "paper":
+            return cls.paper(epochs=cfg.probe_epochs if cfg.probe_epochs is not None else 200, **kw)
+        return cls.fast(epochs=cfg.probe_epochs if cfg.probe_epochs is not None else 30, augment=cfg.probe_augment,
+                        **kw)
+
+
+class ProbeSet:
+    """One bias-free FC per layer, with its optimiser and learning-rate schedule."""
+
+    def __init__(self, layers: Sequence[CaptureLayer], num_labels: int, recipe: ProbeRecipe, seed: int = 0,
+                 device="cpu"):
+        self.layers = list(layers)
+        self.recipe = recipe
+        gen = torch.Generator().manual_seed(seed)
+        self.fcs: dict[str, nn.Linear] = {}
+        self.opts, self.scheds = {}, {}
+        for cl in self.layers:
+            fc = nn.Linear(cl.features, num_labels, bias=False)
+            bound = 1.0 / math.sqrt(cl.features)
+            with torch.no_grad():
+                fc.weight.uniform_(-bound, bound, generator=gen)
+            fc.to(device)
+            self.fcs[cl.name] = fc
+            if recipe.optimizer == "sgd":
+                opt = torch.optim.SGD(fc.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                      nesterov=recipe.nesterov and recipe.momentum > 0,
+                                      weight_decay=recipe.weight_decay)
+            else:
+                opt = torch.optim.Adam(fc.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+            self.opts[cl.name] = opt
+            if recipe.lr_decay.startswith("exp:"):
+                self.scheds[cl.name] = torch.optim.lr_scheduler.ExponentialLR(opt, float(recipe.lr_decay[4:]))
+            else:
+                self.scheds[cl.name] = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(recipe.epochs, 1))
+
+    def step(self, name: str, x: torch.Tensor, y: torch.Tensor) -> float:
+        fc, opt = self.fcs[name], self.opts[name]
+        loss = F.cross_entropy(fc(x.reshape(len(x), -1).float()), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def step_all(self, feats: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        for name, x in feats.items():
+            self.step(name, x, y)
+
+    def end_epoch(self, name: str | None = None) -> None:
+        for n, s in self.scheds.items():
+            if name is None or n == name:
+                s.step()
+
+    def weight(self, name: str) -> torch.Tensor:
+        """The FC weight as (L, C, H, W): the layout stage 3 contracts with the label means."""
+        cl = next(c for c in self.layers if c.name == name)
+        return self.fcs[name].weight.detach().cpu().reshape(-1, *cl.shape).clone()
+
+
+class ProbeEval:
+    """Accumulates test accuracy and, per filter, how often each output unit wins its field."""
+
+    def __init__(self, probes: ProbeSet):
+        self.probes = probes
+        self.correct = {cl.name: 0 for cl in probes.layers}
+        self.total = 0
+        L = next(iter(probes.fcs.values())).out_features
+        self.votes = {cl.name: torch.zeros(cl.shape[0], L, dtype=torch.long) for cl in probes.layers}
+        self._w = {cl.name: probes.fcs[cl.name].weight.detach().reshape(L, cl.shape[0], -1) for cl in probes.layers}
+
+    @torch.no_grad()
+    def update(self, feats: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        for name, x in feats.items():
+            x = x.float()
+            n = len(x)
+            logits = self.probes.fcs[name](x.reshape(n, -1))
+            self.correct[name] += (logits.argmax(1) == y).sum().item()
+            # single-filter fields h[n, c, j] = sum_s W[j, c, s] x[n, c, s]; argmax over j per filter
+            fields = torch.einsum("ncs,jcs->ncj", x.reshape(n, x.shape[1], -1), self._w[name])
+            winner = fields.argmax(2).cpu()  # (n, C)
+            self.votes[name].scatter_add_(1, winner.T.contiguous(), torch.ones_like(winner.T))
+        self.total += len(y)
+
+    def accuracy(self) -> dict[str, float]:
+        return {n: c / max(self.total, 1) for n, c in self.correct.items()}
+
+
+@dataclass
+class LayerProbeResult:
+    name: str
+    index: int
+    filters: int
+    shape: tuple[int, int, int]  # (C, H, W) the FC sees (after probe_pool)
+    layer_shape: tuple[int, int, int]  # the layer's own output shape
+    features: int
+    accuracy: float
+    train_accuracy: float | None
+    weight: torch.Tensor  # (L, C, H, W)
+    label_means: torch.Tensor  # (L, C, H, W) float64, test set
+    votes: torch.Tensor  # (C, L) how often output unit j wins filter c's field over the test set
+
+
+@dataclass
+class ProbeResult:
+    layers: list[LayerProbeResult]
+    mode: str  # "fast", "paper"
+    engine: str  # "cache" or "stream"
+    recipe: ProbeRecipe
+    label_counts: torch.Tensor  # test samples per label
+    timings: dict = field(default_factory=dict)
+    forward_passes: int = 0
+    note: str = ""
+
+    def table(self) -> list[dict]:
+        return [{"layer": r.name, "filters": r.filters, "features": r.features, "accuracy": r.accuracy}
+                for r in self.layers]
+
+
+def _count(loader) -> int:
+    ds = getattr(loader, "split", None)
+    return len(ds) if ds is not None else sum(len(y) for _, y in loader)
+
+
+def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Config, device="cpu",
+                 cache_dir: Path | None = None, progress: bool = True, echo=print) -> ProbeResult:
+    """Train every selected layer's probe; return accuracies, weights, label means and votes.
+
+    ``cfg`` supplies ``probe_mode``, ``probe_epochs``, ``probe_lr``, ``probe_batch_size``,
+    ``probe_weight_decay``, ``probe_pool``, ``probe_augment``, ``cache_budget`` and ``seed``.
+    """
+    device = torch.device(device)
+    recipe = ProbeRecipe.from_config(cfg)
+    pool = parse_pool(cfg.probe_pool)
+    L = data.num_labels
+    timings = {}
+    t_all = time.perf_counter()
+    with Capture(model, layers, pool) as cap:
+        cls = cap.layers
+        n_train, n_test = len(data.train), len(data.test)
+        need = FeatureCache.nbytes(cls, n_train + n_test)
+        budget = parse_bytes(cfg.cache_budget)
+        engine, note = "cache", ""
+        if recipe.augment:
+            engine, note = "stream", "augmentation on: features change every epoch, so probes are streamed"
+        elif need > budget:
+            engine = "stream"
+            note = (f"feature cache would need {need / 2**20:.0f} MiB > cache budget {budget / 2**20:.0f} MiB; "
+                    "streaming (one forward pass per epoch)")
+        if note and cfg.probe_mode == "fast":
+            echo(f"note: {note}")
+        probes = ProbeSet(cls, L, recipe, seed=cfg.seed, device=device)
+        means = LabelMeanSink(cls, L, device=device)
+        ev = ProbeEval(probes)
+        test_loader = make_loader(data, "test", 256, device=device, num_workers=cfg.num_workers)
+        passes = 0
+        train_acc: dict[str, float | None] = {cl.name: None for cl in cls}
+        if engine == "cache":
+            t0 = time.perf_counter()
+            train_cache = FeatureCache(cls, n_train, cache_dir, "train")
+            test_cache = FeatureCache(cls, n_test, cache_dir, "test")
+            train_loader = make_loader(data, "train", 256, device=device, augment=False, num_workers=cfg.num_workers)
+            capture_pass(cap, train_loader, [train_cache],
+                         progress=lambda it: progress_bar(it, progress, desc="capture train"))
+            capture_pass(cap, test_loader, [test_cache, means],
+                         progress=lambda it: progress_bar(it, progress, desc="capture test"))
+            passes = 1
+            timings["capture_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(cfg.seed)
+            bar = progress_bar(range(len(cls) * recipe.epochs), progress, desc="probes")
+            bar_it = iter(bar) if bar is not None else None
+            for cl in cls:
+                feats = train_cache.features[cl.name]
+                labels = train_cache.labels
+                if device.type == "cuda":
+                    feats, labels = feats.to(device), labels.to(device)
+                for epoch in range(recipe.epochs):
+                    perm = torch.randperm(n_train, generator=gen).to(labels.device)
+                    for s in range(0, n_train, recipe.batch_size):
+                        idx = perm[s : s + recipe.batch_size]
+                        x = feats[idx].to(device, torch.float32)
+                        probes.step(cl.name, x, labels[idx].to(device))
+                    probes.end_epoch(cl.name)
+                    if bar_it is not None:
+                        next(bar_it, None)
+                train_acc[cl.name] = _cached_accuracy(probes.fcs[cl.name], feats, labels, device)
+            timings["probe_train_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for s in range(0, n_test, 1024):
+                y = test_cache.labels[s : s + 1024].to(device)
+                ev.update({cl.name: test_cache.features[cl.name][s : s + 1024].to(device, torch.float32)
+                           .reshape(len(y), *cl.shape) for cl in cls}, y)
+            timings["eval_s"] = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            train_loader = make_loader(data, "train", recipe.batch_size, train=True, seed=cfg.seed, device=device,
+                                       augment=recipe.augment, num_workers=cfg.num_workers)
+            for epoch in progress_bar(range(recipe.epochs), progress, desc="probe epochs (stream)"):
+                train_loader.set_epoch(epoch)
+                for x, y in train_loader:
+                    probes.step_all(cap.forward(x), y)
+                probes.end_epoch()
+                passes += 1
+            timings["probe_train_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            capture_pass(cap, test_loader, [means, ev],
+                         progress=lambda it: progress_bar(it, progress, desc="test pass"))
+            passes += 1
+            timings["eval_s"] = time.perf_counter() - t0
+    means.all_reduce()
+    acc = ev.accuracy()
+    label_means = means.means()
+    results = [LayerProbeResult(cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features,
+                                acc[cl.name], train_acc[cl.name], probes.weight(cl.name),
+                                label_means[cl.name].cpu(), ev.votes[cl.name]) for cl in cls]
+    timings["total_s"] = time.perf_counter() - t_all
+    return ProbeResult(results, cfg.probe_mode, engine, recipe, means.counts.cpu(), timings, passes, note)
+
+
+@torch.no_grad()
+def _cached_accuracy(fc: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, device) -> float:
+    correct = 0
+    for s in range(0, len(labels), 2048):
+        x = feats[s : s + 2048].to(device, torch.float32)
+        correct += (fc(x).argmax(1) == labels[s : s + 2048].to(device)).sum().item()
+    return correct / max(len(labels), 1)
