@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import sfp
-from .config import Config
+from .config import Config, parse_thresholds
 from .data import Data, check_labels_present
 from .files import read_json, torch_save, write_csv, write_json
 from .models import list_layers, select_layers
@@ -29,6 +29,8 @@ LAYER_COLUMNS = ["layer", "index", "filters", "features", "accuracy", "train_acc
                  "clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
                  "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr",
                  "vote_fraction"]
+SUMMARY_KEYS = ["clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
+                "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr"]
 FILTER_COLUMNS = ["layer", "filter", "num_clusters", "clusters", "signal", "noise", "preferred_label",
                   "vote_fraction"]
 
@@ -65,13 +67,49 @@ class Analysis:
             except ValueError:
                 results = {}
         results.update({"version": RESULTS_VERSION, **self.meta, "layers": self.layers})
-        write_json(d / "results.json", results)
+        if self.meta.get("thresholds"):
+            write_csv(d / "thresholds.csv", self.meta["thresholds"])
+        if self.meta.get("bootstrap"):
+            write_csv(d / "bootstrap.csv", self.meta["bootstrap"]["intervals"])
         self.plot(d)
+        results["heatmaps"] = [str(p.relative_to(d)) for p in self.heatmaps(d)]
+        write_json(d / "results.json", results)
 
     def plot(self, directory) -> list[Path]:
         from .report import plot_layers
 
         return plot_layers(self.layers, Path(directory), title=self.meta.get("title", ""))
+
+    def heatmaps(self, directory) -> list[Path]:
+        """PNG heatmaps (raw normalised and binarised, labels reordered by cluster) of chosen filters."""
+        spec = self.meta.get("config", {}).get("heatmaps", "auto")
+        if spec == "none" or not self.sfp:
+            return []
+        names = list(self.sfp)
+        picks: list[tuple[str, int]] = []
+        if spec == "auto":
+            for name in dict.fromkeys([names[0], names[len(names) // 2], names[-1]]):
+                est = self.sfp[name]
+                order = np.argsort(-np.asarray(est.signal_), kind="stable")[:3]
+                picks += [(name, int(c)) for c in order]
+        else:
+            from .errors import FilterlensError
+
+            for tok in str(spec).split(","):
+                layer, _, filt = tok.strip().rpartition(":")
+                if layer not in self.sfp or not filt.isdigit() or int(filt) >= len(self.sfp[layer].clusters_):
+                    raise FilterlensError(f"heatmap '{tok}' is not LAYER:FILTER of an analysed layer; layers: "
+                                          f"{', '.join(names)}")
+                picks.append((layer, int(filt)))
+        labels = self.meta.get("label_names")
+        out = []
+        for layer, c in picks:
+            est = self.sfp[layer]
+            path = Path(directory) / "heatmaps" / f"{layer}-filter{c}.png"
+            sfp.plot_filter_matrix(est.matrices_[c], est.threshold, est.clusters_[c], labels, path,
+                                   title=f"{layer} filter {c}", normalise=est.normalise)
+            out.append(path)
+        return out
 
     @classmethod
     def load(cls, directory) -> "Analysis":
@@ -100,10 +138,12 @@ def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, devic
     show = cfg.progress if progress is None else progress
     t0 = time.perf_counter()
     layers = select_layers(list_layers(model, (data.in_channels, data.image_size, data.image_size)), cfg.layers)
-    pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo)
+    pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo,
+                      keep_fields=cfg.bootstrap > 0)
     t_probes = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows, filter_rows, fitted = [], [], {}
+    rows, filter_rows, fitted, sweep_rows, boot_rows = [], [], {}, [], []
+    thresholds = parse_thresholds(cfg.thresholds)
     n_test = float(pr.label_counts.sum())
     for r in pr.layers:
         est = sfp.analyze_layer(r.weight.double(), r.label_means, threshold=cfg.threshold, normalise=cfg.normalise)
@@ -117,6 +157,18 @@ def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, devic
         row.update({k: summary[k] for k in LAYER_COLUMNS if k in summary})
         row["vote_fraction"] = float(frac.mean())
         rows.append(row)
+        if thresholds:
+            for srow in sfp.threshold_sweep(est.matrices_, thresholds, cfg.normalise):
+                sweep_rows.append({"layer": r.name, **{k: srow[k] for k in ["threshold"] + SUMMARY_KEYS if k in srow}})
+        if cfg.bootstrap > 0:
+            intervals = sfp.bootstrap_summary(r.fields.double().numpy(), pr.test_labels.numpy(), data.num_labels,
+                                              cfg.bootstrap, cfg.seed, threshold=cfg.threshold,
+                                              normalise=cfg.normalise)
+            for key in SUMMARY_KEYS:
+                if key in intervals:
+                    lo, hi = intervals[key]
+                    boot_rows.append({"layer": r.name, "metric": key, "estimate": row.get(key, summary.get(key)),
+                                      "low": lo, "high": hi})
         for fr, vf in zip(est.filter_table(r.name, data.label_names), frac):
             fr["vote_fraction"] = float(vf)
             filter_rows.append(fr)
@@ -134,6 +186,8 @@ def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, devic
         "timings": {"probes_s": t_probes, "sfp_s": t_sfp},
         "title": f"{cfg.model} on {data.name} ({data.num_labels} labels)",
     }
+    meta["thresholds"] = sweep_rows
+    meta["bootstrap"] = {"n": cfg.bootstrap, "level": 0.95, "intervals": boot_rows} if cfg.bootstrap else None
     return Analysis(rows, filter_rows, pr, fitted, meta)
 
 

@@ -35,8 +35,32 @@ def _add_config_flags(p: argparse.ArgumentParser, stages) -> None:
                        choices=f.metadata.get("choices"), help=f.metadata["help"] + f" (default: {f.default})")
 
 
+def load_toml(path) -> dict:
+    """A TOML config file: flat keys of Config, or grouped in [data], [model], [train], ... tables."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise FilterlensError(f"config file '{path}' does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FilterlensError(f"config file '{path}' is not valid TOML ({exc})") from None
+    flat = {}
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            flat.update({kk.replace("-", "_"): vv for kk, vv in v.items()})
+        else:
+            flat[k.replace("-", "_")] = v
+    return flat
+
+
 def _config_from_args(args, base: Config | None = None) -> Config:
     d = (base or Config()).to_dict()
+    if getattr(args, "config", None):
+        file_values = load_toml(args.config)
+        Config.from_dict({**d, **file_values}, source=f"config file '{args.config}'")
+        d.update(file_values)
     for f in fields(Config):
         v = getattr(args, f.name, None)
         if v is not None:
@@ -65,11 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", required=True, help="run directory (created)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted training from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a run directory that holds another config")
+    t.add_argument("--config", default=None, help="TOML file with settings (flags given here override it)")
     _add_config_flags(t, TRAIN_STAGES)
 
     a = sub.add_parser("analyze", help="layer accuracies, filter clusters, noise and SNR of a trained run",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a.add_argument("--run-dir", required=True, help="a run directory written by filterlens train")
+    a.add_argument("--config", default=None, help="TOML file with analysis settings (flags given here override it)")
     _add_config_flags(a, ANALYZE_STAGES)
 
     l = sub.add_parser("layers", help="list a model's analysable layers with their output shapes",
@@ -137,6 +163,11 @@ def cmd_analyze(args) -> int:
 
 def _overrides(args) -> dict:
     out = {}
+    if getattr(args, "config", None):
+        names = {f.name for f in stage_fields(*ANALYZE_STAGES)}
+        for k, v in load_toml(args.config).items():
+            if k in names:
+                out[k] = v
     for f in stage_fields(*ANALYZE_STAGES):
         v = getattr(args, f.name, None)
         if v is not None:

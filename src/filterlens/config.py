@@ -69,6 +69,10 @@ class Config:
     # sfp (METHOD.md stage 3)
     threshold: float = _f(0.3, "sfp", "binarisation threshold of the normalised filter matrices, in (0, 1)")
     normalise: str = _f("max", "sfp", "filter-matrix normalisation", choices=("max", "column-centred"))
+    thresholds: str = _f("", "sfp", "also report every layer's summary at these thresholds, e.g. 0.1,0.2,0.3,0.4,0.5")
+    bootstrap: int = _f(0, "sfp", "resample the test set N times for 95%% intervals of every layer metric (0: off)")
+    heatmaps: str = _f("auto", "sfp", "filter heatmaps to draw: auto (3 filters of the first, middle and last "
+                                      "layer), none, or LAYER:FILTER,...")
     # run-wide (not part of any result's identity)
     seed: int = _f(0, "train", "one seed for Python, NumPy, torch and the loaders")
     device: str = _f("auto", "run", "auto, cpu, cuda or cuda:N")
@@ -123,6 +127,9 @@ class Config:
         for name in ("batch_size", "probe_batch_size"):
             if getattr(self, name) < 1:
                 raise FilterlensError(f"{name} = {getattr(self, name)} must be >= 1")
+        parse_thresholds(self.thresholds)
+        if self.bootstrap < 0:
+            raise FilterlensError(f"bootstrap = {self.bootstrap} must be >= 0 (0: off)")
         parse_bytes(self.cache_budget)
         parse_pool(self.probe_pool)
         return self
@@ -169,3 +176,20 @@ def parse_pool(text):
     if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
         return ("size", (int(parts[0]), int(parts[1])))
     raise FilterlensError(f"probe_pool '{text}' is invalid; use none, HxW (e.g. 4x4) or max:N (e.g. max:8192)")
+
+
+def parse_thresholds(text) -> list[float]:
+    """``"0.1,0.2"`` -> [0.1, 0.2]; every value must lie in (0, 1)."""
+    out = []
+    for tok in str(text or "").split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        try:
+            v = float(tok)
+        except ValueError:
+            raise FilterlensError(f"threshold '{tok}' in '{text}' is not a number; use e.g. 0.1,0.2,0.3") from None
+        if not 0.0 < v < 1.0:
+            raise FilterlensError(f"threshold {v} in '{text}' is outside (0, 1)")
+        out.append(v)
+    return out

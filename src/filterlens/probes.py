@@ -132,8 +132,11 @@ class ProbeSet:
 class ProbeEval:
     """Accumulates test accuracy and, per filter, how often each output unit wins its field."""
 
-    def __init__(self, probes: ProbeSet):
+    def __init__(self, probes: ProbeSet, keep_fields: bool = False):
         self.probes = probes
+        self.keep_fields = keep_fields
+        self.fields: dict[str, list[torch.Tensor]] = {cl.name: [] for cl in probes.layers}
+        self.labels: list[torch.Tensor] = []
         self.correct = {cl.name: 0 for cl in probes.layers}
         self.total = 0
         L = next(iter(probes.fcs.values())).out_features
@@ -150,8 +153,12 @@ class ProbeEval:
             # single-filter fields h[n, c, j] = sum_s W[j, c, s] x[n, c, s]; argmax over j per filter
             fields = torch.einsum("ncs,jcs->ncj", x.reshape(n, x.shape[1], -1), self._w[name])
             winner = fields.argmax(2).cpu()  # (n, C)
+            if self.keep_fields:
+                self.fields[name].append(fields.float().cpu())
             self.votes[name].scatter_add_(1, winner.T.contiguous(), torch.ones_like(winner.T))
         self.total += len(y)
+        if self.keep_fields:
+            self.labels.append(y.cpu())
 
     def accuracy(self) -> dict[str, float]:
         return {n: c / max(self.total, 1) for n, c in self.correct.items()}
@@ -170,6 +177,7 @@ class LayerProbeResult:
     weight: torch.Tensor  # (L, C, H, W)
     label_means: torch.Tensor  # (L, C, H, W) float64, test set
     votes: torch.Tensor  # (C, L) how often output unit j wins filter c's field over the test set
+    fields: torch.Tensor | None = None  # (N_test, C, L) per-sample single-filter fields (only for the bootstrap)
 
 
 @dataclass
@@ -182,6 +190,7 @@ class ProbeResult:
     timings: dict = field(default_factory=dict)
     forward_passes: int = 0
     note: str = ""
+    test_labels: torch.Tensor | None = None  # (N_test,) in the order of the fields
 
     def table(self) -> list[dict]:
         return [{"layer": r.name, "filters": r.filters, "features": r.features, "accuracy": r.accuracy}
@@ -194,7 +203,8 @@ def _count(loader) -> int:
 
 
 def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Config, device="cpu",
-                 cache_dir: Path | None = None, progress: bool = True, echo=print) -> ProbeResult:
+                 cache_dir: Path | None = None, progress: bool = True, echo=print,
+                 keep_fields: bool = False) -> ProbeResult:
     """Train every selected layer's probe; return accuracies, weights, label means and votes.
 
     ``cfg`` supplies ``probe_mode``, ``probe_epochs``, ``probe_lr``, ``probe_batch_size``,
@@ -222,7 +232,7 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
             echo(f"note: {note}")
         probes = ProbeSet(cls, L, recipe, seed=cfg.seed, device=device)
         means = LabelMeanSink(cls, L, device=device)
-        ev = ProbeEval(probes)
+        ev = ProbeEval(probes, keep_fields=keep_fields)
         test_loader = make_loader(data, "test", 256, device=device, num_workers=cfg.num_workers)
         passes = 0
         train_acc: dict[str, float | None] = {cl.name: None for cl in cls}
@@ -284,9 +294,11 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
     label_means = means.means()
     results = [LayerProbeResult(cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features,
                                 acc[cl.name], train_acc[cl.name], probes.weight(cl.name),
-                                label_means[cl.name].cpu(), ev.votes[cl.name]) for cl in cls]
+                                label_means[cl.name].cpu(), ev.votes[cl.name],
+                                torch.cat(ev.fields[cl.name]) if keep_fields else None) for cl in cls]
     timings["total_s"] = time.perf_counter() - t_all
-    return ProbeResult(results, cfg.probe_mode, engine, recipe, means.counts.cpu(), timings, passes, note)
+    return ProbeResult(results, cfg.probe_mode, engine, recipe, means.counts.cpu(), timings, passes, note,
+                       torch.cat(ev.labels) if keep_fields else None)
 
 
 @torch.no_grad()

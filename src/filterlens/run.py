@@ -16,7 +16,8 @@ from .files import read_json, write_json
 
 # files a run may write; --overwrite removes only these
 RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "train_log.csv", "train.json", "results.json",
-             "layers.csv", "filters.csv", "probes.pt", "label_means.pt", "accuracy.png", "cache")
+             "layers.csv", "filters.csv", "probes.pt", "label_means.pt", "accuracy.png", "clusters.png",
+             "thresholds.csv", "bootstrap.csv", "heatmaps", "cache")
 
 
 class RunDir:
