@@ -108,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--image-size", type=int, default=None, help="input size (default: the dataset's)")
     l.add_argument("--list-models", action="store_true", help="list the model names instead")
 
+    w = sub.add_parser("sweep", help="error against the number of labels: train on label subsets, fit a line",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("--run-dir", required=True, help="sweep directory (one folder per trained model)")
+    w.add_argument("--num-labels", default="3,5,10", help="label counts L to study, e.g. 3,5,10,20,50,100")
+    w.add_argument("--subsets", type=int, default=3, help="seeded label subsets per count (the full set once)")
+    w.add_argument("--sweep-layers", default="-1", help="layers analysed in every model (stages 2-3)")
+    w.add_argument("--jobs", type=int, default=1, help="processes on this machine")
+    w.add_argument("--shard", default="0/1", help="run the i-th of n shards (i/n), for several machines")
+    w.add_argument("--merge", action="store_true", help="only combine the finished models of all shards")
+    w.add_argument("--config", default=None, help="TOML file with settings (flags given here override it)")
+    _add_config_flags(w, TRAIN_STAGES + ("probes", "sfp"))
+
     d = sub.add_parser("demo", help="train a small VGG on the embedded digits data and analyse it",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("--run-dir", default="runs/demo", help="run directory")
@@ -177,6 +189,33 @@ def _overrides(args) -> dict:
     return out
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import print_sweep, run_sweep
+
+    cfg = _config_from_args(args)
+    sweep_keys = {"num_labels": "--num-labels", "subsets": "--subsets", "sweep_layers": "--sweep-layers",
+                  "jobs": "--jobs"}
+    if getattr(args, "config", None):
+        extra = load_toml(args.config)
+        for k in sweep_keys:
+            if k in extra and getattr(args, k) == build_parser_defaults["sweep"][k]:
+                setattr(args, k, extra[k])
+    try:
+        i, n = (int(v) for v in str(args.shard).split("/"))
+    except ValueError:
+        raise FilterlensError(f"shard '{args.shard}' is invalid; use i/n, e.g. 0/4") from None
+    if args.jobs < 1:
+        raise FilterlensError(f"jobs = {args.jobs} must be >= 1")
+    out = run_sweep(cfg, args.run_dir, str(args.num_labels), args.subsets, args.sweep_layers, args.jobs, (i, n),
+                    merge_only=args.merge)
+    if out is not None:
+        print_sweep(out)
+    return 0
+
+
+build_parser_defaults = {"sweep": {"num_labels": "3,5,10", "subsets": 3, "sweep_layers": "-1", "jobs": 1}}
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -184,7 +223,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
+COMMANDS = {"sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

@@ -84,3 +84,39 @@ def plot_layers(rows: list[dict], directory: Path, title: str = "") -> list[Path
         ax.grid(alpha=0.3)
         paths.append(save_figure(fig, directory / "clusters.png"))
     return paths
+
+
+def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: Path) -> list[Path]:
+    """``sweep_error.png`` (error against L with the fit lines) and ``sweep_clusters.png``
+    (cluster size, clusters per filter and SNR of the last layer against L)."""
+    import numpy as np
+
+    plt = _figure()
+    directory = Path(directory)
+    xs = np.array([c["num_labels"] for c in per_count], dtype=float)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.scatter([r["num_labels"] for r in rows], [r["error"] for r in rows], s=14, color="0.6", label="each subset")
+    for key, style, label in (("max_error", "o-", "maximal error"), ("mean_error", "s-", "mean error")):
+        ys = [c[key] for c in per_count]
+        line, = ax.plot(xs, ys, style, label=label)
+        f = fits.get(key, {})
+        if f and all(math.isfinite(f.get(k, math.nan)) for k in ("a", "b")):
+            grid = np.linspace(xs.min(), xs.max(), 50)
+            ax.plot(grid, f["a"] + f["b"] * grid, "--", color=line.get_color(),
+                    label=f"fit {f['a']:.3f} + {f['b']:.4f} L (R² {f['r2']:.2f})")
+    ax.set_xlabel("number of labels L")
+    ax.set_ylabel("test error rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("error against the number of labels")
+    paths = [save_figure(fig, directory / "sweep_error.png")]
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, key, label in zip(axes, ("mean_cluster_size", "mean_clusters_per_filter", "mean_snr"),
+                              ("mean cluster size", "clusters per filter", "SNR")):
+        ax.plot(xs, [c[key] for c in per_count], "o-")
+        ax.set_xlabel("number of labels L")
+        ax.set_title(f"last layer: {label}")
+        ax.grid(alpha=0.3)
+    paths.append(save_figure(fig, directory / "sweep_clusters.png"))
+    return paths

@@ -1,0 +1,261 @@
+"""Stage 4: error against the number of labels, with a linear fit (METHOD.md).
+
+For each label count L in a list and R seeded label subsets per count (the full
+label set only once), the architecture is trained on the subset with the same
+recipe, its test error recorded, and stages 2-3 run on its last conv layer (and
+any other layers asked for). The maximal error rate at L is the largest error over
+its subsets (mean and min are reported too); ``error = a + b*L`` is fitted by least
+squares to the maximal and to the mean errors, with R^2 and a 95% interval for b.
+
+Each trained model and its results live in their own folder of the sweep
+directory (``L005-s1/``); a finished folder (``task.json``) is skipped when the
+sweep is started again. ``jobs`` spreads the folders over processes on one
+machine; ``shard=(i, n)`` runs every n-th task starting at i, so n machines (a
+SLURM array, torchrun ranks) share a sweep, and ``merge`` combines the folders.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config
+from .errors import FilterlensError
+from .files import read_json, write_csv, write_json
+
+SWEEP_COLUMNS = ["num_labels", "subset", "labels", "error", "last_layer_accuracy", "clusters_per_filter",
+                 "cluster_size", "noise_per_filter", "snr", "layer", "seconds"]
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    num_labels: int
+    subset: int  # 1-based index among the subsets of this label count
+    labels: tuple[int, ...]  # original label indices, ascending
+
+    @property
+    def folder(self) -> str:
+        return f"L{self.num_labels:03d}-s{self.subset}"
+
+
+def parse_counts(text, total: int) -> list[int]:
+    """``"3,5,10"`` -> [3, 5, 10]; each count in 2..total."""
+    counts = []
+    for tok in str(text).split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        if not tok.isdigit():
+            raise FilterlensError(f"label count '{tok}' in '{text}' is not a positive integer")
+        k = int(tok)
+        if not 2 <= k <= total:
+            raise FilterlensError(f"label count {k} is out of range; valid: 2..{total} for this dataset")
+        if k not in counts:
+            counts.append(k)
+    if not counts:
+        raise FilterlensError(f"the label-count list '{text}' is empty; give e.g. 3,5,10")
+    return sorted(counts)
+
+
+def draw_subsets(total: int, counts: list[int], subsets: int, seed: int) -> list[SweepTask]:
+    """R distinct seeded subsets per count (fewer when fewer exist); the full label set only once."""
+    if subsets < 1:
+        raise FilterlensError(f"subsets = {subsets} must be >= 1")
+    tasks = []
+    for k in counts:
+        if k == total:
+            tasks.append(SweepTask(k, 1, tuple(range(total))))
+            continue
+        rng = np.random.default_rng([seed, k])
+        want = min(subsets, math.comb(total, k))
+        seen: list[tuple[int, ...]] = []
+        while len(seen) < want:
+            pick = tuple(sorted(int(i) for i in rng.choice(total, size=k, replace=False)))
+            if pick not in seen:
+                seen.append(pick)
+        tasks += [SweepTask(k, r + 1, s) for r, s in enumerate(seen)]
+    return tasks
+
+
+def fit_line(x, y, level: float = 0.95) -> dict:
+    """Least-squares ``y = a + b*x``: a, b, R^2, the standard error and a ``level`` interval for b."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n = len(x)
+    if n < 2 or np.ptp(x) == 0:
+        return {"a": math.nan, "b": math.nan, "r2": math.nan, "b_low": math.nan, "b_high": math.nan, "n": n}
+    xm, ym = x.mean(), y.mean()
+    sxx = ((x - xm) ** 2).sum()
+    b = ((x - xm) * (y - ym)).sum() / sxx
+    a = ym - b * xm
+    resid = y - (a + b * x)
+    ss_res, ss_tot = (resid ** 2).sum(), ((y - ym) ** 2).sum()
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
+    if n > 2:
+        from scipy import stats
+
+        se = math.sqrt(ss_res / (n - 2) / sxx)
+        t = stats.t.ppf(0.5 + level / 2, n - 2)
+        lo, hi = b - t * se, b + t * se
+    else:
+        se, lo, hi = math.nan, math.nan, math.nan
+    return {"a": float(a), "b": float(b), "r2": float(r2), "b_se": se, "b_low": lo, "b_high": hi, "n": n}
+
+
+def _run_task(args) -> dict:
+    """Train one subset and analyse its layers; write ``task.json`` last (its presence means done)."""
+    cfg_dict, folder, task, sweep_layers, progress, threads = args
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from .analyze import analyze
+    from .train import load_trained, train
+
+    run_dir = Path(folder)
+    done = run_dir / "task.json"
+    cfg = Config.from_dict(cfg_dict)
+    if done.exists():
+        try:
+            old = read_json(done)
+            if old.get("hash") == cfg.stage_hash("sfp"):
+                return old
+        except ValueError:
+            pass  # damaged: redo
+    t0 = time.perf_counter()
+    quiet = (lambda *a, **k: None)
+    summary = train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists(), echo=quiet, progress=progress)
+    model, cfg, data, _ = load_trained(run_dir)
+    result = analyze(model, data, cfg.replace(layers=sweep_layers), progress=progress, echo=quiet)
+    result.save(run_dir)
+    last = result.layers[-1]
+    row = {"num_labels": task.num_labels, "subset": task.subset, "labels": " ".join(map(str, task.labels)),
+           "label_names": " | ".join(data.label_names), "error": 1.0 - summary["test_accuracy"],
+           "last_layer_accuracy": last["accuracy"], "layer": last["layer"], "layers": result.layers,
+           "seconds": time.perf_counter() - t0, "hash": cfg.stage_hash("sfp")}
+    for k in ("clusters_per_filter", "cluster_size", "noise_per_filter", "snr"):
+        row[k] = last.get(k)
+    write_json(done, row)
+    return row
+
+
+def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layers: str = "-1", jobs: int = 1,
+              shard: tuple[int, int] = (0, 1), merge_only: bool = False, echo=print) -> dict | None:
+    """Run (this shard of) the label-count study into ``sweep_dir``; merge when every task is done."""
+    from .data import load_data
+
+    cfg.validate()
+    sweep_dir = Path(sweep_dir)
+    total = load_data(cfg.dataset, cfg.data_dir, "all", cfg.download, cfg.image_size).num_labels
+    if cfg.labels not in ("all", "", None):
+        raise FilterlensError(f"labels = '{cfg.labels}' cannot be combined with a sweep; the sweep draws the "
+                              "label subsets itself (--num-labels, --subsets)")
+    tasks = draw_subsets(total, parse_counts(counts, total), subsets, cfg.seed)
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise FilterlensError(f"shard {i}/{n} is invalid; use i/n with 0 <= i < n")
+    mine = tasks[i::n]
+    plan = {"counts": counts, "subsets": subsets, "layers": sweep_layers, "seed": cfg.seed, "total_labels": total,
+            "config": cfg.to_dict(), "tasks": [t.folder for t in tasks]}
+    plan_path = sweep_dir / "sweep_plan.json"
+    if plan_path.exists():
+        old = read_json(plan_path)
+        if old.get("tasks") != plan["tasks"] or old.get("config", {}).get("model") != cfg.model:
+            raise FilterlensError(f"sweep directory '{sweep_dir}' holds another sweep (tasks or model differ); "
+                                  "choose another --run-dir")
+    write_json(plan_path, plan)
+    if not merge_only:
+        work = []
+        for t in mine:
+            tcfg = cfg.replace(labels=",".join(map(str, t.labels)), progress=cfg.progress and jobs == 1)
+            work.append((tcfg.to_dict(), str(sweep_dir / t.folder), t, sweep_layers, cfg.progress and jobs == 1,
+                         max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0))
+        todo = [w for w in work if not (Path(w[1]) / "task.json").exists()]
+        echo(f"sweep: {len(tasks)} models in all, {len(mine)} in this shard, {len(mine) - len(todo)} already done")
+        if jobs > 1 and len(todo) > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(min(jobs, len(todo))) as pool:
+                for row in pool.imap_unordered(_run_task, work):
+                    echo(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}")
+        else:
+            for w in work:
+                row = _run_task(w)
+                echo(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}"
+                     f"  ({row['seconds']:.1f}s)")
+    missing = [t.folder for t in tasks if not (sweep_dir / t.folder / "task.json").exists()]
+    if missing:
+        echo(f"sweep: {len(missing)} model(s) not done yet ({', '.join(missing[:4])}...); run the other shards, "
+             "then filterlens sweep --merge")
+        return None
+    return merge(sweep_dir, echo=echo)
+
+
+def merge(sweep_dir, echo=print) -> dict:
+    """Combine every finished task of a sweep into sweep.csv, sweep.json, the fits and the plots."""
+    sweep_dir = Path(sweep_dir)
+    plan_path = sweep_dir / "sweep_plan.json"
+    if not plan_path.exists():
+        raise FilterlensError(f"'{sweep_dir}' is not a sweep directory (no sweep_plan.json)")
+    plan = read_json(plan_path)
+    rows, missing = [], []
+    for folder in plan["tasks"]:
+        p = sweep_dir / folder / "task.json"
+        if p.exists():
+            rows.append(read_json(p))
+        else:
+            missing.append(folder)
+    if missing:
+        raise FilterlensError(f"sweep '{sweep_dir}' lacks {len(missing)} finished model(s): {', '.join(missing[:5])}")
+    rows.sort(key=lambda r: (r["num_labels"], r["subset"]))
+    per_count = []
+    for k in sorted({r["num_labels"] for r in rows}):
+        errs = [r["error"] for r in rows if r["num_labels"] == k]
+        sel = [r for r in rows if r["num_labels"] == k]
+        per_count.append({"num_labels": k, "subsets": len(errs), "max_error": max(errs), "mean_error": float(np.mean(errs)),
+                          "min_error": min(errs),
+                          **{f"mean_{key}": _nanmean([r.get(key) for r in sel])
+                             for key in ("last_layer_accuracy", "clusters_per_filter", "cluster_size",
+                                         "noise_per_filter", "snr")}})
+    xs = [c["num_labels"] for c in per_count]
+    fits = {"max_error": fit_line(xs, [c["max_error"] for c in per_count]),
+            "mean_error": fit_line(xs, [c["mean_error"] for c in per_count])}
+    write_csv(sweep_dir / "sweep.csv", rows, SWEEP_COLUMNS)
+    write_csv(sweep_dir / "sweep_counts.csv", per_count)
+    out = {"version": 1, "plan": plan, "per_count": per_count, "fits": fits,
+           "rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
+           "seconds": float(sum(r.get("seconds", 0.0) for r in rows))}
+    write_json(sweep_dir / "sweep.json", out)
+    from .report import plot_sweep
+
+    plot_sweep(per_count, fits, rows, sweep_dir)
+    for name in ("max_error", "mean_error"):
+        f = fits[name]
+        echo(f"fit {name}: error = {f['a']:.4f} + {f['b']:.5f} * L   (R^2 {f['r2']:.3f}, 95% CI of b "
+             f"[{f['b_low']:.5f}, {f['b_high']:.5f}])")
+    return out
+
+
+def _nanmean(values) -> float:
+    vals = []
+    for v in values:
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            vals.append(v)
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def print_sweep(out: dict, echo=print) -> None:
+    echo(f"{'L':>5}{'subsets':>9}{'max err':>9}{'mean err':>10}{'min err':>9}{'last acc':>10}{'clus/f':>8}"
+         f"{'size':>7}{'SNR':>7}")
+    for c in out["per_count"]:
+        echo(f"{c['num_labels']:>5}{c['subsets']:>9}{c['max_error']:>9.4f}{c['mean_error']:>10.4f}"
+             f"{c['min_error']:>9.4f}{c['mean_last_layer_accuracy']:>10.4f}{c['mean_clusters_per_filter']:>8.2f}"
+             f"{c['mean_cluster_size']:>7.2f}{c['mean_snr']:>7.2f}")
