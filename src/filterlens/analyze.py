@@ -56,10 +56,8 @@ class Analysis:
         write_csv(d / "layers.csv", self.layers, LAYER_COLUMNS)
         write_csv(d / "filters.csv", self.filters, FILTER_COLUMNS)
         if self.probes is not None:
-            torch_save(d / "probes.pt", {r.name: r.weight for r in self.probes.layers})
-            torch_save(d / "label_means.pt", {"means": {r.name: r.label_means for r in self.probes.layers},
-                                              "counts": self.probes.label_counts,
-                                              "votes": {r.name: r.votes for r in self.probes.layers}})
+            save_probe_result(self.probes, d, self.meta.get("data", {}),
+                              Config.from_dict(self.meta["config"]).stage_hash("probes"))
         results = {}
         if (d / "results.json").exists():
             try:
@@ -131,6 +129,13 @@ def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, devic
     """
     cfg = (cfg or Config()).replace(**settings) if settings else (cfg or Config())
     cfg.validate()
+    pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress, echo=echo)
+    return sfp_stage(pr, data.describe(), cfg)
+
+
+def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, cache_dir=None,
+                progress: bool | None = None, echo=print) -> ProbeResult:
+    """Stage 2: select the layers and train every layer's FC probe (one capture pass)."""
     check_labels_present(data)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device if device is None else device)
@@ -140,10 +145,16 @@ def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, devic
     layers = select_layers(list_layers(model, (data.in_channels, data.image_size, data.image_size)), cfg.layers)
     pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo,
                       keep_fields=cfg.bootstrap > 0)
-    t_probes = time.perf_counter() - t0
+    pr.timings["stage_s"] = time.perf_counter() - t0
+    return pr
+
+
+def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
+    """Stage 3 from stage 2's outputs: every filter's matrix, clusters, noise; every layer's SNR."""
     t0 = time.perf_counter()
     rows, filter_rows, fitted, sweep_rows, boot_rows = [], [], {}, [], []
     thresholds = parse_thresholds(cfg.thresholds)
+    label_names = data_meta["label_names"]
     n_test = float(pr.label_counts.sum())
     for r in pr.layers:
         est = sfp.analyze_layer(r.weight.double(), r.label_means, threshold=cfg.threshold, normalise=cfg.normalise)
@@ -161,34 +172,75 @@ def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, devic
             for srow in sfp.threshold_sweep(est.matrices_, thresholds, cfg.normalise):
                 sweep_rows.append({"layer": r.name, **{k: srow[k] for k in ["threshold"] + SUMMARY_KEYS if k in srow}})
         if cfg.bootstrap > 0:
-            intervals = sfp.bootstrap_summary(r.fields.double().numpy(), pr.test_labels.numpy(), data.num_labels,
-                                              cfg.bootstrap, cfg.seed, threshold=cfg.threshold,
+            if r.fields is None:
+                from .errors import FilterlensError
+
+                raise FilterlensError("bootstrap needs the per-sample test fields; rerun the probes stage with "
+                                      f"bootstrap = {cfg.bootstrap}")
+            intervals = sfp.bootstrap_summary(r.fields.double().numpy(), pr.test_labels.numpy(),
+                                              len(label_names), cfg.bootstrap, cfg.seed, threshold=cfg.threshold,
                                               normalise=cfg.normalise)
             for key in SUMMARY_KEYS:
                 if key in intervals:
                     lo, hi = intervals[key]
                     boot_rows.append({"layer": r.name, "metric": key, "estimate": row.get(key, summary.get(key)),
                                       "low": lo, "high": hi})
-        for fr, vf in zip(est.filter_table(r.name, data.label_names), frac):
+        for fr, vf in zip(est.filter_table(r.name, label_names), frac):
             fr["vote_fraction"] = float(vf)
             filter_rows.append(fr)
     t_sfp = time.perf_counter() - t0
     meta = {
         "config": cfg.to_dict(),
         "environment": environment(),
-        "data": data.describe(),
-        "label_names": data.label_names,
-        "label_map": data.label_map,
+        "data": data_meta,
+        "label_names": label_names,
+        "label_map": data_meta.get("label_map"),
         "probes": {"mode": pr.mode, "engine": pr.engine, "recipe": asdict(pr.recipe), "note": pr.note,
                    "forward_passes": pr.forward_passes, "timings": pr.timings,
                    "pool": cfg.probe_pool, "augment": pr.recipe.augment},
         "sfp": {"threshold": cfg.threshold, "normalise": cfg.normalise},
-        "timings": {"probes_s": t_probes, "sfp_s": t_sfp},
-        "title": f"{cfg.model} on {data.name} ({data.num_labels} labels)",
+        "timings": {"probes_s": pr.timings.get("stage_s", pr.timings.get("total_s")), "sfp_s": t_sfp},
+        "title": f"{cfg.model} on {data_meta.get('dataset', '?')} ({len(label_names)} labels)",
+        "thresholds": sweep_rows,
+        "bootstrap": {"n": cfg.bootstrap, "level": 0.95, "intervals": boot_rows} if cfg.bootstrap else None,
     }
-    meta["thresholds"] = sweep_rows
-    meta["bootstrap"] = {"n": cfg.bootstrap, "level": 0.95, "intervals": boot_rows} if cfg.bootstrap else None
     return Analysis(rows, filter_rows, pr, fitted, meta)
+
+
+def save_probe_result(pr: ProbeResult, directory, data_meta: dict, hash_: str = "") -> None:
+    """Stage 2's outputs: probes.pt (FC weights), label_means.pt (means, counts, votes[, fields]), probes.json."""
+    d = Path(directory)
+    torch_save(d / "probes.pt", {r.name: r.weight for r in pr.layers})
+    blob = {"means": {r.name: r.label_means for r in pr.layers}, "counts": pr.label_counts,
+            "votes": {r.name: r.votes for r in pr.layers}}
+    if pr.layers and pr.layers[0].fields is not None:
+        blob["fields"] = {r.name: r.fields for r in pr.layers}
+        blob["test_labels"] = pr.test_labels
+    torch_save(d / "label_means.pt", blob)
+    write_json(d / "probes.json", {
+        "hash": hash_, "mode": pr.mode, "engine": pr.engine, "recipe": asdict(pr.recipe), "note": pr.note,
+        "forward_passes": pr.forward_passes, "timings": pr.timings, "data": data_meta,
+        "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "shape": list(r.shape),
+                    "layer_shape": list(r.layer_shape), "features": r.features, "accuracy": r.accuracy,
+                    "train_accuracy": r.train_accuracy} for r in pr.layers]})
+
+
+def load_probe_result(directory) -> tuple[ProbeResult, dict]:
+    """Read stage 2's outputs back (see :func:`save_probe_result`); returns (result, data_meta)."""
+    from .probes import LayerProbeResult, ProbeRecipe
+
+    d = Path(directory)
+    meta = read_json(d / "probes.json")
+    weights = torch.load(d / "probes.pt", map_location="cpu", weights_only=True)
+    blob = torch.load(d / "label_means.pt", map_location="cpu", weights_only=True)
+    fields = blob.get("fields")
+    layers = [LayerProbeResult(m["name"], m["index"], m["filters"], tuple(m["shape"]), tuple(m["layer_shape"]),
+                               m["features"], m["accuracy"], m["train_accuracy"], weights[m["name"]],
+                               blob["means"][m["name"]], blob["votes"][m["name"]],
+                               fields[m["name"]] if fields is not None else None) for m in meta["layers"]]
+    pr = ProbeResult(layers, meta["mode"], meta["engine"], ProbeRecipe(**meta["recipe"]), blob["counts"],
+                     meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"))
+    return pr, meta["data"]
 
 
 def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
@@ -199,8 +251,10 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
     model, cfg, data, _ = load_trained(run_dir)
     if overrides:
         cfg = cfg.replace(**overrides)
+    # config.json is rewritten only once the analysis succeeded: a failed analyze damages nothing
+    pr = probe_stage(model, data, cfg, echo=echo)
+    result = sfp_stage(pr, data.describe(), cfg)
     rd.claim(cfg, stage="train")
-    result = analyze(model, data, cfg, echo=echo)
     result.meta["train"] = {k: v for k, v in rd.read_json("train.json").items() if k != "history"} \
         if rd.exists("train.json") else None
     result.save(rd.path)

@@ -96,7 +96,7 @@ class Capture:
 
     # -- context manager ---------------------------------------------------
     def __enter__(self) -> "Capture":
-        self._was_training = self.model.training
+        self._was_training = module_modes(self.model)
         self.model.eval()
         try:
             for cl in self.layers:
@@ -116,7 +116,7 @@ class Capture:
         self._handles.clear()
         self._out.clear()
         if self._was_training is not None:
-            self.model.train(self._was_training)
+            restore_modes(self._was_training)
             self._was_training = None
 
     def _hook(self, cl: CaptureLayer):
@@ -152,6 +152,16 @@ class Capture:
                 pass
         out, self._out = self._out, {}
         return out
+
+
+def module_modes(model: nn.Module) -> dict:
+    """Every module's own train/eval flag (a model in train mode may hold frozen, eval-mode parts)."""
+    return {m: m.training for m in model.modules()}
+
+
+def restore_modes(modes: dict) -> None:
+    for m, flag in modes.items():
+        m.training = flag
 
 
 def num_hooks(model: nn.Module) -> int:

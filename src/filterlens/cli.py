@@ -70,6 +70,15 @@ def _config_from_args(args, base: Config | None = None) -> Config:
     return Config.from_dict(d)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to a flag's help unless the help already states its default."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage first otherwise)
         sys.stderr.write(f"filterlens: error: {message}\n")
@@ -85,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model on a dataset into a run directory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     t.add_argument("--run-dir", required=True, help="run directory (created)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted training from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a run directory that holds another config")
@@ -93,13 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t, TRAIN_STAGES)
 
     a = sub.add_parser("analyze", help="layer accuracies, filter clusters, noise and SNR of a trained run",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     a.add_argument("--run-dir", required=True, help="a run directory written by filterlens train")
     a.add_argument("--config", default=None, help="TOML file with analysis settings (flags given here override it)")
     _add_config_flags(a, ANALYZE_STAGES)
 
     l = sub.add_parser("layers", help="list a model's analysable layers with their output shapes",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     l.add_argument("--model", default="vgg16", help="architecture name (see train --help)")
     l.add_argument("--dataset", default="cifar100", help="dataset whose labels, channels and image size to use")
     l.add_argument("--data-dir", default=None, help="data folder (only needed for imagefolder)")
@@ -109,19 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--list-models", action="store_true", help="list the model names instead")
 
     w = sub.add_parser("sweep", help="error against the number of labels: train on label subsets, fit a line",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     w.add_argument("--run-dir", required=True, help="sweep directory (one folder per trained model)")
-    w.add_argument("--num-labels", default="3,5,10", help="label counts L to study, e.g. 3,5,10,20,50,100")
-    w.add_argument("--subsets", type=int, default=3, help="seeded label subsets per count (the full set once)")
-    w.add_argument("--sweep-layers", default="-1", help="layers analysed in every model (stages 2-3)")
     w.add_argument("--jobs", type=int, default=1, help="processes on this machine")
     w.add_argument("--shard", default="0/1", help="run the i-th of n shards (i/n), for several machines")
     w.add_argument("--merge", action="store_true", help="only combine the finished models of all shards")
     w.add_argument("--config", default=None, help="TOML file with settings (flags given here override it)")
-    _add_config_flags(w, TRAIN_STAGES + ("probes", "sfp"))
+    _add_config_flags(w, TRAIN_STAGES + ("probes", "sfp", "sweep"))
 
     d = sub.add_parser("demo", help="train a small VGG on the embedded digits data and analyse it",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     d.add_argument("--run-dir", default="runs/demo", help="run directory")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo run with other settings")
@@ -193,27 +199,17 @@ def cmd_sweep(args) -> int:
     from .sweep import print_sweep, run_sweep
 
     cfg = _config_from_args(args)
-    sweep_keys = {"num_labels": "--num-labels", "subsets": "--subsets", "sweep_layers": "--sweep-layers",
-                  "jobs": "--jobs"}
-    if getattr(args, "config", None):
-        extra = load_toml(args.config)
-        for k in sweep_keys:
-            if k in extra and getattr(args, k) == build_parser_defaults["sweep"][k]:
-                setattr(args, k, extra[k])
     try:
         i, n = (int(v) for v in str(args.shard).split("/"))
     except ValueError:
         raise FilterlensError(f"shard '{args.shard}' is invalid; use i/n, e.g. 0/4") from None
     if args.jobs < 1:
         raise FilterlensError(f"jobs = {args.jobs} must be >= 1")
-    out = run_sweep(cfg, args.run_dir, str(args.num_labels), args.subsets, args.sweep_layers, args.jobs, (i, n),
+    out = run_sweep(cfg, args.run_dir, cfg.num_labels or "3,5,10", cfg.subsets, cfg.sweep_layers, args.jobs, (i, n),
                     merge_only=args.merge)
     if out is not None:
         print_sweep(out)
     return 0
-
-
-build_parser_defaults = {"sweep": {"num_labels": "3,5,10", "subsets": 3, "sweep_layers": "-1", "jobs": 1}}
 
 
 def cmd_demo(args) -> int:

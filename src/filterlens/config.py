@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import FilterlensError, closest
 
-STAGES = ("data", "model", "train", "probes", "sfp", "run")
+STAGES = ("data", "model", "train", "probes", "sfp", "afcc", "sweep", "run")
+# the settings each stage's results depend on
+DEPENDS = {
+    "data": ("data",),
+    "model": ("data", "model"),
+    "train": ("data", "model", "train"),
+    "probes": ("data", "model", "train", "probes"),
+    "sfp": ("data", "model", "train", "probes", "sfp"),
+    "afcc": ("data", "model", "train", "probes", "sfp", "afcc"),
+    "sweep": ("data", "model", "train", "probes", "sfp", "sweep"),
+}
 
 
 def _f(default, stage: str, help: str, choices=None, flag=True):
@@ -57,8 +68,9 @@ class Config:
     probe_mode: str = _f("fast", "probes", "fast: cache features once, train probes from the cache; paper: the "
                                            "authors' recipe, one forward pass per epoch for all layers",
                          choices=("fast", "paper"))
-    probe_epochs: int = _f(30, "probes", "epochs of every layer's FC probe")
-    probe_lr: float | None = _f(None, "probes", "probe learning rate (default: 1e-3 Adam in fast mode, 0.01 SGD in paper mode)")
+    probe_epochs: int | None = _f(None, "probes", "epochs of every layer's FC probe (default: 30 in fast mode, "
+                                                  "200 in paper mode)")
+    probe_lr: float | None = _f(None, "probes", "probe learning rate (default: 1e-2 Adam in fast mode, 0.01 SGD in paper mode)")
     probe_batch_size: int = _f(100, "probes", "probe mini-batch size (paper: 100)")
     probe_weight_decay: float | None = _f(None, "probes", "probe weight decay (default: 0 fast, 1e-3 paper)")
     probe_pool: str = _f("none", "probes", "adaptive max-pool of each layer's map before its FC: none, HxW (e.g. 4x4), "
@@ -73,6 +85,17 @@ class Config:
     bootstrap: int = _f(0, "sfp", "resample the test set N times for 95%% intervals of every layer metric (0: off)")
     heatmaps: str = _f("auto", "sfp", "filter heatmaps to draw: auto (3 filters of the first, middle and last "
                                       "layer), none, or LAYER:FILTER,...")
+    # afcc (METHOD.md stage 5)
+    afcc: bool = _f(True, "afcc", "run AFCC in `filterlens run`")
+    afcc_layers: str = _f("-1", "afcc", "layers whose cluster connections are kept: one layer (FC mask) or "
+                                         "consecutive layers (conv masks between them + the deepest FC), e.g. last:3")
+    retrain_epochs: int = _f(3, "afcc", "epochs of masked retraining (masks re-applied after every step)")
+    retrain_lr: float = _f(0.01, "afcc", "SGD learning rate of masked retraining")
+    # sweep (METHOD.md stage 4)
+    num_labels: str = _f("", "sweep", "label counts of the label-count study, e.g. 3,5,10,20,50,100 (empty: no "
+                                      "sweep in `filterlens run`)")
+    subsets: int = _f(3, "sweep", "seeded label subsets per count (the full label set once)")
+    sweep_layers: str = _f("-1", "sweep", "layers analysed (stages 2-3) in every model of the sweep")
     # run-wide (not part of any result's identity)
     seed: int = _f(0, "train", "one seed for Python, NumPy, torch and the loaders")
     device: str = _f("auto", "run", "auto, cpu, cuda or cuda:N")
@@ -118,8 +141,20 @@ class Config:
                                       f"{', '.join(choices)}")
         if not 0.0 < float(self.threshold) < 1.0:
             raise FilterlensError(f"threshold {self.threshold} is outside (0, 1)")
-        for name in ("epochs", "probe_epochs"):
-            if getattr(self, name) < 0:
+        for name in ("lr", "momentum", "weight_decay", "probe_lr", "probe_weight_decay", "retrain_lr"):
+            v = getattr(self, name)
+            if v is not None and (not math.isfinite(float(v)) or v < 0):
+                raise FilterlensError(f"{name} = {v} is invalid; it must be a finite number >= 0")
+        for name in ("lr", "probe_lr", "retrain_lr", "gamma", "width_mult"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise FilterlensError(f"{name} = {v} must be > 0")
+        if self.step_epochs < 1:
+            raise FilterlensError(f"step_epochs = {self.step_epochs} must be >= 1")
+        if self.subsets < 1:
+            raise FilterlensError(f"subsets = {self.subsets} must be >= 1")
+        for name in ("epochs", "probe_epochs", "retrain_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise FilterlensError(f"{name} = {getattr(self, name)} must be >= 0")
         for name in ("train_samples", "test_samples"):
             if getattr(self, name) < 0:
@@ -136,7 +171,7 @@ class Config:
 
     def stage_hash(self, stage: str) -> str:
         """Hash of the settings that a stage's results depend on (its own and every earlier stage's)."""
-        upto = STAGES[: STAGES.index(stage) + 1]
+        upto = DEPENDS.get(stage) or STAGES[: STAGES.index(stage) + 1]
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["stage"] in upto}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

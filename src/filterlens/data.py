@@ -51,7 +51,7 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     # digits: 8x8; flips would turn a 2 into something else, so no flip; 1-pixel crop padding
-    "digits": DatasetSpec("digits", 1, 8, 10, (0.3344,), (0.3795,), 1, False, True),
+    "digits": DatasetSpec("digits", 1, 8, 10, (0.3053,), (0.3759,), 1, False, True),
     "mnist": DatasetSpec("mnist", 1, 28, 10, (0.1307,), (0.3081,), 2, False, True),
     "fashion-mnist": DatasetSpec("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), 2, True, True),
     "cifar10": DatasetSpec("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True, True),
@@ -240,11 +240,17 @@ def _relabel(labels: torch.Tensor, label_map: list[int]) -> tuple[torch.Tensor, 
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 8 or data[0] != 0 or data[1] != 0:
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (EOFError, OSError, gzip.BadGzipFile) as exc:
+        raise FilterlensError(f"{path} cannot be read ({type(exc).__name__}: {exc}); the file is damaged or cut "
+                              "short, replace it") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise FilterlensError(f"{path} is not an idx file (bad magic number)")
     dtype_code, ndim = data[2], data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise FilterlensError(f"{path} is truncated inside its header ({len(data)} bytes)")
     if dtype_code != 0x08:
         raise FilterlensError(f"{path}: idx type 0x{dtype_code:02x} not supported; expected unsigned byte (0x08)")
     dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])

@@ -269,7 +269,7 @@ def list_layers(model: nn.Module, input_size: tuple[int, int, int]) -> list[Laye
         for n in names:
             handles.append(model.get_submodule(n).register_forward_hook(
                 lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:]) if torch.is_tensor(o) else None)))
-        was_training = model.training
+        was_training = {m: m.training for m in model.modules()}
         model.eval()
         try:
             device = next(model.parameters()).device
@@ -279,7 +279,8 @@ def list_layers(model: nn.Module, input_size: tuple[int, int, int]) -> list[Laye
             raise FilterlensError(f"the model does not run on inputs of size {tuple(input_size)} ({first}); "
                                   "choose a larger --image-size or a model for small images") from None
         finally:
-            model.train(was_training)
+            for m, flag in was_training.items():
+                m.training = flag
     finally:
         for h in handles:
             h.remove()

@@ -7,7 +7,7 @@ is the layer's accuracy. Two modes:
 ``fast`` (default)
     One capture pass over train and test caches every layer's float16 features
     (:class:`~filterlens.capture.FeatureCache`); every probe is then trained from
-    the cache: Adam, lr 1e-3 with cosine decay to 0, mini-batch 100, no weight
+    the cache: Adam, lr 1e-2 with cosine decay to 0, mini-batch 100, no weight
     decay, ``probe_epochs`` (default 30) epochs. If the cache would exceed
     ``cache_budget`` (or augmentation is on) it streams instead, and says so.
 ``paper``
@@ -63,7 +63,7 @@ class ProbeRecipe:
 
     @classmethod
     def fast(cls, epochs: int = 30, **kw) -> "ProbeRecipe":
-        base = dict(optimizer="adam", lr=1e-3, epochs=epochs, batch_size=100, weight_decay=0.0, lr_decay="cosine",
+        base = dict(optimizer="adam", lr=1e-2, epochs=epochs, batch_size=100, weight_decay=0.0, lr_decay="cosine",
                     augment=False)
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)

@@ -16,7 +16,7 @@ from .files import read_json, write_json
 
 # files a run may write; --overwrite removes only these
 RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "train_log.csv", "train.json", "results.json",
-             "layers.csv", "filters.csv", "probes.pt", "label_means.pt", "accuracy.png", "clusters.png",
+             "layers.csv", "filters.csv", "probes.pt", "label_means.pt", "probes.json", "accuracy.png", "clusters.png",
              "thresholds.csv", "bootstrap.csv", "heatmaps", "cache")
 
 
@@ -43,24 +43,35 @@ class RunDir:
         elif p.exists():
             p.unlink()
 
-    def claim(self, cfg: Config, overwrite: bool = False, stage: str = "train") -> None:
-        """Make ``path`` this run's directory; refuse one holding a run with other ``stage`` settings."""
+    def check(self, cfg: Config, overwrite: bool = False, stage: str = "train") -> bool:
+        """Refuse (without writing anything) a directory holding a run with other ``stage`` settings.
+
+        Returns True when the directory holds a run with the same ``stage`` settings.
+        """
         if self.path.exists() and not self.path.is_dir():
             raise FilterlensError(f"run directory '{self.path}' exists and is not a directory")
-        if self.exists("config.json"):
-            try:
-                old = Config.from_dict(self.read_json("config.json"))
-            except FilterlensError:
-                old = None
-            if old is None or old.stage_hash(stage) != cfg.stage_hash(stage):
-                if not overwrite:
-                    diff = _differences(old, cfg, stage) if old else ["unreadable config.json"]
-                    raise FilterlensError(
-                        f"run directory '{self.path}' holds a run with another config ({'; '.join(diff[:3])}); "
-                        "use --overwrite to replace it or choose another --run-dir")
-                for name in RUN_FILES:
-                    self.remove(name)
-        elif overwrite:
+        if not self.exists("config.json"):
+            return False
+        try:
+            old = Config.from_dict(self.read_json("config.json"))
+        except FilterlensError:
+            old = None
+        if old is not None and old.stage_hash(stage) == cfg.stage_hash(stage):
+            return True
+        if not overwrite:
+            diff = _differences(old, cfg, stage) if old else ["unreadable config.json"]
+            raise FilterlensError(
+                f"run directory '{self.path}' holds a run with another config ({'; '.join(diff[:3])}); "
+                "use --overwrite to replace it or choose another --run-dir")
+        return False
+
+    def claim(self, cfg: Config, overwrite: bool = False, stage: str = "train") -> None:
+        """Make ``path`` this run's directory (after :meth:`check`); with ``overwrite`` remove the old run's files.
+
+        Call it only once the new settings have been validated, so a refused command damages nothing.
+        """
+        same = self.check(cfg, overwrite, stage)
+        if overwrite and not same:
             for name in RUN_FILES:
                 self.remove(name)
         self.path.mkdir(parents=True, exist_ok=True)

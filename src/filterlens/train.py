@@ -47,7 +47,7 @@ def make_model(cfg: Config, data: Data) -> tuple[nn.Module, ModelSpec]:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device, amp: bool = False) -> dict:
     """Test accuracy and mean cross-entropy, in eval mode (the caller's mode is restored)."""
-    was = model.training
+    was = {m: m.training for m in model.modules()}
     model.eval()
     correct, total, loss = 0, 0, 0.0
     try:
@@ -58,7 +58,8 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False) -> dict:
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
     finally:
-        model.train(was)
+        for m, flag in was.items():
+            m.training = flag
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
 
 
@@ -87,13 +88,13 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     """
     cfg.validate()
     rd = RunDir(run_dir)
-    rd.claim(cfg, overwrite=overwrite, stage="train")
-    if rd.exists("model.pt") and rd.exists("train.json") and not overwrite:
+    same = rd.check(cfg, overwrite=overwrite, stage="train")
+    if same and rd.exists("model.pt") and rd.exists("train.json") and not overwrite:
         summary = rd.read_json("train.json")
         if summary.get("train_hash") == cfg.stage_hash("train"):
             echo(f"model already trained in {rd.path} (test accuracy {summary['test_accuracy']:.4f}); nothing to do")
             return summary
-    if rd.exists("checkpoint.pt") and not resume and not overwrite:
+    if same and rd.exists("checkpoint.pt") and not resume and not overwrite:
         state = read_checkpoint(rd.file("checkpoint.pt"))
         raise FilterlensError(f"run directory '{rd.path}' holds an unfinished training (epoch {state.get('epoch')} "
                               f"of {cfg.epochs}); add --resume to continue it or --overwrite to start again")
@@ -102,6 +103,8 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     device = resolve_device(cfg.device)
     data = load_data_for(cfg)
     model, spec = make_model(cfg, data)
+    # only now, with data and model checked, is the run directory written (or, with overwrite, emptied)
+    rd.claim(cfg, overwrite=overwrite, stage="train")
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

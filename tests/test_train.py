@@ -1,0 +1,228 @@
+"""Tests of training through the real command line: resume after a kill, refusal without
+--resume, the finished-run short cut, Fashion-MNIST accuracy, and the files a run writes."""
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN_ARGS, assert_user_error, cli_env, copy_run, run_cli
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def state_dict_of(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["model"]
+
+
+# ================================================================================ resume
+
+RESUME_BASE = ["--dataset", "digits", "--epochs", "3", "--seed", "0", "--no-progress"]
+# From fast to slow: if a run finishes before it can be killed after epoch 1, the next
+# setting makes every epoch longer (more, smaller steps; a wider model).
+SLOWER = [["--model", "vgg_tiny", "--batch-size", "16"],
+          ["--model", "vgg_tiny", "--batch-size", "4"],
+          ["--model", "vgg_small", "--batch-size", "4"],
+          ["--model", "vgg_small", "--batch-size", "2", "--width-mult", "2"]]
+
+
+def _logged_epochs(run_dir: Path) -> int:
+    try:
+        return len(read_log(run_dir / "train_log.csv"))
+    except (FileNotFoundError, csv.Error):
+        return 0
+
+
+def _train_and_kill_after_epoch_1(args: list[str], run_dir: Path, cwd: Path):
+    """Start training, SIGKILL it once train_log.csv has one epoch row (the checkpoint is written
+    before the log). Returns the epoch count at the kill, or None when it finished first."""
+    with open(cwd / f"{run_dir.name}.out", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "filterlens", "train", *args, "--run-dir", str(run_dir)],
+                                cwd=cwd, env=cli_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if _logged_epochs(run_dir) >= 1:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.002)
+            else:
+                proc.kill()
+                pytest.fail(f"training with {args} logged no epoch in 300 s")
+        finally:
+            proc.wait(timeout=60)
+    if proc.returncode != -signal.SIGKILL:
+        assert proc.returncode == 0, (cwd / f"{run_dir.name}.out").read_text()
+        return None  # finished before the kill landed
+    if (run_dir / "model.pt").exists() or not (run_dir / "checkpoint.pt").exists():
+        return None
+    # the checkpoint, not the log, is what --resume continues from (it is written first)
+    done = int(torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"])
+    return done if 1 <= done < 3 else None
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A run directory left by a training killed after its first epoch (of 3), and its args."""
+    base = tmp_path_factory.mktemp("interrupted")
+    for i, extra in enumerate(SLOWER):
+        args = RESUME_BASE + extra
+        run_dir = base / f"B{i}"
+        done = _train_and_kill_after_epoch_1(args, run_dir, base)
+        if done is not None:
+            assert (run_dir / "checkpoint.pt").exists(), "killed after an epoch but no checkpoint.pt"
+            assert not (run_dir / "model.pt").exists()
+            assert 1 <= _logged_epochs(run_dir) <= done
+            return {"args": args, "dir": run_dir, "epoch": done, "base": base}
+    pytest.fail(f"every setting {SLOWER} finished all 3 epochs before it could be killed")
+
+
+def test_interrupted_training_resumed_gives_the_same_weights(interrupted, tmp_path):
+    args = interrupted["args"]
+    b = copy_run(interrupted["dir"], tmp_path / "B")
+    a = tmp_path / "A"
+    rc, out, err = run_cli("train", *args, "--run-dir", a, cwd=tmp_path)
+    assert rc == 0, out + err
+    rc, out, err = run_cli("train", *args, "--run-dir", b, "--resume", cwd=tmp_path)
+    assert rc == 0, out + err
+    assert f"resuming from epoch {interrupted['epoch']} of 3" in out
+    assert "Traceback" not in out + err
+
+    sa, sb = state_dict_of(a / "model.pt"), state_dict_of(b / "model.pt")
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"{k} differs between the uninterrupted and the resumed run"
+    # the per-epoch history is the same too (apart from wall time)
+    la, lb = read_log(a / "train_log.csv"), read_log(b / "train_log.csv")
+    assert len(la) == len(lb) == 3
+    for ra, rb in zip(la, lb):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+    assert not (b / "checkpoint.pt").exists()  # finished: the checkpoint is gone, model.pt stays
+
+
+def test_without_resume_an_unfinished_run_is_refused(interrupted, tmp_path):
+    b = copy_run(interrupted["dir"], tmp_path / "B")
+    before = {name: (b / name).read_bytes() for name in ("checkpoint.pt", "config.json", "train_log.csv")}
+    rc, out, err = run_cli("train", *interrupted["args"], "--run-dir", b, cwd=tmp_path)
+    assert_user_error(rc, out, err, "--resume", str(b))
+    for name, data in before.items():
+        assert (b / name).read_bytes() == data, f"{name} changed"
+    assert not (b / "model.pt").exists()
+
+
+def test_resume_with_another_config_is_refused(interrupted, tmp_path):
+    b = copy_run(interrupted["dir"], tmp_path / "B")
+    before = (b / "checkpoint.pt").read_bytes()
+    args = [a if a != "3" else "4" for a in interrupted["args"]]  # --epochs 4
+    rc, out, err = run_cli("train", *args, "--run-dir", b, "--resume", cwd=tmp_path)
+    assert_user_error(rc, out, err, "--overwrite")
+    assert (b / "checkpoint.pt").read_bytes() == before
+
+
+# ================================================================================ finished runs
+
+def test_same_config_twice_does_nothing(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    rc, out, err = run_cli("train", *TINY_TRAIN_ARGS, "--run-dir", run, cwd=tmp_path)
+    assert rc == 0, out + err
+    assert "nothing to do" in out
+    assert "epoch   1" not in out  # no training
+    after = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert after.keys() == before.keys()
+    assert after["model.pt"] == before["model.pt"]
+    assert after["train.json"] == before["train.json"]
+    assert after["train_log.csv"] == before["train_log.csv"]
+
+
+def test_run_files_are_consistent(tiny_run):
+    """vgg_tiny on digits, 2 epochs, lr 0.05 with cosine decay (the defaults)."""
+    import json
+
+    assert sorted(p.name for p in tiny_run.iterdir()) == ["config.json", "model.pt", "train.json",
+                                                          "train_log.csv"]
+    log = read_log(tiny_run / "train_log.csv")
+    assert [int(r["epoch"]) for r in log] == [1, 2]
+    for r in log:
+        for key in ("train_accuracy", "test_accuracy"):
+            assert 0.0 <= float(r[key]) <= 1.0
+        for key in ("train_loss", "test_loss"):
+            assert math.isfinite(float(r[key])) and float(r[key]) > 0
+    # cosine annealing over 2 epochs: after epoch e the rate is 0.05 * (1 + cos(pi * e / 2)) / 2
+    for r in log:
+        e = int(r["epoch"])
+        assert float(r["lr"]) == pytest.approx(0.05 * (1 + math.cos(math.pi * e / 2)) / 2, abs=1e-6)
+
+    summary = json.loads((tiny_run / "train.json").read_text())
+    assert summary["epochs"] == 2
+    assert len(summary["history"]) == 2
+    assert summary["test_accuracy"] == pytest.approx(float(log[-1]["test_accuracy"]), abs=1e-6)
+    assert summary["model"]["model"] == "vgg_tiny"
+    assert summary["model"]["num_labels"] == 10 and summary["model"]["in_channels"] == 1
+    assert summary["data"]["train_size"] + summary["data"]["test_size"] == 1797
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["epochs"] == 2 and config["model"] == "vgg_tiny" and config["dataset"] == "digits"
+
+    # the printed per-epoch lines carry the logged numbers
+    out = (tiny_run.parent / "stdout.txt").read_text()
+    lines = [l for l in out.splitlines() if l.lstrip().startswith("epoch")]
+    assert len(lines) == 2
+    for line, r in zip(lines, log):
+        assert f"{float(r['test_accuracy']):.4f}" in line
+        assert f"{float(r['train_loss']):.4f}" in line
+    assert f"test accuracy {summary['test_accuracy']:.4f}" in out
+
+
+def test_reported_accuracy_is_the_saved_models(tiny_run):
+    """Evaluate model.pt ourselves on the digits test split: the same accuracy as train.json."""
+    import json
+
+    from filterlens.data import load_data
+    from filterlens.models import ModelSpec, build_model, load_checkpoint
+
+    data = load_data("digits")
+    spec = ModelSpec("vgg_tiny", 10, 1, 8)
+    model = build_model(spec)
+    load_checkpoint(tiny_run / "model.pt", model, spec)
+    model.eval()
+    with torch.no_grad():
+        x = data.test.normalise(data.test.images)
+        pred = model(x).argmax(1)
+    acc = (pred == data.test.labels).float().mean().item()
+    summary = json.loads((tiny_run / "train.json").read_text())
+    assert abs(acc - summary["test_accuracy"]) <= 1 / len(data.test) + 1e-9
+
+
+# ================================================================================ Fashion-MNIST
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
+                    reason=f"Fashion-MNIST idx files absent from {FASHION_DIR} "
+                           "(apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_one_epoch_reaches_80_percent(tmp_path):
+    rc, out, err = run_cli("train", "--dataset", "fashion-mnist", "--model", "vgg_small", "--train-samples", "30000",
+                           "--lr", "0.02", "--batch-size", "64", "--epochs", "1", "--seed", "0", "--no-progress",
+                           "--run-dir", tmp_path / "fm", cwd=tmp_path)
+    assert rc == 0, out + err
+    import json
+
+    summary = json.loads((tmp_path / "fm" / "train.json").read_text())
+    assert summary["data"]["train_size"] == 30000 and summary["data"]["test_size"] == 10000
+    assert summary["data"]["label_names"][0] == "T-shirt/top"
+    assert summary["test_accuracy"] >= 0.80, out
