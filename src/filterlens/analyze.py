@@ -58,13 +58,8 @@ class Analysis:
         if self.probes is not None:
             save_probe_result(self.probes, d, self.meta.get("data", {}),
                               Config.from_dict(self.meta["config"]).stage_hash("probes"))
-        results = {}
-        if (d / "results.json").exists():
-            try:
-                results = read_json(d / "results.json")
-            except ValueError:
-                results = {}
-        results.update({"version": RESULTS_VERSION, **self.meta, "layers": self.layers})
+        # a new analysis replaces results.json whole: later stages (AFCC) add their entries again
+        results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers}
         if self.meta.get("thresholds"):
             write_csv(d / "thresholds.csv", self.meta["thresholds"])
         if self.meta.get("bootstrap"):
@@ -100,6 +95,10 @@ class Analysis:
                                           f"{', '.join(names)}")
                 picks.append((layer, int(filt)))
         labels = self.meta.get("label_names")
+        folder = Path(directory) / "heatmaps"
+        if folder.is_dir():  # drop the previous analysis' pictures: they may show other filters or thresholds
+            for old in folder.glob("*.png"):
+                old.unlink()
         out = []
         for layer, c in picks:
             est = self.sfp[layer]

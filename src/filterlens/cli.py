@@ -126,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--config", default=None, help="TOML file with settings (flags given here override it)")
     _add_config_flags(w, TRAIN_STAGES + ("probes", "sfp", "sweep"))
 
+    r = sub.add_parser("run", help="the whole pipeline from a TOML config: train, analyse, AFCC, sweep, report",
+                       formatter_class=_HelpFormatter)
+    r.add_argument("config", help="TOML config file (see configs/); flags given here override its keys")
+    r.add_argument("--run-dir", default=None, help="run directory (default: runs/<config file name>)")
+    r.add_argument("--from", dest="from_stage", default=None,
+                   help="recompute from this stage on: train, probes, sfp, afcc, sweep, report")
+    r.add_argument("--overwrite", action="store_true", help="replace a run directory that holds another config")
+    _add_config_flags(r, TRAIN_STAGES + ("probes", "sfp", "afcc", "sweep"))
+
+    rep = sub.add_parser("report", help="rebuild report.html of a run from its saved results (no recomputation)",
+                         formatter_class=_HelpFormatter)
+    rep.add_argument("run_dir", help="run directory")
+
     d = sub.add_parser("demo", help="train a small VGG on the embedded digits data and analyse it",
                        formatter_class=_HelpFormatter)
     d.add_argument("--run-dir", default="runs/demo", help="run directory")
@@ -212,6 +225,24 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from pathlib import Path
+
+    from .run import run_pipeline
+
+    cfg = _config_from_args(args)
+    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    run_pipeline(cfg, run_dir, from_stage=args.from_stage, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    print(f"wrote {build_report(args.run_dir)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -219,7 +250,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
+COMMANDS = {"run": cmd_run, "report": cmd_report, "sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

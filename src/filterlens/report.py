@@ -120,3 +120,168 @@ def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: P
         ax.grid(alpha=0.3)
     paths.append(save_figure(fig, directory / "sweep_clusters.png"))
     return paths
+
+
+# ----------------------------------------------------------------------------- report.html
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:0.2em} h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:0.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0} th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f4f4f4} td.l,th.l{text-align:left} .muted{color:#777;font-size:0.9em}
+img{max-width:100%;border:1px solid #eee;margin:0.4em 0} .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:0.6em}
+details{margin:0.5em 0} .scroll{overflow-x:auto;max-width:100%} code{background:#f6f6f6;padding:1px 4px}
+"""
+
+_CHECK_JS = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images-loaded', ok + '/' + imgs.length);
+});
+"""
+
+
+def _esc(v) -> str:
+    import html
+
+    return html.escape(str(v))
+
+
+def _img(path: Path, alt: str) -> str:
+    import base64
+
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt_cell(v) -> str:
+    if v is None or v == "":
+        return ""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return _esc(v)
+    if isinstance(v, str) and not any(c in v for c in ".eE") and v.lstrip("-").isdigit():
+        return _esc(v)
+    if f != f:
+        return "nan"
+    if f in (float("inf"), float("-inf")):
+        return "inf" if f > 0 else "-inf"
+    if float(f).is_integer() and abs(f) < 1e9:
+        return str(int(f))
+    return f"{f:.4g}"
+
+
+def _table(rows: list[dict], columns: list[str] | None = None, left: tuple = ("layer", "clusters", "labels",
+                                                                                "metric", "kind", "preferred_label")) -> str:
+    if not rows:
+        return "<p class='muted'>(none)</p>"
+    columns = columns or list(rows[0].keys())
+    head = "".join(f"<th class='{'l' if c in left else ''}'>{_esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td class='{'l' if c in left else ''}'>{_fmt_cell(r.get(c))}</td>"
+                                    for c in columns) + "</tr>" for r in rows)
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def build_report(run_dir) -> Path:
+    """Write ``report.html``: one self-contained file (images embedded) from the run's saved results.
+
+    Nothing is recomputed; ``filterlens report RUN_DIR`` calls this.
+    """
+    import json
+    import time
+
+    from .files import read_json, write_text
+
+    d = Path(run_dir)
+    if not (d / "results.json").exists():
+        from .errors import FilterlensError
+
+        raise FilterlensError(f"'{d}' has no results.json; run filterlens analyze (or filterlens run) first")
+    res = read_json(d / "results.json")
+    stages = read_json(d / "stages.json") if (d / "stages.json").exists() else {}
+    cfg = res.get("config", {})
+    env = res.get("environment", {})
+    title = res.get("title", "filterlens report")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+             f"<style>{_CSS}</style><script>{_CHECK_JS}</script></head><body>",
+             f"<h1>{_esc(title)}</h1><p class='muted'>filterlens {_esc(env.get('filterlens', ''))} &middot; "
+             f"built {time.strftime('%Y-%m-%d %H:%M')} &middot; seed {_esc(cfg.get('seed'))} &middot; "
+             "method: Meir et al., arXiv 2309.07537</p>"]
+    train = res.get("train") or {}
+    probes = res.get("probes", {})
+    summary = [("test accuracy of the trained model", _fmt_cell(train.get("test_accuracy"))),
+               ("layers analysed", len(res.get("layers", []))),
+               ("probe mode / engine", f"{probes.get('mode')} / {probes.get('engine')} "
+                                       f"({probes.get('forward_passes')} forward pass(es))"),
+               ("threshold / normalise", f"{res.get('sfp', {}).get('threshold')} / {res.get('sfp', {}).get('normalise')}")]
+    parts.append("<h2>Summary</h2>" + _table([{"item": k, "value": v} for k, v in summary], ["item", "value"],
+                                           left=("item", "value")))
+    # layers
+    layers = _read_csv(d / "layers.csv")
+    parts.append("<h2>Layers</h2><p class='muted'>accuracy: test accuracy of a new bias-free FC trained on the frozen "
+                 "layer's output; clusters/noise per filter averaged over filters with a cluster (<code>_all</code>: "
+                 "over all filters); SNR = mean signal elements / mean noise elements per filter.</p>")
+    parts.append(_table(layers))
+    plots = [p for p in ("accuracy.png", "clusters.png") if (d / p).exists()]
+    if plots:
+        parts.append("<div class='grid'>" + "".join(_img(d / p, p) for p in plots) + "</div>")
+    heat = sorted((d / "heatmaps").glob("*.png")) if (d / "heatmaps").exists() else []
+    if heat:
+        parts.append("<h2>Filter matrices</h2><p class='muted'>rows: input label, columns: output unit; labels "
+                     "reordered so each filter's clusters show as blocks (outlined).</p><div class='grid'>" +
+                     "".join(_img(p, p.stem) for p in heat) + "</div>")
+    filters = _read_csv(d / "filters.csv")
+    if filters:
+        parts.append(f"<details><summary>Every filter ({len(filters)} rows)</summary>{_table(filters)}</details>")
+    if (d / "thresholds.csv").exists():
+        parts.append("<h2>Threshold sensitivity</h2>" + _table(_read_csv(d / "thresholds.csv")))
+    if (d / "bootstrap.csv").exists():
+        parts.append("<h2>Bootstrap 95% intervals</h2>" + _table(_read_csv(d / "bootstrap.csv")))
+    # AFCC
+    if (d / "afcc.csv").exists():
+        parts.append("<h2>AFCC: keeping only the filters' cluster connections</h2>" + _table(_read_csv(d / "afcc.csv")))
+        if (d / "afcc_pruning.csv").exists():
+            parts.append("<p class='muted'>physical removal (a smaller dense model):</p>" +
+                         _table(_read_csv(d / "afcc_pruning.csv")))
+        if (d / "afcc.png").exists():
+            parts.append(_img(d / "afcc.png", "afcc"))
+    # sweep
+    sw = d / "sweep"
+    if (sw / "sweep.json").exists():
+        sj = read_json(sw / "sweep.json")
+        parts.append("<h2>Error against the number of labels</h2>" + _table(sj.get("per_count", [])))
+        fits = [{"fit": k, **{kk: v.get(kk) for kk in ("a", "b", "r2", "b_low", "b_high", "n")}}
+                for k, v in sj.get("fits", {}).items()]
+        parts.append(_table(fits, left=("fit",)))
+        imgs = [p for p in ("sweep_error.png", "sweep_clusters.png") if (sw / p).exists()]
+        parts.append("<div class='grid'>" + "".join(_img(sw / p, p) for p in imgs) + "</div>")
+    # settings, environment, time
+    if stages:
+        parts.append("<h2>Time per stage</h2>" + _table(
+            [{"stage": k, "seconds": v.get("seconds"), "finished": v.get("finished")} for k, v in stages.items()],
+            ["stage", "seconds", "finished"], left=("stage", "finished")))
+    timings = probes.get("timings") or {}
+    if timings:
+        parts.append("<p class='muted'>probe engine: " + ", ".join(f"{_esc(k)} {_fmt_cell(v)}"
+                                                                   for k, v in timings.items()) + "</p>")
+    parts.append("<h2>Settings</h2>" + _table([{"setting": k, "value": json.dumps(v)} for k, v in cfg.items()],
+                                             ["setting", "value"], left=("setting", "value")))
+    parts.append("<h2>Environment</h2>" + _table([{"item": k, "value": v} for k, v in env.items()],
+                                                ["item", "value"], left=("item", "value")))
+    data = res.get("data", {})
+    if data:
+        parts.append("<h2>Data</h2>" + _table([{"item": k, "value": json.dumps(v) if isinstance(v, list) else v}
+                                               for k, v in data.items()], ["item", "value"], left=("item", "value")))
+    parts.append("</body></html>\n")
+    return write_text(d / "report.html", "\n".join(parts))
