@@ -264,6 +264,15 @@ def main(argv=None) -> int:
     except FilterlensError as exc:
         sys.stderr.write(f"filterlens: error: {exc}\n")
         return 2
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            sys.stderr.write(f"filterlens: error: disk full{where} ({exc.strerror}); free some space and run the same "
+                             "command again: files already written are intact\n")
+            return 1
+        raise
     except KeyboardInterrupt:
         sys.stderr.write("filterlens: interrupted; run the same command again (with --resume for train) to continue\n")
         return 130

@@ -298,7 +298,7 @@ def select_layers(layers: list[Layer], spec) -> list[Layer]:
     Anything unknown or out of range is an error that lists the valid layers.
     """
     valid = ", ".join(f"{l.index}:{l.name}" for l in layers)
-    if spec is None or spec == "all" or spec == "":
+    if spec is None or spec == "all":
         return list(layers)
     items = spec if isinstance(spec, (list, tuple)) else [t.strip() for t in str(spec).split(",") if t.strip()]
     if not items:

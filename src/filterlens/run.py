@@ -111,9 +111,27 @@ def progress_bar(iterable, show: bool = True, **kw):
 PIPELINE = ("train", "probes", "sfp", "afcc", "sweep", "report")
 
 
-def _stage_done(rd: RunDir, stages: dict, name: str, h: str, outputs: tuple[str, ...]) -> bool:
+def _checksum(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _stage_done(rd: RunDir, stages: dict, name: str, h: str, outputs: tuple[str, ...], echo=print) -> bool:
+    """True when the stage ran with these settings and its outputs are there, unaltered (sha256)."""
     rec = stages.get(name)
-    return bool(rec) and rec.get("hash") == h and all(rd.exists(o) for o in outputs)
+    if not rec or rec.get("hash") != h or not all(rd.exists(o) for o in outputs):
+        return False
+    sums = rec.get("sha256", {})
+    for o in outputs:
+        if sums.get(o) != _checksum(rd.file(o)):
+            echo(f"note: {o} does not match its checksum (truncated or altered); recomputing stage {name}")
+            return False
+    return True
 
 
 def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite: bool = False,
@@ -139,17 +157,21 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
     forced = False
     timeline = {}
 
+    outputs_of = {}
+
     def should_run(name, h, outputs):
         nonlocal forced
+        outputs_of[name] = outputs
         if from_stage == name:
             forced = True
-        if forced or not _stage_done(rd, stages, name, h, outputs):
+        if forced or not _stage_done(rd, stages, name, h, outputs, echo):
             forced = True  # every later stage follows
             return True
         return False
 
     def record(name, h, t0):
-        stages[name] = {"hash": h, "seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        stages[name] = {"hash": h, "seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        "sha256": {o: _checksum(rd.file(o)) for o in outputs_of.get(name, ())}}
         write_json(rd.file("stages.json"), stages)
         timeline[name] = stages[name]["seconds"]
 
@@ -165,7 +187,6 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
         record("train", h, t0)
     else:
         timeline["train"] = None
-    rd.claim(cfg, stage="train")
 
     # 2. probes
     model = data = None
@@ -200,6 +221,7 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
         record("sfp", h, t0)
     else:
         timeline["sfp"] = None
+    rd.claim(cfg, stage="train")  # stages 2-3 accepted these settings: config.json now records them
 
     # 4. AFCC
     h = cfg.stage_hash("afcc")

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import Config
-from .data import Data, load_data, make_loader
+from .data import Data, check_labels_present, load_data, make_loader
 from .errors import FilterlensError
 from .files import write_csv, write_json
 from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
@@ -102,6 +102,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     data = load_data_for(cfg)
+    check_labels_present(data)
     model, spec = make_model(cfg, data)
     # only now, with data and model checked, is the run directory written (or, with overwrite, emptied)
     rd.claim(cfg, overwrite=overwrite, stage="train")
