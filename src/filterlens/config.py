@@ -77,7 +77,8 @@ class Config:
                                            "or max:N (pool to at most N features)")
     probe_augment: bool = _f(False, "probes", "training augmentation during probe training (the authors: on; "
                                               "forces streaming)")
-    cache_budget: str = _f("2G", "probes", "bytes of cached float16 features (e.g. 500M, 4G); above it, stream")
+    cache_budget: str = _f("auto", "probes", "bytes of cached float16 features (e.g. 500M, 4G; auto: 40%% of the "
+                                             "available memory, at most 16G); above it, stream")
     # sfp (METHOD.md stage 3)
     threshold: float = _f(0.3, "sfp", "binarisation threshold of the normalised filter matrices, in (0, 1)")
     normalise: str = _f("max", "sfp", "filter-matrix normalisation", choices=("max", "column-centred"))
@@ -184,8 +185,27 @@ def default_of(f):
     return f.default if f.default is not MISSING else None
 
 
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable on Linux; physical memory elsewhere)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
 def parse_bytes(text) -> int:
-    """``"500M"`` -> 500 * 2**20; plain integers are bytes."""
+    """``"500M"`` -> 500 * 2**20; plain integers are bytes; ``"auto"``: 40% of available memory, at most 16 GiB."""
+    if str(text).strip().lower() == "auto":
+        return min(int(0.4 * available_memory()), 16 * 2**30)
     s = str(text).strip().upper().removesuffix("B")
     mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
     try:
@@ -194,7 +214,7 @@ def parse_bytes(text) -> int:
         else:
             n = float(s)
     except ValueError:
-        raise FilterlensError(f"cache budget '{text}' is not a size; use bytes or e.g. 500M, 4G") from None
+        raise FilterlensError(f"cache budget '{text}' is not a size; use auto, bytes or e.g. 500M, 4G") from None
     if n < 0:
         raise FilterlensError(f"cache budget '{text}' is negative")
     return int(n)
