@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=_HelpFormatter)
     rep.add_argument("run_dir", help="run directory")
 
+    from .afcc import add_parser as _afcc_parser
+
+    _afcc_parser(sub)
+
     d = sub.add_parser("demo", help="train a small VGG on the embedded digits data and analyse it",
                        formatter_class=_HelpFormatter)
     d.add_argument("--run-dir", default="runs/demo", help="run directory")
@@ -243,6 +247,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_afcc(args) -> int:
+    from .afcc import cmd_afcc as _cmd
+
+    return _cmd(args)
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -250,7 +260,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
+COMMANDS = {"afcc": cmd_afcc, "run": cmd_run, "report": cmd_report, "sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:

@@ -92,6 +92,8 @@ class Config:
                                          "consecutive layers (conv masks between them + the deepest FC), e.g. last:3")
     retrain_epochs: int = _f(3, "afcc", "epochs of masked retraining (masks re-applied after every step)")
     retrain_lr: float = _f(0.01, "afcc", "SGD learning rate of masked retraining")
+    random_draws: int = _f(3, "afcc", "random-control draws per threshold (mean and sd reported)")
+    afcc_thresholds: str = _f("0.2,0.3,0.4", "afcc", "thresholds of the AFCC accuracy-against-dilution plot")
     # sweep (METHOD.md stage 4)
     num_labels: str = _f("", "sweep", "label counts of the label-count study, e.g. 3,5,10,20,50,100 (empty: no "
                                       "sweep in `filterlens run`)")
@@ -152,6 +154,9 @@ class Config:
                 raise FilterlensError(f"{name} = {v} must be > 0")
         if self.step_epochs < 1:
             raise FilterlensError(f"step_epochs = {self.step_epochs} must be >= 1")
+        if self.random_draws < 1:
+            raise FilterlensError(f"random_draws = {self.random_draws} must be >= 1")
+        parse_thresholds(self.afcc_thresholds)
         if self.subsets < 1:
             raise FilterlensError(f"subsets = {self.subsets} must be >= 1")
         for name in ("epochs", "probe_epochs", "retrain_epochs"):

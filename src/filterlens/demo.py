@@ -23,6 +23,14 @@ def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False
     t1 = time.perf_counter()
     result = analyze_run(run_dir, overrides={"progress": progress}, echo=echo)
     print_table(result, echo=echo)
+    from .afcc import print_afcc, run_afcc
+    from .report import build_report
+
+    t2 = time.perf_counter()
+    out = run_afcc(run_dir, layers="last:2", retrain_epochs=3, seed=0, progress=progress, echo=echo, random_draws=3)
+    print_afcc(out)
+    echo(f"AFCC {time.perf_counter() - t2:.1f}s")
+    build_report(run_dir)
     echo(f"analysis {time.perf_counter() - t1:.1f}s; total {time.perf_counter() - t0:.1f}s; "
-         f"results in {run_dir}/ (layers.csv, filters.csv, results.json, accuracy.png, clusters.png)")
+         f"results in {run_dir}/ (report.html, layers.csv, filters.csv, afcc.csv, results.json, plots)")
     return summary, result

@@ -251,6 +251,9 @@ def build_report(run_dir) -> Path:
     # AFCC
     if (d / "afcc.csv").exists():
         parts.append("<h2>AFCC: keeping only the filters' cluster connections</h2>" + _table(_read_csv(d / "afcc.csv")))
+        if (d / "afcc_thresholds.csv").exists():
+            parts.append("<p class='muted'>accuracy against dilution, AFCC and random control:</p>" +
+                         _table(_read_csv(d / "afcc_thresholds.csv")))
         if (d / "afcc_pruning.csv").exists():
             parts.append("<p class='muted'>physical removal (a smaller dense model):</p>" +
                          _table(_read_csv(d / "afcc_pruning.csv")))

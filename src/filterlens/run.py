@@ -19,7 +19,8 @@ from .files import read_json, write_json
 RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "train_log.csv", "train.json", "results.json",
              "layers.csv", "filters.csv", "probes.pt", "label_means.pt", "probes.json", "accuracy.png", "clusters.png",
              "thresholds.csv", "bootstrap.csv", "heatmaps", "cache", "stages.json",
-             "report.html", "afcc.csv", "afcc.png", "afcc_model.pt", "afcc_pruning.csv", "sweep")
+             "report.html", "afcc.csv", "afcc.png", "afcc_model.pt", "afcc_pruning.csv", "afcc_thresholds.csv",
+             "afcc_pruned.pt", "sweep")
 
 
 class RunDir:
@@ -233,7 +234,8 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
 
             afcc.run_afcc(rd.path, layers=cfg.afcc_layers, retrain_epochs=cfg.retrain_epochs,
                           retrain_lr=cfg.retrain_lr, threshold=cfg.threshold, seed=cfg.seed,
-                          progress=cfg.progress, echo=echo)
+                          progress=cfg.progress, echo=echo, thresholds=cfg.afcc_thresholds,
+                          random_draws=cfg.random_draws)
             record("afcc", h, t0)
         else:
             timeline["afcc"] = None
