@@ -247,3 +247,15 @@ def imagefolder_dir(tmp_path):
                 Image.new("RGB", size, colour).save(d / f"{cls}_{i}.png")
     (root / "train" / ".hidden").mkdir()  # not a class
     return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny networks run fastest on one intra-op thread (and the suite may share its 2 cores);
+    results do not depend on the thread count."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

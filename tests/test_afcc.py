@@ -20,13 +20,6 @@ from filterlens.errors import FilterlensError
 from filterlens.models import ModelSpec, build_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the suite shares 2 cores: one intra-op thread keeps these tiny networks fast
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _expand(conn, h, w):

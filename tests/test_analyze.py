@@ -30,14 +30,6 @@ SFP_COLUMNS = ["clusters_per_filter", "clusters_per_filter_all", "cluster_size",
 N_TEST = 450  # digits' fixed test split
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The suite shares 2 cores with other processes; oversubscribed intra-op threads make
-    # these tiny networks ~10x slower. One thread keeps the module fast; results don't depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _env() -> dict:

@@ -29,14 +29,6 @@ from filterlens.models import VGG, VGG_CONFIGS, Layer, list_layers, select_layer
 INPUT = (1, 8, 8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The suite shares 2 cores with other processes; oversubscribed intra-op threads make
-    # these tiny networks ~10x slower. One thread keeps the module fast; results don't depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomise_bn(model: nn.Module, seed: int) -> None:

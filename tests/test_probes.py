@@ -25,14 +25,6 @@ EPOCHS_SHORT = 10  # probe epochs of the fast/paper/stream comparisons
 N_TRAIN, N_TEST = 1347, 450  # digits' fixed 75/25 split
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The suite shares 2 cores with other processes; oversubscribed intra-op threads make
-    # these tiny networks ~10x slower. One thread keeps the module fast; results don't depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
