@@ -23,7 +23,7 @@ demo: setup
 	$(VENV)/bin/filterlens demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 bench: setup
 	$(PY) benchmarks/probe_engine.py --quick

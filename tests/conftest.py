@@ -53,6 +53,9 @@ def cli_env() -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("FILTERLENS_LOGLEVEL", None)
     env["NO_COLOR"] = "1"
+    # one intra-op thread per process: the suite runs two test workers on two cores (pytest -n 2),
+    # and oversubscribed OpenMP threads make torch an order of magnitude slower
+    env["OMP_NUM_THREADS"] = "1"
     src = str(REPO / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

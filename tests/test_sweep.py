@@ -17,7 +17,7 @@ from filterlens.sweep import draw_subsets, fit_line, parse_counts
 
 
 def _cli(*args, cwd=None, timeout=300):
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "filterlens", *args], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, env=env, cwd=cwd, timeout=timeout)
 
@@ -79,7 +79,7 @@ SWEEP = ["sweep", "--dataset", "digits", "--model", "vgg_tiny", "--num-labels", 
 
 def test_sweep_interrupted_after_first_model_resumes_without_retraining(tmp_path):
     d = tmp_path / "sw"
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "filterlens", *SWEEP, "--run-dir", str(d)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
     first = d / "L003-s1" / "task.json"
