@@ -247,3 +247,31 @@ def test_report_renders_in_headless_chromium(tmp_path):
     os.remove(d / "report.html")
     r = cli("report", str(d))
     assert r.returncode == 0 and (d / "report.html").exists()
+
+
+def test_results_follow_the_schema_and_load_back(tmp_path):
+    import jsonschema
+
+    import filterlens
+    from filterlens.results import schema
+
+    cfg = write_cfg(tmp_path).read_text().replace("afcc = false", "afcc = true\nretrain_epochs = 1\nrandom_draws = 1")
+    (tmp_path / "cfg2.toml").write_text(cfg)
+    d = tmp_path / "run"
+    r = cli("run", str(tmp_path / "cfg2.toml"), "--run-dir", str(d), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    results = json.loads((d / "results.json").read_text())
+    jsonschema.validate(results, schema())  # raises on any violation
+    assert "afcc" in results and "afcc_pruned" in results
+    bad = dict(results, version=2)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema())
+    run = filterlens.load_run(d)
+    assert {"layers", "filters", "afcc", "train_log"} <= set(run.tables())
+    layers = run.layers
+    with open(d / "layers.csv") as fh:
+        assert len(layers) == len(fh.read().strip().splitlines()) - 1
+    assert all(isinstance(row["accuracy"], float) and isinstance(row["filters"], int) for row in layers)
+    assert [row["layer"] for row in layers] == [row["layer"] for row in results["layers"]]
+    with pytest.raises(filterlens.FilterlensError, match="unknown table"):
+        run.table("nope")

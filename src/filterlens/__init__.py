@@ -8,5 +8,6 @@ noise and SNR, the label-count study, and AFCC dilution.
 __version__ = "0.1.0"
 
 from .errors import FilterlensError  # noqa: E402
+from .results import load_run  # noqa: E402
 
-__all__ = ["FilterlensError", "__version__"]
+__all__ = ["FilterlensError", "load_run", "__version__"]
