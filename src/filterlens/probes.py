@@ -78,12 +78,7 @@ class ProbeRecipe:
 
 
 class ProbeSet:
-    """One bias-free FC per layer, all under ONE optimiser (a parameter group per layer) and schedule.
-
-    The layers' losses are independent (no parameter is shared), so summing them and taking one
-    backward pass and one optimiser step per batch (:meth:`step_all`) gives every layer exactly the
-    update it would get alone, at a fraction of the per-step overhead.
-    """
+    """One bias-free FC per layer, with its optimiser and learning-rate schedule."""
 
     def __init__(self, layers: Sequence[CaptureLayer], num_labels: int, recipe: ProbeRecipe, seed: int = 0,
                  device="cpu"):
@@ -91,6 +86,7 @@ class ProbeSet:
         self.recipe = recipe
         gen = torch.Generator().manual_seed(seed)
         self.fcs: dict[str, nn.Linear] = {}
+        self.opts, self.scheds = {}, {}
         for cl in self.layers:
             fc = nn.Linear(cl.features, num_labels, bias=False)
             bound = 1.0 / math.sqrt(cl.features)
@@ -98,35 +94,34 @@ class ProbeSet:
                 fc.weight.uniform_(-bound, bound, generator=gen)
             fc.to(device)
             self.fcs[cl.name] = fc
-        groups = [{"params": list(fc.parameters())} for fc in self.fcs.values()]
-        if recipe.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
-                                  nesterov=recipe.nesterov and recipe.momentum > 0, weight_decay=recipe.weight_decay)
-        else:
-            opt = torch.optim.Adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
-        if recipe.lr_decay.startswith("exp:"):
-            sched = torch.optim.lr_scheduler.ExponentialLR(opt, float(recipe.lr_decay[4:]))
-        else:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(recipe.epochs, 1))
-        self.optimizer, self.scheduler = opt, sched
-        self.opts = {name: opt for name in self.fcs}  # per-layer views of the shared optimiser
-        self.scheds = {name: sched for name in self.fcs}
+            if recipe.optimizer == "sgd":
+                opt = torch.optim.SGD(fc.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                      nesterov=recipe.nesterov and recipe.momentum > 0,
+                                      weight_decay=recipe.weight_decay)
+            else:
+                opt = torch.optim.Adam(fc.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+            self.opts[cl.name] = opt
+            if recipe.lr_decay.startswith("exp:"):
+                self.scheds[cl.name] = torch.optim.lr_scheduler.ExponentialLR(opt, float(recipe.lr_decay[4:]))
+            else:
+                self.scheds[cl.name] = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(recipe.epochs, 1))
 
     def step(self, name: str, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One optimiser step of one layer's FC (the others have no gradient and are left alone)."""
-        return self.step_all({name: x}, y)
-
-    def step_all(self, feats: dict[str, torch.Tensor], y: torch.Tensor) -> float:
-        """One step of every given layer's FC on its batch: one backward pass, one optimiser step."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = sum(F.cross_entropy(self.fcs[name](x.reshape(len(x), -1).float()), y) for name, x in feats.items())
+        fc, opt = self.fcs[name], self.opts[name]
+        loss = F.cross_entropy(fc(x.reshape(len(x), -1).float()), y)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
-        return float(loss.item())
+        opt.step()
+        return loss.item()
+
+    def step_all(self, feats: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        for name, x in feats.items():
+            self.step(name, x, y)
 
     def end_epoch(self, name: str | None = None) -> None:
-        """Advance the learning-rate schedule by one epoch (shared by every layer)."""
-        self.scheduler.step()
+        for n, s in self.scheds.items():
+            if name is None or n == name:
+                s.step()
 
     def weight(self, name: str) -> torch.Tensor:
         """The FC weight as (L, C, H, W): the layout stage 3 contracts with the label means."""
@@ -254,21 +249,23 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
             timings["capture_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(cfg.seed)
-            feats = {cl.name: train_cache.features[cl.name] for cl in cls}
-            labels = train_cache.labels
-            if device.type == "cuda":  # the cache moves to the GPU when it is there (it fit the budget)
-                feats = {k: v.to(device) for k, v in feats.items()}
-                labels = labels.to(device)
-            # epoch-outer: every batch updates all layers' probes with one backward pass and one step
-            for epoch in progress_bar(range(recipe.epochs), progress, desc="probe epochs (cache)"):
-                perm = torch.randperm(n_train, generator=gen).to(labels.device)
-                for s in range(0, n_train, recipe.batch_size):
-                    idx = perm[s : s + recipe.batch_size]
-                    probes.step_all({k: v[idx].to(device, torch.float32) for k, v in feats.items()},
-                                    labels[idx].to(device))
-                probes.end_epoch()
+            bar = progress_bar(range(len(cls) * recipe.epochs), progress, desc="probes")
+            bar_it = iter(bar) if bar is not None else None
             for cl in cls:
-                train_acc[cl.name] = _cached_accuracy(probes.fcs[cl.name], feats[cl.name], labels, device)
+                feats = train_cache.features[cl.name]
+                labels = train_cache.labels
+                if device.type == "cuda":
+                    feats, labels = feats.to(device), labels.to(device)
+                for epoch in range(recipe.epochs):
+                    perm = torch.randperm(n_train, generator=gen).to(labels.device)
+                    for s in range(0, n_train, recipe.batch_size):
+                        idx = perm[s : s + recipe.batch_size]
+                        x = feats[idx].to(device, torch.float32)
+                        probes.step(cl.name, x, labels[idx].to(device))
+                    probes.end_epoch(cl.name)
+                    if bar_it is not None:
+                        next(bar_it, None)
+                train_acc[cl.name] = _cached_accuracy(probes.fcs[cl.name], feats, labels, device)
             timings["probe_train_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             for s in range(0, n_test, 1024):
