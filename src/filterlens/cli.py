@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from dataclasses import fields
 
 from .config import Config, stage_fields
@@ -161,7 +160,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_layers(args) -> int:
-    from .data import DATASETS, dataset_spec
+    from .data import dataset_spec
     from .models import ModelSpec, available_models, build_model, list_layers
 
     if args.list_models:

@@ -15,6 +15,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_with(path, write: Callable[[Any], None]) -> Path:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    return _atomic(path, write)
+
+
 def _atomic(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +35,7 @@ def _atomic(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException as exc:
         try:

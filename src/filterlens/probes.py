@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,7 +36,6 @@ from .config import Config, parse_bytes, parse_pool
 from .data import Data, make_loader
 from .models import Layer
 from .run import progress_bar
-from .utils import log
 
 
 @dataclass
@@ -268,9 +266,10 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
                 train_acc[cl.name] = _cached_accuracy(probes.fcs[cl.name], feats, labels, device)
             timings["probe_train_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            for s in range(0, n_test, 1024):
-                y = test_cache.labels[s : s + 1024].to(device)
-                ev.update({cl.name: test_cache.features[cl.name][s : s + 1024].to(device, torch.float32)
+            rows = _chunk_rows(sum(cl.features for cl in cls))
+            for s in range(0, n_test, rows):
+                y = test_cache.labels[s : s + rows].to(device)
+                ev.update({cl.name: test_cache.features[cl.name][s : s + rows].to(device, torch.float32)
                            .reshape(len(y), *cl.shape) for cl in cls}, y)
             timings["eval_s"] = time.perf_counter() - t0
         else:
@@ -301,10 +300,16 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
                        torch.cat(ev.labels) if keep_fields else None)
 
 
+def _chunk_rows(features: int, budget: int = 8 * 2**20) -> int:
+    """Rows per evaluation chunk so its float32 copy of the cache stays near ``budget`` bytes."""
+    return max(1, budget // (4 * max(features, 1)))
+
+
 @torch.no_grad()
 def _cached_accuracy(fc: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, device) -> float:
     correct = 0
-    for s in range(0, len(labels), 2048):
-        x = feats[s : s + 2048].to(device, torch.float32)
-        correct += (fc(x).argmax(1) == labels[s : s + 2048].to(device)).sum().item()
+    rows = _chunk_rows(feats.shape[1])
+    for s in range(0, len(labels), rows):
+        x = feats[s : s + rows].to(device, torch.float32)
+        correct += (fc(x).argmax(1) == labels[s : s + rows].to(device)).sum().item()
     return correct / max(len(labels), 1)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 
@@ -17,19 +15,15 @@ def _figure():
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Save a matplotlib figure to a temporary file in the same folder, then rename."""
+    """Save a matplotlib figure atomically (temporary file in the same folder, then rename)."""
+    from .files import write_with
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        return write_with(path, lambda fh: fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=110,
+                                                     bbox_inches="tight"))
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         _figure().close(fig)
-    return path
 
 
 def _values(rows, key):

@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -1052,18 +1051,7 @@ def plot_filter_matrix(matrix: Any, threshold: float, clusters: Sequence[Sequenc
     """
     path = Path(path)
     fig = _filter_figure(matrix, threshold, clusters, label_names, title, normalise, max_ticks)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .files import write_with
+
     fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=120)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_with(path, lambda fh: fig.savefig(fh, format=fmt, dpi=120))

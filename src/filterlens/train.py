@@ -8,10 +8,8 @@ bfloat16 autocast and channels-last on CUDA.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -23,7 +21,7 @@ from .errors import FilterlensError
 from .files import write_csv, write_json
 from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from .run import RunDir, progress_bar
-from .utils import log, resolve_device, seed_everything
+from .utils import resolve_device, seed_everything
 
 
 def load_data_for(cfg: Config) -> Data:
