@@ -115,7 +115,7 @@ def test_paper_recipe_is_the_authors():
 
     cl = CaptureLayer(Layer(0, "f", 4, (4, 2, 2)), (4, 2, 2))
     ps = ProbeSet([cl], 10, ProbeRecipe.paper(epochs=5, augment=False))
-    fc, opt = ps.fcs["f"], ps.opts["f"]
+    fc, opt = ps.fcs["f"], ps.opt
     assert fc.bias is None and tuple(fc.weight.shape) == (10, 16)
     assert isinstance(opt, torch.optim.SGD)
     g = opt.param_groups[0]
@@ -123,6 +123,32 @@ def test_paper_recipe_is_the_authors():
     for k in range(1, 4):
         ps.end_epoch()
         assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.975**k, rel=1e-12)
+
+
+def test_probe_step_matches_autograd_cross_entropy():
+    """The written-out gradient and step equal torch's cross-entropy autograd and optimiser."""
+    import torch.nn.functional as F
+
+    from filterlens.capture import CaptureLayer
+    from filterlens.models import Layer
+
+    cl = CaptureLayer(Layer(0, "f", 3, (3, 4, 4)), (3, 4, 4))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(37, 3, 4, 4, generator=g), torch.randint(0, 7, (37,), generator=g)
+    for recipe in (ProbeRecipe.fast(epochs=2), ProbeRecipe.paper(epochs=2, augment=False)):
+        ps = ProbeSet([cl], 7, recipe, seed=3)
+        ref = torch.nn.Linear(48, 7, bias=False)
+        ref.weight.data.copy_(ps.fcs["f"].weight)
+        opt = type(ps.opt)(ref.parameters(), **{k: v for k, v in ps.opt.defaults.items()
+                                                      if k in ("lr", "momentum", "nesterov", "weight_decay")})
+        for _ in range(3):
+            ps.step("f", x, y)
+            loss = F.cross_entropy(ref(x.reshape(37, -1)), y)
+            opt.zero_grad()
+            loss.backward()
+            torch.testing.assert_close(ps.fcs["f"].weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-7)
+            opt.step()
+            torch.testing.assert_close(ps.fcs["f"].weight, ref.weight, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
@@ -133,10 +159,10 @@ def test_fast_recipe_is_as_documented():
     from filterlens.models import Layer
 
     ps = ProbeSet([CaptureLayer(Layer(0, "f", 4, (4, 2, 2)), (4, 2, 2))], 10, ProbeRecipe.fast(epochs=8))
-    assert isinstance(ps.opts["f"], torch.optim.Adam) and ps.fcs["f"].bias is None
+    assert isinstance(ps.opt, torch.optim.Adam) and ps.fcs["f"].bias is None
     for k in range(1, 9):  # cosine decay to 0 over the epochs
         ps.end_epoch()
-        assert ps.opts["f"].param_groups[0]["lr"] == pytest.approx(1e-2 * (1 + math.cos(math.pi * k / 8)) / 2,
+        assert ps.opt.param_groups[0]["lr"] == pytest.approx(1e-2 * (1 + math.cos(math.pi * k / 8)) / 2,
                                                                  abs=1e-12)
 
 
@@ -172,8 +198,7 @@ def _paper_optimiser(cls, tr, te, names, epochs: int, seed: int = 0) -> dict[str
         perm = torch.randperm(n, generator=gen)
         for s in range(0, n, 100):
             idx = perm[s : s + 100]
-            for cl in chosen:
-                ps.step(cl.name, tr.features[cl.name][idx].float(), tr.labels[idx])
+            ps.step_all({cl.name: tr.features[cl.name][idx].float() for cl in chosen}, tr.labels[idx])
         ps.end_epoch()
     out = {}
     for cl in chosen:

@@ -198,23 +198,32 @@ class LabelMeanSink:
 
 
 class FeatureCache:
-    """float16 features (N, F) of every sample for each layer, in memory or memory-mapped on disk."""
+    """float16 features of every sample for each layer, in memory or memory-mapped on disk.
+
+    All layers share one (N, sum of features) array (``data``; the file ``{prefix}.f16`` when
+    memory-mapped); ``features[name]`` is the layer's (N, F) column block of it, a view. One
+    row gather then fetches a mini-batch of every layer at once.
+    """
 
     def __init__(self, layers: Sequence[CaptureLayer], num_samples: int, directory: Path | None = None,
                  prefix: str = "train"):
         self.num_samples = num_samples
         self.directory = directory
-        self.features: dict[str, torch.Tensor] = {}
         self.labels = torch.empty(num_samples, dtype=torch.long)
         self._filled = 0
+        self.offsets: dict[str, tuple[int, int]] = {}
+        total = 0
         for cl in layers:
-            if directory is None:
-                self.features[cl.name] = torch.empty((num_samples, cl.features), dtype=torch.float16)
-            else:
-                directory.mkdir(parents=True, exist_ok=True)
-                path = directory / f"{prefix}-{cl.name}.f16"
-                arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(num_samples, cl.features))
-                self.features[cl.name] = torch.from_numpy(arr)
+            self.offsets[cl.name] = (total, total + cl.features)
+            total += cl.features
+        if directory is None:
+            self.data = torch.empty((num_samples, total), dtype=torch.float16)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            arr = np.lib.format.open_memmap(directory / f"{prefix}.f16", mode="w+", dtype=np.float16,
+                                            shape=(num_samples, total))
+            self.data = torch.from_numpy(arr)
+        self.features: dict[str, torch.Tensor] = {name: self.data[:, a:b] for name, (a, b) in self.offsets.items()}
 
     @staticmethod
     def nbytes(layers: Sequence[CaptureLayer], num_samples: int) -> int:

@@ -8,7 +8,9 @@ is the layer's accuracy. Two modes:
     One capture pass over train and test caches every layer's float16 features
     (:class:`~filterlens.capture.FeatureCache`); every probe is then trained from
     the cache: Adam, lr 1e-2 with cosine decay to 0, mini-batch 100, no weight
-    decay, ``probe_epochs`` (default 30) epochs. If the cache would exceed
+    decay, ``probe_epochs`` (default 30) epochs; each epoch one permutation of the samples
+    shared by all layers, every mini-batch a step of every layer's FC
+    (:func:`train_from_cache`). If the cache would exceed
     ``cache_budget`` (or augmentation is on) it streams instead, and says so.
 ``paper``
     The authors' recipe: SGD lr 0.01, momentum 0.975, Nesterov, weight decay
@@ -29,8 +31,8 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from . import distributed as dist_
 from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture_pass
 from .config import Config, parse_bytes, parse_pool
 from .data import Data, make_loader
@@ -76,15 +78,20 @@ class ProbeRecipe:
 
 
 class ProbeSet:
-    """One bias-free FC per layer, with its optimiser and learning-rate schedule."""
+    """One bias-free FC per layer; one optimiser and one learning-rate schedule over all of them.
+
+    All layers step together (:meth:`step_all`, one batch, each layer on its own features),
+    so a single multi-tensor optimiser call updates every FC; the per-element arithmetic is
+    the same as one optimiser per layer. To train one layer on its own, use :meth:`subset`.
+    """
 
     def __init__(self, layers: Sequence[CaptureLayer], num_labels: int, recipe: ProbeRecipe, seed: int = 0,
                  device="cpu"):
         self.layers = list(layers)
         self.recipe = recipe
+        self.num_labels = num_labels
         gen = torch.Generator().manual_seed(seed)
         self.fcs: dict[str, nn.Linear] = {}
-        self.opts, self.scheds = {}, {}
         for cl in self.layers:
             fc = nn.Linear(cl.features, num_labels, bias=False)
             bound = 1.0 / math.sqrt(cl.features)
@@ -92,34 +99,74 @@ class ProbeSet:
                 fc.weight.uniform_(-bound, bound, generator=gen)
             fc.to(device)
             self.fcs[cl.name] = fc
-            if recipe.optimizer == "sgd":
-                opt = torch.optim.SGD(fc.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                      nesterov=recipe.nesterov and recipe.momentum > 0,
-                                      weight_decay=recipe.weight_decay)
-            else:
-                opt = torch.optim.Adam(fc.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-            self.opts[cl.name] = opt
-            if recipe.lr_decay.startswith("exp:"):
-                self.scheds[cl.name] = torch.optim.lr_scheduler.ExponentialLR(opt, float(recipe.lr_decay[4:]))
-            else:
-                self.scheds[cl.name] = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(recipe.epochs, 1))
+        self._build_optimiser()
 
-    def step(self, name: str, x: torch.Tensor, y: torch.Tensor) -> float:
-        fc, opt = self.fcs[name], self.opts[name]
-        loss = F.cross_entropy(fc(x.reshape(len(x), -1).float()), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+    def _build_optimiser(self) -> None:
+        recipe, params = self.recipe, [fc.weight for fc in self.fcs.values()]
+        # every gradient is a view of one flat buffer: under torchrun one all-reduce averages them all
+        self._flat_grad = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
+        start = 0
+        for p in params:
+            p.grad = self._flat_grad[start : start + p.numel()].view_as(p)
+            start += p.numel()
+        if recipe.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                                       nesterov=recipe.nesterov and recipe.momentum > 0,
+                                       weight_decay=recipe.weight_decay, foreach=True)
+        else:
+            self.opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
+        if recipe.lr_decay.startswith("exp:"):
+            self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, float(recipe.lr_decay[4:]))
+        else:
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(recipe.epochs, 1))
 
+    def subset(self, name: str) -> "ProbeSet":
+        """A set of just ``name``'s FC (a copy, same current weights) with a fresh optimiser and schedule."""
+        one = ProbeSet.__new__(ProbeSet)
+        one.layers = [cl for cl in self.layers if cl.name == name]
+        one.recipe, one.num_labels = self.recipe, self.num_labels
+        fc = nn.Linear(self.fcs[name].in_features, self.num_labels, bias=False).to(self.fcs[name].weight.device)
+        with torch.no_grad():
+            fc.weight.copy_(self.fcs[name].weight)
+        one.fcs = {name: fc}
+        one._build_optimiser()
+        return one
+
+    def step(self, name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimisation step of ``name``'s FC on the batch ``(x, y)`` (a set of that one layer)."""
+        self.step_all({name: x}, y)
+
+    @torch.no_grad()
     def step_all(self, feats: dict[str, torch.Tensor], y: torch.Tensor) -> None:
-        for name, x in feats.items():
-            self.step(name, x, y)
+        """One step of every layer's FC, each on its own layer's features of the same batch.
 
-    def end_epoch(self, name: str | None = None) -> None:
-        for n, s in self.scheds.items():
-            if name is None or n == name:
-                s.step()
+        The gradient of each FC's mean cross-entropy is written out (softmax minus one-hot,
+        times the inputs) rather than taken by autograd: the same numbers, without building a
+        graph per layer thousands of times per epoch. The softmax of all layers is one call.
+        Features may be column views of one batch (row stride larger than their width).
+        """
+        if feats.keys() != self.fcs.keys():
+            raise ValueError(f"step_all needs features of every layer of the set ({', '.join(self.fcs)}), "
+                             f"got {', '.join(feats)}; use subset() to train one layer alone")
+        n = len(y)
+        xs = []
+        for x in feats.values():
+            x = x.reshape(n, -1)
+            xs.append(x if x.dtype == torch.float32 else x.float())
+        ws = [fc.weight for fc in self.fcs.values()]
+        logits = torch.empty((len(ws), n, self.num_labels), device=ws[0].device)
+        for k, (x, w) in enumerate(zip(xs, ws)):
+            torch.mm(x, w.T, out=logits[k])
+        target = torch.zeros((n, self.num_labels), device=logits.device)
+        target[torch.arange(n, device=target.device), y] = 1.0 / n
+        p = torch.softmax(logits, dim=2).div_(n).sub_(target)  # d(mean cross-entropy)/d(logits)
+        for k, (x, w) in enumerate(zip(xs, ws)):
+            torch.mm(p[k].T, x, out=w.grad)
+        dist_.all_reduce_(self._flat_grad, average=True)  # under torchrun: the global batch's gradient
+        self.opt.step()
+
+    def end_epoch(self) -> None:
+        self.sched.step()
 
     def weight(self, name: str) -> torch.Tensor:
         """The FC weight as (L, C, H, W): the layout stage 3 contracts with the label means."""
@@ -158,6 +205,21 @@ class ProbeEval:
         if self.keep_fields:
             self.labels.append(y.cpu())
 
+    def all_reduce(self) -> None:
+        """Under torchrun (each rank saw its shard of the test set): sum the counts and votes, and
+        gather the per-sample fields and labels (rank after rank) on every rank."""
+        if not dist_.active():
+            return
+        names = list(self.correct)
+        sums = dist_.all_reduce_sum([self.correct[n] for n in names] + [self.total])
+        self.correct = {n: int(v) for n, v in zip(names, sums[:-1])}
+        self.total = int(sums[-1])
+        for v in self.votes.values():
+            dist_.all_reduce_(v)
+        if self.keep_fields:
+            self.fields = {n: [dist_.all_gather_cat(torch.cat(f))] for n, f in self.fields.items()}
+            self.labels = [dist_.all_gather_cat(torch.cat(self.labels))]
+
     def accuracy(self) -> dict[str, float]:
         return {n: c / max(self.total, 1) for n, c in self.correct.items()}
 
@@ -195,11 +257,6 @@ class ProbeResult:
                 for r in self.layers]
 
 
-def _count(loader) -> int:
-    ds = getattr(loader, "split", None)
-    return len(ds) if ds is not None else sum(len(y) for _, y in loader)
-
-
 def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Config, device="cpu",
                  cache_dir: Path | None = None, progress: bool = True, echo=print,
                  keep_fields: bool = False) -> ProbeResult:
@@ -207,16 +264,21 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
 
     ``cfg`` supplies ``probe_mode``, ``probe_epochs``, ``probe_lr``, ``probe_batch_size``,
     ``probe_weight_decay``, ``probe_pool``, ``probe_augment``, ``cache_budget`` and ``seed``.
+    Under torchrun every rank captures and trains on its shard (``probe_batch_size / N`` per
+    rank and step, gradients averaged), and every rank returns the same, global, result.
     """
     device = torch.device(device)
     recipe = ProbeRecipe.from_config(cfg)
+    rank, world = dist_.rank(), dist_.world_size()
+    batch = dist_.per_rank_batch(recipe.batch_size, "probe_batch_size")
     pool = parse_pool(cfg.probe_pool)
     L = data.num_labels
     timings = {}
     t_all = time.perf_counter()
     with Capture(model, layers, pool) as cap:
         cls = cap.layers
-        n_train, n_test = len(data.train), len(data.test)
+        # this rank's samples: the training shard padded to equal length, the test shard not
+        n_train, n_test = dist_.shard_size(len(data.train), pad=True), dist_.shard_size(len(data.test), pad=False)
         need = FeatureCache.nbytes(cls, n_train + n_test)
         budget = parse_bytes(cfg.cache_budget)
         engine, note = "cache", ""
@@ -231,14 +293,17 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
         probes = ProbeSet(cls, L, recipe, seed=cfg.seed, device=device)
         means = LabelMeanSink(cls, L, device=device)
         ev = ProbeEval(probes, keep_fields=keep_fields)
-        test_loader = make_loader(data, "test", 256, device=device, num_workers=cfg.num_workers)
+        test_loader = make_loader(data, "test", 256, device=device, num_workers=cfg.num_workers, rank=rank,
+                                  world_size=world, pad=False)
         passes = 0
         train_acc: dict[str, float | None] = {cl.name: None for cl in cls}
         if engine == "cache":
             t0 = time.perf_counter()
-            train_cache = FeatureCache(cls, n_train, cache_dir, "train")
-            test_cache = FeatureCache(cls, n_test, cache_dir, "test")
-            train_loader = make_loader(data, "train", 256, device=device, augment=False, num_workers=cfg.num_workers)
+            tag = f"-rank{rank}" if world > 1 else ""
+            train_cache = FeatureCache(cls, n_train, cache_dir, "train" + tag)
+            test_cache = FeatureCache(cls, n_test, cache_dir, "test" + tag)
+            train_loader = make_loader(data, "train", 256, device=device, augment=False, num_workers=cfg.num_workers,
+                                       rank=rank, world_size=world)
             capture_pass(cap, train_loader, [train_cache],
                          progress=lambda it: progress_bar(it, progress, desc="capture train"))
             capture_pass(cap, test_loader, [test_cache, means],
@@ -246,24 +311,15 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
             passes = 1
             timings["capture_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            gen = torch.Generator().manual_seed(cfg.seed)
-            bar = progress_bar(range(len(cls) * recipe.epochs), progress, desc="probes")
-            bar_it = iter(bar) if bar is not None else None
-            for cl in cls:
-                feats = train_cache.features[cl.name]
-                labels = train_cache.labels
-                if device.type == "cuda":
-                    feats, labels = feats.to(device), labels.to(device)
-                for epoch in range(recipe.epochs):
-                    perm = torch.randperm(n_train, generator=gen).to(labels.device)
-                    for s in range(0, n_train, recipe.batch_size):
-                        idx = perm[s : s + recipe.batch_size]
-                        x = feats[idx].to(device, torch.float32)
-                        probes.step(cl.name, x, labels[idx].to(device))
-                    probes.end_epoch(cl.name)
-                    if bar_it is not None:
-                        next(bar_it, None)
-                train_acc[cl.name] = _cached_accuracy(probes.fcs[cl.name], feats, labels, device)
+            train_from_cache(probes, train_cache, recipe, cfg.seed if world == 1 else cfg.seed * 1_000_003 + rank,
+                             device, batch_size=batch,
+                             progress=lambda it: progress_bar(it, progress, desc="probe epochs (cache)"))
+            real = dist_.shard_size(len(data.train), pad=False)  # the padded rows repeat other ranks' samples
+            correct = [_cached_correct(probes.fcs[cl.name], train_cache.features[cl.name][:real],
+                                       train_cache.labels[:real], device) for cl in cls]
+            correct = dist_.all_reduce_sum(correct)
+            for cl, c in zip(cls, correct):
+                train_acc[cl.name] = c / max(len(data.train), 1)
             timings["probe_train_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             rows = _chunk_rows(sum(cl.features for cl in cls))
@@ -274,8 +330,9 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
             timings["eval_s"] = time.perf_counter() - t0
         else:
             t0 = time.perf_counter()
-            train_loader = make_loader(data, "train", recipe.batch_size, train=True, seed=cfg.seed, device=device,
-                                       augment=recipe.augment, num_workers=cfg.num_workers)
+            train_loader = make_loader(data, "train", batch, train=True, seed=cfg.seed, device=device,
+                                       augment=recipe.augment, num_workers=cfg.num_workers, rank=rank,
+                                       world_size=world)
             for epoch in progress_bar(range(recipe.epochs), progress, desc="probe epochs (stream)"):
                 train_loader.set_epoch(epoch)
                 for x, y in train_loader:
@@ -289,6 +346,7 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
             passes += 1
             timings["eval_s"] = time.perf_counter() - t0
     means.all_reduce()
+    ev.all_reduce()
     acc = ev.accuracy()
     label_means = means.means()
     results = [LayerProbeResult(cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features,
@@ -300,16 +358,57 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
                        torch.cat(ev.labels) if keep_fields else None)
 
 
+def train_from_cache(probes: ProbeSet, cache: FeatureCache, recipe: ProbeRecipe, seed: int, device,
+                     batch_size: int | None = None, progress=None) -> None:
+    """Train every layer's FC from the cached features, all layers on each mini-batch.
+
+    Each epoch draws one permutation of the samples (generator seeded by ``seed``) that all
+    layers share; every mini-batch is one row gather from the float16 cache (all layers are
+    columns of one array) into a preallocated float32 buffer (fresh large tensors per batch
+    cost more than the arithmetic on CPU), then every layer takes one step on its columns.
+    On CUDA the cache moves to the GPU when it fits in half its free memory; otherwise batches
+    are gathered on the host into pinned memory.
+    """
+    device = torch.device(device)
+    n, bs = cache.num_samples, batch_size or recipe.batch_size
+    data, labels = cache.data, cache.labels
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if data.numel() * data.element_size() < free // 2:
+            data = data.to(device)
+        labels = labels.to(device)
+    host = data.device.type == "cpu" and device.type != "cpu"
+    buf = torch.empty((bs, data.shape[1]), device=device)
+    # the gathered float16 rows land in a reused buffer too (pinned when they go on to a GPU)
+    staging = torch.empty((bs, data.shape[1]), dtype=data.dtype, device=data.device)
+    if host:
+        staging = staging.pin_memory()
+    cols = {name: cache.offsets[name] for name in probes.fcs}
+    gen = torch.Generator().manual_seed(seed)
+    epochs = range(recipe.epochs)
+    for _ in (progress(epochs) if progress else epochs):
+        perm = torch.randperm(n, generator=gen)
+        for idx in perm.split(bs):
+            b, st = buf[: len(idx)], staging[: len(idx)]
+            idx = idx.to(data.device)
+            torch.index_select(data, 0, idx, out=st)
+            b.copy_(st)  # blocking: the staging buffer is reused by the next batch
+            probes.step_all({name: b[:, a:z] for name, (a, z) in cols.items()},
+                            labels.index_select(0, idx.to(labels.device)).to(device))
+        probes.end_epoch()
+
+
 def _chunk_rows(features: int, budget: int = 8 * 2**20) -> int:
     """Rows per evaluation chunk so its float32 copy of the cache stays near ``budget`` bytes."""
     return max(1, budget // (4 * max(features, 1)))
 
 
 @torch.no_grad()
-def _cached_accuracy(fc: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, device) -> float:
+def _cached_correct(fc: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, device) -> int:
+    """How many cached samples the FC classifies correctly."""
     correct = 0
     rows = _chunk_rows(feats.shape[1])
     for s in range(0, len(labels), rows):
         x = feats[s : s + rows].to(device, torch.float32)
         correct += (fc(x).argmax(1) == labels[s : s + rows].to(device)).sum().item()
-    return correct / max(len(labels), 1)
+    return correct
