@@ -8,8 +8,8 @@ On one frozen network and one data set, in ONE process, it times:
     cost ~ layers x epochs x forward passes. Run twice:
     - ``naive`` (no augmentation): the ``fast`` recipe (:meth:`ProbeRecipe.fast`) and epochs of
       (c); every epoch is a fresh shuffle in mini-batches of the recipe's batch size (100).
-      The permutations are drawn exactly as ``fast`` mode draws them (one generator seeded by
-      ``seed``, layer after layer, epoch after epoch), so naive and fast see the same batches
+      The permutations are drawn exactly as ``fast`` mode draws them (one permutation per epoch
+      from a generator seeded by ``seed``, the same for every layer), so naive and fast see the same batches
       and differ only in where the features come from: float32 computed on the fly (naive)
       vs the float16 cache cast to float32 per batch (fast);
     - ``naive_aug`` (augmentation on): the authors' recipe (:meth:`ProbeRecipe.paper`) with the
@@ -49,7 +49,8 @@ Reported peaks are peak - baseline.
 Targets (issue 4): naive/fast >= 10 (10 epochs, 13 layers), naive_aug/paper >= 5 (13 layers),
 fast/floor <= 3, every layer's fast accuracy within 0.5 points of naive, the memory bounds.
 
-Network: ``vgg16_slim`` (VGG-16's 13 convs and pools at 1/8 width), trained briefly with
+Network: ``vgg16`` at ``--width-mult`` (default 1/2: VGG-16's 13 convs and pools with 32 to
+256 filters; ``--model vgg16_slim`` is the 1/8-width variant), trained briefly with
 ``filterlens.train.train`` on a Fashion-MNIST subset (Debian's idx files; scikit-learn's
 digits when they are absent). The trained model is cached in a temporary directory keyed by
 the training settings and reused by later runs; every timing comes from this one run.
@@ -211,7 +212,7 @@ def pick_dataset(requested: str) -> str:
 
 
 def train_config(args) -> Config:
-    return Config(dataset=args.dataset, model="vgg16_slim", epochs=args.train_epochs, train_samples=args.train_samples,
+    return Config(dataset=args.dataset, model=args.model, width_mult=args.width_mult, epochs=args.train_epochs, train_samples=args.train_samples,
                   test_samples=args.test_samples, seed=args.seed, device="cpu", progress=False, layers=args.layers)
 
 
@@ -278,8 +279,8 @@ def warm_up(model, layers, data, cfg: Config) -> None:
 def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_as_fast: bool) -> dict:
     """(a): every layer on its own; every epoch a forward pass through the frozen layers up to it.
 
-    ``same_perm_as_fast``: draw each epoch's order from one generator seeded by ``cfg.seed``,
-    layer after layer, epoch after epoch, as fast mode does (no augmentation); otherwise use
+    ``same_perm_as_fast``: draw each epoch's order from a generator seeded by ``cfg.seed``,
+    the same sequence for every layer, as fast mode does (no augmentation); otherwise use
     the training loader of paper mode (same seed, order and augmentation).
     """
     pool = parse_pool(cfg.probe_pool)
@@ -289,9 +290,10 @@ def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_
     n_train, n_test = len(data.train), len(data.test)
     loader = make_loader(data, "train", recipe.batch_size, train=True, seed=cfg.seed, augment=recipe.augment)
     test_loader = make_loader(data, "test", CAPTURE_BATCH)
-    gen = torch.Generator().manual_seed(cfg.seed)
     acc, per_layer_s, passes = {}, {}, 0
     for l, cl in zip(layers, cls):
+        gen = torch.Generator().manual_seed(cfg.seed)
+        one = probes.subset(cl.name)  # this layer's FC alone: same initial weights, its own optimiser
         t0 = time.perf_counter()
         with Capture(model, [l], pool) as cap:  # stops right after layer l
             for epoch in range(recipe.epochs):
@@ -303,10 +305,10 @@ def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_
                     loader.set_epoch(epoch)
                     batches = loader
                 for x, y in batches:
-                    probes.step(cl.name, cap.forward(x)[cl.name], y)
-                probes.end_epoch(cl.name)
+                    one.step(cl.name, cap.forward(x)[cl.name], y)
+                one.end_epoch()
                 passes += 1
-            fc, correct = probes.fcs[cl.name], 0
+            fc, correct = one.fcs[cl.name], 0
             with torch.no_grad():
                 for x, y in test_loader:
                     f = cap.forward(x)[cl.name]
@@ -393,6 +395,8 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, default=None, help="probe epochs of fast and naive (full 10, quick 3)")
     ap.add_argument("--paper-epochs", type=int, default=None,
                     help="probe epochs of paper and naive-with-augmentation (full 3, quick 2)")
+    ap.add_argument("--model", default="vgg16", help="13-layer VGG to probe (vgg16; vgg16_slim is 1/8 width)")
+    ap.add_argument("--width-mult", type=float, default=0.5, help="width multiplier of --model (0.5)")
     ap.add_argument("--train-epochs", type=int, default=2, help="backbone training epochs (2)")
     ap.add_argument("--layers", default="all", help="layers to probe (filterlens syntax; default all 13)")
     ap.add_argument("--dataset", default="auto", help="auto (Fashion-MNIST, digits when absent), fashion-mnist, digits")
@@ -432,7 +436,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     echo = print
-    echo(f"probe_engine benchmark ({'quick' if args.quick else 'full'}): vgg16_slim on {args.dataset}, "
+    echo(f"probe_engine benchmark ({'quick' if args.quick else 'full'}): {args.model} x{args.width_mult:g} on {args.dataset}, "
          f"{args.train_samples} train / {args.test_samples} test samples, layers {args.layers}, "
          f"fast/naive {args.epochs} epochs, paper/naive-aug {args.paper_epochs} epochs; "
          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
@@ -577,7 +581,7 @@ def main(argv=None) -> int:
         "targets": targets,
         "settings": {
             "dataset": args.dataset, "train_samples": len(data.train), "test_samples": len(data.test),
-            "model": "vgg16_slim", "layers": names, "num_layers": len(names),
+            "model": args.model, "width_mult": args.width_mult, "layers": names, "num_layers": len(names),
             "features_per_layer": [cl.features for cl in fast.layers],
             "backbone_train_epochs": args.train_epochs, "backbone_test_accuracy": summary["test_accuracy"],
             "fast_epochs": args.epochs, "naive_epochs": args.epochs, "paper_epochs": args.paper_epochs,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed as dist_
 from . import sfp
 from .config import Config, parse_thresholds
 from .data import Data, check_labels_present
@@ -137,7 +138,9 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     """Stage 2: select the layers and train every layer's FC probe (one capture pass)."""
     check_labels_present(data)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device if device is None else device)
+    if device is None:
+        device = dist_.setup(cfg.device) or resolve_device(cfg.device)  # under torchrun: this rank's device
+    device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     model.to(device)
     show = cfg.progress if progress is None else progress
     t0 = time.perf_counter()
@@ -243,21 +246,35 @@ def load_probe_result(directory) -> tuple[ProbeResult, dict]:
 
 
 def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
-    """Analyse the trained model of ``run_dir`` and write the results there."""
+    """Analyse the trained model of ``run_dir`` and write the results there.
+
+    Under torchrun every rank computes its shard and the same global result; rank 0 writes it.
+    """
     from .train import load_trained
 
     rd = RunDir(run_dir)
     model, cfg, data, _ = load_trained(run_dir)
     if overrides:
         cfg = cfg.replace(**overrides)
+    cfg.validate()
+    device = dist_.setup(cfg.device)
+    if not dist_.is_main():
+        echo = _silent
     # config.json is rewritten only once the analysis succeeded: a failed analyze damages nothing
-    pr = probe_stage(model, data, cfg, echo=echo)
+    pr = probe_stage(model, data, cfg, device=device, echo=echo)
     result = sfp_stage(pr, data.describe(), cfg)
-    rd.claim(cfg, stage="train")
-    result.meta["train"] = {k: v for k, v in rd.read_json("train.json").items() if k != "history"} \
-        if rd.exists("train.json") else None
-    result.save(rd.path)
+    result.meta["processes"] = dist_.world_size()
+    if dist_.is_main():
+        rd.claim(cfg, stage="train")
+        result.meta["train"] = {k: v for k, v in rd.read_json("train.json").items() if k != "history"} \
+            if rd.exists("train.json") else None
+        result.save(rd.path)
+    dist_.barrier()
     return result
+
+
+def _silent(*args, **kwargs) -> None:
+    """The echo of ranks other than 0."""
 
 
 def print_table(result: Analysis, echo=print) -> None:

@@ -155,7 +155,8 @@ def cmd_train(args) -> int:
 
     cfg = _config_from_args(args)
     s = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite)
-    print(f"test accuracy {s['test_accuracy']:.4f} after {s['epochs']} epochs; run directory {args.run_dir}")
+    if _is_main():
+        print(f"test accuracy {s['test_accuracy']:.4f} after {s['epochs']} epochs; run directory {args.run_dir}")
     return 0
 
 
@@ -191,8 +192,15 @@ def cmd_analyze(args) -> int:
     from .analyze import analyze_run, print_table
 
     result = analyze_run(args.run_dir, overrides=_overrides(args))
-    print_table(result)
+    if _is_main():
+        print_table(result)
     return 0
+
+
+def _is_main() -> bool:
+    from .distributed import is_main
+
+    return is_main()
 
 
 def _overrides(args) -> dict:
@@ -259,6 +267,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
+DISTRIBUTED_COMMANDS = ("train", "analyze")  # the commands that run under torchrun
 COMMANDS = {"afcc": cmd_afcc, "run": cmd_run, "report": cmd_report, "sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
 
 
@@ -268,7 +277,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("FILTERLENS_LOGLEVEL", "WARNING"), format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from . import distributed
+
     try:
+        if distributed.env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise FilterlensError(f"'filterlens {args.command}' runs in one process; under torchrun "
+                                  f"(WORLD_SIZE={distributed.env_world_size()}) use "
+                                  f"{' or '.join('filterlens ' + c for c in DISTRIBUTED_COMMANDS)}")
         return COMMANDS[args.command](args)
     except FilterlensError as exc:
         sys.stderr.write(f"filterlens: error: {exc}\n")
@@ -285,6 +300,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("filterlens: interrupted; run the same command again (with --resume for train) to continue\n")
         return 130
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -103,6 +103,7 @@ class Config:
     seed: int = _f(0, "train", "one seed for Python, NumPy, torch and the loaders")
     device: str = _f("auto", "run", "auto, cpu, cuda or cuda:N")
     num_workers: int = _f(0, "run", "DataLoader workers for folder datasets")
+    compile: bool = _f(False, "run", "torch.compile the network for training (worth it on GPUs)")
     progress: bool = _f(True, "run", "progress bars (off when not a terminal)")
 
     # ------------------------------------------------------------------ helpers

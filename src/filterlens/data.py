@@ -478,16 +478,20 @@ class ArrayLoader:
 
     Order and augmentation are drawn from a generator seeded by ``(seed, epoch)``:
     call :meth:`set_epoch` before each epoch and a resumed run sees exactly the same
-    batches. ``rank``/``world_size`` shard the samples as DistributedSampler does.
+    batches. ``rank``/``world_size`` shard the samples as DistributedSampler does: rank r
+    takes every N-th sample of the epoch's order from the r-th on, so the ranks' batches of
+    one step together are the single-process batch of N times their size; ``pad`` repeats
+    the first samples so every rank has as many (for training); ``pad=False`` gives each
+    sample to exactly one rank (for evaluation, where counts are summed over the ranks).
     """
 
     def __init__(self, split: ArraySplit, batch_size: int, shuffle: bool = False, augment: bool = False,
                  padding: int = 0, flip: bool = False, seed: int = 0, device="cpu", drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, pad: bool = True):
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.augment, self.padding, self.flip = augment, padding, flip
         self.seed, self.epoch, self.device, self.drop_last = seed, 0, torch.device(device), drop_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pad = rank, world_size, pad
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -496,8 +500,9 @@ class ArrayLoader:
         n = len(self.split)
         idx = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         if self.world_size > 1:
-            per = -(-n // self.world_size)
-            idx = torch.cat([idx, idx[: per * self.world_size - n]])  # pad like DistributedSampler
+            if self.pad:
+                per = -(-n // self.world_size)
+                idx = torch.cat([idx, idx[: per * self.world_size - n]])  # pad like DistributedSampler
             idx = idx[self.rank :: self.world_size]
         return idx
 
@@ -524,14 +529,14 @@ class FolderLoader:
 
     def __init__(self, split: FolderSplit, batch_size: int, shuffle: bool = False, augment: bool = False,
                  seed: int = 0, device="cpu", num_workers: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, pad: bool = True):
         import copy
 
         self.split = copy.copy(split)
         self.split.augment = augment
         self.seed, self.epoch, self.device = seed, 0, torch.device(device)
         self.batch_size, self.shuffle, self.num_workers, self.drop_last = batch_size, shuffle, num_workers, drop_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pad = rank, world_size, pad
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -539,7 +544,9 @@ class FolderLoader:
     def _loader(self):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         sampler = None
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.pad and not self.shuffle:  # evaluation: each sample on one rank
+            sampler = range(self.rank, len(self.split), self.world_size)
+        elif self.world_size > 1:
             sampler = torch.utils.data.DistributedSampler(self.split, self.world_size, self.rank,
                                                           shuffle=self.shuffle, seed=self.seed)
             sampler.set_epoch(self.epoch)
@@ -558,15 +565,17 @@ class FolderLoader:
 
 
 def make_loader(data: Data, split: str, batch_size: int, train: bool = False, seed: int = 0, device="cpu",
-                augment: bool | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1):
+                augment: bool | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1,
+                pad: bool = True):
     """A loader over ``data.train`` or ``data.test``.
 
     ``train=True`` shuffles and (unless ``augment=False``) applies the training augmentation.
+    ``rank``/``world_size``/``pad``: this rank's shard (see :class:`ArrayLoader`).
     """
     ds = data.train if split == "train" else data.test
     aug = train if augment is None else augment
     if isinstance(ds, ArraySplit):
         return ArrayLoader(ds, batch_size, shuffle=train, augment=aug, padding=data.spec.crop_padding,
-                           flip=data.spec.flip, seed=seed, device=device, rank=rank, world_size=world_size)
+                           flip=data.spec.flip, seed=seed, device=device, rank=rank, world_size=world_size, pad=pad)
     return FolderLoader(ds, batch_size, shuffle=train, augment=aug, seed=seed, device=device,
-                        num_workers=num_workers, rank=rank, world_size=world_size)
+                        num_workers=num_workers, rank=rank, world_size=world_size, pad=pad)

@@ -27,7 +27,10 @@ def write_with(path, write: Callable[[Any], None]) -> Path:
 
 
 def _atomic(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    from .distributed import check_write
+
     path = Path(path)
+    check_write(path)  # under torchrun only rank 0 writes
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -40,7 +40,10 @@ class RunDir:
             raise FilterlensError(f"'{self.path / name}' is not valid JSON (damaged?); remove it or use --overwrite") from None
 
     def remove(self, name: str) -> None:
+        from .distributed import check_write
+
         p = self.path / name
+        check_write(p)
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
@@ -73,6 +76,9 @@ class RunDir:
 
         Call it only once the new settings have been validated, so a refused command damages nothing.
         """
+        from .distributed import check_write
+
+        check_write(self.path)
         same = self.check(cfg, overwrite, stage)
         if overwrite and not same:
             for name in RUN_FILES:

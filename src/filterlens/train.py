@@ -4,7 +4,9 @@ SGD with Nesterov momentum and weight decay, cosine/step/constant decay, the
 dataset's training augmentation, a checkpoint written atomically after every
 epoch, ``resume`` from it (same weights as an uninterrupted run: the loader's
 order and augmentation are drawn from a generator seeded by (seed, epoch)),
-bfloat16 autocast and channels-last on CUDA.
+bfloat16 autocast and channels-last on CUDA. Under torchrun the model is wrapped in
+DistributedDataParallel, each rank trains on its shard of every global mini-batch and
+rank 0 alone writes (:mod:`filterlens.distributed`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed as dist_
 from .config import Config
 from .data import Data, check_labels_present, load_data, make_loader
 from .errors import FilterlensError
@@ -43,8 +46,11 @@ def make_model(cfg: Config, data: Data) -> tuple[nn.Module, ModelSpec]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, amp: bool = False) -> dict:
-    """Test accuracy and mean cross-entropy, in eval mode (the caller's mode is restored)."""
+def evaluate(model: nn.Module, loader, device, amp: bool = False, reduce: bool = False) -> dict:
+    """Test accuracy and mean cross-entropy, in eval mode (the caller's mode is restored).
+
+    ``reduce``: the loader holds this rank's shard; sum the counts over the ranks.
+    """
     was = {m: m.training for m in model.modules()}
     model.eval()
     correct, total, loss = 0, 0, 0.0
@@ -58,6 +64,8 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False) -> dict:
     finally:
         for m, flag in was.items():
             m.training = flag
+    if reduce:
+        correct, total, loss = dist_.all_reduce_sum([correct, total, loss], device)
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
 
 
@@ -85,6 +93,10 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     trained again; an unfinished one continues with ``resume=True``.
     """
     cfg.validate()
+    dist_device = dist_.setup(cfg.device)  # under torchrun: join the process group
+    main = dist_.is_main()
+    if not main:
+        echo = _silent
     rd = RunDir(run_dir)
     same = rd.check(cfg, overwrite=overwrite, stage="train")
     if same and rd.exists("model.pt") and rd.exists("train.json") and not overwrite:
@@ -98,34 +110,45 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
                               f"of {cfg.epochs}); add --resume to continue it or --overwrite to start again")
 
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = dist_device or resolve_device(cfg.device)
+    rank, world = dist_.rank(), dist_.world_size()
+    batch = dist_.per_rank_batch(cfg.batch_size, "batch_size")  # the global batch is the same for any N
     data = load_data_for(cfg)
     check_labels_present(data)
     model, spec = make_model(cfg, data)
     # only now, with data and model checked, is the run directory written (or, with overwrite, emptied)
-    rd.claim(cfg, overwrite=overwrite, stage="train")
+    if main:
+        rd.claim(cfg, overwrite=overwrite, stage="train")
+    dist_.barrier()
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    if cfg.compile:
+        net = torch.compile(net)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.momentum > 0)
-    train_loader = make_loader(data, "train", cfg.batch_size, train=True, seed=cfg.seed, device=device,
-                               augment=cfg.augment, num_workers=cfg.num_workers)
-    test_loader = make_loader(data, "test", 512, seed=cfg.seed, device=device, num_workers=cfg.num_workers)
+    train_loader = make_loader(data, "train", batch, train=True, seed=cfg.seed, device=device,
+                               augment=cfg.augment, num_workers=cfg.num_workers, rank=rank, world_size=world)
+    test_loader = make_loader(data, "test", 512, seed=cfg.seed, device=device, num_workers=cfg.num_workers,
+                              rank=rank, world_size=world, pad=False)
     sched = _scheduler(cfg, opt, len(train_loader))
     history, start = [], 0
     if resume and rd.exists("checkpoint.pt"):
-        state = load_checkpoint(rd.file("checkpoint.pt"), model, spec)
+        state = load_checkpoint(rd.file("checkpoint.pt"), model, spec)  # before any step: DDP replicas agree
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start = list(state["history"]), int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
-        echo(f"resuming from epoch {start} of {cfg.epochs}")
+        echo(f"resuming from epoch {start} of {cfg.epochs}" + (f" on {world} processes" if world > 1 else ""))
 
     show = progress if progress is not None else cfg.progress
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
-        model.train()
+        net.train()
         train_loader.set_epoch(epoch)
         total, loss_sum, correct = 0, 0.0, 0
         te = time.perf_counter()
@@ -134,7 +157,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, cfg.amp):
-                out = model(x)
+                out = net(x)
                 loss = F.cross_entropy(out.float(), y)
             if not torch.isfinite(loss):
                 raise FilterlensError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr "
@@ -146,28 +169,39 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
         sched.step()
-        ev = evaluate(model, test_loader, device, cfg.amp)
+        if world > 1:
+            loss_sum, correct, total = dist_.all_reduce_sum([loss_sum, correct, total], device)
+            dist_.broadcast_buffers(model)  # the model rank 0 saves is the one every rank evaluates
+        ev = evaluate(model, test_loader, device, cfg.amp, reduce=world > 1)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / total,
                "train_accuracy": correct / total, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
                "seconds": time.perf_counter() - te}
         history.append(row)
         echo(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc "
              f"{row['train_accuracy']:.4f}  test acc {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)")
-        save_checkpoint(rd.file("checkpoint.pt"), _unwrap(model), spec, data.label_names,
-                        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                         "history": history, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict()})
-        write_csv(rd.file("train_log.csv"), history)
+        if main:
+            save_checkpoint(rd.file("checkpoint.pt"), _unwrap(model), spec, data.label_names,
+                            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
+                             "history": history, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
+                             "world_size": world})
+            write_csv(rd.file("train_log.csv"), history)
 
-    final = evaluate(model, test_loader, device, cfg.amp) if not history or start == cfg.epochs else \
-        {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
-    save_checkpoint(rd.file("model.pt"), _unwrap(model), spec, data.label_names,
-                    {"epoch": cfg.epochs, "history": history, "config": cfg.to_dict()})
+    final = evaluate(model, test_loader, device, cfg.amp, reduce=world > 1) if not history or start == cfg.epochs \
+        else {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
     summary = {"train_hash": cfg.stage_hash("train"), "test_accuracy": final["accuracy"], "test_loss": final["loss"],
                "epochs": cfg.epochs, "seconds": time.perf_counter() - t0, "model": asdict(spec),
-               "data": data.describe(), "history": history}
-    write_json(rd.file("train.json"), summary)
-    rd.remove("checkpoint.pt")
+               "data": data.describe(), "history": history, "processes": world}
+    if main:
+        save_checkpoint(rd.file("model.pt"), _unwrap(model), spec, data.label_names,
+                        {"epoch": cfg.epochs, "history": history, "config": cfg.to_dict()})
+        write_json(rd.file("train.json"), summary)
+        rd.remove("checkpoint.pt")
+    dist_.barrier()  # every rank returns once the files are there
     return summary
+
+
+def _silent(*args, **kwargs) -> None:
+    """The echo of ranks other than 0."""
 
 
 def _unwrap(model):
