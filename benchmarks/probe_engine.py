@@ -63,8 +63,8 @@ slow down many-fold when another process takes a core, so on a busy machine run 
 
 Usage::
 
-    python benchmarks/probe_engine.py            # full: 10000/2000 samples, 13 layers, 10 epochs (paper: 3)
-    python benchmarks/probe_engine.py --quick    # reduced: 3000/1000 samples, 3 epochs (paper: 2), < 2 min
+    python benchmarks/probe_engine.py            # full: 10000/10000 samples, 13 layers, 10 epochs (paper: 3)
+    python benchmarks/probe_engine.py --quick    # reduced: 3000/1000 samples, 3 epochs (paper: 2), about 2 min
 
 Writes ``benchmarks/results/probe_engine.json`` (``probe_engine_quick.json`` with
 ``--quick``) atomically. Exit status 0 (1 with ``--strict`` when a target fails).
@@ -389,9 +389,9 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="reduced run (< 2 min): 3000/1000 samples, 3 epochs, paper 2 epochs")
+                    help="reduced run (about 2 min): 3000/1000 samples, 3 epochs, paper 2 epochs")
     ap.add_argument("--train-samples", type=int, default=None, help="training samples (full 10000, quick 3000)")
-    ap.add_argument("--test-samples", type=int, default=None, help="test samples (full 2000, quick 1000)")
+    ap.add_argument("--test-samples", type=int, default=None, help="test samples (full 10000, quick 1000)")
     ap.add_argument("--epochs", type=int, default=None, help="probe epochs of fast and naive (full 10, quick 3)")
     ap.add_argument("--paper-epochs", type=int, default=None,
                     help="probe epochs of paper and naive-with-augmentation (full 3, quick 2)")
@@ -413,7 +413,7 @@ def parse_args(argv=None):
     ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     q = args.quick
-    for name, full, quick in (("train_samples", 10000, 3000), ("test_samples", 2000, 1000), ("epochs", 10, 3),
+    for name, full, quick in (("train_samples", 10000, 3000), ("test_samples", 10000, 1000), ("epochs", 10, 3),
                               ("paper_epochs", 3, 2)):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
