@@ -39,7 +39,14 @@ def torchrun(*args, log: Path, nproc: int = 2, timeout: float = 600, popen: bool
     if popen:
         return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    for attempt in range(2):
+        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
+        # Seen twice, only inside the full parallel suite and never in isolation: a worker aborting in
+        # gloo's C++ teardown AFTER its work was done and written ("terminate called without an active
+        # exception"). That shutdown race is retried once; any other failure fails at once.
+        if proc.returncode == 0 or "terminate called without an active exception" not in proc.stdout + proc.stderr:
+            break
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -102,6 +102,9 @@ def cleanup() -> None:
     peers are still talking to it when its group is destroyed)."""
     d = _dist()
     if d is not None:
+        import gc
+
+        gc.collect()  # a DistributedDataParallel left in a reference cycle must go while its group exists
         try:
             d.barrier()
         finally:

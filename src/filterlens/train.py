@@ -196,7 +196,9 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
                         {"epoch": cfg.epochs, "history": history, "config": cfg.to_dict()})
         write_json(rd.file("train.json"), summary)
         rd.remove("checkpoint.pt")
-    dist_.barrier()  # every rank returns once the files are there
+    if world > 1:
+        del net  # DDP's reducer, with its communication hooks, goes before the process group does
+        dist_.barrier()  # every rank returns once the files are there
     return summary
 
 
