@@ -125,6 +125,24 @@ def test_paper_recipe_is_the_authors():
         assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.975**k, rel=1e-12)
 
 
+def test_subset_trains_one_layer_alone():
+    from filterlens.capture import CaptureLayer
+    from filterlens.models import Layer
+
+    cls = [CaptureLayer(Layer(i, f"l{i}", 2, (2, 2, 2)), (2, 2, 2)) for i in range(3)]
+    ps = ProbeSet(cls, 4, ProbeRecipe.fast(epochs=2), seed=5)
+    before = {n: fc.weight.detach().clone() for n, fc in ps.fcs.items()}
+    one = ps.subset("l1")
+    assert list(one.fcs) == ["l1"] and torch.equal(one.fcs["l1"].weight, before["l1"])
+    g = torch.Generator().manual_seed(0)
+    one.step("l1", torch.randn(6, 2, 2, 2, generator=g), torch.randint(0, 4, (6,), generator=g))
+    assert not torch.equal(one.fcs["l1"].weight, before["l1"])
+    for n in ps.fcs:  # the original set is untouched
+        assert torch.equal(ps.fcs[n].weight, before[n])
+    with pytest.raises(ValueError, match="every layer"):
+        ps.step("l1", torch.randn(6, 2, 2, 2), torch.zeros(6, dtype=torch.long))
+
+
 def test_probe_step_matches_autograd_cross_entropy():
     """The written-out gradient and step equal torch's cross-entropy autograd and optimiser."""
     import torch.nn.functional as F

@@ -122,14 +122,10 @@ class ProbeSet:
 
     def subset(self, name: str) -> "ProbeSet":
         """A set of just ``name``'s FC (a copy, same current weights) with a fresh optimiser and schedule."""
-        one = ProbeSet.__new__(ProbeSet)
-        one.layers = [cl for cl in self.layers if cl.name == name]
-        one.recipe, one.num_labels = self.recipe, self.num_labels
-        fc = nn.Linear(self.fcs[name].in_features, self.num_labels, bias=False).to(self.fcs[name].weight.device)
+        w = self.fcs[name].weight
+        one = ProbeSet([cl for cl in self.layers if cl.name == name], self.num_labels, self.recipe, device=w.device)
         with torch.no_grad():
-            fc.weight.copy_(self.fcs[name].weight)
-        one.fcs = {name: fc}
-        one._build_optimiser()
+            one.fcs[name].weight.copy_(w)
         return one
 
     def step(self, name: str, x: torch.Tensor, y: torch.Tensor) -> None:
