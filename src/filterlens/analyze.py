@@ -138,9 +138,10 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     """Stage 2: select the layers and train every layer's FC probe (one capture pass)."""
     check_labels_present(data)
     seed_everything(cfg.seed)
-    if device is None:
-        device = dist_.setup(cfg.device) or resolve_device(cfg.device)  # under torchrun: this rank's device
-    device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    if device is None:  # under torchrun: this rank's device
+        device = dist_.setup(cfg.device) or resolve_device(cfg.device)
+    else:
+        device = resolve_device(str(device))
     model.to(device)
     show = cfg.progress if progress is None else progress
     t0 = time.perf_counter()

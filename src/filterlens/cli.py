@@ -13,6 +13,7 @@ import sys
 from dataclasses import fields
 
 from .config import Config, stage_fields
+from . import distributed  # light: imports torch only inside torchrun
 from .errors import FilterlensError
 
 TRAIN_STAGES = ("data", "model", "train", "run")
@@ -155,7 +156,7 @@ def cmd_train(args) -> int:
 
     cfg = _config_from_args(args)
     s = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite)
-    if _is_main():
+    if distributed.is_main():
         print(f"test accuracy {s['test_accuracy']:.4f} after {s['epochs']} epochs; run directory {args.run_dir}")
     return 0
 
@@ -192,15 +193,9 @@ def cmd_analyze(args) -> int:
     from .analyze import analyze_run, print_table
 
     result = analyze_run(args.run_dir, overrides=_overrides(args))
-    if _is_main():
+    if distributed.is_main():
         print_table(result)
     return 0
-
-
-def _is_main() -> bool:
-    from .distributed import is_main
-
-    return is_main()
 
 
 def _overrides(args) -> dict:
@@ -277,8 +272,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=os.environ.get("FILTERLENS_LOGLEVEL", "WARNING"), format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from . import distributed
-
     try:
         if distributed.env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
             raise FilterlensError(f"'filterlens {args.command}' runs in one process; under torchrun "
