@@ -226,3 +226,37 @@ def test_fashion_mnist_one_epoch_reaches_80_percent(tmp_path):
     assert summary["data"]["train_size"] == 30000 and summary["data"]["test_size"] == 10000
     assert summary["data"]["label_names"][0] == "T-shirt/top"
     assert summary["test_accuracy"] >= 0.80, out
+
+
+# ================================================================================ torch.compile
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(Path(p, "g++").exists() or Path(p, "c++").exists()
+                            for p in __import__("os").environ.get("PATH", "").split(":")),
+                    reason="torch.compile on the CPU needs a C++ compiler (inductor)")
+def test_compiled_training_matches_eager(tmp_path):
+    """--compile trains the same network as eager mode (same seed, same batches: the same losses up to
+    floating-point order), and model.pt holds the plain module's weights (no torch.compile wrapper
+    names), so it loads wherever an eager run's checkpoint does."""
+    args = ["--dataset", "digits", "--model", "vgg_tiny", "--epochs", "1", "--train-samples", "256",
+            "--test-samples", "128", "--batch-size", "64", "--seed", "0", "--no-progress", "--device", "cpu"]
+    runs = {}
+    cache = tmp_path / "inductor"
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        env = {**cli_env(), "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+        proc = subprocess.run([sys.executable, "-m", "filterlens", "train", *args, *extra, "--run-dir",
+                               str(tmp_path / name)], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # inductor wrote its generated kernels for the compiled run only: the option took effect
+        assert any(cache.rglob("*.py")) == (name == "compiled"), name
+        runs[name] = (read_log(tmp_path / name / "train_log.csv")[0], state_dict_of(tmp_path / name / "model.pt"))
+    (log_e, sd_e), (log_c, sd_c) = runs["eager"], runs["compiled"]
+    assert float(log_c["train_loss"]) == pytest.approx(float(log_e["train_loss"]), rel=1e-3)
+    assert sd_c.keys() == sd_e.keys()
+    assert not any("_orig_mod" in k for k in sd_c)
+    for k in sd_e:
+        if sd_e[k].is_floating_point():
+            assert torch.allclose(sd_c[k], sd_e[k], atol=1e-3, rtol=1e-3), k
+    # and the test accuracy reported for it is that of the saved weights
+    assert abs(float(log_c["test_accuracy"]) - float(log_e["test_accuracy"])) <= 2 / 128

@@ -1,0 +1,73 @@
+"""benchmarks/paper_scale.py (the VGG-16 / CIFAR-100 recipe timed stage by stage) at tiny scale,
+so the script a GPU user runs never rots: its synthetic CIFAR-100 files are read by the real
+loader, and its projection follows the formula its docstring states."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from filterlens.data import load_data
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_scale.py"
+
+
+@pytest.fixture(scope="module")
+def paper_scale():
+    spec = importlib.util.spec_from_file_location("paper_scale", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_synthetic_cifar100_is_read_by_the_real_loader(paper_scale, tmp_path):
+    root = paper_scale.write_synthetic_cifar100(tmp_path / "c100", train=300, test=200)
+    data = load_data("cifar100", data_dir=root)
+    assert len(data.train) == 300 and len(data.test) == 200 and data.num_labels == 100
+    assert data.train.images.shape == (300, 3, 32, 32)
+    # labels cycle over the 100 labels before shuffling: 3 train / 2 test images each
+    assert np.bincount(data.train.labels.numpy(), minlength=100).tolist() == [3] * 100
+    assert np.bincount(data.test.labels.numpy(), minlength=100).tolist() == [2] * 100
+    # images of one label resemble each other more than images of two labels (something to learn)
+    x = data.train.images.float().reshape(300, -1).numpy()
+    y = data.train.labels.numpy()
+    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    corr = (x @ x.T) / x.shape[1]
+    same = (y[:, None] == y[None, :]) & ~np.eye(300, dtype=bool)
+    diff = y[:, None] != y[None, :]
+    assert corr[same].mean() > corr[diff].mean() + 0.1
+
+
+def test_tiny_run_and_its_projection(paper_scale, tmp_path, capsys):
+    out, run = tmp_path / "ps.json", tmp_path / "run"
+    rc = paper_scale.main(["--device", "cpu", "--train-images", "200", "--test-images", "100", "--width-mult",
+                           "0.125", "--no-afcc", "--run-dir", str(run), "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["synthetic_data"] is True and res["device"] == "cpu"
+    assert set(res["stages"]) == {"train", "probes", "sfp", "report"}
+    assert res["settings"]["probe_mode"] == "paper" and res["settings"]["full_epochs"] == 200
+    # the projection, recomputed from the run directory's own records with the stated formula
+    stages = json.loads((run / "stages.json").read_text())
+    train = json.loads((run / "train.json").read_text())
+    probes = json.loads((run / "probes.json").read_text())
+    scale = 50_000 / 200
+    epochs = [h["seconds"] for h in train["history"]]
+    want_train = stages["train"]["seconds"] - sum(epochs) + np.mean(epochs) * scale * 200
+    assert res["stages"]["train"]["projected_full_s"] == pytest.approx(want_train, rel=1e-9)
+    pt = probes["timings"]["probe_train_s"]
+    want_probes = (stages["probes"]["seconds"] - pt) * scale + pt * scale * 200
+    assert res["stages"]["probes"]["projected_full_s"] == pytest.approx(want_probes, rel=1e-9)
+    assert res["projected_full_total_s"] == pytest.approx(sum(r["projected_full_s"] for r in res["stages"].values()))
+    assert res["inference_pass_s"] > 0 and set(res["layer_accuracy"]) and len(res["layer_accuracy"]) == 13
+    printed = capsys.readouterr().out
+    assert "| train |" in printed and "| probes |" in printed
+
+
+def test_bad_device_is_one_line(paper_scale, capsys):
+    assert paper_scale.main(["--device", "tpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tpu" in err[0] and "cpu" in err[0]
