@@ -65,9 +65,11 @@ Usage::
 
     python benchmarks/probe_engine.py            # full: 10000/10000 samples, 13 layers, 10 epochs (paper: 3)
     python benchmarks/probe_engine.py --quick    # reduced: 3000/1000 samples, 3 epochs (paper: 2), about 2 min
+    python benchmarks/probe_engine.py --device cuda   # the same on a GPU; writes probe_engine_cuda.json
 
 Writes ``benchmarks/results/probe_engine.json`` (``probe_engine_quick.json`` with
-``--quick``) atomically. Exit status 0 (1 with ``--strict`` when a target fails).
+``--quick``; ``probe_engine_cuda[_quick].json`` on CUDA) atomically. Exit status 0 (1 with
+``--strict`` when a target fails; 2 for a device that is not valid or not there).
 """
 from __future__ import annotations
 
@@ -94,9 +96,11 @@ except ImportError:  # running from a checkout without an installed package
 from filterlens.capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, pooled_shape
 from filterlens.config import Config, parse_bytes, parse_pool
 from filterlens.data import FASHION_MNIST_DEBIAN_DIR, make_loader
+from filterlens.errors import FilterlensError
 from filterlens.models import build_model, list_layers, load_checkpoint, select_layers
 from filterlens.probes import ProbeEval, ProbeRecipe, ProbeSet, train_probes
 from filterlens.train import load_data_for, model_spec_for, train
+from filterlens.utils import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CAPTURE_BATCH = 256  # train_probes' capture/test batch size; the floor uses the same
@@ -140,6 +144,18 @@ def peak_bytes() -> int:
 
 def mib(b) -> float:
     return b / 2**20
+
+
+# ----------------------------------------------------------------------------- device
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
 # ----------------------------------------------------------------------------- CPU contention
@@ -213,7 +229,8 @@ def pick_dataset(requested: str) -> str:
 
 def train_config(args) -> Config:
     return Config(dataset=args.dataset, model=args.model, width_mult=args.width_mult, epochs=args.train_epochs, train_samples=args.train_samples,
-                  test_samples=args.test_samples, seed=args.seed, device="cpu", progress=False, layers=args.layers)
+                  test_samples=args.test_samples, seed=args.seed, device=str(args.device), progress=False,
+                  layers=args.layers)
 
 
 def trained_model(args, echo):
@@ -226,12 +243,12 @@ def trained_model(args, echo):
     return run_dir, summary, time.perf_counter() - t0, done
 
 
-def load_model(run_dir: Path, cfg: Config):
+def load_model(run_dir: Path, cfg: Config, device="cpu"):
     data = load_data_for(cfg)
     spec = model_spec_for(cfg, data)
     model = build_model(spec)
     load_checkpoint(run_dir / "model.pt", model, spec)
-    model.eval()
+    model.to(device).eval()
     return model, data
 
 
@@ -242,41 +259,42 @@ def model_bytes(model) -> int:
 # ----------------------------------------------------------------------------- the modes
 
 @torch.no_grad()
-def floor_pass(model, data) -> None:
+def floor_pass(model, data, device) -> None:
     """(d): one inference pass of the full network over train+test, no hooks, batch 256."""
     model.eval()
     for split in ("train", "test"):
-        for x, _ in make_loader(data, split, CAPTURE_BATCH):
+        for x, _ in make_loader(data, split, CAPTURE_BATCH, device=device):
             model(x)
 
 
-def engine_mode(model, layers, data, cfg: Config):
+def engine_mode(model, layers, data, cfg: Config, device):
     """(b) or (c): filterlens.probes.train_probes."""
-    return train_probes(model, layers, data, cfg, device="cpu", cache_dir=None, progress=False, echo=lambda s: None)
+    return train_probes(model, layers, data, cfg, device=device, cache_dir=None, progress=False, echo=lambda s: None)
 
 
-def warm_up(model, layers, data, cfg: Config) -> None:
+def warm_up(model, layers, data, cfg: Config, device) -> None:
     """Run every code path once on one batch (oneDNN kernels; the optimiser's first use imports
     torch._dynamo, about 150 MiB of modules), so no timed mode or memory peak pays for it."""
     pool = parse_pool(cfg.probe_pool)
-    x, y = next(iter(make_loader(data, "train", CAPTURE_BATCH)))
+    x, y = next(iter(make_loader(data, "train", CAPTURE_BATCH, device=device)))
     with torch.no_grad():
         model.eval()(x)
     with Capture(model, layers, pool) as cap:
         feats = cap.forward(x)
         cls = cap.layers
     for recipe in (ProbeRecipe.fast(1), ProbeRecipe.paper(1)):
-        probes = ProbeSet(cls, data.num_labels, recipe)
+        probes = ProbeSet(cls, data.num_labels, recipe, device=device)
         probes.step_all(feats, y)
         probes.end_epoch()
         ev = ProbeEval(probes)
         ev.update(feats, y)
-        LabelMeanSink(cls, data.num_labels).update(feats, y)
+        LabelMeanSink(cls, data.num_labels, device=device).update(feats, y)
     del feats, probes, ev
     gc.collect()
+    sync(device)
 
 
-def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_as_fast: bool) -> dict:
+def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_as_fast: bool, device) -> dict:
     """(a): every layer on its own; every epoch a forward pass through the frozen layers up to it.
 
     ``same_perm_as_fast``: draw each epoch's order from a generator seeded by ``cfg.seed``,
@@ -285,11 +303,13 @@ def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_
     """
     pool = parse_pool(cfg.probe_pool)
     cls = [CaptureLayer(l, pooled_shape(l.shape, pool)) for l in layers]
-    probes = ProbeSet(cls, data.num_labels, recipe, seed=cfg.seed)  # the same initial weights as train_probes
+    # the same initial weights as train_probes
+    probes = ProbeSet(cls, data.num_labels, recipe, seed=cfg.seed, device=device)
     split = data.train
     n_train, n_test = len(data.train), len(data.test)
-    loader = make_loader(data, "train", recipe.batch_size, train=True, seed=cfg.seed, augment=recipe.augment)
-    test_loader = make_loader(data, "test", CAPTURE_BATCH)
+    loader = make_loader(data, "train", recipe.batch_size, train=True, seed=cfg.seed, device=device,
+                         augment=recipe.augment)
+    test_loader = make_loader(data, "test", CAPTURE_BATCH, device=device)
     acc, per_layer_s, passes = {}, {}, 0
     for l, cl in zip(layers, cls):
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -299,7 +319,9 @@ def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_
             for epoch in range(recipe.epochs):
                 if same_perm_as_fast:
                     perm = torch.randperm(n_train, generator=gen)
-                    batches = ((split.normalise(split.images[idx]), split.labels[idx])
+                    # as the loaders do: the uint8/float images move to the device, then normalise
+                    batches = ((split.normalise(split.images[idx].to(device, non_blocking=True)),
+                                split.labels[idx].to(device, non_blocking=True))
                                for idx in perm.split(recipe.batch_size))
                 else:
                     loader.set_epoch(epoch)
@@ -314,7 +336,7 @@ def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_
                     f = cap.forward(x)[cl.name]
                     correct += (fc(f.reshape(len(f), -1)).argmax(1) == y).sum().item()
             passes += 1
-        acc[cl.name] = correct / max(n_test, 1)
+        acc[cl.name] = correct / max(n_test, 1)  # .item() above waited for the device
         per_layer_s[cl.name] = time.perf_counter() - t0
     return {"accuracy": acc, "per_layer_s": per_layer_s,
             "partial_forward_passes": passes, "recipe": recipe}
@@ -326,17 +348,22 @@ def memory_worker(spec: dict) -> dict:
     """Run in a subprocess: one train_probes call, baseline and peak resident memory around it."""
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+    device = torch.device(spec.get("device", "cpu"))
     cfg = Config.from_dict(spec["config"])
-    model, data = load_model(Path(spec["run_dir"]), cfg)
+    model, data = load_model(Path(spec["run_dir"]), cfg, device)
     layers = select_layers(list_layers(model, (data.in_channels, data.image_size, data.image_size)), cfg.layers)
     gc.collect()
     cold = rss_bytes()
-    warm_up(model, layers, data, cfg)
+    warm_up(model, layers, data, cfg, device)
     baseline = rss_bytes()
     reset_ok = reset_peak()
     hwm_before = peak_bytes()
-    res = train_probes(model, layers, data, cfg, device="cpu", cache_dir=None, progress=False, echo=lambda s: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    res = train_probes(model, layers, data, cfg, device=device, cache_dir=None, progress=False, echo=lambda s: None)
+    sync(device)
     peak = peak_bytes()
+    gpu_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     pool = parse_pool(cfg.probe_pool)
     cls = [CaptureLayer(l, pooled_shape(l.shape, pool)) for l in layers]
     n = len(data.train) + len(data.test)
@@ -347,7 +374,7 @@ def memory_worker(spec: dict) -> dict:
             "hwm_reset": reset_ok, "hwm_at_baseline_bytes": hwm_before,
             "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "cache_bytes": cache if res.engine == "cache" else 0, "model_bytes": model_bytes(model),
-            "batch_bytes": batch, "timings": res.timings}
+            "batch_bytes": batch, "timings": res.timings, "device": str(device), "gpu_peak_bytes": gpu_peak}
 
 
 def run_worker(spec: dict, echo) -> dict:
@@ -401,6 +428,9 @@ def parse_args(argv=None):
     ap.add_argument("--layers", default="all", help="layers to probe (filterlens syntax; default all 13)")
     ap.add_argument("--dataset", default="auto", help="auto (Fashion-MNIST, digits when absent), fashion-mnist, digits")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu",
+                    help="where the network and probes run: cpu (default), cuda, cuda:N or auto (cuda when there "
+                         "is a GPU); on CUDA the default output is probe_engine_cuda[_quick].json")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--wait-quiet", type=float, default=None,
                     help="seconds, in all, to wait before the timed modes for other processes to leave the CPU "
@@ -419,9 +449,21 @@ def parse_args(argv=None):
             setattr(args, name, quick if q else full)
     if args.wait_quiet is None:
         args.wait_quiet = 0.0 if q else 120.0
+    try:
+        args.device = resolve_device(args.device)
+        if args.device.type == "cuda":
+            count = torch.cuda.device_count()
+            if args.device.index is None:  # record which GPU: "cuda" -> "cuda:N", the current one
+                args.device = torch.device("cuda", torch.cuda.current_device())
+            elif args.device.index >= count:
+                raise FilterlensError(f"device '{args.device}' asked for but this machine has {count} CUDA GPU(s)")
+    except FilterlensError as exc:
+        print(f"probe_engine: {exc}", file=sys.stderr)  # one line, no traceback
+        raise SystemExit(2) from None
     args.dataset = pick_dataset(args.dataset)
     if args.out is None:
-        args.out = RESULTS / ("probe_engine_quick.json" if q else "probe_engine.json")
+        tag = "_cuda" if args.device.type == "cuda" else ""
+        args.out = RESULTS / (f"probe_engine{tag}_quick.json" if q else f"probe_engine{tag}.json")
     return args
 
 
@@ -436,7 +478,9 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     echo = print
-    echo(f"probe_engine benchmark ({'quick' if args.quick else 'full'}): {args.model} x{args.width_mult:g} on {args.dataset}, "
+    device = args.device
+    echo(f"probe_engine benchmark ({'quick' if args.quick else 'full'}) on {device} ({device_name(device)}): "
+         f"{args.model} x{args.width_mult:g} on {args.dataset}, "
          f"{args.train_samples} train / {args.test_samples} test samples, layers {args.layers}, "
          f"fast/naive {args.epochs} epochs, paper/naive-aug {args.paper_epochs} epochs; "
          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
@@ -447,7 +491,7 @@ def main(argv=None) -> int:
     echo(f"backbone: {'reused' if reused else 'trained'} in {train_s:.1f}s, test accuracy "
          f"{summary['test_accuracy']:.4f} ({run_dir})")
     base = train_config(args)
-    model, data = load_model(run_dir, base)
+    model, data = load_model(run_dir, base, device)
     all_layers = list_layers(model, (data.in_channels, data.image_size, data.image_size))
     layers = select_layers(all_layers, args.layers)
     cfg_fast = base.replace(probe_mode="fast", probe_epochs=args.epochs)
@@ -455,8 +499,8 @@ def main(argv=None) -> int:
     recipe_fast, recipe_paper = ProbeRecipe.from_config(cfg_fast), ProbeRecipe.from_config(cfg_paper)
     cap_layers = [CaptureLayer(l, pooled_shape(l.shape, parse_pool(cfg_fast.probe_pool))) for l in layers]
 
-    warm_up(model, layers, data, cfg_fast)
-    floor_pass(model, data)  # untimed: every batch shape of the data once (oneDNN primitives, page faults)
+    warm_up(model, layers, data, cfg_fast, device)
+    floor_pass(model, data, device)  # untimed: every batch shape of the data once (oneDNN primitives, page faults)
     runs: dict[str, dict] = {}
 
     wait_left = [args.wait_quiet]
@@ -465,24 +509,26 @@ def main(argv=None) -> int:
         quiet = wait_quiet(wait_left[0], echo=echo)
         wait_left[0] = max(0.0, wait_left[0] - quiet["waited_s"])
         torch.manual_seed(args.seed)
+        sync(device)  # nothing queued from before is timed
         with Meter() as m:
             out = fn()
+            sync(device)  # on CUDA: the mode's queued work is done before the clock stops
         runs[key] = {**m.record(), **quiet}
         other = "?" if m.others_share is None else f"{100 * m.others_share:.0f}%"
         echo(f"{label:<16}{m.wall:8.2f}s wall {m.cpu:8.2f}s cpu  (other processes: {other} of the CPU)")
         return out
 
-    timed("floor_1", "(d) floor", lambda: floor_pass(model, data))
-    fast = timed("fast", "(c) fast", lambda: engine_mode(model, layers, data, cfg_fast))
+    timed("floor_1", "(d) floor", lambda: floor_pass(model, data, device))
+    fast = timed("fast", "(c) fast", lambda: engine_mode(model, layers, data, cfg_fast, device))
     if fast.engine != "cache":
         raise SystemExit(f"fast mode did not use the cache ({fast.note}); raise the cache budget")
     echo(f"    timings: {({k: round(v, 2) for k, v in fast.timings.items()})}")
-    paper = timed("paper", "(b) paper", lambda: engine_mode(model, layers, data, cfg_paper))
+    paper = timed("paper", "(b) paper", lambda: engine_mode(model, layers, data, cfg_paper, device))
     echo(f"    timings: {({k: round(v, 2) for k, v in paper.timings.items()})}")
-    naive = timed("naive", "(a) naive", lambda: naive_mode(model, layers, data, cfg_fast, recipe_fast, True))
+    naive = timed("naive", "(a) naive", lambda: naive_mode(model, layers, data, cfg_fast, recipe_fast, True, device))
     naive_aug = timed("naive_aug", "(a) naive_aug",
-                      lambda: naive_mode(model, layers, data, cfg_paper, recipe_paper, False))
-    timed("floor_2", "(d) floor again", lambda: floor_pass(model, data))
+                      lambda: naive_mode(model, layers, data, cfg_paper, recipe_paper, False, device))
+    timed("floor_2", "(d) floor again", lambda: floor_pass(model, data, device))
     floor_key = min(("floor_1", "floor_2"), key=lambda k: runs[k]["wall_s"])
     runs["floor"] = dict(runs[floor_key], run=floor_key)
     timing_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -510,10 +556,11 @@ def main(argv=None) -> int:
     if not args.no_memory:
         echo("memory: subprocesses (cache mode; stream mode at N and 2N training samples) ...")
         cache_cfg = cfg_fast.replace(probe_epochs=1)
-        m_cache = run_worker({"run_dir": str(run_dir), "config": cache_cfg.to_dict(), "threads": args.threads}, echo)
+        m_cache = run_worker({"run_dir": str(run_dir), "config": cache_cfg.to_dict(), "threads": args.threads,
+                              "device": str(device)}, echo)
         n1, n2 = args.stream_samples, 2 * args.stream_samples
         stream = [run_worker({"run_dir": str(run_dir), "config": cfg_paper.replace(probe_epochs=1, train_samples=n)
-                              .to_dict(), "threads": args.threads}, echo) for n in (n1, n2)]
+                              .to_dict(), "threads": args.threads, "device": str(device)}, echo) for n in (n1, n2)]
         bound = m_cache["cache_bytes"] + m_cache["model_bytes"] + m_cache["batch_bytes"]
         added = FeatureCache.nbytes(cap_layers, stream[1]["train_samples"] - stream[0]["train_samples"])
         memory = {
@@ -521,7 +568,9 @@ def main(argv=None) -> int:
                       "(python, torch, filterlens imported, data loaded, model built, every code path run once on "
                       "one batch: the optimiser's first use imports torch._dynamo, ~150 MiB, see cold_baseline_bytes); peak = VmHWM after it, "
                       "reset to the baseline through /proc/self/clear_refs when hwm_reset is true; reported "
-                      "peaks are peak - baseline. Cache mode: fast, 1 probe epoch; stream mode: paper, 1 epoch.",
+                      "peaks are peak - baseline. Cache mode: fast, 1 probe epoch; stream mode: paper, 1 epoch. "
+                      "On CUDA each worker also records gpu_peak_bytes (torch.cuda.max_memory_allocated over "
+                      "train_probes, reset right before it); the targets stay on host memory.",
             "cache_mode": m_cache,
             "cache_bound_bytes": bound,
             "cache_peak_over_bound": m_cache["peak_over_baseline_bytes"] / bound,
@@ -588,6 +637,7 @@ def main(argv=None) -> int:
             "naive_aug_epochs": args.paper_epochs, "recipe_fast": vars(recipe_fast), "recipe_paper": vars(recipe_paper),
             "probe_batch_size": recipe_fast.batch_size, "capture_batch_size": CAPTURE_BATCH,
             "cache_budget": cfg_fast.cache_budget, "cache_budget_bytes": parse_bytes(cfg_fast.cache_budget), "fast_engine": fast.engine, "paper_engine": paper.engine,
+            "device": str(device), "device_name": device_name(device),
             "seed": args.seed, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "filterlens": getattr(filterlens, "__version__", None),
@@ -606,7 +656,9 @@ def main(argv=None) -> int:
             "processes used during that mode (0 = quiet). On a shared 2-core machine torch's OpenMP threads slow down "
             "badly when another process takes a core, so compare a ratio only when both of its modes ran quiet; "
             "cpu_time_ratios (process CPU seconds) are a cross-check.",
-        ],
+        ] + (["on CUDA (settings.device) every timed mode ends with torch.cuda.synchronize inside its clock; "
+              "the backbone is the same cached one (training device is not part of its key)."]
+             if device.type == "cuda" else []),
         "total_benchmark_s": time.perf_counter() - t_start,
     }
     write_json_atomic(args.out, result)
@@ -641,6 +693,11 @@ def main(argv=None) -> int:
         echo(f"  (from the cold baseline, before the first optimiser imported torch._dynamo: cache mode "
              f"{mib(mc['peak_bytes'] - mc['cold_baseline_bytes']):.0f} MiB, "
              f"{memory['cache_peak_over_bound_cold']:.2f} x bound)")
+        if device.type == "cuda":
+            echo(f"  GPU peak (max_memory_allocated during train_probes): cache mode "
+                 f"{mib(mc['gpu_peak_bytes']):.0f} MiB; stream mode "
+                 + ", ".join(f"{s['train_samples']} samples {mib(s['gpu_peak_bytes']):.0f} MiB"
+                             for s in memory["stream_mode"].values()))
     echo("")
     failed = False
     for key, t in targets.items():
