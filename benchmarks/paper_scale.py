@@ -1,12 +1,12 @@
 """The paper's VGG-16 / CIFAR-100 analysis at full size, timed stage by stage (issue 9).
 
 It runs ``filterlens run`` (train, probes, single-filter performance, AFCC, report) with
-``configs/vgg16-cifar100.toml`` read as a user reads it, on CIFAR-100: the real python files
-under ``--data-dir`` when they are there, otherwise synthetic CIFAR-100-shaped files that this
-script writes, in the same format, to a temporary folder (50,000 train / 10,000 test RGB
-32x32 images, 100 labels: each label a smooth random template, each image its template
-shifted, scaled and noised, so the network has something to learn and every stage does its
-real amount of work).
+``configs/vgg16-cifar100.toml`` (or another CIFAR recipe, ``--config``) read as a user reads
+it, on CIFAR-100 (CIFAR-10): the real python files under ``--data-dir`` when they are there,
+otherwise synthetic files of the same shape that this script writes, in the same format, to a
+temporary folder (50,000 train / 10,000 test RGB 32x32 images, 100 (10) labels: each label a
+smooth random template, each image its template shifted, scaled and noised, so the network
+has something to learn and every stage does its real amount of work).
 
 Only the epoch counts are cut (``--epochs``, ``--probe-epochs``, ``--retrain-epochs``), and
 on a small machine the image counts (``--train-images``, ``--test-images``) and the width
@@ -67,20 +67,32 @@ from filterlens.utils import resolve_device
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "configs" / "vgg16-cifar100.toml"
-CIFAR100_TRAIN, CIFAR100_TEST = 50_000, 10_000
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000  # both CIFARs
+# dataset -> (folder, train files, test files, meta file): the layouts torchvision's CIFAR10/100 read
+CIFAR_FILES = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                           "batches.meta"),
+               "cifar100": ("cifar-100-python", ["train"], ["test"], "meta")}
 
 
-# ----------------------------------------------------------------------------- synthetic CIFAR-100
+# ----------------------------------------------------------------------------- synthetic CIFAR
 
-def write_synthetic_cifar100(root: Path, train: int = CIFAR100_TRAIN, test: int = CIFAR100_TEST, labels: int = 100,
-                             seed: int = 0) -> Path:
-    """Write ``root/cifar-100-python/{train,test,meta}`` in CIFAR-100's python-pickle format.
+def write_synthetic_cifar100(root: Path, train: int = CIFAR_TRAIN, test: int = CIFAR_TEST, seed: int = 0) -> Path:
+    """Synthetic CIFAR-100 files (:func:`write_synthetic_cifar`)."""
+    return write_synthetic_cifar(root, "cifar100", train, test, seed)
 
-    Each row of ``data`` is a 3x32x32 uint8 image as the R, G and B planes, each row-major;
-    ``fine_labels`` and ``coarse_labels`` are lists of ints, the meta file holds
-    ``fine_label_names`` and ``coarse_label_names`` (the layout torchvision's CIFAR100 reads).
-    Returns ``root`` (the folder to pass as ``--data-dir``).
+
+def write_synthetic_cifar(root: Path, dataset: str = "cifar100", train: int = CIFAR_TRAIN, test: int = CIFAR_TEST,
+                          seed: int = 0) -> Path:
+    """Write synthetic ``dataset`` files under ``root`` in CIFAR's python-pickle format.
+
+    Each row of ``data`` is a 3x32x32 uint8 image as the R, G and B planes, each row-major.
+    CIFAR-100: ``cifar-100-python/{train,test,meta}`` with ``fine_labels``/``coarse_labels``
+    and ``fine_label_names``/``coarse_label_names``; CIFAR-10: ``cifar-10-batches-py/
+    data_batch_1..5, test_batch, batches.meta`` with ``labels`` and ``label_names`` (the
+    training images split over the five batches). Returns ``root`` (the ``--data-dir``).
     """
+    folder, train_files, test_files, meta_file = CIFAR_FILES[dataset]
+    labels = 100 if dataset == "cifar100" else 10
     rng = np.random.default_rng(seed)
     # one smooth template per label: 4x4 random colours upsampled to 32x32 plus a random stripe frequency
     coarse = rng.uniform(0, 1, size=(labels, 3, 4, 4)).astype(np.float32)
@@ -102,23 +114,38 @@ def write_synthetic_cifar100(root: Path, train: int = CIFAR100_TRAIN, test: int 
                 imgs[i] = np.roll(imgs[i], (int(dy), int(dx)), axis=(1, 2))
             imgs = imgs * rng.uniform(0.7, 1.3, size=(len(ys), 1, 1, 1)) + rng.normal(0, 0.25, size=imgs.shape)
             out[s : s + 5000] = np.clip(imgs * 255, 0, 255).astype(np.uint8)
-        return {b"filenames": [f"{which}_{i}.png".encode() for i in range(n)], b"batch_label": which.encode(),
-                b"fine_labels": y.tolist(), b"coarse_labels": (y // max(labels // 20, 1)).tolist(),
-                b"data": out.reshape(n, 3 * 32 * 32)}
+        return {"y": y, "x": out.reshape(n, 3 * 32 * 32)}
 
-    base = root / "cifar-100-python"
+    def batch(part: dict, which: str) -> dict:
+        y, n = part["y"], len(part["y"])
+        d = {b"filenames": [f"{which}_{i}.png".encode() for i in range(n)], b"batch_label": which.encode(),
+             b"data": part["x"]}
+        if dataset == "cifar100":
+            d.update({b"fine_labels": y.tolist(), b"coarse_labels": (y // 5).tolist()})
+        else:
+            d[b"labels"] = y.tolist()
+        return d
+
+    base = root / folder
     base.mkdir(parents=True, exist_ok=True)
-    for name, n in (("train", train), ("test", test)):
-        with open(base / name, "wb") as fh:
-            pickle.dump(split(n, name), fh, protocol=4)
-    with open(base / "meta", "wb") as fh:
-        pickle.dump({b"fine_label_names": [f"synthetic_{i:03d}".encode() for i in range(labels)],
-                     b"coarse_label_names": [f"group_{i:02d}".encode() for i in range(20)]}, fh, protocol=4)
+    for files, n in ((train_files, train), (test_files, test)):
+        part = split(n, files[0])
+        bounds = np.linspace(0, n, len(files) + 1).astype(int)
+        for f, a, z in zip(files, bounds[:-1], bounds[1:]):
+            with open(base / f, "wb") as fh:
+                pickle.dump(batch({"y": part["y"][a:z], "x": part["x"][a:z]}, f), fh, protocol=4)
+    meta = ({b"fine_label_names": [f"synthetic_{i:03d}".encode() for i in range(labels)],
+             b"coarse_label_names": [f"group_{i:02d}".encode() for i in range(20)]} if dataset == "cifar100" else
+            {b"label_names": [f"synthetic_{i}".encode() for i in range(labels)], b"num_cases_per_batch": train // 5})
+    with open(base / meta_file, "wb") as fh:
+        pickle.dump(meta, fh, protocol=4)
     return root
 
 
-def has_cifar100(data_dir: Path | None) -> bool:
-    return data_dir is not None and all((data_dir / "cifar-100-python" / f).is_file() for f in ("train", "test", "meta"))
+def has_cifar(data_dir: Path | None, dataset: str) -> bool:
+    folder, train_files, test_files, meta_file = CIFAR_FILES[dataset]
+    return data_dir is not None and all((data_dir / folder / f).is_file()
+                                        for f in train_files + test_files + [meta_file])
 
 
 # ----------------------------------------------------------------------------- the baseline
@@ -180,18 +207,23 @@ def main(argv=None) -> int:
     except FilterlensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if full.dataset not in CIFAR_FILES:
+        print(f"error: {args.config} uses dataset '{full.dataset}'; paper_scale times the CIFAR recipes "
+              f"(dataset cifar10 or cifar100)", file=sys.stderr)
+        return 2
+    pretty = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[full.dataset]
     echo = print
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="filterlens-paper-scale-") as tmp:
         tmp = Path(tmp)
         data_dir = args.data_dir or (Path(full.data_dir) if full.data_dir else None)
-        synthetic = not has_cifar100(data_dir)
+        synthetic = not has_cifar(data_dir, full.dataset)
         if synthetic:
             t0 = time.perf_counter()
-            n_train = args.train_images or CIFAR100_TRAIN
-            n_test = args.test_images or CIFAR100_TEST
-            data_dir = write_synthetic_cifar100(tmp / "cifar100", n_train, n_test)
-            echo(f"synthetic CIFAR-100-shaped data: {n_train} train / {n_test} test images written in "
+            n_train = args.train_images or CIFAR_TRAIN
+            n_test = args.test_images or CIFAR_TEST
+            data_dir = write_synthetic_cifar(tmp / full.dataset, full.dataset, n_train, n_test)
+            echo(f"synthetic {pretty}-shaped data: {n_train} train / {n_test} test images written in "
                  f"{time.perf_counter() - t0:.1f}s ({data_dir})")
         over = dict(data_dir=str(data_dir), device=args.device, epochs=args.epochs, probe_epochs=args.probe_epochs,
                     retrain_epochs=args.retrain_epochs or full.retrain_epochs, train_samples=args.train_images,
@@ -210,7 +242,7 @@ def main(argv=None) -> int:
             return 2
         run_dir = args.run_dir or tmp / "run"
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-        echo(f"paper_scale: {cfg.model} x{cfg.width_mult:g} on {'synthetic ' if synthetic else ''}CIFAR-100, "
+        echo(f"paper_scale: {cfg.model} x{cfg.width_mult:g} on {'synthetic ' if synthetic else ''}{pretty}, "
              f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
              f"epochs {cfg.epochs}/{full.epochs}, probe epochs {cfg.probe_epochs}/{full.probe_epochs}, "
              f"AFCC retrain epochs {cfg.retrain_epochs}/{full.retrain_epochs}")
@@ -227,7 +259,7 @@ def main(argv=None) -> int:
         floor = min(inference_pass(model, data, device) for _ in range(2))
 
     n_train, n_test = len(data.train), len(data.test)
-    image_scale = CIFAR100_TRAIN / n_train  # time per epoch is linear in the training images
+    image_scale = CIFAR_TRAIN / n_train  # time per epoch is linear in the training images
     epochs_run = [h["seconds"] for h in train_summary["history"]]
     train_epoch = sum(epochs_run) / len(epochs_run)
     tm = probes_meta.get("timings", {})
@@ -266,7 +298,7 @@ def main(argv=None) -> int:
                      "probe_engine": probes_meta.get("engine"), "retrain_epochs": cfg.retrain_epochs,
                      "random_draws": cfg.random_draws, "afcc": cfg.afcc, "amp": cfg.amp, "compile": cfg.compile,
                      "full_epochs": full.epochs, "full_probe_epochs": full.probe_epochs,
-                     "full_retrain_epochs": full.retrain_epochs, "full_train_images": CIFAR100_TRAIN,
+                     "full_retrain_epochs": full.retrain_epochs, "full_train_images": CIFAR_TRAIN, "dataset": full.dataset,
                      "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                      "python": platform.python_version(), "platform": platform.platform(),
                      "filterlens": getattr(filterlens, "__version__", None)},

@@ -23,20 +23,22 @@ def paper_scale():
     return mod
 
 
-def test_synthetic_cifar100_is_read_by_the_real_loader(paper_scale, tmp_path):
-    root = paper_scale.write_synthetic_cifar100(tmp_path / "c100", train=300, test=200)
-    data = load_data("cifar100", data_dir=root)
-    assert len(data.train) == 300 and len(data.test) == 200 and data.num_labels == 100
-    assert data.train.images.shape == (300, 3, 32, 32)
-    # labels cycle over the 100 labels before shuffling: 3 train / 2 test images each
-    assert np.bincount(data.train.labels.numpy(), minlength=100).tolist() == [3] * 100
-    assert np.bincount(data.test.labels.numpy(), minlength=100).tolist() == [2] * 100
+@pytest.mark.parametrize("dataset,labels", [("cifar100", 100), ("cifar10", 10)])
+def test_synthetic_cifar_is_read_by_the_real_loader(paper_scale, tmp_path, dataset, labels):
+    root = paper_scale.write_synthetic_cifar(tmp_path / dataset, dataset, train=3 * labels + 5, test=2 * labels)
+    data = load_data(dataset, data_dir=root)
+    n = 3 * labels + 5
+    assert len(data.train) == n and len(data.test) == 2 * labels and data.num_labels == labels
+    assert data.train.images.shape == (n, 3, 32, 32)
+    # labels cycle over the label set before shuffling
+    assert np.bincount(data.train.labels.numpy(), minlength=labels).tolist() == [4] * 5 + [3] * (labels - 5)
+    assert np.bincount(data.test.labels.numpy(), minlength=labels).tolist() == [2] * labels
     # images of one label resemble each other more than images of two labels (something to learn)
-    x = data.train.images.float().reshape(300, -1).numpy()
+    x = data.train.images.float().reshape(n, -1).numpy()
     y = data.train.labels.numpy()
     x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
     corr = (x @ x.T) / x.shape[1]
-    same = (y[:, None] == y[None, :]) & ~np.eye(300, dtype=bool)
+    same = (y[:, None] == y[None, :]) & ~np.eye(n, dtype=bool)
     diff = y[:, None] != y[None, :]
     assert corr[same].mean() > corr[diff].mean() + 0.1
 
@@ -71,3 +73,10 @@ def test_bad_device_is_one_line(paper_scale, capsys):
     assert paper_scale.main(["--device", "tpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tpu" in err[0] and "cpu" in err[0]
+
+
+def test_a_recipe_on_other_data_is_refused_in_one_line(paper_scale, capsys):
+    config = SCRIPT.parents[1] / "configs" / "vgg16-imagenet.toml"
+    assert paper_scale.main(["--config", str(config), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "imagenet" in err[0] and "cifar100" in err[0]
