@@ -279,3 +279,56 @@ def test_shards_cover_every_sample_once():
     for k, b in enumerate(one[:-1]):
         assert sorted(torch.cat([two[0][k], two[1][k]]).tolist()) == sorted(b.tolist())
     assert set(padded_all.tolist()) == set(range(n))
+
+
+def test_collectives_go_through_the_distributed_module():
+    """nccl takes CUDA tensors only; filterlens.distributed moves host tensors (correct counts, votes)
+    to the group's device and back. A collective called from any other module would bypass that."""
+    import re
+
+    offenders = [f.name for f in Path(distributed.__file__).parent.glob("*.py") if f.name != "distributed.py"
+                 and re.search(r"import torch\.distributed|from torch\.distributed|torch\.distributed\.", f.read_text())]
+    assert offenders == []
+
+
+class _FakeGroup:
+    def __init__(self, backend):
+        self.backend = backend
+
+    def get_backend(self):
+        return self.backend
+
+
+def test_collective_device_follows_the_backend(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(distributed, "_dist", lambda: _FakeGroup("nccl"))
+    assert distributed.collective_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(distributed, "_dist", lambda: _FakeGroup("gloo"))
+    assert distributed.collective_device() == torch.device("cpu")
+    monkeypatch.setattr(distributed, "_dist", lambda: None)
+    assert distributed.collective_device() == torch.device("cpu")
+
+
+def test_sums_and_broadcasts_run_on_the_collective_device(monkeypatch):
+    """With a fake two-rank group (all_reduce doubles, as two ranks holding the same values would):
+    in-place results, averaging, and every tensor handed to the backend on its device."""
+    import torch.distributed as dist
+
+    handed = []
+
+    def fake_all_reduce(t):
+        handed.append(t.device)
+        t.mul_(2)
+
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "collective_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "broadcast", lambda t, src: handed.append(t.device) or t.fill_(7))
+    t = torch.tensor([1.0, 2.0])
+    assert distributed.all_reduce_(t) is t and t.tolist() == [2.0, 4.0]
+    assert distributed.all_reduce_(t, average=True).tolist() == [2.0, 4.0]
+    assert distributed.all_reduce_sum([1, 2.5]) == [2.0, 5.0]
+    votes = torch.zeros(2, 3, dtype=torch.long)
+    assert distributed.broadcast_(votes).tolist() == [[7] * 3] * 2
+    assert handed == [torch.device("cpu")] * 4

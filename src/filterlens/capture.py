@@ -189,12 +189,11 @@ class LabelMeanSink:
 
     def all_reduce(self) -> None:
         """Sum over processes (torch.distributed), so every rank holds the global sums."""
-        import torch.distributed as dist
+        from . import distributed as dist_
 
-        if dist.is_available() and dist.is_initialized():
-            for s in self.sums.values():
-                dist.all_reduce(s)
-            dist.all_reduce(self.counts)
+        for s in self.sums.values():
+            dist_.all_reduce_(s)
+        dist_.all_reduce_(self.counts)
 
 
 class FeatureCache:

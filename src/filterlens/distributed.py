@@ -15,6 +15,10 @@
   summed over the ranks;
 * rank 0 alone writes files and prints; a write from another rank is a bug and raises.
 
+Every collective goes through this module. nccl takes CUDA tensors only, so
+:func:`all_reduce_` and :func:`broadcast_` move a tensor that lives elsewhere (counts and
+votes kept on the host) to the group's device (:func:`collective_device`) and back.
+
 A single process (no torchrun) never touches torch.distributed.
 """
 from __future__ import annotations
@@ -93,8 +97,21 @@ def setup(device: str = "auto") -> torch.device | None:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         timeout = timedelta(seconds=float(os.environ.get("FILTERLENS_DIST_TIMEOUT", "1800")))
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+        if use_cuda:  # device_id: nccl binds this rank's communicator to its GPU at once
+            dist.init_process_group("nccl", timeout=timeout, device_id=dev)
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
     return dev
+
+
+def collective_device() -> torch.device:
+    """Where the process group's collectives take their tensors: this rank's GPU under nccl, else the CPU."""
+    import torch
+
+    d = _dist()
+    if d is not None and d.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def cleanup() -> None:
@@ -118,34 +135,53 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _on_collective_device(t: torch.Tensor, op) -> torch.Tensor:
+    """Run ``op`` on ``t`` where the backend takes it (a copy there and back when ``t`` lives elsewhere)."""
+    dev = collective_device()
+    buf = t if t.device == dev else t.to(dev)
+    op(buf)
+    if buf is not t:
+        t.copy_(buf)
+    return t
+
+
 def all_reduce_(t: torch.Tensor, average: bool = False) -> torch.Tensor:
     """Sum (or average) ``t`` over the ranks in place; nothing to do in a single process."""
     if active():
         import torch.distributed as dist
 
-        dist.all_reduce(t)
-        if average:
-            t.div_(dist.get_world_size())
+        def op(buf):
+            dist.all_reduce(buf)
+            if average:
+                buf.div_(dist.get_world_size())
+
+        _on_collective_device(t, op)
+    return t
+
+
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s ``t`` on every rank, in place."""
+    if active():
+        import torch.distributed as dist
+
+        _on_collective_device(t, lambda buf: dist.broadcast(buf, src))
     return t
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Rank 0's buffers (batch-norm running statistics) on every rank: DDP syncs them before each
     training forward, and each rank then updates its own copy; evaluation must see rank 0's."""
-    if active():
-        import torch.distributed as dist
-
-        for b in module.buffers():
-            dist.broadcast(b, 0)
+    for b in module.buffers():
+        broadcast_(b, 0)
 
 
-def all_reduce_sum(values: list[float], device="cpu") -> list[float]:
+def all_reduce_sum(values: list[float]) -> list[float]:
     """Sums of plain numbers over the ranks (float64)."""
     if not active():
         return list(values)
     import torch
 
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
     all_reduce_(t)
     return t.tolist()
 

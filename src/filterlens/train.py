@@ -65,7 +65,7 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False, reduce: bool =
         for m, flag in was.items():
             m.training = flag
     if reduce:
-        correct, total, loss = dist_.all_reduce_sum([correct, total, loss], device)
+        correct, total, loss = dist_.all_reduce_sum([correct, total, loss])
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
 
 
@@ -170,7 +170,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
             total += len(y)
         sched.step()
         if world > 1:
-            loss_sum, correct, total = dist_.all_reduce_sum([loss_sum, correct, total], device)
+            loss_sum, correct, total = dist_.all_reduce_sum([loss_sum, correct, total])
             dist_.broadcast_buffers(model)  # the model rank 0 saves is the one every rank evaluates
         ev = evaluate(model, test_loader, device, cfg.amp, reduce=world > 1)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / total,
