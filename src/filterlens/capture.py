@@ -234,7 +234,7 @@ class FeatureCache:
         if b > self.num_samples:
             raise RuntimeError("more samples than the cache was sized for")
         for name, f in feats.items():
-            self.features[name][a:b] = f.reshape(n, -1).to("cpu", torch.float16)
+            self.features[name][a:b] = f.reshape(n, -1).to(torch.float16).cpu()  # halved on the GPU, then moved
         self.labels[a:b] = y.cpu()
         self._filled = b
 
