@@ -260,3 +260,19 @@ def test_compiled_training_matches_eager(tmp_path):
             assert torch.allclose(sd_c[k], sd_e[k], atol=1e-3, rtol=1e-3), k
     # and the test accuracy reported for it is that of the saved weights
     assert abs(float(log_c["test_accuracy"]) - float(log_e["test_accuracy"])) <= 2 / 128
+
+
+def test_amp_precision_follows_the_gpu(monkeypatch):
+    """bfloat16 autocast on GPUs that have it, float16 (with loss scaling) on older ones, nothing on the CPU
+    or with --no-amp."""
+    from filterlens import train as tr
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert tr._amp_dtype(cuda, True) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert tr._amp_dtype(cuda, True) is torch.float16
+    assert tr._amp_dtype(cuda, False) is None
+    assert tr._amp_dtype(cpu, True) is None
+    with tr._autocast(cpu, True):
+        assert not torch.is_autocast_enabled("cpu")

@@ -69,9 +69,16 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False, reduce: bool =
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
 
 
-def _autocast(device: torch.device, amp: bool):
+def _amp_dtype(device: torch.device, amp: bool):
+    """bfloat16 where the GPU has it (Ampere and later), float16 on older GPUs, None: no autocast."""
     if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def _autocast(device: torch.device, amp: bool):
+    dtype = _amp_dtype(device, amp)
+    if dtype is not None:
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast(device.type, enabled=False)
 
@@ -136,11 +143,15 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     test_loader = make_loader(data, "test", 512, seed=cfg.seed, device=device, num_workers=cfg.num_workers,
                               rank=rank, world_size=world, pad=False)
     sched = _scheduler(cfg, opt, len(train_loader))
+    # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none
+    scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device, cfg.amp) == torch.float16)
     history, start = [], 0
     if resume and rd.exists("checkpoint.pt"):
         state = load_checkpoint(rd.file("checkpoint.pt"), model, spec)  # before any step: DDP replicas agree
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if state.get("grad_scaler"):  # float16 AMP: the loss scale it had reached
+            scaler.load_state_dict(state["grad_scaler"])
         history, start = list(state["history"]), int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
         echo(f"resuming from epoch {start} of {cfg.epochs}" + (f" on {world} processes" if world > 1 else ""))
@@ -163,8 +174,9 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
                 raise FilterlensError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr "
                                       f"(now {cfg.lr})")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             loss_sum += loss.item() * len(y)
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
@@ -183,7 +195,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
             save_checkpoint(rd.file("checkpoint.pt"), _unwrap(model), spec, data.label_names,
                             {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
                              "history": history, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
-                             "world_size": world})
+                             "world_size": world, "grad_scaler": scaler.state_dict()})
             write_csv(rd.file("train_log.csv"), history)
 
     final = evaluate(model, test_loader, device, cfg.amp, reduce=world > 1) if not history or start == cfg.epochs \
