@@ -7,7 +7,6 @@ by plain loops over adaptive-pooling bins.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import torch.nn as nn
 
 from filterlens.capture import (
     Capture,
+    CaptureLayer,
     FeatureCache,
     LabelMeanSink,
     capture_pass,
@@ -511,6 +511,7 @@ def test_feature_cache_holds_float16_features(model, layers, digits, tmp_path, o
         err = np.abs(g - ref)
         assert np.all(err <= 2.0**-11 * np.abs(ref) + 2.0**-24 + 1e-6), err.max()
         assert np.abs(ref).max() < 60000  # within float16 range: the comparison is meaningful
+    assert cache.data.device.type == "cpu" and cache.labels.device.type == "cpu"  # the default: the host
     if on_disk:  # one memory-mapped file holds every layer's columns
         files = list(directory.iterdir())
         assert [f.name for f in files] == ["test.f16"]
@@ -559,3 +560,11 @@ def test_select_layers_valid_specs(layers):
     assert names(select_layers(layers, "5,features.0,-1")) == ["features.0", "features.5"]
     assert names(select_layers(layers, "last:2")) == ["features.4", "features.5"]
     assert names(select_layers(layers, ["features.3", 1])) == ["features.1", "features.3"]
+
+
+def test_a_memory_mapped_cache_cannot_live_on_a_gpu(layers, tmp_path):
+    """The memory-mapped file is host memory: asking for it on a GPU is refused before anything is written."""
+    cls = [CaptureLayer(layers[0], layers[0].shape)]
+    with pytest.raises(ValueError, match="host"):
+        FeatureCache(cls, 4, tmp_path / "cache", device="cuda")
+    assert not (tmp_path / "cache").exists()

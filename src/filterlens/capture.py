@@ -197,18 +197,22 @@ class LabelMeanSink:
 
 
 class FeatureCache:
-    """float16 features of every sample for each layer, in memory or memory-mapped on disk.
+    """float16 features of every sample for each layer, in memory (host or GPU) or memory-mapped on disk.
 
     All layers share one (N, sum of features) array (``data``; the file ``{prefix}.f16`` when
     memory-mapped); ``features[name]`` is the layer's (N, F) column block of it, a view. One
-    row gather then fetches a mini-batch of every layer at once.
+    row gather then fetches a mini-batch of every layer at once. ``device``: where ``data`` and
+    ``labels`` live (default the host; a GPU keeps captured features where the probes train).
     """
 
     def __init__(self, layers: Sequence[CaptureLayer], num_samples: int, directory: Path | None = None,
-                 prefix: str = "train"):
+                 prefix: str = "train", device=None):
+        device = torch.device(device or "cpu")
+        if directory is not None and device.type != "cpu":
+            raise ValueError("a memory-mapped feature cache lives on the host; give directory or device, not both")
         self.num_samples = num_samples
         self.directory = directory
-        self.labels = torch.empty(num_samples, dtype=torch.long)
+        self.labels = torch.empty(num_samples, dtype=torch.long, device=device)
         self._filled = 0
         self.offsets: dict[str, tuple[int, int]] = {}
         total = 0
@@ -216,7 +220,7 @@ class FeatureCache:
             self.offsets[cl.name] = (total, total + cl.features)
             total += cl.features
         if directory is None:
-            self.data = torch.empty((num_samples, total), dtype=torch.float16)
+            self.data = torch.empty((num_samples, total), dtype=torch.float16, device=device)
         else:
             directory.mkdir(parents=True, exist_ok=True)
             arr = np.lib.format.open_memmap(directory / f"{prefix}.f16", mode="w+", dtype=np.float16,
@@ -233,9 +237,9 @@ class FeatureCache:
         a, b = self._filled, self._filled + n
         if b > self.num_samples:
             raise RuntimeError("more samples than the cache was sized for")
-        for name, f in feats.items():
-            self.features[name][a:b] = f.reshape(n, -1).to(torch.float16).cpu()  # halved on the GPU, then moved
-        self.labels[a:b] = y.cpu()
+        for name, f in feats.items():  # halved where it was computed, then moved (if at all)
+            self.features[name][a:b] = f.reshape(n, -1).to(torch.float16).to(self.data.device)
+        self.labels[a:b] = y.to(self.labels.device)
         self._filled = b
 
     @property

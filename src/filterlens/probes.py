@@ -284,6 +284,12 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
             engine = "stream"
             note = (f"feature cache would need {need / 2**20:.0f} MiB > cache budget {budget / 2**20:.0f} MiB; "
                     "streaming (one forward pass per epoch)")
+        # on a GPU with room for it, the cache is filled and read there: no trip through the host
+        cache_device = torch.device("cpu")
+        if engine == "cache" and device.type == "cuda" and cache_dir is None \
+                and need + 8 * (n_train + n_test) < torch.cuda.mem_get_info(device)[0] // 2:
+            cache_device = device
+            note = f"feature cache ({need / 2**20:.0f} MiB) kept on {device}"
         if note and cfg.probe_mode == "fast":
             echo(f"note: {note}")
         probes = ProbeSet(cls, L, recipe, seed=cfg.seed, device=device)
@@ -296,8 +302,8 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
         if engine == "cache":
             t0 = time.perf_counter()
             tag = f"-rank{rank}" if world > 1 else ""
-            train_cache = FeatureCache(cls, n_train, cache_dir, "train" + tag)
-            test_cache = FeatureCache(cls, n_test, cache_dir, "test" + tag)
+            train_cache = FeatureCache(cls, n_train, cache_dir, "train" + tag, device=cache_device)
+            test_cache = FeatureCache(cls, n_test, cache_dir, "test" + tag, device=cache_device)
             train_loader = make_loader(data, "train", 256, device=device, augment=False, num_workers=cfg.num_workers,
                                        rank=rank, world_size=world)
             capture_pass(cap, train_loader, [train_cache],
@@ -362,8 +368,9 @@ def train_from_cache(probes: ProbeSet, cache: FeatureCache, recipe: ProbeRecipe,
     layers share; every mini-batch is one row gather from the float16 cache (all layers are
     columns of one array) into a preallocated float32 buffer (fresh large tensors per batch
     cost more than the arithmetic on CPU), then every layer takes one step on its columns.
-    On CUDA the cache moves to the GPU when it fits in half its free memory; otherwise batches
-    are gathered on the host into pinned memory.
+    On CUDA a host cache moves to the GPU when it fits in half its free memory (``train_probes``
+    already fills it there when it fits); otherwise batches are gathered on the host into
+    pinned memory.
     """
     device = torch.device(device)
     n, bs = cache.num_samples, batch_size or recipe.batch_size
