@@ -332,3 +332,36 @@ def test_sums_and_broadcasts_run_on_the_collective_device(monkeypatch):
     votes = torch.zeros(2, 3, dtype=torch.long)
     assert distributed.broadcast_(votes).tolist() == [[7] * 3] * 2
     assert handed == [torch.device("cpu")] * 4
+
+
+def test_two_nodes_of_one_process_each(single, tmp_path):
+    """Multi-node torchrun (static rendezvous, here two "nodes" on this machine sharing the run
+    directory as a shared file system would): each node's process is LOCAL_RANK 0, yet only global
+    rank 0 writes, and the result equals the one-process analysis."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run, log = tmp_path / "run", tmp_path / "writes.log"
+    shutil.copytree(single, run)
+    for name in ("layers.csv", "results.json", "probes.pt", "label_means.pt", "probes.json"):
+        (run / name).unlink()
+    env = cli_env()
+    env["FILTERLENS_WRITE_LOG"] = str(log)
+    procs = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
+               "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
+               "-m", "filterlens", "analyze", "--run-dir", str(run), *ANALYZE]
+        procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+    assert set(writers(log)) == {"0"}
+    assert outs[0].count("probes: fast mode") == 1 and "probes: fast mode" not in outs[1]
+    one = torch.load(single / "label_means.pt", map_location="cpu", weights_only=True)
+    two = torch.load(run / "label_means.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(one["counts"], two["counts"])
+    for name in one["means"]:
+        torch.testing.assert_close(two["means"][name], one["means"][name], rtol=0, atol=1e-6)
