@@ -365,3 +365,14 @@ def test_two_nodes_of_one_process_each(single, tmp_path):
     assert torch.equal(one["counts"], two["counts"])
     for name in one["means"]:
         torch.testing.assert_close(two["means"][name], one["means"][name], rtol=0, atol=1e-6)
+
+
+def test_bad_input_under_torchrun_is_said_once(tmp_path):
+    """Every rank meets the same bad input; one line says so (rank 0's), and every rank exits 2."""
+    rc, out, err = torchrun("analyze", "--run-dir", tmp_path / "missing", log=tmp_path / "writes.log")
+    text = out + err
+    assert rc != 0
+    lines = [l for l in text.splitlines() if l.startswith("filterlens: error:")]
+    assert len(lines) == 1 and "missing" in lines[0], text
+    assert text.count("exitcode  : 2") == 2, text  # torchrun's summary: both workers exited with status 2
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "writes.log").exists()

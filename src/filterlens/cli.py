@@ -279,7 +279,9 @@ def main(argv=None) -> int:
                                   f"{' or '.join('filterlens ' + c for c in DISTRIBUTED_COMMANDS)}")
         return COMMANDS[args.command](args)
     except FilterlensError as exc:
-        sys.stderr.write(f"filterlens: error: {exc}\n")
+        # under torchrun every rank meets the same bad input: rank 0 alone says so (all exit 2)
+        if os.environ.get("RANK", "0") == "0":
+            sys.stderr.write(f"filterlens: error: {exc}\n")
         return 2
     except OSError as exc:
         import errno
