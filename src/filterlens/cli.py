@@ -79,9 +79,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _say_error(message) -> None:
+    """One line on stderr. Under torchrun every rank says it, tagged with its rank when not 0: the first
+    rank to fail makes torchrun stop the others, perhaps before they print, and an error may be one
+    rank's own (a data folder missing on one node)."""
+    rank = os.environ.get("RANK", "0")
+    sys.stderr.write(f"filterlens: error{'' if rank == '0' else f' (rank {rank})'}: {message}\n")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage first otherwise)
-        sys.stderr.write(f"filterlens: error: {message}\n")
+        _say_error(message)
         raise SystemExit(2)
 
 
@@ -279,9 +287,7 @@ def main(argv=None) -> int:
                                   f"{' or '.join('filterlens ' + c for c in DISTRIBUTED_COMMANDS)}")
         return COMMANDS[args.command](args)
     except FilterlensError as exc:
-        # under torchrun every rank meets the same bad input: rank 0 alone says so (all exit 2)
-        if os.environ.get("RANK", "0") == "0":
-            sys.stderr.write(f"filterlens: error: {exc}\n")
+        _say_error(exc)
         return 2
     except OSError as exc:
         import errno
