@@ -88,8 +88,7 @@ def setup(device: str = "auto") -> torch.device | None:
 
     if not dist.is_available():  # pragma: no cover - every official build has it
         raise FilterlensError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
-    want_cuda = device in ("auto", "cuda") or device.startswith("cuda")
-    use_cuda = want_cuda and torch.cuda.is_available() and device != "cpu"
+    use_cuda = device != "cpu" and torch.cuda.is_available()  # auto, cuda or cuda:N (each rank: LOCAL_RANK)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FilterlensError(f"device '{device}' asked for but no CUDA GPU is available; use --device cpu")
     dev = torch.device("cuda", local_rank()) if use_cuda else torch.device("cpu")

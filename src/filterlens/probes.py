@@ -284,11 +284,12 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
             engine = "stream"
             note = (f"feature cache would need {need / 2**20:.0f} MiB > cache budget {budget / 2**20:.0f} MiB; "
                     "streaming (one forward pass per epoch)")
-        # on a GPU with room for it, the cache is filled and read there: no trip through the host
+        # on a GPU with room for it, the cache is filled and read there (no trip through the host, no
+        # file); otherwise it stays on the host and train_from_cache stages batches through pinned memory
         cache_device = torch.device("cpu")
-        if engine == "cache" and device.type == "cuda" and cache_dir is None \
+        if engine == "cache" and device.type == "cuda" \
                 and need + 8 * (n_train + n_test) < torch.cuda.mem_get_info(device)[0] // 2:
-            cache_device = device
+            cache_device, cache_dir = device, None
             note = f"feature cache ({need / 2**20:.0f} MiB) kept on {device}"
         if note and cfg.probe_mode == "fast":
             echo(f"note: {note}")
@@ -317,11 +318,9 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
                              device, batch_size=batch,
                              progress=lambda it: progress_bar(it, progress, desc="probe epochs (cache)"))
             real = dist_.shard_size(len(data.train), pad=False)  # the padded rows repeat other ranks' samples
-            correct = [_cached_correct(probes.fcs[cl.name], train_cache.features[cl.name][:real],
-                                       train_cache.labels[:real], device) for cl in cls]
-            correct = dist_.all_reduce_sum(correct)
-            for cl, c in zip(cls, correct):
-                train_acc[cl.name] = c / max(len(data.train), 1)
+            correct = dist_.all_reduce_sum(_cached_correct(probes, train_cache, real, device))
+            for name, c in zip(probes.fcs, correct):
+                train_acc[name] = c / max(len(data.train), 1)
             timings["probe_train_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             rows = _chunk_rows(sum(cl.features for cl in cls))
@@ -368,18 +367,12 @@ def train_from_cache(probes: ProbeSet, cache: FeatureCache, recipe: ProbeRecipe,
     layers share; every mini-batch is one row gather from the float16 cache (all layers are
     columns of one array) into a preallocated float32 buffer (fresh large tensors per batch
     cost more than the arithmetic on CPU), then every layer takes one step on its columns.
-    On CUDA a host cache moves to the GPU when it fits in half its free memory (``train_probes``
-    already fills it there when it fits); otherwise batches are gathered on the host into
-    pinned memory.
+    The cache is read where it lives (``train_probes`` puts it on the GPU when it fits); a host
+    cache feeding a GPU is gathered into pinned memory, then copied up.
     """
     device = torch.device(device)
     n, bs = cache.num_samples, batch_size or recipe.batch_size
     data, labels = cache.data, cache.labels
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if data.numel() * data.element_size() < free // 2:
-            data = data.to(device)
-        labels = labels.to(device)
     host = data.device.type == "cpu" and device.type != "cpu"
     buf = torch.empty((bs, data.shape[1]), device=device)
     # the gathered float16 rows land in a reused buffer too (pinned when they go on to a GPU)
@@ -407,11 +400,15 @@ def _chunk_rows(features: int, budget: int = 8 * 2**20) -> int:
 
 
 @torch.no_grad()
-def _cached_correct(fc: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, device) -> int:
-    """How many cached samples the FC classifies correctly."""
-    correct = 0
-    rows = _chunk_rows(feats.shape[1])
-    for s in range(0, len(labels), rows):
-        x = feats[s : s + rows].to(device, torch.float32)
-        correct += (fc(x).argmax(1) == labels[s : s + rows].to(device)).sum().item()
-    return correct
+def _cached_correct(probes: ProbeSet, cache: FeatureCache, n: int, device) -> list[int]:
+    """How many of the first ``n`` cached samples each layer's FC classifies correctly (one pass, in
+    chunks of rows holding every layer's columns), in the order of ``probes.fcs``."""
+    correct = dict.fromkeys(probes.fcs, 0)
+    rows = _chunk_rows(cache.data.shape[1])
+    for s in range(0, n, rows):
+        x = cache.data[s : min(s + rows, n)].to(device, torch.float32)
+        y = cache.labels[s : min(s + rows, n)].to(device)
+        for name, fc in probes.fcs.items():
+            a, z = cache.offsets[name]
+            correct[name] += (fc(x[:, a:z]).argmax(1) == y).sum().item()
+    return list(correct.values())
