@@ -60,7 +60,7 @@ from filterlens.config import Config
 from filterlens.data import make_loader
 from filterlens.errors import FilterlensError
 from filterlens.files import read_json, write_json
-from filterlens.run import run_pipeline
+from filterlens.pipeline import run_pipeline
 from filterlens.train import load_trained
 from filterlens.utils import resolve_device
 

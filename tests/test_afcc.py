@@ -6,7 +6,6 @@ architecture's sizes, not from the code's output.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
@@ -310,16 +309,18 @@ def analysed_run(tmp_path_factory):
     return run
 
 
+from filterlens.cli import cmd_afcc  # noqa: E402
+
+
 def _afcc_args(*argv):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    afcc.add_parser(sub)
-    return parser.parse_args(["afcc", *map(str, argv)])
+    from filterlens.cli import build_parser
+
+    return build_parser().parse_args(["afcc", *map(str, argv)])
 
 
 def test_cli_run_writes_csv_results_plot_and_loadable_models(analysed_run, capsys):
     before = json.loads((analysed_run / "results.json").read_text())
-    rc = afcc.cmd_afcc(_afcc_args("--run-dir", analysed_run, "--layers", "last:2", "--retrain-epochs", "1",
+    rc = cmd_afcc(_afcc_args("--run-dir", analysed_run, "--layers", "last:2", "--retrain-epochs", "1",
                                   "--thresholds", "0.2,0.4", "--random-draws", "2", "--no-progress"))
     assert rc == 0
     printed = capsys.readouterr().out
@@ -378,4 +379,4 @@ def test_bad_input_is_one_line_naming_the_value(analysed_run, tmp_path):
     for f in ("config.json", "model.pt"):
         (bare / f).write_bytes((analysed_run / f).read_bytes())
     with pytest.raises(FilterlensError, match="filterlens analyze --run-dir"):
-        afcc.cmd_afcc(_afcc_args("--run-dir", bare))
+        cmd_afcc(_afcc_args("--run-dir", bare))

@@ -34,9 +34,10 @@ FLOORS = [
 ]
 # Inside a subpackage: its modules from the ground up (its __init__, the face, is on top).
 SUBFLOORS = {
-    "models": [["vgg", "resnet_cifar", "vit"], ["units"], ["build", "checkpoints"], ["layers"]],
+    "models": [["vgg", "resnet_cifar", "vit_tiny"], ["layers"], ["build", "checkpoints"]],
     "afcc": [["masks"], ["diluted"], ["retrain", "cost"], ["removal"], ["export"], ["stage"]],
     "report": [["plots"], ["html", "compare"]],
+    "sfp": [["matrices"], ["clusters"], ["layer"], ["bootstrap"]],
 }
 
 

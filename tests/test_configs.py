@@ -12,7 +12,7 @@ import torch
 
 from filterlens.cli import load_toml
 from filterlens.config import Config
-from filterlens.run import run_pipeline
+from filterlens.pipeline import run_pipeline
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")

@@ -27,7 +27,6 @@ from filterlens.sfp import (
     greedy_clusters,
     matrices_from_fields,
     normalise_matrices,
-    plot_filter_matrix,
     sample_fields,
     threshold_sweep,
     vote_fractions,
@@ -504,14 +503,15 @@ def test_cluster_order():
 
 def test_plot_filter_matrix_writes_reordered_figure(tmp_path):
     pytest.importorskip("matplotlib")
-    from filterlens import sfp as sfp_module
+    from filterlens.report import plots
+    from filterlens.report.plots import plot_filter_matrix
 
     names = ["a", "b", "c", "d", "e"]
     m = np.eye(5)
     m[np.ix_([1, 3], [1, 3])] = 1.0
     clusters = LayerSFP.from_matrices(m).clusters_[0]
     assert clusters == [[0], [1, 3], [2], [4]]
-    fig = sfp_module._filter_figure(m, 0.3, [[1, 3]], names, "t", "max")
+    fig = plots._filter_figure(m, 0.3, [[1, 3]], names, "t", "max")
     ax_norm, ax_bin = fig.axes[0], fig.axes[1]
     assert [t.get_text() for t in ax_bin.get_xticklabels()] == ["b", "d", "a", "c", "e"]
     assert [t.get_text() for t in ax_bin.get_yticklabels()] == ["b", "d", "a", "c", "e"]

@@ -22,7 +22,8 @@ from .data import Data, check_labels_present
 from .files import read_json, torch_save, write_csv, write_json
 from .models import list_layers, select_layers
 from .probes import ProbeResult, train_probes
-from .run import RunDir
+from .report.plots import plot_filter_matrix, plot_layers
+from .rundir import RunDir
 from .utils import environment, resolve_device, seed_everything
 
 RESULTS_VERSION = 1
@@ -70,8 +71,6 @@ class Analysis:
         write_json(d / "results.json", results)
 
     def plot(self, directory) -> list[Path]:
-        from .report import plot_layers
-
         return plot_layers(self.layers, Path(directory), title=self.meta.get("title", ""))
 
     def heatmaps(self, directory) -> list[Path]:
@@ -104,7 +103,7 @@ class Analysis:
         for layer, c in picks:
             est = self.sfp[layer]
             path = Path(directory) / "heatmaps" / f"{layer}-filter{c}.png"
-            sfp.plot_filter_matrix(est.matrices_[c], est.threshold, est.clusters_[c], labels, path,
+            plot_filter_matrix(est.matrices_[c], est.threshold, est.clusters_[c], labels, path,
                                    title=f"{layer} filter {c}", normalise=est.normalise)
             out.append(path)
         return out

@@ -96,7 +96,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="filterlens", description="What each layer and each filter of a CNN does "
                                               "(Meir et al., arXiv 2309.07537).")
-    from . import __version__
+    from .version import __version__
 
     p.add_argument("--version", action="version", version=f"filterlens {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -147,9 +147,30 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=_HelpFormatter)
     rep.add_argument("run_dir", help="run directory")
 
-    from .afcc import add_parser as _afcc_parser
-
-    _afcc_parser(sub)
+    f = sub.add_parser(
+        "afcc", help="dilute an analysed run by its units' cluster connections (AFCC), retrain, compare with a "
+                     "random control, and remove units physically", formatter_class=_HelpFormatter,
+        description="AFCC (METHOD.md stage 5) on a run analysed by filterlens analyze. Writes afcc.csv, "
+                    "afcc_thresholds.csv, afcc_pruning.csv, afcc.png, afcc_model.pt (masked: zeros in dense tensors, "
+                    "no speed-up), afcc_pruned.pt (units physically removed) and the afcc / afcc_pruned entries "
+                    "of results.json.")
+    f.add_argument("--run-dir", required=True, help="a run directory analysed by filterlens analyze")
+    f.add_argument("--layers", default=None,
+                   help="consecutive analysed layers: last:N, indices or dotted names; conv masks between each pair "
+                        "plus the deepest layer's FC mask (default: the deepest analysed layer, FC mask only)")
+    f.add_argument("--retrain-epochs", type=int, default=3, help="epochs of masked retraining, 0 for none")
+    f.add_argument("--retrain-lr", type=float, default=0.01,
+                   help="SGD learning rate of the retraining; momentum 0.9, batch 100, constant")
+    f.add_argument("--threshold", type=float, default=None,
+                   help="cluster threshold in (0, 1) (default: the analysis' threshold)")
+    f.add_argument("--thresholds", default="0.2,0.3,0.4",
+                   help="thresholds of the accuracy-against-dilution plot, '' for none")
+    f.add_argument("--seed", type=int, default=0, help="seed of the random control and the retraining order")
+    f.add_argument("--random-draws", type=int, default=3,
+                   help="random controls per threshold, draw k seeded seed+k; mean and sd reported")
+    f.add_argument("--retrain-augment", action="store_true",
+                   help="use the dataset's training augmentation when retraining (default: off)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     d = sub.add_parser("demo", help="train a small VGG on the embedded digits data and analyse it",
                        formatter_class=_HelpFormatter)
@@ -242,7 +263,7 @@ def cmd_sweep(args) -> int:
 def cmd_run(args) -> int:
     from pathlib import Path
 
-    from .run import run_pipeline
+    from .pipeline import run_pipeline
 
     cfg = _config_from_args(args)
     run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
@@ -258,9 +279,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_afcc(args) -> int:
-    from .afcc import cmd_afcc as _cmd
+    from .afcc import print_afcc, run_afcc
 
-    return _cmd(args)
+    out = run_afcc(args.run_dir, layers=args.layers, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
+                   threshold=args.threshold, seed=args.seed, progress=not args.no_progress,
+                   thresholds=args.thresholds, augment=args.retrain_augment, random_draws=args.random_draws)
+    print_afcc(out)
+    return 0
 
 
 def cmd_demo(args) -> int:

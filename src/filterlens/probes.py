@@ -37,7 +37,7 @@ from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture
 from .config import Config, parse_bytes, parse_pool
 from .data import Data, make_loader
 from .models import Layer
-from .run import progress_bar
+from .progress import progress_bar
 
 
 @dataclass

@@ -23,7 +23,8 @@ from .data import Data, check_labels_present, load_data, make_loader
 from .errors import FilterlensError
 from .files import write_csv, write_json
 from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
-from .run import RunDir, progress_bar
+from .progress import progress_bar
+from .rundir import RunDir
 from .utils import resolve_device, seed_everything
 
 

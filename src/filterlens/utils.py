@@ -41,7 +41,7 @@ def environment() -> dict:
     import sklearn
     import torchvision
 
-    from . import __version__
+    from .version import __version__
 
     env = {
         "filterlens": __version__,

@@ -1,0 +1,116 @@
+"""Building an architecture by name: filterlens' own, torchvision's, timm's; the ModelSpec checkpoints keep."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import FilterlensError, closest
+from .vgg import VGG, VGG_CONFIGS, _parse_vgg_cfg, _scaled
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild an architecture (saved in checkpoints)."""
+
+    model: str
+    num_labels: int
+    in_channels: int = 3
+    image_size: int = 32
+    width_mult: float = 1.0
+    vgg_cfg: str | None = None  # explicit VGG widths, e.g. "16,16,M,32,M"
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def available_models() -> list[str]:
+    return sorted(VGG_CONFIGS) + ["vgg", "vgg16_imagenet", "efficientnet_b0", "<any torchvision classification model>",
+                                  "timm:<name>"]
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Make a torchvision/timm model accept ``in_channels`` (pretrained RGB kernels are averaged)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels == in_channels:
+                return
+            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                            module.dilation, module.groups if module.groups == 1 else in_channels,
+                            module.bias is not None)
+            with torch.no_grad():
+                w = module.weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
+                new.weight.copy_(w * module.in_channels / in_channels)
+                if module.bias is not None:
+                    new.bias.copy_(module.bias)
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1], new)
+            return
+
+
+def _replace_head(model: nn.Module, num_labels: int) -> None:
+    """Replace the last Linear layer when the label count differs (pretrained weights)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None or last[1].out_features == num_labels:
+        return
+    name, lin = last
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(lin.in_features, num_labels, lin.bias is not None))
+
+
+def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
+    """Build an architecture. ``weights``: a torchvision weights name (e.g. ``DEFAULT``,
+    ``IMAGENET1K_V1``) for torchvision models; checkpoints are loaded by :func:`load_checkpoint`."""
+    name = spec.model
+    if name in VGG_CONFIGS or name == "vgg":
+        if weights:
+            raise FilterlensError(f"--weights '{weights}' is for torchvision/timm models; model '{name}' has no "
+                                  "pretrained weights (use --checkpoint for your own)")
+        if name == "vgg":
+            if not spec.vgg_cfg:
+                raise FilterlensError("model 'vgg' needs --vgg-cfg, e.g. 16,16,M,32,M")
+            cfg = _parse_vgg_cfg(spec.vgg_cfg)
+        else:
+            cfg = VGG_CONFIGS[name]
+        return VGG(_scaled(cfg, spec.width_mult), spec.num_labels, spec.in_channels, spec.image_size)
+
+    if name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError:
+            raise FilterlensError(f"model '{name}' needs timm: pip install 'filterlens[timm]'") from None
+        tname = name[5:]
+        if tname not in timm.list_models():
+            raise FilterlensError(f"unknown timm model '{tname}'{closest(tname, timm.list_models())}")
+        return timm.create_model(tname, pretrained=bool(weights), num_classes=spec.num_labels,
+                                 in_chans=spec.in_channels)
+
+    import torchvision
+
+    tv_name = {"vgg16_imagenet": "vgg16_bn"}.get(name, name)
+    valid = _torchvision_names()
+    if tv_name not in valid:
+        raise FilterlensError(f"unknown model '{name}'{closest(name, list(VGG_CONFIGS) + valid)}; valid: "
+                              f"{', '.join(sorted(VGG_CONFIGS))}, vgg, vgg16_imagenet, efficientnet_b0, any "
+                              "torchvision classification model (filterlens layers --list-models), timm:<name>")
+    if weights:
+        enum = torchvision.models.get_model_weights(tv_name)
+        try:
+            w = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+        except KeyError:
+            options = [m.name for m in enum]
+            raise FilterlensError(f"unknown weights '{weights}' for {tv_name}; valid: DEFAULT, {', '.join(options)}") from None
+        model = torchvision.models.get_model(tv_name, weights=w)
+        _replace_head(model, spec.num_labels)
+    else:
+        model = torchvision.models.get_model(tv_name, weights=None, num_classes=spec.num_labels)
+    if spec.in_channels != 3:
+        _replace_first_conv(model, spec.in_channels)
+    return model

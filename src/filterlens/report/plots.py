@@ -1,0 +1,254 @@
+"""Every figure of filterlens (PNG, written atomically); :mod:`filterlens.sfp` and :mod:`filterlens.afcc`
+return data, these functions draw it.
+
+* :func:`plot_layers`: ``accuracy.png`` and ``clusters.png`` of an analysis;
+* :func:`plot_filter_matrix`: one unit's matrix, raw and binarised, clusters as blocks;
+* :func:`plot_afcc`: ``afcc.png``, accuracy against dilution;
+* :func:`plot_sweep`: ``sweep_error.png`` and ``sweep_clusters.png`` of a label-count study.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import sfp
+from ..files import write_with
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save a matplotlib figure atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    try:
+        return write_with(path, lambda fh: fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=110,
+                                                     bbox_inches="tight"))
+    finally:
+        _figure().close(fig)
+
+
+def _values(rows, key):
+    out = []
+    for r in rows:
+        v = r.get(key)
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            v = math.nan
+        out.append(v if math.isfinite(v) else math.nan)
+    return out
+
+
+def plot_layers(rows: list[dict], directory: Path, title: str = "") -> list[Path]:
+    """``accuracy.png`` (accuracy and SNR against layer) and ``clusters.png`` (noise per filter and
+    cluster size against layer)."""
+    plt = _figure()
+    x = list(range(1, len(rows) + 1))
+    names = [r["layer"] for r in rows]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 3), 4))
+    ax.plot(x, _values(rows, "accuracy"), "o-", color="tab:blue", label="layer accuracy")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("test accuracy of the layer's FC", color="tab:blue")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    if any(k in rows[0] for k in ("snr",)) if rows else False:
+        ax2 = ax.twinx()
+        ax2.plot(x, _values(rows, "snr"), "s--", color="tab:red", label="SNR")
+        ax2.set_ylabel("SNR (signal / noise elements per filter)", color="tab:red")
+    ax.set_title(title or "accuracy and SNR per layer")
+    ax.grid(alpha=0.3)
+    paths.append(save_figure(fig, directory / "accuracy.png"))
+
+    if rows and "noise_per_filter" in rows[0]:
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 3), 4))
+        ax.plot(x, _values(rows, "noise_per_filter_all"), "o-", label="noise elements per filter (all filters)")
+        ax.plot(x, _values(rows, "noise_per_filter"), "o:", label="noise per filter (filters with a cluster)")
+        ax.set_ylabel("noise elements per filter")
+        ax2 = ax.twinx()
+        ax2.plot(x, _values(rows, "cluster_size"), "s--", color="tab:green", label="mean cluster size")
+        ax2.plot(x, _values(rows, "clusters_per_filter"), "^--", color="tab:purple", label="clusters per filter")
+        ax2.set_ylabel("labels / clusters")
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+        ax.set_xlabel("layer")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
+        ax.set_title(title or "noise and clusters per layer")
+        ax.grid(alpha=0.3)
+        paths.append(save_figure(fig, directory / "clusters.png"))
+    return paths
+
+
+def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: Path) -> list[Path]:
+    """``sweep_error.png`` (error against L with the fit lines) and ``sweep_clusters.png``
+    (cluster size, clusters per filter and SNR of the last layer against L)."""
+    import numpy as np
+
+    plt = _figure()
+    directory = Path(directory)
+    xs = np.array([c["num_labels"] for c in per_count], dtype=float)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.scatter([r["num_labels"] for r in rows], [r["error"] for r in rows], s=14, color="0.6", label="each subset")
+    for key, style, label in (("max_error", "o-", "maximal error"), ("mean_error", "s-", "mean error")):
+        ys = [c[key] for c in per_count]
+        line, = ax.plot(xs, ys, style, label=label)
+        f = fits.get(key, {})
+        if f and all(math.isfinite(f.get(k, math.nan)) for k in ("a", "b")):
+            grid = np.linspace(xs.min(), xs.max(), 50)
+            ax.plot(grid, f["a"] + f["b"] * grid, "--", color=line.get_color(),
+                    label=f"fit {f['a']:.3f} + {f['b']:.4f} L (R² {f['r2']:.2f})")
+    ax.set_xlabel("number of labels L")
+    ax.set_ylabel("test error rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("error against the number of labels")
+    paths = [save_figure(fig, directory / "sweep_error.png")]
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, key, label in zip(axes, ("mean_cluster_size", "mean_clusters_per_filter", "mean_snr"),
+                              ("mean cluster size", "clusters per filter", "SNR")):
+        ax.plot(xs, [c[key] for c in per_count], "o-")
+        ax.set_xlabel("number of labels L")
+        ax.set_title(f"last layer: {label}")
+        ax.grid(alpha=0.3)
+    paths.append(save_figure(fig, directory / "sweep_clusters.png"))
+    return paths
+
+
+def plot_afcc(rows: list[dict], path, title: str = "", acc_before: float | None = None) -> Path:
+    """``afcc.png``: test accuracy against dilution, AFCC and the random control, at each threshold."""
+    plt = _figure()
+    rows = sorted(rows, key=lambda r: r["dilution"])
+    x = [r["dilution"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(x, [r["acc_retrained"] for r in rows], "o-", color="tab:blue", label="AFCC, retrained")
+    sd = [r.get("acc_random_retrained_sd") or 0.0 for r in rows]
+    draws = rows[0].get("random_draws", 1) if rows else 1
+    ax.errorbar(x, [r["acc_random_retrained"] for r in rows], yerr=sd if any(sd) else None, fmt="s-", color="tab:red",
+                capsize=3, label="random control, retrained" + (f" (mean ± sd of {draws} draws)" if draws > 1 else ""))
+    ax.plot(x, [r["acc_masked"] for r in rows], "o:", color="tab:blue", alpha=0.5, label="AFCC, masked (no retraining)")
+    ax.plot(x, [r["acc_random_masked"] for r in rows], "s:", color="tab:red", alpha=0.5,
+            label="random, masked (no retraining)")
+    if acc_before is not None:
+        ax.axhline(acc_before, color="0.4", lw=1, ls="--", label=f"before masking ({acc_before:.3f})")
+    for r in rows:
+        ax.annotate(f"t={r['threshold']:g}", (r["dilution"], r["acc_retrained"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("dilution (removed / total masked weights)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title or "AFCC: accuracy against dilution", fontsize=10)
+    return save_figure(fig, Path(path))
+
+
+def _filter_figure(matrix: Any, threshold: float, clusters: Sequence[Sequence[int]],
+                   label_names: Sequence[str] | None, title: str | None, normalise: str,
+                   max_ticks: int = 100):
+    """Build (without saving) the two-panel figure of :func:`plot_filter_matrix`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    m = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
+        raise ValueError(f"matrix must be one (L, L) filter matrix; got shape {np.shape(matrix)}")
+    L = m.shape[0]
+    binary, _ = sfp.binarise_matrices(m, threshold, normalise)  # checks threshold and normalise
+    if label_names is None:
+        label_names = [str(i) for i in range(L)]
+    if len(label_names) != L:
+        raise ValueError(f"label_names has {len(label_names)} entries; expected {L}")
+    norm, dead = sfp.normalise_matrices(m, normalise)
+    shown = norm
+    if dead:  # no normalisation defined; show the raw matrix scaled to [-1, 1]
+        peak = float(np.abs(m).max())
+        shown = m / peak if peak > 0 else m
+    order = sfp.cluster_order(clusters, L)
+    ix = np.ix_(order, order)
+    names = [str(label_names[i]) for i in order]
+
+    side = min(4.0 + 0.12 * L, 14.0)
+    fig = Figure(figsize=(2 * side + 1.5, side + 0.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    im = axes[0].imshow(np.asarray(shown[ix], dtype=np.float64), cmap="RdBu_r", vmin=-1,
+                        vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=axes[0], fraction=0.046, pad=0.04)
+    axes[1].imshow(binary[ix].astype(np.float64), cmap="Greys", vmin=0, vmax=1,
+                   interpolation="nearest")
+    axes[0].set_title("normalised" + (" (max <= 0: no clusters)" if dead else f" ({normalise})"))
+    axes[1].set_title(f"binarised (> {threshold:g})")
+    step = max(1, int(math.ceil(L / max(1, max_ticks))))
+    ticks = list(range(0, L, step))
+    fontsize = 8 if L <= 30 else 6 if L <= 60 else 4
+    for ax in axes:
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([names[t] for t in ticks], rotation=90, fontsize=fontsize)
+        ax.set_yticks(ticks)
+        ax.set_yticklabels([names[t] for t in ticks], fontsize=fontsize)
+        ax.set_xlabel("output unit")
+        ax.set_ylabel("input label")
+        pos = 0
+        for cl in clusters:
+            k = len(cl)
+            ax.add_patch(Rectangle((pos - 0.5, pos - 0.5), k, k, fill=False,
+                                   edgecolor="tab:orange", linewidth=1.2))
+            pos += k
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_filter_matrix(matrix: Any, threshold: float, clusters: Sequence[Sequence[int]],
+                       label_names: Sequence[str] | None, path: str | os.PathLike,
+                       title: str | None = None, normalise: str = "max",
+                       max_ticks: int = 100) -> Path:
+    """Plot one filter matrix: normalised heatmap and binarised matrix side by side.
+
+    METHOD.md stage 3 (``filterlens.sfp`` computes the matrices). Rows and columns are reordered so that the cluster labels come first,
+    grouped by cluster (clusters appear as diagonal blocks, outlined), then the remaining
+    labels. Tick labels are the (reordered) label names; at most ``max_ticks`` of them are
+    drawn per axis (every k-th when L is larger). x axis: "output unit", y axis: "input
+    label". Uses matplotlib's Agg canvas directly (imported lazily; no pyplot, no global
+    backend change). Written atomically: saved to a temporary file in the target directory,
+    then ``os.replace``; the format follows the file suffix (png when none).
+
+    Parameters
+    ----------
+    matrix : array or tensor, shape (L, L)
+        Raw filter matrix ``F_c``.
+    threshold : float in (0, 1)
+    clusters : sequence of sequences of int
+        The filter's clusters (e.g. ``LayerSFP.clusters_[c]``).
+    label_names : sequence of str or None
+        None: label indices.
+    path : str or path-like
+    title : str, optional
+    normalise : {"max", "column-centred"}, default "max"
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    path = Path(path)
+    fig = _filter_figure(matrix, threshold, clusters, label_names, title, normalise, max_ticks)
+
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    return write_with(path, lambda fh: fig.savefig(fh, format=fmt, dpi=120))

@@ -1,0 +1,199 @@
+"""Normalise, binarise and cluster unit matrices (METHOD.md stage 3, items 1-3), and the display order."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .matrices import _CHUNK_ELEMENTS, DEFAULT_THRESHOLD, _check_normalise, _check_threshold
+
+
+def _process_block(block: np.ndarray, normalise: str, out: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalise ``block`` (n, L, L) into ``out``; return raw column means, maxima, dead.
+
+    Dead filters (basis maximum <= 0) get an all-zero normalised matrix.
+    """
+    colmean = block.mean(axis=1)  # (n, L): mean over input labels i, per output unit j
+    if not np.all(np.isfinite(colmean)):
+        raise ValueError("filter matrices contain NaN or infinite values")
+    if normalise == "column-centred":
+        np.subtract(block, colmean[:, None, :], out=out)
+        basis = out
+    else:
+        basis = block
+    maxima = basis.max(axis=(1, 2))
+    dead = ~(maxima > 0)
+    scale = np.where(dead, 1.0, maxima).astype(out.dtype, copy=False)
+    np.divide(basis, scale[:, None, None], out=out)
+    if dead.any():
+        out[dead] = 0
+    return colmean, maxima, dead
+
+
+def _as_matrices(matrices: Any) -> np.ndarray:
+    """(C, L, L) (or a single (L, L)) float array from a tensor / array, no copy if possible."""
+    if isinstance(matrices, torch.Tensor):
+        matrices = matrices.detach().cpu().numpy()
+    m = np.asarray(matrices)
+    if m.dtype not in (np.float32, np.float64):
+        m = m.astype(np.float64)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3 or m.shape[1] != m.shape[2] or m.shape[1] == 0:
+        raise ValueError(
+            f"matrices must have shape (C, L, L) (or (L, L)) with L >= 1; got shape "
+            f"{tuple(np.shape(matrices))}"
+        )
+    return m
+
+
+def normalise_matrices(matrices: Any, normalise: str = "max") -> tuple[np.ndarray, np.ndarray]:
+    """Normalise filter matrices (METHOD.md stage 3, items 1 and 7).
+
+    ``"max"``: ``F_c / max(F_c)``. ``"column-centred"``: subtract each column's mean over
+    input labels (``F_c[:, j].mean()``) and divide by the maximum of the result.
+
+    Parameters
+    ----------
+    matrices : array or tensor, shape (C, L, L) or (L, L)
+    normalise : {"max", "column-centred"}
+
+    Returns
+    -------
+    normalised : numpy.ndarray, same shape as ``matrices``
+        Dead filters (maximum <= 0) are all zeros here.
+    dead : numpy.ndarray of bool, shape (C,) (a 0-d array for a single matrix)
+    """
+    normalise = _check_normalise(normalise)
+    single = np.ndim(matrices) == 2
+    m = _as_matrices(matrices)
+    out = np.empty_like(m)
+    _, _, dead = _process_block(m, normalise, out)
+    return (out[0], dead[0]) if single else (out, dead)
+
+
+def binarise_matrices(matrices: Any, threshold: float = DEFAULT_THRESHOLD,
+                      normalise: str = "max") -> tuple[np.ndarray, np.ndarray]:
+    """Normalise and binarise filter matrices (METHOD.md stage 3, items 1-2).
+
+    An element is 1 when its normalised value is *strictly* greater than ``threshold``.
+    Processed in chunks of filters so the normalised copy never exists in full.
+
+    Parameters
+    ----------
+    matrices : array or tensor, shape (C, L, L) or (L, L)
+    threshold : float in (0, 1), default 0.3
+    normalise : {"max", "column-centred"}, default "max"
+
+    Returns
+    -------
+    binary : numpy.ndarray of bool, same shape as ``matrices``
+    dead : numpy.ndarray of bool, shape (C,) (0-d for a single matrix)
+    """
+    single = np.ndim(matrices) == 2
+    binary, dead, _, _ = _binarise(_as_matrices(matrices), _check_threshold(threshold),
+                                   _check_normalise(normalise))
+    return (binary[0], dead[0]) if single else (binary, dead)
+
+
+def _binarise(m: np.ndarray, threshold: float, normalise: str
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Chunked normalise + binarise; also returns basis maxima and preferred output units."""
+    c, L, _ = m.shape
+    binary = np.empty((c, L, L), dtype=bool)
+    dead = np.empty(c, dtype=bool)
+    maxima = np.empty(c, dtype=np.float64)
+    preferred = np.empty(c, dtype=np.int64)
+    step = max(1, min(c, _CHUNK_ELEMENTS // (L * L)))
+    buf = np.empty((step, L, L), dtype=m.dtype)
+    for s in range(0, c, step):
+        e = min(c, s + step)
+        out = buf[: e - s]
+        colmean, mx, dd = _process_block(m[s:e], normalise, out)
+        np.greater(out, threshold, out=binary[s:e])
+        dead[s:e] = dd
+        maxima[s:e] = mx
+        preferred[s:e] = colmean.argmax(axis=1)
+    return binary, dead, maxima, preferred
+
+
+def _greedy_unchecked(binary: np.ndarray) -> list[list[int]]:
+    cand = np.flatnonzero(np.diagonal(binary))
+    k = cand.size
+    if k == 0:
+        return []
+    sub = binary[np.ix_(cand, cand)]
+    sym = sub & sub.T  # a and b compatible: binary[a, b] and binary[b, a]
+    remaining = np.ones(k, dtype=bool)
+    clusters = []
+    start = 0
+    while start < k:
+        members = [start]
+        remaining[start] = False
+        comp = remaining & sym[start]
+        while True:
+            nxt = int(np.argmax(comp))  # smallest candidate compatible with every member
+            if not comp[nxt]:
+                break
+            members.append(nxt)
+            remaining[nxt] = False
+            comp[nxt] = False
+            comp &= sym[nxt]
+        clusters.append(cand[members].tolist())
+        rest = np.flatnonzero(remaining[start:])
+        if rest.size == 0:
+            break
+        start += int(rest[0])
+    return clusters
+
+
+def greedy_clusters(binary: Any) -> list[list[int]]:
+    """Greedy cluster partition of one binarised filter matrix (METHOD.md stage 3, item 3).
+
+    Candidates are the labels whose diagonal element is 1. The smallest remaining candidate
+    starts a cluster; every later remaining candidate, in ascending order, joins it if the
+    square block of the enlarged cluster (``binary[a, b]`` for all ``a, b`` in it, both
+    directions) is still all ones; the cluster's labels leave the candidates; repeat until
+    none remain. Singletons are allowed.
+
+    Implementation: a boolean "compatible with every member" vector (``binary[k, m] and
+    binary[m, k]`` ANDed over the members, restricted to remaining candidates); the smallest
+    compatible candidate is added each time. Compatibility only shrinks as members are added,
+    so this equals the ascending scan, at O(L) vector work per added label.
+
+    Parameters
+    ----------
+    binary : array-like of bool, shape (L, L)
+
+    Returns
+    -------
+    list of list of int
+        Clusters in order of their smallest label; labels ascending within each.
+    """
+    b = np.asarray(binary.detach().cpu() if isinstance(binary, torch.Tensor) else binary)
+    if b.ndim != 2 or b.shape[0] != b.shape[1]:
+        raise ValueError(f"binary must be a square (L, L) matrix; got shape {b.shape}")
+    if b.dtype != bool:
+        if not np.all((b == 0) | (b == 1)):
+            raise ValueError("binary must contain only 0/1 (or bool) values")
+        b = b.astype(bool)
+    return _greedy_unchecked(b)
+
+
+def cluster_order(clusters: Sequence[Sequence[int]], num_labels: int) -> list[int]:
+    """Label order for display: cluster labels first, grouped by cluster, then the rest
+    in ascending order."""
+    seen: list[int] = []
+    used = np.zeros(num_labels, dtype=bool)
+    for cl in clusters:
+        for i in cl:
+            i = int(i)
+            if not 0 <= i < num_labels:
+                raise ValueError(f"cluster label {i} outside [0, {num_labels})")
+            if used[i]:
+                raise ValueError(f"label {i} appears in more than one cluster")
+            used[i] = True
+            seen.append(i)
+    return seen + np.flatnonzero(~used).tolist()

@@ -1,0 +1,332 @@
+"""The estimator of one layer, :class:`LayerSFP`, its summary (METHOD.md stage 3, items 4-6) and the votes."""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .clusters import _as_matrices, _binarise, _greedy_unchecked
+from .matrices import (DEFAULT_THRESHOLD, NotFittedError, _as_tensor, _check_layer_shapes, _check_normalise,
+                       _check_threshold, _nanmean, filter_matrices, sample_fields)
+
+
+class LayerSFP:
+    """Single-filter performance of one layer (METHOD.md stage 3).
+
+    Estimator-style (scikit-learn conventions): the constructor only stores settings,
+    :meth:`fit` (from the probe weight and per-label mean maps) or :meth:`fit_matrices`
+    (from ready filter matrices, e.g. to sweep thresholds) does the work and returns
+    ``self``; learned state lives in attributes ending in ``_``.
+
+    Parameters
+    ----------
+    threshold : float in (0, 1), default 0.3
+        Binarisation threshold; an element is 1 when the normalised value is strictly
+        greater (METHOD.md stage 3 item 2, option ``threshold``).
+    normalise : {"max", "column-centred"}, default "max"
+        METHOD.md stage 3 item 7, option ``normalise``.
+    dtype : {"float64", "float32"}, default float64
+        Precision of the contraction in :meth:`fit` (see :func:`filter_matrices`).
+
+    Attributes
+    ----------
+    matrices_ : numpy.ndarray, shape (C, L, L)
+        Raw filter matrices ``F_c`` (rows input label, columns output unit).
+    binary_ : numpy.ndarray of bool, shape (C, L, L)
+        Binarised normalised matrices (all zeros for dead filters).
+    clusters_ : list of list of list of int
+        Per filter, its clusters (label lists).
+    num_clusters_ : numpy.ndarray of int, shape (C,)
+    cluster_sizes_ : list of numpy.ndarray of int
+    labels_in_clusters_ : numpy.ndarray of int, shape (C,)
+        Sum of cluster sizes.
+    signal_ : numpy.ndarray of int, shape (C,)
+        Sum of squared cluster sizes (ones inside the cluster blocks).
+    ones_ : numpy.ndarray of int, shape (C,)
+        Number of ones in the binary matrix.
+    noise_ : numpy.ndarray of int, shape (C,)
+        ``ones_ - signal_``.
+    dead_ : numpy.ndarray of bool, shape (C,)
+        Filters whose normalisation basis has largest element <= 0 (no clusters, noise 0).
+    max_ : numpy.ndarray, shape (C,)
+        Largest element of each (raw or column-centred) matrix, the normalisation divisor.
+    preferred_label_ : numpy.ndarray of int, shape (C,)
+        Output unit with the largest column mean of the raw ``F_c``.
+    vote_fraction_ : numpy.ndarray, shape (C,)
+        Only after :meth:`score_votes`: fraction of test inputs whose largest single-filter
+        field is on the preferred unit.
+    """
+
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, normalise: str = "max",
+                 dtype: Any = "float64") -> None:
+        self.threshold = threshold
+        self.normalise = normalise
+        self.dtype = dtype
+
+    # -- scikit-learn style parameter access ------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"threshold": self.threshold, "normalise": self.normalise, "dtype": self.dtype}
+
+    def set_params(self, **params: Any) -> "LayerSFP":
+        for key, value in params.items():
+            if key not in ("threshold", "normalise", "dtype"):
+                raise ValueError(f"invalid parameter {key!r} for LayerSFP")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"LayerSFP(threshold={self.threshold!r}, normalise={self.normalise!r}, "
+                f"dtype={self.dtype!r})")
+
+    # -- fitting ----------------------------------------------------------------------
+    def fit(self, weight: Any, label_means: Any) -> "LayerSFP":
+        """Compute the filter matrices from the probe weight and per-label means, then
+        analyse them (METHOD.md stage 3).
+
+        Parameters
+        ----------
+        weight : array or tensor, shape (L, C, H, W)
+        label_means : array or tensor, shape (L, C, H, W)
+
+        Returns
+        -------
+        self
+        """
+        _check_threshold(self.threshold)
+        _check_normalise(self.normalise)
+        return self.fit_matrices(filter_matrices(weight, label_means, dtype=self.dtype))
+
+    def fit_matrices(self, matrices: Any) -> "LayerSFP":
+        """Analyse ready filter matrices ``(C, L, L)`` (normalise, binarise, cluster).
+
+        The array is stored as ``matrices_`` without a copy when it already is a float
+        numpy array.
+
+        Returns
+        -------
+        self
+        """
+        threshold = _check_threshold(self.threshold)
+        normalise = _check_normalise(self.normalise)
+        m = _as_matrices(matrices)
+        binary, dead, maxima, preferred = _binarise(m, threshold, normalise)
+        clusters = [_greedy_unchecked(binary[c]) for c in range(m.shape[0])]
+        sizes = [np.fromiter((len(k) for k in cl), dtype=np.int64, count=len(cl))
+                 for cl in clusters]
+        self.matrices_ = m
+        self.binary_ = binary
+        self.dead_ = dead
+        self.max_ = maxima
+        self.preferred_label_ = preferred
+        self.clusters_ = clusters
+        self.cluster_sizes_ = sizes
+        self.num_clusters_ = np.array([len(cl) for cl in clusters], dtype=np.int64)
+        self.labels_in_clusters_ = np.array([int(s.sum()) for s in sizes], dtype=np.int64)
+        self.signal_ = np.array([int((s * s).sum()) for s in sizes], dtype=np.int64)
+        self.ones_ = binary.sum(axis=(1, 2), dtype=np.int64)
+        self.noise_ = self.ones_ - self.signal_
+        if hasattr(self, "vote_fraction_"):
+            del self.vote_fraction_
+        return self
+
+    @classmethod
+    def from_matrices(cls, matrices: Any, threshold: float = DEFAULT_THRESHOLD,
+                      normalise: str = "max") -> "LayerSFP":
+        """A fitted :class:`LayerSFP` from ready filter matrices (no contraction)."""
+        return cls(threshold=threshold, normalise=normalise).fit_matrices(matrices)
+
+    def score_votes(self, weight: Any, feature_batches: Iterable[Any]) -> "LayerSFP":
+        """Set ``vote_fraction_`` from test-set layer outputs (see :func:`vote_fractions`).
+
+        Returns
+        -------
+        self
+        """
+        self._check_fitted()
+        self.vote_fraction_ = vote_fractions(weight, feature_batches, self.preferred_label_)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "binary_"):
+            raise NotFittedError("this LayerSFP is not fitted yet; call fit or fit_matrices")
+
+    # -- results ----------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Per-layer summary (METHOD.md stage 3, items 5-6).
+
+        Returns
+        -------
+        dict
+            ``clusters_per_filter`` (mean over filters with >= 1 cluster),
+            ``clusters_per_filter_all`` (over all filters), ``cluster_size`` (mean over all
+            clusters of the layer), ``noise_per_filter`` / ``noise_per_filter_all``,
+            ``filters_without_cluster`` (fraction), ``snr`` = ``signal_per_filter_all /
+            noise_per_filter_all`` (inf when the noise is 0 and the signal positive, nan
+            when both are 0), plus ``signal_per_filter``, ``signal_per_filter_all``,
+            ``ones_per_filter_all``, ``labels_in_clusters_per_filter``,
+            ``dead_filters`` (fraction), ``num_filters``, ``num_labels``, ``num_clusters``
+            (total), ``threshold``, ``normalise`` and, after :meth:`score_votes`,
+            ``vote_fraction`` (mean over filters). Means over empty sets are nan.
+        """
+        self._check_fitted()
+        has = self.num_clusters_ > 0
+        all_sizes = (np.concatenate(self.cluster_sizes_) if self.cluster_sizes_
+                     else np.zeros(0, dtype=np.int64))
+        signal_all = _nanmean(self.signal_)
+        noise_all = _nanmean(self.noise_)
+        if math.isnan(signal_all) or math.isnan(noise_all):
+            snr = math.nan
+        elif noise_all > 0:
+            snr = signal_all / noise_all
+        else:
+            snr = math.inf if signal_all > 0 else math.nan
+        out: dict[str, Any] = {
+            "clusters_per_filter": _nanmean(self.num_clusters_[has]),
+            "clusters_per_filter_all": _nanmean(self.num_clusters_),
+            "cluster_size": _nanmean(all_sizes),
+            "noise_per_filter": _nanmean(self.noise_[has]),
+            "noise_per_filter_all": noise_all,
+            "filters_without_cluster": _nanmean(~has),
+            "snr": snr,
+            "signal_per_filter": _nanmean(self.signal_[has]),
+            "signal_per_filter_all": signal_all,
+            "ones_per_filter_all": _nanmean(self.ones_),
+            "labels_in_clusters_per_filter": _nanmean(self.labels_in_clusters_[has]),
+            "dead_filters": _nanmean(self.dead_),
+            "num_filters": int(self.binary_.shape[0]),
+            "num_labels": int(self.binary_.shape[1]),
+            "num_clusters": int(self.num_clusters_.sum()),
+            "threshold": float(self.threshold),
+            "normalise": str(self.normalise),
+        }
+        if hasattr(self, "vote_fraction_"):
+            out["vote_fraction"] = _nanmean(self.vote_fraction_)
+        return out
+
+    def row(self, layer: str) -> dict[str, Any]:
+        """``{"layer": layer, **summary()}``: one row of a per-layer table."""
+        return {"layer": layer, **self.summary()}
+
+    def filter_table(self, layer: str, label_names: Sequence[str] | None = None
+                     ) -> list[dict[str, Any]]:
+        """One dict per filter: layer, filter, num_clusters, clusters, cluster_sizes,
+        signal, noise, ones, dead, preferred_label (and vote_fraction after
+        :meth:`score_votes`).
+
+        ``clusters`` is a string: labels of a cluster joined by ``+``, clusters by ``|``
+        (e.g. ``"cat+dog|ship"``), with ``label_names`` when given, else label indices;
+        ``""`` for a filter without a cluster. ``preferred_label`` is the name when
+        ``label_names`` is given, else the index.
+        """
+        self._check_fitted()
+        L = self.binary_.shape[1]
+        if label_names is not None and len(label_names) != L:
+            raise ValueError(f"label_names has {len(label_names)} entries; expected {L}")
+
+        def name(i: int) -> Any:
+            return str(label_names[i]) if label_names is not None else int(i)
+
+        votes = getattr(self, "vote_fraction_", None)
+        rows = []
+        for c, cl in enumerate(self.clusters_):
+            row = {
+                "layer": layer,
+                "filter": c,
+                "num_clusters": int(self.num_clusters_[c]),
+                "clusters": "|".join("+".join(str(name(i)) for i in k) for k in cl),
+                "cluster_sizes": [len(k) for k in cl],
+                "signal": int(self.signal_[c]),
+                "noise": int(self.noise_[c]),
+                "ones": int(self.ones_[c]),
+                "dead": bool(self.dead_[c]),
+                "preferred_label": name(int(self.preferred_label_[c])),
+            }
+            if votes is not None:
+                row["vote_fraction"] = float(votes[c])
+            rows.append(row)
+        return rows
+
+
+def analyze_layer(weight: Any, label_means: Any, threshold: float = DEFAULT_THRESHOLD,
+                  normalise: str = "max", dtype: Any = "float64") -> LayerSFP:
+    """``LayerSFP(threshold, normalise, dtype).fit(weight, label_means)`` (METHOD.md stage 3).
+
+    Parameters
+    ----------
+    weight, label_means : array or tensor, shape (L, C, H, W)
+    threshold : float in (0, 1), default 0.3
+    normalise : {"max", "column-centred"}, default "max"
+    dtype : {"float64", "float32"}, default float64
+
+    Returns
+    -------
+    LayerSFP
+        Fitted.
+    """
+    return LayerSFP(threshold=threshold, normalise=normalise, dtype=dtype).fit(
+        weight, label_means)
+
+
+def threshold_sweep(matrices: Any, thresholds: Iterable[float],
+                    normalise: str = "max") -> list[dict[str, Any]]:
+    """Layer summary at each threshold, from ready filter matrices (METHOD.md stage 3).
+
+    Returns
+    -------
+    list of dict
+        One :meth:`LayerSFP.summary` per threshold (each has the key ``"threshold"``).
+    """
+    m = _as_matrices(matrices)
+    return [LayerSFP.from_matrices(m, threshold=t, normalise=normalise).summary()
+            for t in thresholds]
+
+
+def vote_fractions(weight: Any, feature_batches: Iterable[Any], preferred: Any) -> np.ndarray:
+    """Fraction of inputs whose largest single-filter field is on the preferred unit.
+
+    METHOD.md stage 3: "the fraction of test inputs whose largest single-filter field is on
+    that unit". For each sample ``x`` and filter ``c``, ``argmax_j h_{c,j}(x)`` (see
+    :func:`sample_fields`; first index on ties) is compared with ``preferred[c]``.
+
+    Parameters
+    ----------
+    weight : array or tensor, shape (L, C, H, W)
+    feature_batches : iterable of arrays or tensors, each (n, C, H, W)
+        Test-set layer outputs, streamed; counts accumulate over batches.
+    preferred : array-like of int, shape (C,)
+        E.g. ``LayerSFP.preferred_label_``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (C,), float64
+    """
+    w = _as_tensor(weight, "weight")
+    if w.ndim != 4:
+        raise ValueError(f"weight must have shape (L, C, H, W); got shape {tuple(w.shape)}")
+    L, C = int(w.shape[0]), int(w.shape[1])
+    pref = np.asarray(preferred.detach().cpu() if isinstance(preferred, torch.Tensor)
+                      else preferred)
+    if pref.shape != (C,):
+        raise ValueError(f"preferred must have shape ({C},); got shape {pref.shape}")
+    pref = pref.astype(np.int64)
+    if C and (pref.min() < 0 or pref.max() >= L):
+        raise ValueError(f"preferred labels must lie in [0, {L})")
+    counts = torch.zeros(C, dtype=torch.int64)
+    total = 0
+    step_cap = max(1, (1 << 24) // max(1, C * L))
+    pref_t = torch.from_numpy(pref)
+    for batch in feature_batches:
+        a = _as_tensor(batch, "features")
+        _check_layer_shapes(tuple(w.shape), tuple(a.shape), "feature batch", same_first=False)
+        if a.device != w.device:
+            w = w.to(a.device)
+        p = pref_t.to(a.device)
+        for s in range(0, a.shape[0], step_cap):
+            h = sample_fields(w, a[s:s + step_cap])  # (n, C, L) tensor
+            counts += (h.argmax(dim=2) == p).sum(dim=0).cpu()
+        total += int(a.shape[0])
+    if total == 0:
+        raise ValueError("feature_batches yielded no samples")
+    return counts.numpy().astype(np.float64) / total
