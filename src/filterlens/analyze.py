@@ -17,8 +17,9 @@ import torch
 
 from . import distributed as dist_
 from . import sfp
-from .config import Config, parse_thresholds
+from .config import Config, parse_heatmaps, parse_thresholds
 from .data import Data, check_labels_present
+from .errors import FilterlensError, closest
 from .files import read_json, torch_save, write_csv, write_json
 from .models import list_layers, select_layers
 from .probes import ProbeResult, train_probes
@@ -53,22 +54,30 @@ class Analysis:
 
         return pd.DataFrame(self.layers if table == "layers" else self.filters)
 
-    def save(self, directory) -> None:
+    def save(self, directory) -> list[str]:
+        """Write the tables, plots, heatmaps and results.json (last) into ``directory``; returns the file names
+        (relative to it) that were written."""
         d = Path(directory)
-        write_csv(d / "layers.csv", self.layers, LAYER_COLUMNS)
-        write_csv(d / "filters.csv", self.filters, FILTER_COLUMNS)
+        written = [write_csv(d / "layers.csv", self.layers, LAYER_COLUMNS),
+                   write_csv(d / "filters.csv", self.filters, FILTER_COLUMNS)]
         if self.probes is not None:
-            save_probe_result(self.probes, d, self.meta.get("data", {}),
-                              Config.from_dict(self.meta["config"]).stage_hash("probes"))
+            written += save_probe_result(self.probes, d, self.meta.get("data", {}),
+                                         Config.from_dict(self.meta["config"]).stage_hash("probes"))
         # a new analysis replaces results.json whole: later stages (AFCC) add their entries again
         results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers}
+        for name in ("thresholds.csv", "bootstrap.csv"):
+            if (d / name).exists():  # from an earlier analysis with other settings
+                (d / name).unlink()
         if self.meta.get("thresholds"):
-            write_csv(d / "thresholds.csv", self.meta["thresholds"])
+            written.append(write_csv(d / "thresholds.csv", self.meta["thresholds"]))
         if self.meta.get("bootstrap"):
-            write_csv(d / "bootstrap.csv", self.meta["bootstrap"]["intervals"])
-        self.plot(d)
-        results["heatmaps"] = [str(p.relative_to(d)) for p in self.heatmaps(d)]
-        write_json(d / "results.json", results)
+            written.append(write_csv(d / "bootstrap.csv", self.meta["bootstrap"]["intervals"]))
+        written += self.plot(d)
+        heat = self.heatmaps(d)
+        written += heat
+        results["heatmaps"] = [str(p.relative_to(d)) for p in heat]
+        written.append(write_json(d / "results.json", results))
+        return [str(Path(p).relative_to(d)) for p in written]
 
     def plot(self, directory) -> list[Path]:
         return plot_layers(self.layers, Path(directory), title=self.meta.get("title", ""))
@@ -85,15 +94,8 @@ class Analysis:
                 est = self.sfp[name]
                 order = np.argsort(-np.asarray(est.signal_), kind="stable")[:3]
                 picks += [(name, int(c)) for c in order]
-        else:
-            from .errors import FilterlensError
-
-            for tok in str(spec).split(","):
-                layer, _, filt = tok.strip().rpartition(":")
-                if layer not in self.sfp or not filt.isdigit() or int(filt) >= len(self.sfp[layer].clusters_):
-                    raise FilterlensError(f"heatmap '{tok}' is not LAYER:FILTER of an analysed layer; layers: "
-                                          f"{', '.join(names)}")
-                picks.append((layer, int(filt)))
+        else:  # checked against the analysed layers before any work (check_heatmaps)
+            picks = parse_heatmaps(spec)
         labels = self.meta.get("label_names")
         folder = Path(directory) / "heatmaps"
         if folder.is_dir():  # drop the previous analysis' pictures: they may show other filters or thresholds
@@ -104,7 +106,7 @@ class Analysis:
             est = self.sfp[layer]
             path = Path(directory) / "heatmaps" / f"{layer}-filter{c}.png"
             plot_filter_matrix(est.matrices_[c], est.threshold, est.clusters_[c], labels, path,
-                                   title=f"{layer} filter {c}", normalise=est.normalise)
+                               title=f"{layer} filter {c}", normalise=est.normalise)
             out.append(path)
         return out
 
@@ -145,10 +147,26 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     show = cfg.progress if progress is None else progress
     t0 = time.perf_counter()
     layers = select_layers(list_layers(model, (data.in_channels, data.image_size, data.image_size)), cfg.layers)
+    check_heatmaps(cfg.heatmaps, layers)
     pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo,
                       keep_fields=cfg.bootstrap > 0)
     pr.timings["stage_s"] = time.perf_counter() - t0
     return pr
+
+
+def check_heatmaps(spec: str, layers) -> None:
+    """Refuse, before any work, heatmaps (``LAYER:UNIT,...``) of layers not analysed or units out of range."""
+    picks = parse_heatmaps(spec)
+    if isinstance(picks, str):
+        return
+    by_name = {l.name: l for l in layers}
+    for layer, unit in picks:
+        if layer not in by_name:
+            raise FilterlensError(f"heatmap '{layer}:{unit}' names a layer that is not analysed{closest(layer, by_name)}; "
+                                  f"analysed layers: {', '.join(by_name)}")
+        if unit >= by_name[layer].filters:
+            raise FilterlensError(f"heatmap '{layer}:{unit}': layer '{layer}' has {by_name[layer].filters} units "
+                                  f"(0..{by_name[layer].filters - 1})")
 
 
 def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
@@ -209,22 +227,23 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
     return Analysis(rows, filter_rows, pr, fitted, meta)
 
 
-def save_probe_result(pr: ProbeResult, directory, data_meta: dict, hash_: str = "") -> None:
+def save_probe_result(pr: ProbeResult, directory, data_meta: dict, hash_: str = "") -> list[Path]:
     """Stage 2's outputs: probes.pt (FC weights), label_means.pt (means, counts, votes[, fields]), probes.json."""
     d = Path(directory)
-    torch_save(d / "probes.pt", {r.name: r.weight for r in pr.layers})
+    written = [torch_save(d / "probes.pt", {r.name: r.weight for r in pr.layers})]
     blob = {"means": {r.name: r.label_means for r in pr.layers}, "counts": pr.label_counts,
             "votes": {r.name: r.votes for r in pr.layers}}
     if pr.layers and pr.layers[0].fields is not None:
         blob["fields"] = {r.name: r.fields for r in pr.layers}
         blob["test_labels"] = pr.test_labels
-    torch_save(d / "label_means.pt", blob)
-    write_json(d / "probes.json", {
+    written.append(torch_save(d / "label_means.pt", blob))
+    written.append(write_json(d / "probes.json", {
         "hash": hash_, "mode": pr.mode, "engine": pr.engine, "recipe": asdict(pr.recipe), "note": pr.note,
         "forward_passes": pr.forward_passes, "timings": pr.timings, "data": data_meta,
         "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "shape": list(r.shape),
                     "layer_shape": list(r.layer_shape), "features": r.features, "accuracy": r.accuracy,
-                    "train_accuracy": r.train_accuracy} for r in pr.layers]})
+                    "train_accuracy": r.train_accuracy} for r in pr.layers]}))
+    return written
 
 
 def load_probe_result(directory) -> tuple[ProbeResult, dict]:
@@ -232,9 +251,14 @@ def load_probe_result(directory) -> tuple[ProbeResult, dict]:
     from .probes import LayerProbeResult, ProbeRecipe
 
     d = Path(directory)
+    RunDir(d).verify(*PROBE_FILES)
     meta = read_json(d / "probes.json")
-    weights = torch.load(d / "probes.pt", map_location="cpu", weights_only=True)
-    blob = torch.load(d / "label_means.pt", map_location="cpu", weights_only=True)
+    try:
+        weights = torch.load(d / "probes.pt", map_location="cpu", weights_only=True)
+        blob = torch.load(d / "label_means.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: one line
+        raise FilterlensError(f"probes.pt/label_means.pt in '{d}' cannot be read ({type(exc).__name__}); run the "
+                              "probes stage again (filterlens analyze, or filterlens run --from probes)") from None
     fields = blob.get("fields")
     layers = [LayerProbeResult(m["name"], m["index"], m["filters"], tuple(m["shape"]), tuple(m["layer_shape"]),
                                m["features"], m["accuracy"], m["train_accuracy"], weights[m["name"]],
@@ -245,32 +269,53 @@ def load_probe_result(directory) -> tuple[ProbeResult, dict]:
     return pr, meta["data"]
 
 
+PROBE_FILES = ("probes.pt", "label_means.pt", "probes.json")
+
+
 def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
     """Analyse the trained model of ``run_dir`` and write the results there.
 
-    Under torchrun every rank computes its shard and the same global result; rank 0 writes it.
+    Every setting and input is checked before any work; the run directory is locked for the
+    command. Under torchrun every rank computes its shard and the same global result; rank 0 writes it.
     """
     from .train import load_trained
 
-    rd = RunDir(run_dir)
-    model, cfg, data, _ = load_trained(run_dir)
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    cfg.validate()
-    device = dist_.setup(cfg.device)
-    if not dist_.is_main():
-        echo = _silent
-    # config.json is rewritten only once the analysis succeeded: a failed analyze damages nothing
-    pr = probe_stage(model, data, cfg, device=device, echo=echo)
-    result = sfp_stage(pr, data.describe(), cfg)
-    result.meta["processes"] = dist_.world_size()
-    if dist_.is_main():
-        rd.claim(cfg, stage="train")
-        result.meta["train"] = {k: v for k, v in rd.read_json("train.json").items() if k != "history"} \
-            if rd.exists("train.json") else None
-        result.save(rd.path)
-    dist_.barrier()
+    rd = RunDir(RunDir.validate(run_dir))
+    if not rd.path.is_dir():
+        raise FilterlensError(f"'{rd.path}' is not a trained run directory; run filterlens train --run-dir first")
+    with rd.lock("filterlens analyze"):
+        model, cfg, data, _ = load_trained(run_dir)
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        cfg.validate()
+        device = dist_.setup(cfg.device)
+        if not dist_.is_main():
+            echo = _silent
+        pr = probe_stage(model, data, cfg, device=device, echo=echo)
+        result = sfp_stage(pr, data.describe(), cfg)
+        result.meta["processes"] = dist_.world_size()
+        if dist_.is_main():
+            rd.claim(cfg, stage="train")  # config.json changes only once the analysis succeeded
+            result.probes = None
+            rd.record("probes", cfg.stage_hash("probes"),
+                      [str(p.relative_to(rd.path)) for p in save_probe_result(pr, rd.path, data.describe(),
+                                                                              cfg.stage_hash("probes"))],
+                      pr.timings.get("stage_s"))
+            write_sfp_result(rd, cfg, result)
+            result.probes = pr
+        dist_.barrier()
     return result
+
+
+def write_sfp_result(rd: RunDir, cfg: Config, result: Analysis) -> list[str]:
+    """Stage 3's files in the run directory (with the training summary), recorded in stages.json."""
+    if rd.exists("train.json"):
+        rd.verify("train.json")
+        train = rd.read_json("train.json")
+        result.meta["train"] = {k: v for k, v in train.items() if k != "history"} if isinstance(train, dict) else None
+    files = result.save(rd.path)
+    rd.record("sfp", cfg.stage_hash("sfp"), files, result.meta["timings"].get("sfp_s"))
+    return files
 
 
 def _silent(*args, **kwargs) -> None:

@@ -35,20 +35,31 @@ def _add_config_flags(p: argparse.ArgumentParser, stages) -> None:
                        choices=f.metadata.get("choices"), help=f.metadata["help"] + f" (default: {f.default})")
 
 
+_TOML_TABLES = ("data", "model", "train", "probes", "sfp", "afcc", "sweep", "run")
+
+
 def load_toml(path) -> dict:
     """A TOML config file: flat keys of Config, or grouped in [data], [model], [train], ... tables."""
     import tomllib
 
+    if not str(path).strip():
+        raise FilterlensError("config file '' is empty; give the path of a TOML file, e.g. configs/demo.toml")
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise FilterlensError(f"config file '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise FilterlensError(f"config file '{path}' is a directory; give a TOML file, e.g. configs/demo.toml") from None
+    except UnicodeDecodeError:
+        raise FilterlensError(f"config file '{path}' is not UTF-8 text (a binary file?); give a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise FilterlensError(f"config file '{path}' is not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise FilterlensError(f"config file '{path}' cannot be read ({exc.strerror})") from None
     flat = {}
     for k, v in raw.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and k in _TOML_TABLES:
             flat.update({kk.replace("-", "_"): vv for kk, vv in v.items()})
         else:
             flat[k.replace("-", "_")] = v
@@ -84,7 +95,8 @@ def _say_error(message) -> None:
     rank to fail makes torchrun stop the others, perhaps before they print, and an error may be one
     rank's own (a data folder missing on one node)."""
     rank = os.environ.get("RANK", "0")
-    sys.stderr.write(f"filterlens: error{'' if rank == '0' else f' (rank {rank})'}: {message}\n")
+    text = "".join(ch if ch >= " " or ch == "\t" else repr(ch)[1:-1] for ch in str(message))
+    sys.stderr.write(f"filterlens: error{'' if rank == '0' else f' (rank {rank})'}: {text}\n")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -266,7 +278,7 @@ def cmd_run(args) -> int:
     from .pipeline import run_pipeline
 
     cfg = _config_from_args(args)
-    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    run_dir = str(Path("runs") / Path(args.config).stem) if args.run_dir is None else args.run_dir
     run_pipeline(cfg, run_dir, from_stage=args.from_stage, overwrite=args.overwrite)
     return 0
 
@@ -299,7 +311,12 @@ DISTRIBUTED_COMMANDS = ("train", "analyze")  # the commands that run under torch
 COMMANDS = {"afcc": cmd_afcc, "run": cmd_run, "report": cmd_report, "sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
 
 
+# errno values that mean "the user pointed at something unusable" (exit 2) rather than an internal error
+_USER_ERRNOS = ("EACCES", "EPERM", "EROFS", "ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ENAMETOOLONG", "ELOOP")
+
+
 def main(argv=None) -> int:
+    import errno
     import logging
 
     logging.basicConfig(level=os.environ.get("FILTERLENS_LOGLEVEL", "WARNING"), format="%(message)s")
@@ -315,19 +332,48 @@ def main(argv=None) -> int:
         _say_error(exc)
         return 2
     except OSError as exc:
-        import errno
-
+        where = f" ({exc.filename})" if exc.filename else ""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" while writing {exc.filename}" if exc.filename else ""
-            sys.stderr.write(f"filterlens: error: disk full{where} ({exc.strerror}); free some space and run the same "
-                             "command again: files already written are intact\n")
+            _say_error(f"disk full{where}: {exc.strerror}; free some space and run the same command again: files "
+                       "already written are intact")
             return 1
-        raise
+        if exc.errno is not None and errno.errorcode.get(exc.errno) in _USER_ERRNOS:
+            _say_error(f"{exc.strerror}{where}; check the path and its permissions")
+            return 2
+        return _internal_error(args)
     except KeyboardInterrupt:
         sys.stderr.write("filterlens: interrupted; run the same command again (with --resume for train) to continue\n")
         return 130
+    except Exception:  # noqa: BLE001 - a bug: one line, the traceback in a log file
+        return _internal_error(args)
     finally:
         distributed.cleanup()
+
+
+def _internal_error(args) -> int:
+    """An unexpected exception: its traceback goes to a log file (in the run directory when there is one,
+    else a temporary file), and one line names that file. Exit status 1."""
+    import tempfile
+    import time
+    import traceback
+
+    text = traceback.format_exc()
+    exc_line = text.strip().splitlines()[-1] if text.strip() else "unknown error"
+    run_dir = getattr(args, "run_dir", None)
+    log = None
+    if run_dir and os.path.isdir(str(run_dir)):
+        try:
+            log = os.path.join(str(run_dir), f"filterlens-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+            with open(log, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError:
+            log = None
+    if log is None:
+        fd, log = tempfile.mkstemp(prefix="filterlens-error-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    _say_error(f"internal error ({exc_line[:200]}); the traceback is in {log}; please report it")
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import FilterlensError, closest
 
 STAGES = ("data", "model", "train", "probes", "sfp", "afcc", "sweep", "run")
+# the stages of `filterlens run`, in the order they run (each keyed by Config.stage_hash)
+STAGE_ORDER = ("train", "probes", "sfp", "afcc", "sweep", "report")
 # the settings each stage's results depend on
 DEPENDS = {
     "data": ("data",),
@@ -28,8 +31,12 @@ DEPENDS = {
 }
 
 
-def _f(default, stage: str, help: str, choices=None, flag=True):
-    return field(default=default, metadata={"stage": stage, "help": help, "choices": choices, "flag": flag})
+def _f(default, stage: str, help: str, choices=None, flag=True, bounds: str | None = None):
+    """A setting: its default, stage, help, and for numbers the interval it must lie in, e.g. "(0, 10]"."""
+    if bounds:
+        help = f"{help}; in {bounds}"
+    return field(default=default, metadata={"stage": stage, "help": help, "choices": choices, "flag": flag,
+                                            "bounds": bounds})
 
 
 @dataclass
@@ -41,26 +48,26 @@ class Config:
                                             "data/<dataset>)")
     labels: str = _f("all", "data", "label subset: all, first:K, random:K:SEED, or a list of names/indices")
     download: bool = _f(False, "data", "download CIFAR through torchvision when the files are absent (needs internet)")
-    image_size: int | None = _f(None, "data", "input size for folder datasets (default 224)")
-    train_samples: int = _f(0, "data", "use a seeded random subset of this many training samples (0: all)")
-    test_samples: int = _f(0, "data", "use a seeded random subset of this many test samples (0: all)")
+    image_size: int | None = _f(None, "data", "input size for folder datasets (default 224)", bounds="[8, 2048]")
+    train_samples: int = _f(0, "data", "use a seeded random subset of this many training samples (0: all)", bounds="[0, 1000000000]")
+    test_samples: int = _f(0, "data", "use a seeded random subset of this many test samples (0: all)", bounds="[0, 1000000000]")
     # model
     model: str = _f("vgg_small", "model", "architecture: vgg16, vgg16_slim, vgg_small, vgg_tiny, vgg11, vgg "
                                           "(with --vgg-cfg), vgg16_imagenet, efficientnet_b0, any torchvision model, "
                                           "timm:<name>")
-    width_mult: float = _f(1.0, "model", "width multiplier of our VGG models")
+    width_mult: float = _f(1.0, "model", "width multiplier of our VGG models", bounds="(0, 16]")
     vgg_cfg: str | None = _f(None, "model", "explicit VGG widths for --model vgg, e.g. 16,16,M,32,M")
     weights: str | None = _f(None, "model", "torchvision pretrained weights name (DEFAULT, IMAGENET1K_V1, ...)")
     checkpoint: str | None = _f(None, "model", "start from this checkpoint (filterlens or plain state_dict)")
     # train
-    epochs: int = _f(15, "train", "training epochs (0: use the weights as they are)")
-    batch_size: int = _f(64, "train", "training mini-batch size")
-    lr: float = _f(0.05, "train", "SGD learning rate")
-    momentum: float = _f(0.9, "train", "SGD (Nesterov) momentum")
-    weight_decay: float = _f(5e-4, "train", "SGD weight decay")
+    epochs: int = _f(15, "train", "training epochs (0: use the weights as they are)", bounds="[0, 100000]")
+    batch_size: int = _f(64, "train", "training mini-batch size", bounds="[1, 65536]")
+    lr: float = _f(0.05, "train", "SGD learning rate", bounds="(0, 10]")
+    momentum: float = _f(0.9, "train", "SGD (Nesterov) momentum", bounds="[0, 1)")
+    weight_decay: float = _f(5e-4, "train", "SGD weight decay", bounds="[0, 1]")
     schedule: str = _f("cosine", "train", "learning-rate schedule", choices=("cosine", "step", "constant"))
-    step_epochs: int = _f(30, "train", "step schedule: epochs between decays")
-    gamma: float = _f(0.1, "train", "step schedule: decay factor")
+    step_epochs: int = _f(30, "train", "step schedule: epochs between decays", bounds="[1, 100000]")
+    gamma: float = _f(0.1, "train", "step schedule: decay factor", bounds="(0, 1]")
     augment: bool = _f(True, "train", "training augmentation (padded random crop, flip where the dataset allows)")
     amp: bool = _f(True, "train", "mixed precision (bfloat16) on CUDA; ignored on CPU")
     # probes (METHOD.md stage 2)
@@ -69,10 +76,10 @@ class Config:
                                            "authors' recipe, one forward pass per epoch for all layers",
                          choices=("fast", "paper"))
     probe_epochs: int | None = _f(None, "probes", "epochs of every layer's FC probe (default: 30 in fast mode, "
-                                                  "200 in paper mode)")
-    probe_lr: float | None = _f(None, "probes", "probe learning rate (default: 1e-2 Adam in fast mode, 0.01 SGD in paper mode)")
-    probe_batch_size: int = _f(100, "probes", "probe mini-batch size (paper: 100)")
-    probe_weight_decay: float | None = _f(None, "probes", "probe weight decay (default: 0 fast, 1e-3 paper)")
+                                                  "200 in paper mode)", bounds="[0, 100000]")
+    probe_lr: float | None = _f(None, "probes", "probe learning rate (default: 1e-2 Adam in fast mode, 0.01 SGD in paper mode)", bounds="(0, 10]")
+    probe_batch_size: int = _f(100, "probes", "probe mini-batch size (paper: 100)", bounds="[1, 65536]")
+    probe_weight_decay: float | None = _f(None, "probes", "probe weight decay (default: 0 fast, 1e-3 paper)", bounds="[0, 1]")
     probe_pool: str = _f("none", "probes", "adaptive max-pool of each layer's map before its FC: none, HxW (e.g. 4x4), "
                                            "or max:N (pool to at most N features)")
     probe_augment: bool = _f(False, "probes", "training augmentation during probe training (the authors: on; "
@@ -80,29 +87,29 @@ class Config:
     cache_budget: str = _f("auto", "probes", "bytes of cached float16 features (e.g. 500M, 4G; auto: 40%% of the "
                                              "available memory, at most 16G); above it, stream")
     # sfp (METHOD.md stage 3)
-    threshold: float = _f(0.3, "sfp", "binarisation threshold of the normalised filter matrices, in (0, 1)")
+    threshold: float = _f(0.3, "sfp", "binarisation threshold of the normalised unit matrices", bounds="(0, 1)")
     normalise: str = _f("max", "sfp", "filter-matrix normalisation", choices=("max", "column-centred"))
     thresholds: str = _f("", "sfp", "also report every layer's summary at these thresholds, e.g. 0.1,0.2,0.3,0.4,0.5")
-    bootstrap: int = _f(0, "sfp", "resample the test set N times for 95%% intervals of every layer metric (0: off)")
+    bootstrap: int = _f(0, "sfp", "resample the test set N times for 95%% intervals of every layer metric (0: off)", bounds="[0, 100000]")
     heatmaps: str = _f("auto", "sfp", "filter heatmaps to draw: auto (3 filters of the first, middle and last "
                                       "layer), none, or LAYER:FILTER,...")
     # afcc (METHOD.md stage 5)
     afcc: bool = _f(True, "afcc", "run AFCC in `filterlens run`")
     afcc_layers: str = _f("-1", "afcc", "layers whose cluster connections are kept: one layer (FC mask) or "
                                          "consecutive layers (conv masks between them + the deepest FC), e.g. last:3")
-    retrain_epochs: int = _f(3, "afcc", "epochs of masked retraining (masks re-applied after every step)")
-    retrain_lr: float = _f(0.01, "afcc", "SGD learning rate of masked retraining")
-    random_draws: int = _f(3, "afcc", "random-control draws per threshold (mean and sd reported)")
+    retrain_epochs: int = _f(3, "afcc", "epochs of masked retraining (masks re-applied after every step)", bounds="[0, 100000]")
+    retrain_lr: float = _f(0.01, "afcc", "SGD learning rate of masked retraining", bounds="(0, 10]")
+    random_draws: int = _f(3, "afcc", "random-control draws per threshold (mean and sd reported)", bounds="[1, 1000]")
     afcc_thresholds: str = _f("0.2,0.3,0.4", "afcc", "thresholds of the AFCC accuracy-against-dilution plot")
     # sweep (METHOD.md stage 4)
     num_labels: str = _f("", "sweep", "label counts of the label-count study, e.g. 3,5,10,20,50,100 (empty: no "
                                       "sweep in `filterlens run`)")
-    subsets: int = _f(3, "sweep", "seeded label subsets per count (the full label set once)")
+    subsets: int = _f(3, "sweep", "seeded label subsets per count (the full label set once)", bounds="[1, 1000]")
     sweep_layers: str = _f("-1", "sweep", "layers analysed (stages 2-3) in every model of the sweep")
     # run-wide (not part of any result's identity)
-    seed: int = _f(0, "train", "one seed for Python, NumPy, torch and the loaders")
+    seed: int = _f(0, "train", "one seed for Python, NumPy, torch and the loaders", bounds="[0, 4294967295]")
     device: str = _f("auto", "run", "auto, cpu, cuda or cuda:N")
-    num_workers: int = _f(0, "run", "DataLoader workers for folder datasets")
+    num_workers: int = _f(0, "run", "DataLoader workers for folder datasets", bounds="[0, 64]")
     compile: bool = _f(False, "run", "torch.compile the network for training (worth it on GPUs)")
     progress: bool = _f(True, "run", "progress bars (off when not a terminal)")
 
@@ -126,6 +133,7 @@ class Config:
         return Config.from_dict(d)
 
     def validate(self) -> "Config":
+        """Check every setting before any work: type, choices, numeric interval, syntax (one line each)."""
         for f in fields(self):
             v = getattr(self, f.name)
             want = f.type if isinstance(f.type, str) else str(f.type)
@@ -139,41 +147,20 @@ class Config:
                   "bool": isinstance(v, bool), "str": isinstance(v, str)}.get(base, True)
             if not ok:
                 raise FilterlensError(f"setting '{f.name}' = {v!r} has the wrong type; expected {base}")
+            if isinstance(v, str) and any(ord(ch) < 32 for ch in v):
+                raise FilterlensError(f"setting '{f.name}' = {v!r} holds control characters (a newline?)")
             choices = f.metadata.get("choices")
             if choices and v not in choices:
                 raise FilterlensError(f"setting '{f.name}' = {v!r} is invalid{closest(v, choices)}; valid: "
                                       f"{', '.join(choices)}")
-        if not 0.0 < float(self.threshold) < 1.0:
-            raise FilterlensError(f"threshold {self.threshold} is outside (0, 1)")
-        for name in ("lr", "momentum", "weight_decay", "probe_lr", "probe_weight_decay", "retrain_lr"):
-            v = getattr(self, name)
-            if v is not None and (not math.isfinite(float(v)) or v < 0):
-                raise FilterlensError(f"{name} = {v} is invalid; it must be a finite number >= 0")
-        for name in ("lr", "probe_lr", "retrain_lr", "gamma", "width_mult"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise FilterlensError(f"{name} = {v} must be > 0")
-        if self.step_epochs < 1:
-            raise FilterlensError(f"step_epochs = {self.step_epochs} must be >= 1")
-        if self.random_draws < 1:
-            raise FilterlensError(f"random_draws = {self.random_draws} must be >= 1")
+            if f.metadata.get("bounds"):
+                check_interval(f.name, v, f.metadata["bounds"])
         parse_thresholds(self.afcc_thresholds)
-        if self.subsets < 1:
-            raise FilterlensError(f"subsets = {self.subsets} must be >= 1")
-        for name in ("epochs", "probe_epochs", "retrain_epochs"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise FilterlensError(f"{name} = {getattr(self, name)} must be >= 0")
-        for name in ("train_samples", "test_samples"):
-            if getattr(self, name) < 0:
-                raise FilterlensError(f"{name} = {getattr(self, name)} must be >= 0 (0: all samples)")
-        for name in ("batch_size", "probe_batch_size"):
-            if getattr(self, name) < 1:
-                raise FilterlensError(f"{name} = {getattr(self, name)} must be >= 1")
         parse_thresholds(self.thresholds)
-        if self.bootstrap < 0:
-            raise FilterlensError(f"bootstrap = {self.bootstrap} must be >= 0 (0: off)")
         parse_bytes(self.cache_budget)
         parse_pool(self.probe_pool)
+        parse_heatmaps(self.heatmaps)
+        parse_device(self.device)
         return self
 
     def stage_hash(self, stage: str) -> str:
@@ -200,45 +187,69 @@ def available_memory() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import os
+    return total_memory()
 
+
+def total_memory() -> int:
+    """Bytes of physical memory of this machine."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2**30
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - every Linux has them
+        return 4 * 2**40
 
 
 def parse_bytes(text) -> int:
-    """``"500M"`` -> 500 * 2**20; plain integers are bytes; ``"auto"``: 40% of available memory, at most 16 GiB."""
+    """``"500M"`` -> 500 * 2**20; plain integers are bytes; ``"auto"``: 40% of available memory, at most 16 GiB.
+
+    A budget must be a finite size above 0 and at most this machine's physical memory.
+    """
     if str(text).strip().lower() == "auto":
         return min(int(0.4 * available_memory()), 16 * 2**30)
     s = str(text).strip().upper().removesuffix("B")
     mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
     try:
-        if s and s[-1] in mult:
-            n = float(s[:-1]) * mult[s[-1]]
-        else:
-            n = float(s)
+        n = float(s[:-1]) * mult[s[-1]] if s and s[-1] in mult else float(s)
     except ValueError:
         raise FilterlensError(f"cache budget '{text}' is not a size; use auto, bytes or e.g. 500M, 4G") from None
-    if n < 0:
-        raise FilterlensError(f"cache budget '{text}' is negative")
+    limit = total_memory()
+    if not math.isfinite(n) or not 0 < n <= limit:
+        raise FilterlensError(f"cache budget '{text}' is invalid; give a size above 0 and at most this machine's "
+                              f"memory ({limit / 2**30:.1f}G), e.g. 500M or 4G, or auto")
     return int(n)
 
 
-def parse_pool(text):
-    """``none`` -> None; ``"4x4"`` -> ("size", (4, 4)); ``"max:8192"`` -> ("max", 8192)."""
-    s = str(text).strip().lower()
-    if s in ("none", ""):
-        return None
-    if s.startswith("max:") and s[4:].isdigit() and int(s[4:]) > 0:
-        return ("max", int(s[4:]))
-    parts = s.split("x")
-    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
-        return ("size", (int(parts[0]), int(parts[1])))
-    raise FilterlensError(f"probe_pool '{text}' is invalid; use none, HxW (e.g. 4x4) or max:N (e.g. max:8192)")
+def check_interval(name: str, value, bounds: str) -> None:
+    """Refuse ``value`` outside ``bounds`` ("(0, 10]", "[1, 65536]", ...), or not finite."""
+    lo_open, hi_open = bounds[0] == "(", bounds[-1] == ")"
+    lo, hi = (float(t) for t in bounds[1:-1].split(","))
+    v = float(value)
+    inside = math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+    if not inside:
+        raise FilterlensError(f"setting '{name}' = {value!r} is outside {bounds}; give a value in {bounds}")
 
 
+def parse_heatmaps(text) -> str | list[tuple[str, int]]:
+    """``auto``, ``none`` or ``LAYER:UNIT,...`` (unit indices >= 0); the layer names are checked once the
+    model's layers are known (:func:`filterlens.analyze.check_heatmaps`)."""
+    s = str(text).strip()
+    if s in ("auto", "none"):
+        return s
+    picks = []
+    for tok in s.split(","):
+        layer, _, unit = tok.strip().rpartition(":")
+        if not layer or not unit.isdigit():
+            raise FilterlensError(f"heatmap '{tok.strip()}' in '{text}' is not LAYER:UNIT (e.g. features.3:12); "
+                                  "valid: auto, none or a list of LAYER:UNIT")
+        picks.append((layer, int(unit)))
+    return picks
+
+
+def parse_device(text) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; whether that device exists is checked where it is used."""
+    s = str(text).strip()
+    if s in ("auto", "cpu", "cuda") or (s.startswith("cuda:") and s[5:].isdigit()):
+        return s
+    raise FilterlensError(f"device '{text}' is invalid; use auto, cpu, cuda or cuda:N")
 def parse_thresholds(text) -> list[float]:
     """``"0.1,0.2"`` -> [0.1, 0.2]; every value must lie in (0, 1)."""
     out = []
@@ -254,3 +265,16 @@ def parse_thresholds(text) -> list[float]:
             raise FilterlensError(f"threshold {v} in '{text}' is outside (0, 1)")
         out.append(v)
     return out
+def parse_pool(text):
+    """``none`` -> None; ``"4x4"`` -> ("size", (4, 4)); ``"max:8192"`` -> ("max", 8192)."""
+    s = str(text).strip().lower()
+    if s in ("none", ""):
+        return None
+    if s.startswith("max:") and s[4:].isdigit() and int(s[4:]) > 0:
+        return ("max", int(s[4:]))
+    parts = s.split("x")
+    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return ("size", (int(parts[0]), int(parts[1])))
+    raise FilterlensError(f"probe_pool '{text}' is invalid; use none, HxW (e.g. 4x4) or max:N (e.g. max:8192)")
+
+

@@ -130,7 +130,12 @@ class FolderSplit(torch.utils.data.Dataset):
         from torchvision.datasets.folder import default_loader
 
         path, y = self.samples[i]
-        img = default_loader(path)
+        try:
+            img = default_loader(path)
+            img.load()
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated, corrupt or not an image
+            raise FilterlensError(f"image '{path}' cannot be read ({type(exc).__name__}: {exc}); remove or replace "
+                                  "the file") from None
         tf = self.train_transform if self.augment else self.eval_transform
         return tf(img), y
 
@@ -289,6 +294,20 @@ def _load_idx_dataset(name: str, data_dir: Path):
     return out[0], out[1], names
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's files only: dicts, lists, bytes and NumPy arrays; any other global (code a
+    crafted file could run) is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR file")
+
+
 def _load_cifar(name: str, data_dir: Path, download: bool):
     """Read the CIFAR python-pickle format (as torchvision's CIFAR10/100 store it)."""
     folder, train_files, test_files, meta_file, label_key, names_key = (
@@ -299,7 +318,12 @@ def _load_cifar(name: str, data_dir: Path, download: bool):
         import torchvision
 
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        cls(str(data_dir), train=True, download=True)  # verifies checksums after download
+        try:
+            cls(str(data_dir), train=True, download=True)  # verifies checksums after download
+        except (OSError, RuntimeError) as exc:  # urllib's URLError is an OSError
+            raise FilterlensError(f"downloading {name} from {cls.url} failed ({type(exc).__name__}: "
+                                  f"{str(exc)[:120]}); without internet, fetch {cls.filename} elsewhere and unpack it "
+                                  f"into '{data_dir}' (giving {folder}/), then run without --download") from None
     base = data_dir / folder
     missing = [f for f in train_files + test_files + [meta_file] if not (base / f).is_file()]
     if missing:
@@ -310,20 +334,35 @@ def _load_cifar(name: str, data_dir: Path, download: bool):
     def unpickle(path):
         try:
             with open(path, "rb") as fh:
-                return pickle.load(fh, encoding="bytes")
-        except Exception as exc:
-            raise FilterlensError(f"{path} is not a CIFAR pickle file ({type(exc).__name__})") from None
+                return _CifarUnpickler(fh, encoding="bytes").load()
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes are, one line naming the file
+            raise FilterlensError(f"{path} is not a CIFAR pickle file ({type(exc).__name__}: "
+                                  f"{str(exc)[:100]})") from None
 
     def read(files):
         xs, ys = [], []
         for f in files:
             d = unpickle(base / f)
-            key = label_key if label_key in d else b"labels"
-            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[key], dtype=np.int64))
+            key = label_key if isinstance(d, dict) and label_key in d else b"labels"
+            if not isinstance(d, dict) or b"data" not in d or key not in d:
+                have = ", ".join(repr(k) for k in list(d)[:5]) if isinstance(d, dict) else type(d).__name__
+                raise FilterlensError(f"{base / f} is not a CIFAR batch: it lacks the keys b'data' and "
+                                      f"{label_key!r} (it has {have or 'nothing'}); replace the file")
+            try:
+                x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                y = np.asarray(d[key], dtype=np.int64).reshape(-1)
+            except (ValueError, TypeError) as exc:
+                raise FilterlensError(f"{base / f} is not a CIFAR batch: its data is not N x 3072 bytes with N labels "
+                                      f"({exc})") from None
+            if len(x) != len(y):
+                raise FilterlensError(f"{base / f} has {len(x)} images but {len(y)} labels; replace the file")
+            xs.append(x)
+            ys.append(y)
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     meta = unpickle(base / meta_file)
+    if not isinstance(meta, dict) or names_key not in meta:
+        raise FilterlensError(f"{base / meta_file} is not CIFAR's meta file: it lacks {names_key!r}; replace the file")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
     return read(train_files), read(test_files), names
 
@@ -560,8 +599,12 @@ class FolderLoader:
 
     def __iter__(self):
         torch.manual_seed(self.seed * 1_000_003 + self.epoch)  # the transforms draw from the global RNG
-        for x, y in self._loader():
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        try:
+            for x, y in self._loader():
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except FilterlensError as exc:  # from a worker process, the message carries the worker's traceback
+            raise FilterlensError(str(exc).strip().splitlines()[-1].removeprefix("filterlens.errors.FilterlensError: ")
+                                  ) from None
 
 
 def make_loader(data: Data, split: str, batch_size: int, train: bool = False, seed: int = 0, device="cpu",

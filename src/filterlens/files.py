@@ -6,6 +6,7 @@ one, never a half-written one.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -13,6 +14,10 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
+from .errors import FilterlensError
+
+TMP_SUFFIX = ".tmp"  # temporary files are ".NAME.<random>.tmp" beside NAME
 
 
 def _umask() -> int:
@@ -32,7 +37,7 @@ def _atomic(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     path = Path(path)
     check_write(path)  # under torchrun only rank 0 writes
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
@@ -79,8 +84,24 @@ def write_json(path, obj) -> Path:
 
 
 def read_json(path):
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """The parsed JSON file; a file that is not UTF-8 JSON is one line naming it (FilterlensError)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise FilterlensError(f"'{path}' is not valid JSON ({why}); the file is damaged or cut short") from None
+    except IsADirectoryError:
+        raise FilterlensError(f"'{path}' is a directory, not a JSON file") from None
+
+
+def sha256_file(path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_csv(path, rows: Iterable[Mapping], columns: list[str] | None = None) -> Path:
@@ -109,7 +130,34 @@ def _csv_value(v):
     return v
 
 
+class _RecordingWriter:
+    """A file wrapper that keeps the OSError of a failed write: torch.save reports a full disk as a
+    RuntimeError of its own, and the OSError it swallowed is what says what happened."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data):
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self):
+        return self.fh.flush()
+
+
 def torch_save(path, obj) -> Path:
     import torch
 
-    return _atomic(path, lambda fh: torch.save(obj, fh))
+    def write(fh):
+        out = _RecordingWriter(fh)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
+
+    return _atomic(path, write)

@@ -7,38 +7,18 @@ unaltered, is skipped; everything after a recomputed stage is recomputed.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import time
 
-from .config import Config
-from .errors import FilterlensError
-from .files import write_json
+from .config import STAGE_ORDER, Config
+from .errors import FilterlensError, closest
 from .rundir import RunDir
 
 
-PIPELINE = ("train", "probes", "sfp", "afcc", "sweep", "report")
-
-
-def _checksum(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _stage_done(rd: RunDir, stages: dict, name: str, h: str, outputs: tuple[str, ...], echo=print) -> bool:
-    """True when the stage ran with these settings and its outputs are there, unaltered (sha256)."""
-    rec = stages.get(name)
-    if not rec or rec.get("hash") != h or not all(rd.exists(o) for o in outputs):
-        return False
-    sums = rec.get("sha256", {})
-    for o in outputs:
-        if sums.get(o) != _checksum(rd.file(o)):
-            echo(f"note: {o} does not match its checksum (truncated or altered); recomputing stage {name}")
-            return False
-    return True
+PIPELINE = STAGE_ORDER
+# the files each stage must have written (it records every file it wrote in stages.json)
+REQUIRED = {"train": ("model.pt", "train.json"), "probes": ("probes.pt", "label_means.pt", "probes.json"),
+            "sfp": ("layers.csv", "filters.csv", "results.json"), "afcc": ("afcc.csv",),
+            "sweep": ("sweep/sweep.json",), "report": ("report.html",)}
 
 
 def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite: bool = False,
@@ -46,135 +26,143 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
     """Train (or load), analyse every layer, AFCC, the optional sweep, and the report, into ``run_dir``.
 
     Each stage's outputs are keyed by the hash of the settings it depends on
-    (:meth:`Config.stage_hash`): a stage whose hash and outputs are already there is
-    skipped, and everything after a recomputed stage is recomputed. ``from_stage``
-    forces that stage and the later ones. Returns the per-stage record (``stages.json``).
+    (:meth:`Config.stage_hash`) and by their sha256 (``stages.json``): a stage whose hash matches
+    and whose files are there, unchanged, is skipped (nothing read, nothing written); a stage
+    with a changed or missing file is run again, and so is everything after a stage that runs.
+    ``from_stage`` forces that stage and the later ones. Returns the per-stage records.
     """
-    import time
-
     if from_stage is not None and from_stage not in PIPELINE:
-        from .errors import closest
-
         raise FilterlensError(f"unknown stage '{from_stage}'{closest(from_stage, PIPELINE)}; valid: "
                               f"{', '.join(PIPELINE)}")
     cfg.validate()
+    RunDir.validate(run_dir)
     rd = RunDir(run_dir)
     rd.check(cfg, overwrite=overwrite, stage="train")
-    stages = rd.read_json("stages.json") if rd.exists("stages.json") else {}
-    forced = False
-    timeline = {}
-
-    outputs_of = {}
-
-    def should_run(name, h, outputs):
-        nonlocal forced
-        outputs_of[name] = outputs
-        if from_stage == name:
-            forced = True
-        if forced or not _stage_done(rd, stages, name, h, outputs, echo):
-            forced = True  # every later stage follows
-            return True
-        return False
-
-    def record(name, h, t0):
-        stages[name] = {"hash": h, "seconds": time.perf_counter() - t0, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                        "sha256": {o: _checksum(rd.file(o)) for o in outputs_of.get(name, ())}}
-        write_json(rd.file("stages.json"), stages)
-        timeline[name] = stages[name]["seconds"]
-
-    # 1. train
-    h = cfg.stage_hash("train")
-    if should_run("train", h, ("model.pt", "train.json")):
-        t0 = time.perf_counter()
-        echo("== stage train")
-        from .train import train
-
-        train(cfg, rd.path, resume=rd.exists("checkpoint.pt"), overwrite=overwrite or from_stage == "train",
-              echo=echo)
-        record("train", h, t0)
-    else:
-        timeline["train"] = None
-
-    # 2. probes
-    model = data = None
-    h = cfg.stage_hash("probes")
-    needs_fields = cfg.bootstrap > 0 and not _has_fields(rd)
-    if should_run("probes", h, ("probes.pt", "label_means.pt", "probes.json")) or needs_fields:
-        forced = True
-        t0 = time.perf_counter()
-        echo("== stage probes")
-        from . import analyze as an
-        from .train import load_trained
-
-        model, _, data, _ = load_trained(rd.path)
-        pr = an.probe_stage(model, data, cfg, echo=echo)
-        an.save_probe_result(pr, rd.path, data.describe(), h)
-        record("probes", h, t0)
-    else:
-        timeline["probes"] = None
-
-    # 3. single-filter performance
-    h = cfg.stage_hash("sfp")
-    if should_run("sfp", h, ("layers.csv", "filters.csv", "results.json")):
-        t0 = time.perf_counter()
-        echo("== stage sfp")
-        from . import analyze as an
-
-        pr, data_meta = an.load_probe_result(rd.path)
-        result = an.sfp_stage(pr, data_meta, cfg)
-        result.meta["train"] = {k: v for k, v in rd.read_json("train.json").items() if k != "history"}
-        result.probes = None  # stage 2's files are already written
-        result.save(rd.path)
-        record("sfp", h, t0)
-    else:
-        timeline["sfp"] = None
-    rd.claim(cfg, stage="train")  # stages 2-3 accepted these settings: config.json now records them
-
-    # 4. AFCC
-    h = cfg.stage_hash("afcc")
-    if cfg.afcc:
-        if should_run("afcc", h, ("afcc.csv",)):
+    wanted = [s for s in PIPELINE if (s != "afcc" or cfg.afcc) and (s != "sweep" or cfg.num_labels)]
+    hashes = hashes_of(cfg)
+    if not rd.path.is_dir():  # a new run: everything is checked before the directory is made
+        _check_before_work(cfg, wanted)
+    timeline = dict.fromkeys(wanted)
+    with rd.lock("filterlens run"):
+        plan, damaged = _plan(rd, wanted, hashes, from_stage, cfg, echo)
+        if not plan:
+            echo(f"done in 0.0s ({', '.join(f'{k} cached' for k in wanted)}; nothing read or written); report: "
+                 f"{rd.file('report.html')}")
+            return rd.stages()
+        _check_before_work(cfg, plan)
+        for name in damaged:  # never read, never kept: their stage writes them again
+            rd.remove(name)
+        for stage in plan:
             t0 = time.perf_counter()
-            echo("== stage afcc")
-            from . import afcc
-
-            afcc.run_afcc(rd.path, layers=cfg.afcc_layers, retrain_epochs=cfg.retrain_epochs,
-                          retrain_lr=cfg.retrain_lr, threshold=cfg.threshold, seed=cfg.seed,
-                          progress=cfg.progress, echo=echo, thresholds=cfg.afcc_thresholds,
-                          random_draws=cfg.random_draws)
-            record("afcc", h, t0)
-        else:
-            timeline["afcc"] = None
-
-    # 5. the label-count sweep (optional)
-    h = cfg.stage_hash("sweep")
-    if cfg.num_labels:
-        if should_run("sweep", h, ("sweep/sweep.json",)):
-            t0 = time.perf_counter()
-            echo("== stage sweep")
-            from .sweep import run_sweep
-
-            run_sweep(cfg.replace(labels="all"), rd.file("sweep"), cfg.num_labels, cfg.subsets, cfg.sweep_layers,
-                      echo=echo)
-            record("sweep", h, t0)
-        else:
-            timeline["sweep"] = None
-
-    # 6. the report
-    h = "|".join(stages.get(s, {}).get("hash", "") for s in PIPELINE[:-1])
-    if should_run("report", h, ("report.html",)):
-        t0 = time.perf_counter()
-        from .report import build_report
-
-        build_report(rd.path)
-        record("report", h, t0)
-    else:
-        timeline["report"] = None
-
+            if stage != "report":
+                echo(f"== stage {stage}")
+            _RUN[stage](rd, cfg, echo, overwrite or from_stage == "train")
+            timeline[stage] = time.perf_counter() - t0
+            if stage == "sfp":
+                rd.claim(cfg, stage="train")  # stages 2-3 accepted these settings: config.json records them
     total = sum(v for v in timeline.values() if v)
     parts = ", ".join(f"{k} {v:.1f}s" if v is not None else f"{k} cached" for k, v in timeline.items())
     echo(f"done in {total:.1f}s ({parts}); report: {rd.file('report.html')}")
-    return stages
+    return rd.stages()
+
+
+def hashes_of(cfg: Config) -> dict[str, str]:
+    """The settings hash of every stage `filterlens run` would run with ``cfg`` (the report: of the others)."""
+    wanted = [s for s in PIPELINE if (s != "afcc" or cfg.afcc) and (s != "sweep" or cfg.num_labels)]
+    hashes = {s: cfg.stage_hash(s) for s in wanted if s != "report"}
+    hashes["report"] = "|".join(hashes[s] for s in wanted if s != "report")
+    return hashes
+
+
+def _plan(rd: RunDir, wanted: list[str], hashes: dict, from_stage: str | None, cfg: Config,
+          echo) -> tuple[list[str], list[str]]:
+    """The stages to run (from the first one that is forced, has other settings, or has a changed or missing
+    file, to the end) and the changed files, which the caller removes once everything is checked."""
+    stages = rd.stages(echo)
+    for i, stage in enumerate(wanted):
+        rec = stages.get(stage)
+        if from_stage == stage or not rec or rec["hash"] != hashes[stage]:
+            return wanted[i:], []
+        bad = rd.changed(sorted(set(rec["sha256"]) | set(REQUIRED[stage])), stages)
+        if bad:
+            shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
+            echo(f"note: {shown} changed or missing since stage {stage} wrote it (checksum); it is not trusted: "
+                 f"stage {stage} and the later ones run again")
+            return wanted[i:], [b for b in bad if rd.exists(b)]
+        if stage == "probes" and cfg.bootstrap > 0 and not _has_fields(rd):
+            return wanted[i:], []
+    return [], []
+
+
+def _check_before_work(cfg: Config, plan: list[str]) -> None:
+    """What can only be checked against the model and data (layer selections, heatmaps) is checked before any
+    stage runs, on the architecture with its initial weights."""
+    if not set(plan) & {"train", "probes", "sfp", "afcc", "sweep"}:
+        return
+    from .analyze import check_heatmaps
+    from .models import list_layers, select_layers
+    from .train import load_data_for, make_model
+
+    data = load_data_for(cfg)
+    model, _ = make_model(cfg.replace(checkpoint=None, weights=None), data)
+    layers = list_layers(model, (data.in_channels, data.image_size, data.image_size))
+    analysed = select_layers(layers, cfg.layers)
+    check_heatmaps(cfg.heatmaps, analysed)
+    if cfg.afcc:
+        from .afcc.stage import choose_layers
+
+        choose_layers(layers, cfg.afcc_layers, {l.name for l in analysed})
+
+
+def _train(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+    from .train import train
+
+    train(cfg, rd.path, resume=rd.exists("checkpoint.pt") and not fresh, overwrite=fresh, echo=echo)
+
+
+def _probes(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+    from . import analyze as an
+    from .train import load_trained
+
+    model, _, data, _ = load_trained(rd.path)
+    pr = an.probe_stage(model, data, cfg, echo=echo)
+    files = an.save_probe_result(pr, rd.path, data.describe(), cfg.stage_hash("probes"))
+    rd.record("probes", cfg.stage_hash("probes"), [str(p.relative_to(rd.path)) for p in files],
+              pr.timings.get("stage_s"))
+
+
+def _sfp(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+    from . import analyze as an
+
+    pr, data_meta = an.load_probe_result(rd.path)
+    result = an.sfp_stage(pr, data_meta, cfg)
+    result.probes = None  # stage 2's files are already written
+    an.write_sfp_result(rd, cfg, result)
+
+
+def _afcc(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+    from . import afcc
+
+    afcc.run_afcc(rd.path, layers=cfg.afcc_layers, retrain_epochs=cfg.retrain_epochs, retrain_lr=cfg.retrain_lr,
+                  threshold=cfg.threshold, seed=cfg.seed, progress=cfg.progress, echo=echo,
+                  thresholds=cfg.afcc_thresholds, random_draws=cfg.random_draws, settings_hash=cfg.stage_hash("afcc"))
+
+
+def _sweep(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+    from .sweep import run_sweep
+
+    t0 = time.perf_counter()
+    run_sweep(cfg.replace(labels="all"), rd.file("sweep"), cfg.num_labels, cfg.subsets, cfg.sweep_layers, echo=echo)
+    rd.record("sweep", cfg.stage_hash("sweep"), ("sweep/sweep.json", "sweep/sweep.csv"), time.perf_counter() - t0)
+
+
+def _report(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+    from .report import build_report
+
+    build_report(rd.path, settings_hash=hashes_of(cfg)["report"])
+
+
+_RUN = {"train": _train, "probes": _probes, "sfp": _sfp, "afcc": _afcc, "sweep": _sweep, "report": _report}
 
 
 def _has_fields(rd: RunDir) -> bool:

@@ -1,25 +1,49 @@
-"""The run directory: its config and its files.
+"""The run directory: its path, its config, its lock, and the checksums of what its stages wrote.
 
-A run directory holds ``config.json`` (the resolved settings) and every file a
-stage writes. A directory that already holds a run with different settings is
-refused unless ``overwrite`` is given, so nothing is silently mixed or lost.
+A run directory holds ``config.json`` (the resolved settings) and every file a stage writes.
+
+* **Path**: checked before any work (:meth:`RunDir.validate`): not empty, not under a file, a
+  directory if it exists.
+* **Config**: a directory that already holds a run with different settings is refused unless
+  ``overwrite`` is given (:meth:`RunDir.check`), so nothing is silently mixed or lost.
+* **One command at a time** (:meth:`RunDir.lock`): a lock file (the ``filelock`` package, an
+  OS-level lock, so a lock left by a killed process does not block the next command) with the
+  holder's process id beside it; a second command is refused in one line naming that process.
+  Once the lock is held, temporary files a killed command left behind are removed.
+* **Checksums** (``stages.json``, :meth:`RunDir.record`): every stage records the settings hash
+  it ran with and the sha256 of every file it wrote. A recorded file whose content changed since
+  is never trusted (:meth:`RunDir.changed`, :meth:`RunDir.verify`) and never re-blessed: its
+  stage is run again.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from .config import Config
+from .config import STAGE_ORDER, Config
 from .errors import FilterlensError
-from .files import read_json, write_json
+from .files import TMP_SUFFIX, read_json, sha256_file, write_json
 
 # files a run may write; --overwrite removes only these
 RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "train_log.csv", "train.json", "results.json",
              "layers.csv", "filters.csv", "probes.pt", "label_means.pt", "probes.json", "accuracy.png", "clusters.png",
-             "thresholds.csv", "bootstrap.csv", "heatmaps", "cache", "stages.json",
+             "thresholds.csv", "bootstrap.csv", "heatmaps", "cache", "stages.json", "units",
              "report.html", "afcc.csv", "afcc.png", "afcc_model.pt", "afcc_pruning.csv", "afcc_thresholds.csv",
              "afcc_pruned.pt", "sweep")
+MANIFEST = "stages.json"
+LOCK = ".filterlens.lock"
+LOCK_INFO = ".filterlens.lock.json"
+
+_held: dict[Path, int] = {}
+# the entries of results.json and the JSON types they must have (None: the entry may be null)
+_RESULT_KEYS = {"config": dict, "environment": dict, "data": dict, "probes": dict, "sfp": dict, "timings": dict,
+                "layers": list, "label_names": list, "thresholds": list, "heatmaps": list, "title": str,
+                "train": (dict, type(None)), "bootstrap": (dict, type(None)), "afcc": (dict, type(None)),
+                "afcc_pruned": (dict, type(None))}  # run directories this process holds the lock of (nested lock() calls)
 
 
 class RunDir:
@@ -33,10 +57,7 @@ class RunDir:
         return (self.path / name).exists()
 
     def read_json(self, name: str):
-        try:
-            return read_json(self.path / name)
-        except ValueError:
-            raise FilterlensError(f"'{self.path / name}' is not valid JSON (damaged?); remove it or use --overwrite") from None
+        return read_json(self.path / name)
 
     def remove(self, name: str) -> None:
         from .distributed import check_write
@@ -48,23 +69,42 @@ class RunDir:
         elif p.exists():
             p.unlink()
 
+    # ------------------------------------------------------------------ the path
+    @staticmethod
+    def validate(path, what: str = "run directory") -> Path:
+        """Refuse, before any work, a path that cannot be a run directory (one line)."""
+        if path is None or str(path).strip() == "":
+            raise FilterlensError(f"{what} '{path or ''}' is empty; give a folder path, e.g. runs/mine")
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise FilterlensError(f"{what} '{p}' exists and is not a directory; choose another path")
+        parent = p.absolute()
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise FilterlensError(f"{what} '{p}' lies under '{parent}', which is a file, not a directory")
+        if str(parent.resolve()).startswith(("/proc", "/sys")) or not os.access(parent, os.W_OK | os.X_OK):
+            raise FilterlensError(f"{what} '{p}' cannot be created or written: '{parent}' is not writable; "
+                                  "choose a folder you can write to")
+        return p
+
+    # ------------------------------------------------------------------ the config
     def check(self, cfg: Config, overwrite: bool = False, stage: str = "train") -> bool:
         """Refuse (without writing anything) a directory holding a run with other ``stage`` settings.
 
         Returns True when the directory holds a run with the same ``stage`` settings.
         """
-        if self.path.exists() and not self.path.is_dir():
-            raise FilterlensError(f"run directory '{self.path}' exists and is not a directory")
+        self.validate(self.path)
         if not self.exists("config.json"):
             return False
         try:
-            old = Config.from_dict(self.read_json("config.json"))
+            old = Config.from_dict(self.read_json("config.json"), source=str(self.file("config.json")))
         except FilterlensError:
             old = None
         if old is not None and old.stage_hash(stage) == cfg.stage_hash(stage):
             return True
         if not overwrite:
-            diff = _differences(old, cfg, stage) if old else ["unreadable config.json"]
+            diff = _differences(old, cfg, stage) if old else ["its config.json is unreadable"]
             raise FilterlensError(
                 f"run directory '{self.path}' holds a run with another config ({'; '.join(diff[:3])}); "
                 "use --overwrite to replace it or choose another --run-dir")
@@ -90,6 +130,160 @@ class RunDir:
             except FilterlensError:
                 pass
         write_json(self.file("config.json"), cfg.to_dict())
+
+    # ------------------------------------------------------------------ one command at a time
+    @contextmanager
+    def lock(self, command: str = "filterlens"):
+        """Hold the run directory for one command (nested calls in the same process are free).
+
+        Creates the directory. Under torchrun only rank 0 locks (every rank works on the same
+        directory). On entry, temporary files left by a killed command are removed.
+        """
+        key = self.path.absolute()
+        if key in _held or os.environ.get("RANK", "0") != "0":
+            _held[key] = _held.get(key, 0) + 1
+            try:
+                yield self
+            finally:
+                _held[key] -= 1
+                if not _held[key]:
+                    del _held[key]
+            return
+        from filelock import FileLock, Timeout
+
+        self.validate(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.file(LOCK)), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise FilterlensError(f"run directory '{self.path}' is in use by {self._holder()}; wait for it to "
+                                  "finish, or choose another --run-dir") from None
+        _held[key] = 1
+        try:
+            write_json(self.file(LOCK_INFO), {"pid": os.getpid(), "command": command,
+                                              "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            self.remove_temporary_files()
+            yield self
+        finally:
+            del _held[key]
+            try:
+                self.file(LOCK_INFO).unlink()
+            except FileNotFoundError:
+                pass
+            lock.release()
+
+    def _holder(self) -> str:
+        try:
+            info = read_json(self.file(LOCK_INFO))
+            return f"process {int(info['pid'])} ('{info.get('command', '?')}', since {info.get('since', '?')})"
+        except (FilterlensError, OSError, KeyError, TypeError, ValueError):
+            return "another process"
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Remove the temporary files (``.NAME.*.tmp``) a killed command left anywhere in the directory."""
+        gone = []
+        for p in self.path.rglob(f".*{TMP_SUFFIX}"):
+            if p.is_file():
+                p.unlink()
+                gone.append(p)
+        return gone
+
+    def read_results(self) -> dict:
+        """``results.json``, verified against its checksum and checked for the shape filterlens writes."""
+        if not self.exists("results.json"):
+            raise FilterlensError(f"'{self.path}' holds no results.json; run filterlens analyze (or filterlens run) "
+                                  "first")
+        self.verify("results.json")
+        res = self.read_json("results.json")
+        where = f"'{self.file('results.json')}' is damaged"
+        if not isinstance(res, dict):
+            raise FilterlensError(f"{where}: it holds a {type(res).__name__}, not the object filterlens writes")
+        if res.get("version") != 1:
+            raise FilterlensError(f"{where} or from another filterlens: format version {res.get('version')!r}, this "
+                                  "filterlens reads 1")
+        for key, kinds in _RESULT_KEYS.items():
+            if key in res and not isinstance(res[key], kinds):
+                raise FilterlensError(f"{where}: '{key}' is a {type(res[key]).__name__}")
+        if not all(isinstance(r, dict) for r in res.get("layers", [])):
+            raise FilterlensError(f"{where}: 'layers' must list one object per layer")
+        return res
+
+    # ------------------------------------------------------------------ checksums of the stages' outputs
+    def stages(self, echo=None) -> dict:
+        """The records of ``stages.json``; a damaged file (not JSON, wrong shape) counts as no record."""
+        if not self.exists(MANIFEST):
+            return {}
+        try:
+            data = self.read_json(MANIFEST)
+        except FilterlensError as exc:
+            data, why = None, str(exc)
+        else:
+            why = "not a mapping of stage records"
+        if isinstance(data, dict) and all(_valid_record(v) for v in data.values()):
+            return data
+        if echo:
+            echo(f"note: {self.file(MANIFEST)} is damaged ({why}); no output of this run is trusted, every "
+                 "stage runs again")
+        return {}
+
+    def changed(self, outputs, stages: dict | None = None) -> list[str]:
+        """The ``outputs`` that are missing, never recorded, or whose content differs from their record."""
+        stages = self.stages() if stages is None else stages
+        recorded = _recorded(stages)
+        bad = []
+        for name in outputs:
+            if not self.exists(name) or name not in recorded or sha256_file(self.file(name)) != recorded[name]:
+                bad.append(name)
+        return bad
+
+    def verify(self, *names: str) -> None:
+        """Refuse to read a recorded file whose content changed since its stage wrote it (one line).
+
+        A file no stage recorded (a run directory from an earlier filterlens) is read as it is.
+        """
+        recorded = _recorded(self.stages())
+        for name in names:
+            if name in recorded and self.exists(name) and sha256_file(self.file(name)) != recorded[name]:
+                stage = next(s for s, r in self.stages().items() if name in r.get("sha256", {}))
+                raise FilterlensError(f"'{self.file(name)}' changed since stage {stage} wrote it (its sha256 differs "
+                                      f"from stages.json); it is not trusted: run that stage again (filterlens run "
+                                      f"--from {stage}, or the command that wrote it)")
+
+    def record(self, stage: str, settings_hash: str, outputs, seconds: float | None = None) -> dict:
+        """Record that ``stage`` ran with ``settings_hash`` and wrote ``outputs`` (their sha256).
+
+        A later stage that had recorded one of these files is no longer done (its record goes);
+        an earlier one that shares a file (``results.json``: sfp writes it, AFCC adds its entry)
+        keeps its record with the new checksum, since this stage read and extended that file.
+        """
+        stages = self.stages()
+        sums = {o: sha256_file(self.file(o)) for o in outputs}
+        mine = STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER)
+        for other in list(stages):
+            shared = set(stages[other].get("sha256", {})) & set(sums)
+            if other == stage or not shared:
+                continue
+            if other in STAGE_ORDER and STAGE_ORDER.index(other) < mine:
+                stages[other]["sha256"].update({o: sums[o] for o in shared})
+            else:
+                del stages[other]
+        stages[stage] = {"hash": settings_hash, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                         "sha256": sums}
+        write_json(self.file(MANIFEST), stages)
+        return stages
+
+
+def _valid_record(rec) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("hash"), str) and isinstance(rec.get("sha256"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in rec["sha256"].items()))
+
+
+def _recorded(stages: dict) -> dict[str, str]:
+    out = {}
+    for rec in stages.values():
+        out.update(rec.get("sha256", {}))
+    return out
 
 
 def _differences(old: Config, new: Config, stage: str) -> list[str]:

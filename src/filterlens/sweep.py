@@ -26,6 +26,7 @@ import numpy as np
 from .config import Config
 from .errors import FilterlensError
 from .files import read_json, write_csv, write_json
+from .rundir import RunDir
 
 SWEEP_COLUMNS = ["num_labels", "subset", "labels", "error", "last_layer_accuracy", "clusters_per_filter",
                  "cluster_size", "noise_per_filter", "snr", "layer", "seconds"]
@@ -149,7 +150,7 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
     from .data import load_data
 
     cfg.validate()
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = RunDir.validate(sweep_dir, "sweep directory")
     total = load_data(cfg.dataset, cfg.data_dir, "all", cfg.download, cfg.image_size).num_labels
     if cfg.labels not in ("all", "", None):
         raise FilterlensError(f"labels = '{cfg.labels}' cannot be combined with a sweep; the sweep draws the "

@@ -101,16 +101,15 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     trained again; an unfinished one continues with ``resume=True``.
     """
     cfg.validate()
+    RunDir.validate(run_dir)
     dist_device = dist_.setup(cfg.device)  # under torchrun: join the process group
-    main = dist_.is_main()
-    if not main:
+    if not dist_.is_main():
         echo = _silent
     rd = RunDir(run_dir)
     same = rd.check(cfg, overwrite=overwrite, stage="train")
-    if same and rd.exists("model.pt") and rd.exists("train.json") and not overwrite:
-        summary = rd.read_json("train.json")
-        if summary.get("train_hash") == cfg.stage_hash("train"):
-            echo(f"model already trained in {rd.path} (test accuracy {summary['test_accuracy']:.4f}); nothing to do")
+    if same and not overwrite:
+        summary = _finished(rd, cfg, echo)
+        if summary is not None:
             return summary
     if same and rd.exists("checkpoint.pt") and not resume and not overwrite:
         state = read_checkpoint(rd.file("checkpoint.pt"))
@@ -119,12 +118,35 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
 
     seed_everything(cfg.seed)
     device = dist_device or resolve_device(cfg.device)
-    rank, world = dist_.rank(), dist_.world_size()
     batch = dist_.per_rank_batch(cfg.batch_size, "batch_size")  # the global batch is the same for any N
     data = load_data_for(cfg)
     check_labels_present(data)
     model, spec = make_model(cfg, data)
-    # only now, with data and model checked, is the run directory written (or, with overwrite, emptied)
+    # only now, with every setting and input checked, is the run directory locked and written
+    with rd.lock("filterlens train"):
+        return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress, echo)
+
+
+def _finished(rd: RunDir, cfg: Config, echo) -> dict | None:
+    """The summary of a finished training with these settings, or None (also when its files changed since)."""
+    if not (rd.exists("model.pt") and rd.exists("train.json")):
+        return None
+    if "train" in rd.stages() and rd.changed(("model.pt", "train.json")):
+        echo(f"note: {', '.join(rd.changed(('model.pt', 'train.json')))} in {rd.path} changed since stage train "
+             "wrote it (checksum); it is not trusted: training again")
+        return None
+    summary = rd.read_json("train.json")
+    if not isinstance(summary, dict) or summary.get("train_hash") != cfg.stage_hash("train"):
+        return None
+    echo(f"model already trained in {rd.path} (test accuracy {summary['test_accuracy']:.4f}); nothing to do")
+    return summary
+
+
+def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec, device, batch: int, resume: bool,
+         overwrite: bool, progress: bool | None, echo) -> dict:
+    """Train (or resume) into the locked run directory; write model.pt and train.json and record them."""
+    main = dist_.is_main()
+    rank, world = dist_.rank(), dist_.world_size()
     if main:
         rd.claim(cfg, overwrite=overwrite, stage="train")
     dist_.barrier()
@@ -209,6 +231,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
                         {"epoch": cfg.epochs, "history": history, "config": cfg.to_dict()})
         write_json(rd.file("train.json"), summary)
         rd.remove("checkpoint.pt")
+        rd.record("train", cfg.stage_hash("train"), ("model.pt", "train.json"), summary["seconds"])
     if world > 1:
         del net  # DDP's reducer, with its communication hooks, goes before the process group does
         dist_.barrier()  # every rank returns once the files are there
@@ -226,9 +249,10 @@ def _unwrap(model):
 def load_trained(run_dir, device="cpu") -> tuple[nn.Module, Config, Data, ModelSpec]:
     """The trained model of a run directory, with its config and data."""
     rd = RunDir(run_dir)
-    if not rd.exists("config.json") or not rd.exists("model.pt"):
+    if not rd.path.is_dir() or not rd.exists("config.json") or not rd.exists("model.pt"):
         raise FilterlensError(f"'{rd.path}' is not a trained run directory (no config.json/model.pt); run "
                               "filterlens train --run-dir first")
+    rd.verify("model.pt")
     cfg = Config.from_dict(rd.read_json("config.json"), source=str(rd.file("config.json")))
     data = load_data_for(cfg)
     spec = model_spec_for(cfg, data)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import copy
 import statistics
 
+import logging
+
 import torch
 import torch.nn as nn
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -75,6 +76,7 @@ def measure_latency(models: dict, input_size, batch: int = 64, repeats: int = 30
     """
     x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(seed))
     used = int(threads) if threads else torch.get_num_threads()
+    Timer = _timer()
     timers = {k: Timer("model(x)", globals={"model": copy.deepcopy(m).cpu().eval(), "x": x}, num_threads=used)
               for k, m in models.items()}
     names = list(timers)
@@ -94,3 +96,16 @@ def measure_latency(models: dict, input_size, batch: int = 64, repeats: int = 30
                   "ratio_to_first": statistics.median(a / b for a, b in zip(first, ts)), "batch": batch,
                   "repeats": repeats, "threads": used, "calls_per_block": number[k]}
     return out
+
+
+def _timer():
+    """torch.utils.benchmark.Timer, imported on first use without the warning its import prints on machines
+    with a CUDA_HOME but no CUDA runtime (it concerns building extensions, which filterlens never does)."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        log.setLevel(level)
+    return Timer

@@ -89,8 +89,16 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
         tname = name[5:]
         if tname not in timm.list_models():
             raise FilterlensError(f"unknown timm model '{tname}'{closest(tname, timm.list_models())}")
-        return timm.create_model(tname, pretrained=bool(weights), num_classes=spec.num_labels,
-                                 in_chans=spec.in_channels)
+        try:
+            return timm.create_model(tname, pretrained=bool(weights), num_classes=spec.num_labels,
+                                     in_chans=spec.in_channels)
+        except Exception as exc:  # noqa: BLE001 - the hub's errors differ by version; offline is the usual one
+            if not weights:
+                raise
+            raise FilterlensError(f"the pretrained weights of timm model '{tname}' could not be loaded "
+                                  f"({type(exc).__name__}: {str(exc)[:100]}); without internet, copy the Hugging Face "
+                                  "cache (~/.cache/huggingface) from a machine that has them, or use --checkpoint "
+                                  "with a state_dict") from None
 
     import torchvision
 
@@ -107,7 +115,17 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
         except KeyError:
             options = [m.name for m in enum]
             raise FilterlensError(f"unknown weights '{weights}' for {tv_name}; valid: DEFAULT, {', '.join(options)}") from None
-        model = torchvision.models.get_model(tv_name, weights=w)
+        try:
+            model = torchvision.models.get_model(tv_name, weights=w)
+        except (OSError, RuntimeError) as exc:  # offline (URLError is an OSError) or a damaged download
+            import os
+
+            import torch.hub
+
+            target = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(w.url))
+            raise FilterlensError(f"the pretrained weights {tv_name} {w.name} could not be loaded ({type(exc).__name__}: "
+                                  f"{str(exc)[:100]}); without internet, download {w.url} elsewhere and put it at "
+                                  f"{target}") from None
         _replace_head(model, spec.num_labels)
     else:
         model = torchvision.models.get_model(tv_name, weights=None, num_classes=spec.num_labels)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import STAGE_ORDER
 from ..errors import FilterlensError
 from ..files import read_json, write_text
+from ..rundir import RunDir
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -75,19 +77,37 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def build_report(run_dir) -> Path:
+# the files the report reads (each verified against its checksum when a stage recorded it)
+READS = ("results.json", "layers.csv", "filters.csv", "thresholds.csv", "bootstrap.csv", "afcc.csv",
+         "afcc_thresholds.csv", "afcc_pruning.csv", "sweep/sweep.json", "accuracy.png", "clusters.png", "afcc.png")
+
+
+def build_report(run_dir, settings_hash: str | None = None) -> Path:
     """Write ``report.html``: one self-contained file (images embedded) from the run's saved results.
 
-    Nothing is recomputed; ``filterlens report RUN_DIR`` calls this.
+    Nothing is recomputed; ``filterlens report RUN_DIR`` calls this. A file it reads that changed
+    since its stage wrote it is refused (one line). ``settings_hash``: the report's key in
+    ``stages.json`` (default: the hashes of the stages it reports on).
     """
+    rd = RunDir(RunDir.validate(run_dir))
+    if not rd.path.is_dir():
+        raise FilterlensError(f"run directory '{rd.path}' does not exist; run filterlens analyze or filterlens run "
+                              "first")
+    with rd.lock("filterlens report"):
+        res = rd.read_results()
+        rd.verify(*READS)
+        stages = rd.stages()
+        path = write_text(rd.file("report.html"), _page(rd.path, res, stages))
+        if settings_hash is None:
+            settings_hash = "|".join(stages[s]["hash"] for s in STAGE_ORDER if s in stages and s != "report")
+        rd.record("report", settings_hash, ("report.html",))
+    return path
+
+
+def _page(d: Path, res: dict, stages: dict) -> str:
     import json
     import time
 
-    d = Path(run_dir)
-    if not (d / "results.json").exists():
-        raise FilterlensError(f"'{d}' has no results.json; run filterlens analyze (or filterlens run) first")
-    res = read_json(d / "results.json")
-    stages = read_json(d / "stages.json") if (d / "stages.json").exists() else {}
     cfg = res.get("config", {})
     env = res.get("environment", {})
     title = res.get("title", "filterlens report")
@@ -165,5 +185,5 @@ def build_report(run_dir) -> Path:
         parts.append("<h2>Data</h2>" + _table([{"item": k, "value": json.dumps(v) if isinstance(v, list) else v}
                                                for k, v in data.items()], ["item", "value"], left=("item", "value")))
     parts.append("</body></html>\n")
-    return write_text(d / "report.html", "\n".join(parts))
+    return "\n".join(parts)
 

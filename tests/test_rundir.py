@@ -1,0 +1,231 @@
+"""A run directory you can trust (issue 15, items 1-6), through the real command line.
+
+1. an output that changed since its stage wrote it is never trusted nor re-blessed: its stage runs again;
+2. a refused command leaves the run directory byte-identical;
+3. a second `filterlens run` of configs/demo.toml (AFCC on) recomputes nothing and rewrites no file;
+4. an empty --run-dir is refused;
+5. one command at a time: a second one is refused naming the holder; a killed holder blocks nothing;
+6. temporary files a killed command left behind are removed by the next one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, assert_user_error, cli_env, copy_run, run_cli
+
+TOML = """
+[data]
+dataset = "digits"
+[model]
+model = "vgg_tiny"
+[train]
+epochs = 2
+seed = 0
+[probes]
+probe_epochs = 3
+[afcc]
+afcc = false
+"""
+
+
+def tree(d: Path) -> dict[str, str]:
+    """Every file under ``d`` (relative path -> sha256 of its bytes)."""
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def mtimes(d: Path) -> dict[str, int]:
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory) -> Path:
+    """A finished `filterlens run` (train, probes, sfp, report) of a tiny config; copy it to change it."""
+    base = tmp_path_factory.mktemp("pipeline")
+    (base / "tiny.toml").write_text(TOML)
+    rc, out, err = run_cli("run", base / "tiny.toml", "--run-dir", base / "run", "--no-progress", cwd=base)
+    assert rc == 0, err
+    return base / "run"
+
+
+def same_weights(path: Path, original: bytes) -> bool:
+    """The weights in ``path`` equal those of the checkpoint bytes ``original`` (the files also hold timings)."""
+    import io
+
+    a = torch.load(path, weights_only=True)["model"]
+    b = torch.load(io.BytesIO(original), weights_only=True)["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _rerun(run: Path):
+    return run_cli("run", run.parent / "tiny.toml", "--run-dir", run, "--no-progress", cwd=run.parent)
+
+
+# ------------------------------------------------------------------------------------------ 1
+
+def test_altered_model_is_recomputed_never_reblessed(pipeline_run, tmp_path):
+    (tmp_path / "tiny.toml").write_text(TOML)
+    run = copy_run(pipeline_run, tmp_path / "run")
+    original = {f: (run / f).read_bytes() for f in ("model.pt", "layers.csv")}
+    state = torch.load(run / "model.pt", weights_only=True)
+    key = next(k for k in state["model"] if k.endswith("conv.weight"))
+    state["model"][key] = state["model"][key] * 3.0  # an altered model that still loads
+    torch.save(state, run / "model.pt")
+    rc, out, err = _rerun(run)
+    assert rc == 0, err
+    assert "model.pt changed" in out and "not trusted" in out, out
+    assert "== stage train" in out
+    # retrained with the same seed (one thread): the same weights and the same analysis as before the alteration
+    assert same_weights(run / "model.pt", original["model.pt"])
+    assert (run / "layers.csv").read_bytes() == original["layers.csv"]
+    stages = json.loads((run / "stages.json").read_text())
+    assert stages["train"]["sha256"]["model.pt"] == hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()
+
+
+def test_truncated_model_is_recomputed_and_refused_by_analyze(pipeline_run, tmp_path):
+    (tmp_path / "tiny.toml").write_text(TOML)
+    run = copy_run(pipeline_run, tmp_path / "run")
+    good = (run / "model.pt").read_bytes()
+    (run / "model.pt").write_bytes(good[: len(good) // 2])
+    before = tree(run)
+    rc, out, err = run_cli("analyze", "--run-dir", run, "--no-progress", cwd=tmp_path)
+    assert_user_error(rc, out, err, "model.pt", "changed since stage train")
+    assert tree(run) == before
+    rc, out, err = _rerun(run)
+    assert rc == 0, err
+    assert same_weights(run / "model.pt", good)
+
+
+def test_altered_probe_weights_are_not_read_by_afcc_or_report(pipeline_run, tmp_path):
+    run = copy_run(pipeline_run, tmp_path / "run")
+    with open(run / "probes.pt", "ab") as fh:
+        fh.write(b"\0")
+    with open(run / "layers.csv", "a") as fh:
+        fh.write("features.9,9,1,1,1\n")
+    before = tree(run)
+    rc, out, err = run_cli("afcc", "--run-dir", run, "--no-progress", cwd=tmp_path)
+    assert_user_error(rc, out, err, "probes.pt", "changed since stage probes")
+    rc, out, err = run_cli("report", run, cwd=tmp_path)
+    assert_user_error(rc, out, err, "layers.csv", "changed since stage sfp")
+    assert tree(run) == before
+
+
+# ------------------------------------------------------------------------------------------ 2
+
+@pytest.mark.parametrize("args, needle", [
+    (["--heatmaps", "features.7:1"], "features.7"), (["--heatmaps", "features.0:99"], "features.0:99"),
+    (["--heatmaps", "features.0"], "features.0"), (["--cache-budget", "0"], "'0'"), (["--num-workers", "-1"], "-1"),
+    (["--layers", "features.9"], "features.9"), (["--probe-lr", "1e308"], "probe_lr"),
+    (["--cache-budget", "nan"], "nan")])
+def test_refused_analyze_leaves_the_run_identical(pipeline_run, tmp_path, args, needle):
+    run = copy_run(pipeline_run, tmp_path / "run")
+    before = tree(run)
+    rc, out, err = run_cli("analyze", "--run-dir", run, "--no-progress", *args, cwd=tmp_path)
+    assert_user_error(rc, out, err, needle)
+    assert tree(run) == before
+    config = json.loads((run / "config.json").read_text())
+    assert config["heatmaps"] == "auto" and config["num_workers"] == 0  # the bad value was not saved
+
+
+# ------------------------------------------------------------------------------------------ 3
+
+def test_second_run_of_the_demo_config_changes_nothing(tmp_path):
+    run = tmp_path / "demo"
+    t0 = time.perf_counter()
+    rc, out, err = run_cli("run", REPO / "configs" / "demo.toml", "--run-dir", run, "--no-progress", cwd=tmp_path)
+    first = time.perf_counter() - t0
+    assert rc == 0, err
+    assert (run / "afcc.csv").exists()  # AFCC is on in the demo config
+    files, times = tree(run), mtimes(run)
+    t0 = time.perf_counter()
+    rc, out, err = run_cli("run", REPO / "configs" / "demo.toml", "--run-dir", run, "--no-progress", cwd=tmp_path)
+    second = time.perf_counter() - t0
+    assert rc == 0, err
+    assert "does not match" not in out and "changed" not in out and "== stage" not in out, out
+    assert tree(run) == files and mtimes(run) == times  # no file rewritten
+    assert second < 0.1 * first, (first, second)
+
+
+# ------------------------------------------------------------------------------------------ 4
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["analyze"], ["afcc"], ["sweep"],
+                                     ["run", str(REPO / "configs" / "demo.toml")]])
+def test_empty_run_dir_is_refused(tmp_path, command):
+    rc, out, err = run_cli(*command, "--run-dir", "", "--no-progress", cwd=tmp_path)
+    assert_user_error(rc, out, err, "''", "empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_of_an_empty_path_is_refused(tmp_path):
+    rc, out, err = run_cli("report", "", cwd=tmp_path)
+    assert_user_error(rc, out, err, "empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ 5
+
+HOLD = """
+import sys, time
+from filterlens.rundir import RunDir
+with RunDir(sys.argv[1]).lock("filterlens analyze"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(run: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], env=cli_env(), stdout=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_command_is_refused_naming_the_holder(pipeline_run, tmp_path):
+    run = copy_run(pipeline_run, tmp_path / "run")
+    proc = _holder(run)
+    try:
+        before = tree(run)
+        for args in (["analyze", "--run-dir", run, "--no-progress"], ["report", run],
+                     ["afcc", "--run-dir", run, "--no-progress"],
+                     ["run", run.parent.parent / "tiny.toml", "--run-dir", run, "--no-progress"]):
+            if args[0] == "run":
+                (run.parent.parent / "tiny.toml").write_text(TOML)
+            rc, out, err = run_cli(*args, cwd=tmp_path)
+            assert_user_error(rc, out, err, "in use by process", str(proc.pid), "filterlens analyze")
+        assert tree(run) == before
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_lock_left_by_a_killed_process_blocks_nothing(pipeline_run, tmp_path):
+    run = copy_run(pipeline_run, tmp_path / "run")
+    proc = _holder(run)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rc, out, err = run_cli("report", run, cwd=tmp_path)
+    assert rc == 0, err
+    assert not (run / ".filterlens.lock.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ 6
+
+def test_temporary_files_of_a_killed_command_are_removed(pipeline_run, tmp_path):
+    run = copy_run(pipeline_run, tmp_path / "run")
+    left = [run / ".layers.csv.x1y2z3.tmp", run / "heatmaps" / ".features.0-filter1.png.abcd.tmp"]
+    for p in left:
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"half a file")
+    rc, out, err = run_cli("report", run, cwd=tmp_path)
+    assert rc == 0, err
+    assert not any(p.exists() for p in left)
