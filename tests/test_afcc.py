@@ -272,18 +272,40 @@ def test_pruning_fc_only_and_unsupported_architecture():
     x = torch.randn(8, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(pruned(x), net(x), atol=1e-5, rtol=0)
-    # a model whose layer is not a prefix of 'features': hooked trunk, FC mask only, no removal
+    # a layer that is not a prefix of 'features': hooked trunk; Torch-Pruning removes its dead unit all the same
     tiny = torch.nn.Sequential()
     tiny.add_module("conv", torch.nn.Conv2d(1, 3, 3, padding=1))
     tiny.add_module("act", torch.nn.ReLU())
     hooked = afcc.build_diluted(tiny, ["conv"], torch.randn(2, 3, 8, 8), (1, 8, 8))
     assert hooked.info["mode"] == "hook"
-    ok, reason = afcc.prune_support(hooked)
-    assert not ok and "prefix" in reason
     hm = afcc.make_masks(hooked, {"conv": [[[0]], [], [[1]]]})
     afcc.apply_masks(hooked, hm)
-    with pytest.raises(FilterlensError, match="not supported"):
-        afcc.prune(hooked, hm)
+    pruned, _, info = afcc.prune(hooked, hm)
+    assert info["conv"]["removed"] == [1] and pruned.fc.weight.shape == (2, 2 * 8 * 8)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), hooked(x), atol=1e-5, rtol=0)
+
+
+class _Residual(torch.nn.Module):
+    """relu(x + conv(x)): the block's output channels are also what its own conv reads."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv(x))
+
+
+def test_removal_across_a_residual_reader_is_refused_naming_the_reader():
+    model = torch.nn.Sequential()
+    model.add_module("stem", torch.nn.Conv2d(1, 3, 3, padding=1))
+    model.add_module("block", _Residual(3))
+    net = afcc.build_diluted(model, ["block"], torch.randn(2, 3, 8, 8), (1, 8, 8))
+    masks = afcc.make_masks(net, {"block": [[[0]], [], [[1]]]})
+    afcc.apply_masks(net, masks)
+    with pytest.raises(FilterlensError, match="also read by .*block.conv"):
+        afcc.prune(net, masks)
 
 
 def test_non_consecutive_layers_are_refused():

@@ -541,3 +541,21 @@ def test_parse_labels_errors(spec, needles):
     assert "\n" not in msg
     for n in needles:
         assert n in msg, (n, msg)
+
+
+def test_image_size_resizes_every_split_the_same_way():
+    """--image-size N: train and test batches both come out N x N (the test split with the same transform as the
+    training split without augmentation), so ImageNet-form models run on small datasets."""
+    from filterlens.data import load_data, make_loader
+
+    data = load_data("digits", image_size=32)
+    assert data.image_size == 32
+    for split, train in (("train", True), ("test", False)):
+        x, _ = next(iter(make_loader(data, split, 16, train=train)))
+        assert x.shape == (16, 1, 32, 32)
+    native = load_data("digits")
+    a = next(iter(make_loader(native, "test", 4)))[0]
+    b = next(iter(make_loader(data, "test", 4)))[0]
+    # the same images, upsampled: the mean of each image is kept by bilinear interpolation (up to the borders)
+    assert torch.allclose(a.mean((1, 2, 3)), b.mean((1, 2, 3)), atol=0.05)
+    assert data.test[0][0].shape == (1, 32, 32)

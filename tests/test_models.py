@@ -165,9 +165,15 @@ def test_vgg16_imagenet_layers_end_at_relu_or_pool():
 def test_efficientnet_b0_stages():
     """Tan & Le (2019), table 1: stem 32 (stride 2), MBConv stages 16, 24, 40, 80, 112, 192, 320
     with strides 1, 2, 2, 2, 1, 2, 1, then the 1x1 conv to 1280."""
-    layers = list_layers(get_model("efficientnet_b0", 10, 3, 64), (3, 64, 64))
+    model = get_model("efficientnet_b0", 10, 3, 64)
+    layers = list_layers(model, (3, 64, 64), "stages")
     assert [l.filters for l in layers] == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
     assert [l.shape[1] for l in layers] == [32, 32, 16, 8, 4, 4, 2, 2, 2]
+    # the default layers are its blocks: the stem, the 16 MBConv blocks (1, 2, 2, 3, 3, 4, 1 per stage), the head
+    blocks = list_layers(model, (3, 64, 64))
+    assert len(blocks) == 18 and blocks[0].name == "features.0" and blocks[-1].name == "features.8"
+    assert [l.filters for l in blocks[1:-1]] == [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192,
+                                                  320]
 
 
 def test_list_layers_small_input_error_leaves_no_hooks():

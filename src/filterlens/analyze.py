@@ -21,7 +21,7 @@ from .config import Config, parse_heatmaps, parse_thresholds
 from .data import Data, check_labels_present
 from .errors import FilterlensError, closest
 from .files import read_json, torch_save, write_csv, write_json
-from .models import list_layers, select_layers
+from .models import resolve_layers
 from .probes import ProbeResult, train_probes
 from .report.plots import plot_filter_matrix, plot_layers
 from .rundir import RunDir
@@ -146,7 +146,7 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     model.to(device)
     show = cfg.progress if progress is None else progress
     t0 = time.perf_counter()
-    layers = select_layers(list_layers(model, (data.in_channels, data.image_size, data.image_size)), cfg.layers)
+    layers = resolve_layers(model, (data.in_channels, data.image_size, data.image_size), cfg.layers)
     check_heatmaps(cfg.heatmaps, layers)
     pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo,
                       keep_fields=cfg.bootstrap > 0)

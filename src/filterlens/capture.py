@@ -122,14 +122,18 @@ class Capture:
     def _hook(self, cl: CaptureLayer):
         name, target = cl.name, cl.shape[1:]
 
+        channels_last = cl.layer.layout == "NHWC"
+
         def hook(module, inputs, output):
             x = output.detach()
             if x.ndim != 4:
                 raise FilterlensError(f"layer '{name}' gives a {x.ndim}-D output; only 4-D maps can be analysed")
+            if channels_last:  # N x H x W x C: units are the channel axis whatever the layout
+                x = x.permute(0, 3, 1, 2)
             if tuple(x.shape[2:]) != target:
                 x = F.adaptive_max_pool2d(x, target)
             else:
-                x = x.clone()  # in-place ops later in the network must not change what we keep
+                x = x.clone(memory_format=torch.contiguous_format)  # in-place ops later must not change it
             self._out[name] = x.float()
             if name == self._deepest:
                 raise _StopForward

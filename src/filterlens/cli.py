@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--width-mult", type=float, default=1.0, help="width multiplier of our VGG models")
     l.add_argument("--vgg-cfg", default=None, help="explicit VGG widths for --model vgg")
     l.add_argument("--image-size", type=int, default=None, help="input size (default: the dataset's)")
+    l.add_argument("--layers", default="all", help="all (the blocks), stages, indices, last:N or dotted module paths")
     l.add_argument("--list-models", action="store_true", help="list the model names instead")
 
     w = sub.add_parser("sweep", help="error against the number of labels: train on label subsets, fit a line",
@@ -204,29 +205,39 @@ def cmd_train(args) -> int:
 
 def cmd_layers(args) -> int:
     from .data import dataset_spec
-    from .models import ModelSpec, available_models, build_model, list_layers
+    from .models import ModelSpec, available_models, build_model, describe, resolve_layers
 
     if args.list_models:
         import torchvision
 
         print("filterlens:", ", ".join(available_models()[:-2]))
         print("torchvision:", ", ".join(torchvision.models.list_models(module=torchvision.models)))
+        print("timm: timm:<name>, e.g. timm:resnet18, timm:convnext_atto (with pip install 'filterlens[timm]')")
         return 0
-    ds = dataset_spec(args.dataset)
+    cfg = Config(model=args.model, dataset=args.dataset, data_dir=args.data_dir, width_mult=args.width_mult,
+                 vgg_cfg=args.vgg_cfg, image_size=args.image_size, layers=args.layers).validate()
+    ds = dataset_spec(cfg.dataset)
     num_labels = ds.num_labels
     if num_labels is None:
         from .data import load_data
 
-        num_labels = load_data(args.dataset, args.data_dir).num_labels
-    size = args.image_size or ds.image_size
-    model = build_model(ModelSpec(args.model, num_labels, ds.in_channels, size, args.width_mult, args.vgg_cfg))
-    layers = list_layers(model, (ds.in_channels, size, size))
-    print(f"{args.model} on {args.dataset} ({ds.in_channels}x{size}x{size}, {num_labels} labels): "
-          f"{len(layers)} layers")
-    print(f"{'index':>5}  {'layer':<28} {'filters':>7}  {'output (C x H x W)':<20} {'features':>9}")
+        num_labels = load_data(cfg.dataset, cfg.data_dir).num_labels
+    size = cfg.image_size or ds.image_size
+    model = build_model(ModelSpec(cfg.model, num_labels, ds.in_channels, size, cfg.width_mult, cfg.vgg_cfg))
+    layers = resolve_layers(model, (ds.in_channels, size, size), cfg.layers)
+    found = describe(model)
+    what = "stages" if cfg.layers.strip() == "stages" else "layers"
+    print(f"{cfg.model} on {cfg.dataset} ({ds.in_channels}x{size}x{size}, {num_labels} labels): {len(layers)} {what} "
+          f"(family: {found.family})")
+    if found.fallback:
+        print(f"note: no layer rule knows {type(model).__name__}; its layers are its top-level children that give a "
+              "4-D map (name any module with --layers MODULE.PATH)")
+    print(f"{'index':>5}  {'layer':<34} {'units':>6} {'kind':<7} {'shape (units x H x W)':<22} {'features':>9}")
     for l in layers:
         c, h, w = l.shape
-        print(f"{l.index:>5}  {l.name:<28} {l.filters:>7}  {f'{c} x {h} x {w}':<20} {l.features:>9}")
+        layout = " (channels-last)" if l.layout == "NHWC" else ""
+        print(f"{l.index:>5}  {l.name:<34} {l.units:>6} {l.unit_kind:<7} {f'{c} x {h} x {w}':<22} {l.features:>9}"
+              f"{layout}")
     return 0
 
 

@@ -48,7 +48,7 @@ class Config:
                                             "data/<dataset>)")
     labels: str = _f("all", "data", "label subset: all, first:K, random:K:SEED, or a list of names/indices")
     download: bool = _f(False, "data", "download CIFAR through torchvision when the files are absent (needs internet)")
-    image_size: int | None = _f(None, "data", "input size for folder datasets (default 224)", bounds="[8, 2048]")
+    image_size: int | None = _f(None, "data", "input size: every split (train and test) resized to N x N (default: the dataset's own, 224 for folders)", bounds="[8, 2048]")
     train_samples: int = _f(0, "data", "use a seeded random subset of this many training samples (0: all)", bounds="[0, 1000000000]")
     test_samples: int = _f(0, "data", "use a seeded random subset of this many test samples (0: all)", bounds="[0, 1000000000]")
     # model

@@ -81,13 +81,14 @@ def dataset_spec(name: str) -> DatasetSpec:
 class ArraySplit(torch.utils.data.Dataset):
     """An in-memory split: uint8 images (N, C, H, W) and int64 labels (N,)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, size: int | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("images must be a uint8 tensor of shape (N, C, H, W)")
         self.images = images
         self.labels = labels.long()
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.size = size  # every batch resized to size x size (None: as stored)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -96,14 +97,21 @@ class ArraySplit(torch.utils.data.Dataset):
         x = images_uint8.float().div_(255.0)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """The same resize for every split (``--image-size``): bilinear, antialiased when shrinking."""
+        if self.size is None or tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                             antialias=self.size < x.shape[-1])
+
     def __getitem__(self, i):
-        return self.normalise(self.images[i : i + 1])[0], int(self.labels[i])
+        return self.resize(self.normalise(self.images[i : i + 1]))[0], int(self.labels[i])
 
     def subset(self, index) -> "ArraySplit":
         index = torch.as_tensor(index, dtype=torch.long)
         out = ArraySplit.__new__(ArraySplit)
         out.images, out.labels = self.images[index], self.labels[index]
-        out.mean, out.std = self.mean, self.std
+        out.mean, out.std, out.size = self.mean, self.std, self.size
         return out
 
 
@@ -421,7 +429,7 @@ def load_data(dataset: str = "digits", data_dir=None, labels=None, download: boo
     data_dir : folder with the files (defaults: Debian's Fashion-MNIST path, ``data/<name>``).
     labels : label-subset spec, see the module docstring.
     download : let torchvision download CIFAR when the files are absent.
-    image_size : input size for folder datasets (default 224).
+    image_size : input size: every split resized to this (default: the dataset's own; folder datasets 224).
     split_seed : seed of digits' fixed train/test split.
     train_samples, test_samples : keep a seeded random subset of this many samples (0: all).
     """
@@ -463,11 +471,11 @@ def _load_data(dataset, data_dir, labels, download, image_size, split_seed) -> D
                 path.mkdir(parents=True, exist_ok=True)
             train, test, names = _load_cifar(dataset, path, download)
         chosen = parse_labels(labels, names)
+        size = image_size or spec.image_size
         splits = []
         for x, y in (train, test):
             keep, new = _relabel(y, chosen)
-            splits.append(ArraySplit(x[keep], new, spec.mean, spec.std))
-        size = spec.image_size
+            splits.append(ArraySplit(x[keep], new, spec.mean, spec.std, size if size != spec.image_size else None))
         return Data(dataset, splits[0], splits[1], [names[i] for i in chosen], chosen, spec, size,
                     source=str(path) if path else "scikit-learn")
 
@@ -558,9 +566,9 @@ class ArrayLoader:
                 break
             x = self.split.images[b].to(self.device, non_blocking=True)
             x = self.split.normalise(x)
-            if self.augment:
+            if self.augment:  # at the stored resolution, then resized like the test split
                 x = augment_batch(x, self.padding, self.flip, gen)
-            yield x, self.split.labels[b].to(self.device, non_blocking=True)
+            yield self.split.resize(x), self.split.labels[b].to(self.device, non_blocking=True)
 
 
 class FolderLoader:

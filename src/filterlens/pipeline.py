@@ -100,13 +100,14 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
     if not set(plan) & {"train", "probes", "sfp", "afcc", "sweep"}:
         return
     from .analyze import check_heatmaps
-    from .models import list_layers, select_layers
+    from .models import list_layers, resolve_layers
     from .train import load_data_for, make_model
 
     data = load_data_for(cfg)
     model, _ = make_model(cfg.replace(checkpoint=None, weights=None), data)
-    layers = list_layers(model, (data.in_channels, data.image_size, data.image_size))
-    analysed = select_layers(layers, cfg.layers)
+    size = (data.in_channels, data.image_size, data.image_size)
+    analysed = resolve_layers(model, size, cfg.layers)
+    layers = list_layers(model, size, "blocks", [l.name for l in analysed])
     check_heatmaps(cfg.heatmaps, analysed)
     if cfg.afcc:
         from .afcc.stage import choose_layers

@@ -22,7 +22,7 @@ from .config import Config
 from .data import Data, check_labels_present, load_data, make_loader
 from .errors import FilterlensError
 from .files import write_csv, write_json
-from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from .models import ModelSpec, build_model, list_layers, load_checkpoint, read_checkpoint, save_checkpoint
 from .progress import progress_bar
 from .rundir import RunDir
 from .utils import resolve_device, seed_everything
@@ -58,7 +58,7 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False, reduce: bool =
     try:
         for x, y in loader:
             with _autocast(device, amp):
-                out = model(x)
+                out = logits_of(model(x))
             loss += F.cross_entropy(out.float(), y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
@@ -68,6 +68,13 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False, reduce: bool =
     if reduce:
         correct, total, loss = dist_.all_reduce_sum([correct, total, loss])
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}
+
+
+def logits_of(out):
+    """A model's class scores: GoogLeNet and Inception v3 with auxiliary heads return them in a named tuple."""
+    if isinstance(out, tuple):
+        return out.logits if hasattr(out, "logits") else out[0]
+    return out
 
 
 def _amp_dtype(device: torch.device, amp: bool):
@@ -122,6 +129,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     data = load_data_for(cfg)
     check_labels_present(data)
     model, spec = make_model(cfg, data)
+    list_layers(model, (data.in_channels, data.image_size, data.image_size))  # it runs on this input size (one line)
     # only now, with every setting and input checked, is the run directory locked and written
     with rd.lock("filterlens train"):
         return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress, echo)
@@ -191,7 +199,7 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, cfg.amp):
-                out = net(x)
+                out = logits_of(net(x))
                 loss = F.cross_entropy(out.float(), y)
             if not torch.isfinite(loss):
                 raise FilterlensError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr "

@@ -62,6 +62,19 @@ class HookTrunk(nn.Module):
         return box["out"]
 
 
+class UnitsFirst(nn.Module):
+    """N x H x W x C (a channels-last layer's output) to N x C x H x W: the FC reads units first."""
+
+    def forward(self, x):
+        return x.permute(0, 3, 1, 2)
+
+
+def hook_trunk(model: nn.Module, layer: str, layout: str = "NCHW") -> nn.Sequential:
+    """The trunk of a layer reached by a hook: the whole model stopped there (units first for channels-last)."""
+    parts = [HookTrunk(model, layer)] + ([UnitsFirst()] if layout == "NHWC" else [])
+    return nn.Sequential(*parts)
+
+
 class DilutedNet(nn.Module):
     """Backbone up to layer b (``trunk``, a Sequential), b's (pooled) flattened output, b's probe FC.
 
@@ -187,7 +200,7 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
     pool_text = "none" if pool is None else str(pool)
     parsed = parse_pool(pool_text)
     input_size = tuple(int(s) for s in input_size)
-    all_layers = list_layers(model, input_size)
+    all_layers = list_layers(model, input_size, "blocks", [layers] if isinstance(layers, str) else list(layers))
     by_name = {l.name: l for l in all_layers}
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
@@ -213,8 +226,8 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
     if trunk is not None:
         structure = {"mode": "prefix", "source": "features", "trunk_len": len(trunk)}
     else:
-        trunk = nn.Sequential(HookTrunk(copy.deepcopy(model), b.name))
-        structure = {"mode": "hook", "source": None, "trunk_len": 1}
+        trunk = hook_trunk(copy.deepcopy(model), b.name, b.layout)
+        structure = {"mode": "hook", "source": None, "trunk_len": len(trunk), "layout": b.layout}
     pool_hw = None if (H, W) == tuple(b.shape[1:]) else [H, W]
     info = {"layers": [l.name for l in chosen], "deepest": b.name, "input_size": list(input_size),
             "pool": pool_text, "pool_hw": pool_hw, "fc_shape_original": [L, C, H, W],

@@ -12,9 +12,9 @@ import torch.nn as nn
 from ..errors import FilterlensError
 from ..files import torch_save
 from ..models import ModelSpec, build_model
-from .diluted import DilutedNet, HookTrunk
+from .diluted import DilutedNet, hook_trunk
 from .masks import LayerMask
-from .removal import _slice_net
+from .removal import remove_units
 
 FORMAT = "filterlens-afcc"
 FORMAT_VERSION = 1
@@ -57,7 +57,7 @@ def save(path, diluted_model, masks: Sequence[LayerMask], meta: dict | None = No
     original = meta.pop("original_shapes", None) or info.get("original_shapes") or \
         {k: list(v.shape) for k, v in sd.items()}
     structure = {k: info.get(k) for k in ("mode", "source", "trunk_len", "convs", "deepest", "input_size", "pool_hw",
-                                          "fc_shape_original", "layer_shapes")}
+                                          "fc_shape_original", "layer_shapes", "layout")}
     state = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -116,14 +116,17 @@ def load(path, model=None, device="cpu"):
     else:
         if info["deepest"] not in dict(base.named_modules()):
             raise FilterlensError(f"'{path}' does not fit this architecture (no layer '{info['deepest']}'); {what}")
-        trunk = nn.Sequential(HookTrunk(copy.deepcopy(base), info["deepest"]))
+        trunk = hook_trunk(copy.deepcopy(base), info["deepest"], info.get("layout") or "NCHW")
     L, C, H, W = info["fc_shape_original"]
     full = {**info, "layers": list(state["layers"]), "pool": state["pool"], "pruned": None, "spec": spec,
             "original_shapes": state["original_shapes"]}
     net = DilutedNet(trunk, nn.Linear(C * H * W, L, bias=False), (L, C, H, W), info["pool_hw"], full)
     if state.get("pruned"):
         try:
-            net = _slice_net(net, state["pruned"])
+            shapes = info["layer_shapes"]
+            removed = {l: [c for c in range(int(shapes[l][0])) if c not in set(kept)]
+                       for l, kept in state["pruned"].items()}
+            net = remove_units(net, removed)
         except (IndexError, RuntimeError, KeyError, AttributeError) as exc:
             raise FilterlensError(f"'{path}' does not fit this architecture (its filter removal fails: "
                                   f"{type(exc).__name__}); {what}") from None

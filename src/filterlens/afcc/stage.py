@@ -221,7 +221,8 @@ def run_afcc(run_dir, layers=None, retrain_epochs: int = 3, retrain_lr: float = 
             raise FilterlensError(f"probes.pt/label_means.pt in '{rd.path}' cannot be read ({type(exc).__name__}); run "
                                   f"filterlens analyze --run-dir {rd.path} again") from None
         input_size = (data.in_channels, data.image_size, data.image_size)
-        all_layers = list_layers(model, input_size)
+        analysed_names = [n for n in probes if n in means]
+        all_layers = list_layers(model, input_size, "blocks", analysed_names)
         chosen = choose_layers(all_layers, layers, set(probes) & set(means))
         names = [l.name for l in chosen]
         b = names[-1]

@@ -3,9 +3,11 @@ checkpoints (:mod:`.checkpoints`). Every name below is importable from ``filterl
 from .build import ModelSpec, available_models, build_model
 from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, read_checkpoint,
                           save_checkpoint)
-from .layers import Layer, candidate_layers, list_layers, select_layers
+from .families import Discovery, discover
+from .layers import Layer, candidate_layers, describe, list_layers, resolve_layers, select_layers, smallest_input
+from .resnet_cifar import CIFAR_RESNET_DEPTHS, CifarResNet
 from .vgg import VGG, VGG_CONFIGS, VGGBlock
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Layer", "ModelSpec", "VGG", "VGGBlock", "VGG_CONFIGS",
-           "available_models", "build_model", "candidate_layers", "list_layers", "load_checkpoint",
-           "read_checkpoint", "save_checkpoint", "select_layers"]
+__all__ = ["CIFAR_RESNET_DEPTHS", "CifarResNet", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Layer", "ModelSpec", "VGG", "VGGBlock", "VGG_CONFIGS",
+           "Discovery", "available_models", "build_model", "candidate_layers", "describe", "discover", "list_layers", "load_checkpoint",
+           "read_checkpoint", "resolve_layers", "save_checkpoint", "select_layers", "smallest_input"]

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import FilterlensError, closest
+from .resnet_cifar import CIFAR_RESNET_DEPTHS, CifarResNet
 from .vgg import VGG, VGG_CONFIGS, _parse_vgg_cfg, _scaled
 
 
@@ -29,8 +30,8 @@ def _torchvision_names() -> list[str]:
 
 
 def available_models() -> list[str]:
-    return sorted(VGG_CONFIGS) + ["vgg", "vgg16_imagenet", "efficientnet_b0", "<any torchvision classification model>",
-                                  "timm:<name>"]
+    return sorted(VGG_CONFIGS) + ["vgg"] + sorted(CIFAR_RESNET_DEPTHS) + [
+        "resnet18_cifar", "vgg16_imagenet", "<any torchvision classification model>", "timm:<name>"]
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -81,6 +82,19 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
             cfg = VGG_CONFIGS[name]
         return VGG(_scaled(cfg, spec.width_mult), spec.num_labels, spec.in_channels, spec.image_size)
 
+    if name in CIFAR_RESNET_DEPTHS or name == "resnet18_cifar":
+        if weights:
+            raise FilterlensError(f"--weights '{weights}' is for torchvision/timm models; model '{name}' has no "
+                                  "pretrained weights (use --checkpoint for your own)")
+        if name == "resnet18_cifar":  # torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool
+            import torchvision
+
+            model = torchvision.models.resnet18(weights=None, num_classes=spec.num_labels)
+            model.conv1 = nn.Conv2d(spec.in_channels, 64, 3, 1, 1, bias=False)
+            model.maxpool = nn.Identity()
+            return model
+        return CifarResNet(CIFAR_RESNET_DEPTHS[name], spec.num_labels, spec.in_channels)
+
     if name.startswith("timm:"):
         try:
             import timm
@@ -89,9 +103,12 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
         tname = name[5:]
         if tname not in timm.list_models():
             raise FilterlensError(f"unknown timm model '{tname}'{closest(tname, timm.list_models())}")
+        kw = dict(pretrained=bool(weights), num_classes=spec.num_labels, in_chans=spec.in_channels)
         try:
-            return timm.create_model(tname, pretrained=bool(weights), num_classes=spec.num_labels,
-                                     in_chans=spec.in_channels)
+            try:  # transformers take the input size at construction; CNNs do not know the argument
+                return timm.create_model(tname, img_size=spec.image_size, **kw)
+            except TypeError:
+                return timm.create_model(tname, **kw)
         except Exception as exc:  # noqa: BLE001 - the hub's errors differ by version; offline is the usual one
             if not weights:
                 raise
@@ -128,7 +145,8 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
                                   f"{target}") from None
         _replace_head(model, spec.num_labels)
     else:
-        model = torchvision.models.get_model(tv_name, weights=None, num_classes=spec.num_labels)
+        extra = {"aux_logits": False, "init_weights": True} if tv_name in ("googlenet", "inception_v3") else {}
+        model = torchvision.models.get_model(tv_name, weights=None, num_classes=spec.num_labels, **extra)
     if spec.in_channels != 3:
         _replace_first_conv(model, spec.in_channels)
     return model

@@ -1,9 +1,12 @@
-"""Layer discovery: which modules are a model's layers, their output shapes, and selecting among them.
+"""Layers: the analysable modules of a model with their output shapes, and selecting among them.
 
-Layers are named by their ``named_modules()`` dotted path. For our VGGs each layer is one Conv-BN-ReLU block
-together with the max-pool that follows it (``features.0`` ...), for torchvision's VGG-BN the module whose
-output ends the block (the ReLU, or the pool right after it), for EfficientNet-B0 and other ``features``-style
-models the children of ``features`` (its stages), otherwise the top-level children whose output is a 4-D map.
+Layers are named by their ``named_modules()`` dotted path. :func:`list_layers` returns a model's
+*blocks* (its default layers, :mod:`.families` says which modules those are for each family) or
+its *stages*; every layer's shape is read from one forward pass on zeros, with the unit axis first:
+``(units, H, W)`` for a conv map (a channels-last output, N x H x W x C, is read as such, not
+guessed), so capture, probes, single-unit analysis and AFCC all see units the same way.
+:func:`resolve_layers` applies a selection (``all``, ``stages``, indices, ``last:N``, or any
+module's dotted path) and refuses anything unknown or out of range in one line.
 """
 from __future__ import annotations
 
@@ -13,16 +16,29 @@ import torch
 import torch.nn as nn
 
 from ..errors import FilterlensError, closest
+from .families import Discovery, discover
+
+UNIT_KINDS = ("filter", "head")
 
 
 @dataclass
 class Layer:
-    """One analysable layer: its module path, position, filters and output shape (C, H, W)."""
+    """One analysable layer: its module path, position, units and the shape the probes see (units first).
+
+    ``layout``: how the module gives its output: ``NCHW`` (a conv map), ``NHWC`` (channels-last, permuted
+    to units-first when captured). ``unit_kind``: ``filter`` for conv channels, ``head`` for attention heads.
+    """
 
     index: int
     name: str
-    filters: int
+    units: int
     shape: tuple[int, int, int]
+    unit_kind: str = "filter"
+    layout: str = "NCHW"
+
+    @property
+    def filters(self) -> int:  # the name before units beyond filters existed
+        return self.units
 
     @property
     def features(self) -> int:
@@ -37,66 +53,153 @@ class Layer:
 
 
 def candidate_layers(model: nn.Module) -> list[str]:
-    """Module paths whose outputs are the model's layers (before shapes are known)."""
-    if hasattr(model, "filterlens_layers"):
-        return list(model.filterlens_layers())
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        kids = list(features.named_children())
-        if any(isinstance(m, nn.Conv2d) for _, m in kids):  # flat VGG-style: conv, bn, relu, [pool]
-            names, i = [], 0
-            while i < len(kids):
-                if isinstance(kids[i][1], nn.Conv2d):
-                    j = i + 1
-                    while j < len(kids) and isinstance(kids[j][1], (nn.BatchNorm2d, nn.ReLU)):
-                        j += 1
-                    if j < len(kids) and isinstance(kids[j][1], nn.MaxPool2d):
-                        j += 1
-                    names.append(f"features.{kids[j - 1][0]}")
-                    i = j
-                else:
-                    i += 1
-            return names
-        return [f"features.{n}" for n, _ in kids]  # EfficientNet, MobileNet, ...: its stages
-    skip = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Dropout, nn.Identity, nn.GroupNorm,
-            nn.LayerNorm)
-    return [n for n, m in model.named_children() if not isinstance(m, skip)]
+    """Module paths of a model's blocks (before shapes are known)."""
+    return discover(model).blocks
 
 
-@torch.no_grad()
-def list_layers(model: nn.Module, input_size: tuple[int, int, int]) -> list[Layer]:
-    """The analysable layers with their output shapes for one input of ``input_size`` (C, H, W).
-
-    Runs one forward pass on zeros in eval mode (the caller's mode is restored).
-    """
-    names = candidate_layers(model)
+def _run_shapes(model: nn.Module, names: list[str], input_size) -> tuple[dict[str, tuple], dict[str, int], list[str]]:
+    """One forward pass on zeros (eval mode, the caller's mode restored, every hook removed): each module's
+    output shape (without the batch), how often it ran, and the order in which the modules first ran."""
     shapes: dict[str, tuple] = {}
+    calls: dict[str, int] = {}
+    order: list[str] = []
     handles = []
+
+    def hook(name):
+        def record(module, inputs, output):
+            calls[name] = calls.get(name, 0) + 1
+            if name not in shapes:
+                order.append(name)
+            shapes[name] = tuple(output.shape[1:]) if torch.is_tensor(output) else None
+        return record
+
+    was_training = {m: m.training for m in model.modules()}
     try:
         for n in names:
-            handles.append(model.get_submodule(n).register_forward_hook(
-                lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:]) if torch.is_tensor(o) else None)))
-        was_training = {m: m.training for m in model.modules()}
+            handles.append(model.get_submodule(n).register_forward_hook(hook(n)))
         model.eval()
-        try:
-            device = next(model.parameters()).device
+        device = next(model.parameters()).device
+        with torch.no_grad():
             model(torch.zeros(1, *input_size, device=device))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise FilterlensError(f"the model does not run on inputs of size {tuple(input_size)} ({first}); "
-                                  "choose a larger --image-size or a model for small images") from None
-        finally:
-            for m, flag in was_training.items():
-                m.training = flag
+    except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise _too_small(model, input_size, first) from None
     finally:
         for h in handles:
             h.remove()
-    layers = []
-    for n in names:
+        for m, flag in was_training.items():
+            m.training = flag
+    return shapes, calls, order
+
+
+SIZES = (8, 16, 24, 32, 48, 64, 75, 96, 112, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
+
+
+def smallest_input(model: nn.Module, input_size) -> int | None:
+    """The smallest square input, among :data:`SIZES` above the given one, on which ``model`` runs (None: none)."""
+    c, h, _ = input_size
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for s in (s for s in SIZES if s > h):
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(1, c, s, s, device=device))
+                return s
+            except (RuntimeError, ValueError, AssertionError, IndexError):
+                continue
+    finally:
+        for m, flag in was_training.items():
+            m.training = flag
+    return None
+
+
+def _too_small(model, input_size, why: str) -> FilterlensError:
+    size = tuple(input_size)
+    smallest = smallest_input(model, input_size)
+    hint = (f"the smallest size it runs on is {smallest}: add --image-size {smallest}" if smallest else
+            "no input size up to 512 works")
+    return FilterlensError(f"the model does not run on inputs of size {size} ({why}); {hint}")
+
+
+def _layer_of(index: int, name: str, shape, channels_last: bool) -> Layer | None:
+    if shape is None or len(shape) != 3:
+        return None
+    if channels_last:
+        h, w, c = (int(v) for v in shape)
+        return Layer(index, name, c, (c, h, w), layout="NHWC")
+    c, h, w = (int(v) for v in shape)
+    return Layer(index, name, c, (c, h, w))
+
+
+def _stage_ends(layers: list[Layer]) -> list[str]:
+    """Where a family has no stage containers: a stage ends where the spatial resolution next drops."""
+    out = []
+    for a, b in zip(layers, layers[1:]):
+        if b.shape[1:] != a.shape[1:]:
+            out.append(a.name)
+    return out + ([layers[-1].name] if layers else [])
+
+
+@torch.no_grad()
+def list_layers(model: nn.Module, input_size: tuple[int, int, int], which: str = "blocks",
+                extra: list[str] | None = None) -> list[Layer]:
+    """The analysable layers with their shapes for one input of ``input_size`` (C, H, W), in forward order.
+
+    ``which``: ``blocks`` (the default layers) or ``stages``. ``extra``: further module paths (a user's
+    dotted names), measured in the same pass and placed in forward order among the others (indices count
+    over the list returned). A module that runs more than once per forward, or gives no 4-D map, is not a
+    layer: a block like that is left out, a named one refused. The model's train/eval mode is restored.
+    """
+    found = discover(model)
+    extra = [n for n in (extra or []) if n not in found.blocks or which == "stages"]
+    modules = dict(model.named_modules())
+    for n in extra:
+        if n not in modules or n == "":
+            raise FilterlensError(f"unknown layer '{n}'{closest(n, found.blocks)}; valid layers: "
+                                  f"{', '.join(found.blocks[:20])}{', ...' if len(found.blocks) > 20 else ''}")
+    names = list(dict.fromkeys(list(found.blocks) + list(found.stages or []) + extra))
+    shapes, calls, order = _run_shapes(model, names, input_size)
+    for n in extra:
+        if calls.get(n, 0) == 0:
+            raise FilterlensError(f"module '{n}' does not run in the model's forward pass; name a module that does")
+        if calls[n] > 1:
+            raise FilterlensError(f"module '{n}' runs {calls[n]} times in one forward pass (a shared module); name "
+                                  "a module that runs once")
         s = shapes.get(n)
-        if s is not None and len(s) == 3:
-            layers.append(Layer(len(layers), n, int(s[0]), (int(s[0]), int(s[1]), int(s[2]))))
-    return layers
+        if s is None or len(s) != 3:
+            raise FilterlensError(f"module '{n}' gives an output of shape {s}; a layer must give a 4-D map "
+                                  "(N x C x H x W)")
+    layer = {n: _layer_of(0, n, shapes.get(n), n in found.channels_last) for n in names}
+    blocks = [layer[n] for n in order if n in found.blocks and layer[n] is not None and calls[n] == 1]
+    if which == "stages":
+        wanted = set(found.stages or _stage_ends(blocks))
+    elif which == "blocks":
+        wanted = {l.name for l in blocks}
+    else:
+        raise ValueError(f"which must be 'blocks' or 'stages', not {which!r}")
+    wanted |= set(extra)
+    chosen = [layer[n] for n in order if n in wanted and layer[n] is not None]
+    return [Layer(i, l.name, l.units, l.shape, l.unit_kind, l.layout) for i, l in enumerate(chosen)]
+
+
+def describe(model: nn.Module) -> Discovery:
+    """The family rule :func:`list_layers` applies to ``model`` (``fallback`` when none matched)."""
+    return discover(model)
+
+
+def resolve_layers(model: nn.Module, input_size: tuple[int, int, int], spec) -> list[Layer]:
+    """The layers a selection names: ``all`` (every block), ``stages``, indices and ``last:N`` over the blocks,
+    or dotted module paths (a block, or any module that gives a 4-D map, measured in the same pass)."""
+    text = ",".join(map(str, spec)) if isinstance(spec, (list, tuple)) else str(spec if spec is not None else "all")
+    if text.strip() == "stages":
+        return list_layers(model, input_size, "stages")
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    modules = dict(model.named_modules())
+    blocks = set(discover(model).blocks)
+    extra = [t for t in items if t in modules and t not in blocks and t != ""]
+    return select_layers(list_layers(model, input_size, "blocks", extra), spec)
 
 
 def select_layers(layers: list[Layer], spec) -> list[Layer]:
@@ -105,6 +208,8 @@ def select_layers(layers: list[Layer], spec) -> list[Layer]:
     Anything unknown or out of range is an error that lists the valid layers.
     """
     valid = ", ".join(f"{l.index}:{l.name}" for l in layers)
+    if len(valid) > 300:
+        valid = valid[:300] + ", ... (filterlens layers --model M lists them)"
     if spec is None or spec == "all":
         return list(layers)
     items = spec if isinstance(spec, (list, tuple)) else [t.strip() for t in str(spec).split(",") if t.strip()]

@@ -1,0 +1,485 @@
+"""Hostile input, table-driven, through the real command line (``python -m filterlens`` in a subprocess).
+
+Every row of ``CASES`` is one command of one subcommand (train, analyze, layers, sweep, run, report,
+afcc, demo) given a bad number, a bad name, a bad file or a damaged run directory. For every row:
+
+- the exit status is the expected one (2 for a user error; 0 where the right answer is to recompute);
+- a refusal is exactly ONE line on stderr starting ``filterlens: error:`` that names the bad value
+  (or the setting, where the value is printed in another form, e.g. 1e308 -> 1e+308);
+- no ``Traceback`` anywhere in stdout or stderr;
+- a refused command changes no file: every file of the case's folder (the run directory copied into
+  it, the TOML, the dataset files) has the same sha256 before and after.
+
+A row failing here means the product misbehaves on that input: keep its expectation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from conftest import assert_user_error, cifar_row, copy_run, idx_bytes, make_idx_arrays, run_cli
+
+TOML = """
+[data]
+dataset = "digits"
+[model]
+model = "vgg_tiny"
+[train]
+epochs = 2
+seed = 0
+[probes]
+probe_epochs = 2
+[afcc]
+afcc = false
+"""
+
+TIMEOUT = 120  # seconds per command: every command here is refused early or is tiny
+
+
+def tree(d: Path) -> dict[str, str]:
+    """Every file under ``d`` (relative path -> sha256 of its bytes)."""
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------ module fixture
+
+@pytest.fixture(scope="module")
+def analysed_run(tmp_path_factory) -> Path:
+    """A finished ``filterlens run`` of TOML: vgg_tiny on digits, 2 training epochs, 2 probe epochs, stages
+    train, probes, sfp and report (no AFCC). Read-only: every case works on a copy."""
+    base = tmp_path_factory.mktemp("hostile-analysed")
+    (base / "tiny.toml").write_text(TOML)
+    rc, out, err = run_cli("run", base / "tiny.toml", "--run-dir", base / "run", "--no-progress", cwd=base)
+    assert rc == 0, f"making the analysed run failed:\n{out}\n{err}"
+    return base / "run"
+
+
+# ------------------------------------------------------------------------------ setup helpers
+# A setup is called with the case's folder (``ws``); the run directory, when the case has one, is ws/"run".
+
+Setup = Callable[[Path], None]
+
+
+def chain(*steps: Setup) -> Setup:
+    def run(ws: Path) -> None:
+        for s in steps:
+            s(ws)
+    return run
+
+
+def write(rel: str, data: bytes | str) -> Setup:
+    def run(ws: Path) -> None:
+        p = ws / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, str):
+            p.write_text(data, encoding="utf-8")
+        else:
+            p.write_bytes(data)
+    return run
+
+
+def delete(rel: str) -> Setup:
+    def run(ws: Path) -> None:
+        (ws / rel).unlink()
+    return run
+
+
+def truncate(rel: str, keep: float = 0.5) -> Setup:
+    def run(ws: Path) -> None:
+        p = ws / rel
+        data = p.read_bytes()
+        p.write_bytes(data[: int(len(data) * keep)])
+    return run
+
+
+def mkdir(rel: str) -> Setup:
+    def run(ws: Path) -> None:
+        (ws / rel).mkdir(parents=True, exist_ok=True)
+    return run
+
+
+GARBAGE = bytes(np.random.default_rng(7).integers(0, 256, 3000, dtype=np.uint8))  # not UTF-8, not a pickle
+NOT_UTF8 = 'dataset = "digits"\nlabels = "caf\xe9"\n'.encode("latin-1")
+
+
+def other_state_dict(rel: str) -> Setup:
+    """A plain state_dict of another architecture (a 2-layer MLP)."""
+    def run(ws: Path) -> None:
+        import torch
+
+        torch.save({"0.weight": torch.zeros(32, 64), "0.bias": torch.zeros(32), "2.weight": torch.zeros(10, 32),
+                    "2.bias": torch.zeros(10)}, ws / rel)
+    return run
+
+
+# CIFAR-10 in the real layout (see conftest): 5 train batches of 10 images, a test batch of 20, meta.
+
+def _pickle(path: Path, obj) -> None:
+    with open(path, "wb") as fh:
+        pickle.dump(obj, fh, protocol=2)
+
+
+def cifar(damage: Callable[[Path], None] | None = None) -> Setup:
+    def run(ws: Path) -> None:
+        rng = np.random.default_rng(3)
+        base = ws / "cifar" / "cifar-10-batches-py"
+        base.mkdir(parents=True)
+        for name, n in [(f"data_batch_{b}", 10) for b in range(1, 6)] + [("test_batch", 20)]:
+            labels = [int(v) for v in np.resize(rng.permutation(10), n)]
+            imgs = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+            _pickle(base / name, {b"batch_label": name.encode(), b"labels": labels,
+                                  b"data": np.stack([cifar_row(im) for im in imgs]),
+                                  b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]})
+        _pickle(base / "batches.meta", {b"num_cases_per_batch": 10, b"num_vis": 3072,
+                                        b"label_names": [f"label{i}".encode() for i in range(10)]})
+        if damage:
+            damage(base)
+    return run
+
+
+def _drop_data_key(base: Path) -> None:
+    with open(base / "data_batch_3", "rb") as fh:
+        d = pickle.load(fh)
+    del d[b"data"]
+    _pickle(base / "data_batch_3", d)
+
+
+def _truncate_pickle(base: Path) -> None:
+    p = base / "data_batch_2"
+    p.write_bytes(p.read_bytes()[:1500])
+
+
+def _non_dict_pickle(base: Path) -> None:
+    _pickle(base / "test_batch", [1, 2, 3])
+
+
+def _wrong_row_length(base: Path) -> None:
+    with open(base / "data_batch_4", "rb") as fh:
+        d = pickle.load(fh)
+    d[b"data"] = d[b"data"][:, :1000]
+    _pickle(base / "data_batch_4", d)
+
+
+def idx(damage: Callable[[Path], None]) -> Setup:
+    def run(ws: Path) -> None:
+        folder = ws / "fm"
+        folder.mkdir()
+        for stem, arr in make_idx_arrays().items():
+            (folder / stem).write_bytes(idx_bytes(arr))
+        damage(folder)
+    return run
+
+
+def _cut_idx(folder: Path) -> None:
+    p = folder / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:5000])  # the header says 30 images of 28x28
+
+
+def _idx_count_mismatch(folder: Path) -> None:
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(7, dtype=np.uint8)))  # 20 images, 7 labels
+
+
+def imagefolder(bad_name: str, bad_bytes: Callable[[], bytes]) -> Setup:
+    """train/ and val/ with 3 classes of small PNGs, plus one bad file in train/apple."""
+    def run(ws: Path) -> None:
+        from PIL import Image
+
+        root = ws / "folders"
+        for split, count in (("train", 3), ("val", 2)):
+            for cls, colour in (("apple", (10, 240, 20)), ("mango", (30, 40, 230)), ("zebra", (250, 10, 10))):
+                d = root / split / cls
+                d.mkdir(parents=True)
+                for i in range(count):
+                    Image.new("RGB", (20 + i, 18 + i), colour).save(d / f"{cls}_{i}.png")
+        (root / "train" / "apple" / bad_name).write_bytes(bad_bytes())
+    return run
+
+
+def _truncated_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    return data[: len(data) // 3]
+
+
+# ------------------------------------------------------------------------------ the table
+
+@dataclass
+class Case:
+    id: str
+    argv: list           # "{ws}" is the case's folder, "{run}" its run directory, "{toml}" a valid TOML
+    needles: tuple = ()  # substrings of the error line
+    setup: Setup | None = None
+    base: str | None = None  # None (no run yet), "trained" (tiny_run) or "analysed" (analysed_run), copied to {run}
+    rc: int = 2
+    same_tree: bool = True   # a refusal changes no file of the case's folder
+    timeout: float = TIMEOUT
+
+
+RUN = "{run}"
+# train a fresh run: the bad flag comes last and overrides these
+TR = ["train", "--run-dir", RUN, "--no-progress", "--dataset", "digits", "--model", "vgg_tiny", "--epochs", "1"]
+AN = ["analyze", "--run-dir", RUN, "--no-progress", "--probe-epochs", "1"]
+AF = ["afcc", "--run-dir", RUN, "--no-progress"]
+SW = ["sweep", "--run-dir", RUN, "--no-progress", "--dataset", "digits", "--model", "vgg_tiny", "--epochs", "1",
+      "--num-labels", "3", "--subsets", "1", "--probe-epochs", "1"]
+RU = ["run", "{toml}", "--run-dir", RUN, "--no-progress"]
+LA = ["layers", "--model", "vgg_tiny", "--dataset", "digits"]
+
+
+def T(id, *flags, needles=(), **kw):
+    return Case(f"train-{id}", TR + list(flags), tuple(needles), **kw)
+
+
+def A(id, *flags, needles=(), base="analysed", **kw):
+    return Case(f"analyze-{id}", AN + list(flags), tuple(needles), base=base, **kw)
+
+
+def F(id, *flags, needles=(), base="analysed", **kw):
+    return Case(f"afcc-{id}", AF + list(flags), tuple(needles), base=base, **kw)
+
+
+def S(id, *flags, needles=(), **kw):
+    return Case(f"sweep-{id}", SW + list(flags), tuple(needles), **kw)
+
+
+def R(id, *flags, needles=(), **kw):
+    return Case(f"run-{id}", RU + list(flags), tuple(needles), **kw)
+
+
+def L(id, *flags, needles=(), **kw):
+    return Case(f"layers-{id}", LA + list(flags), tuple(needles), **kw)
+
+
+CASES = [
+    # ================================================================ bad numbers: train
+    T("epochs-nan", "--epochs", "nan", needles=["--epochs", "nan"]),
+    T("epochs-1e9", "--epochs", "1e9", needles=["--epochs", "1e9"]),
+    T("epochs-negative", "--epochs", "-1", needles=["epochs", "-1"]),
+    T("epochs-text", "--epochs", "ten", needles=["--epochs", "ten"]),
+    T("batch-size-0", "--batch-size", "0", needles=["batch_size", "0"]),
+    T("lr-nan", "--lr", "nan", needles=["lr", "nan"]),
+    T("lr-minus-inf", "--lr=-inf", needles=["lr", "-inf"]),
+    T("lr-1e400", "--lr", "1e400", needles=["lr"]),
+    T("lr-text", "--lr", "fast", needles=["--lr", "fast"]),
+    T("momentum-1", "--momentum", "1", needles=["momentum", "1"]),
+    T("gamma-0", "--schedule", "step", "--gamma", "0", needles=["gamma", "0"]),
+    T("step-epochs-1e9", "--schedule", "step", "--step-epochs", "1e9", needles=["--step-epochs", "1e9"]),
+    T("seed-negative", "--seed", "-1", needles=["seed", "-1"]),
+    T("image-size-100000", "--image-size", "100000", needles=["image_size", "100000"]),
+    T("width-mult-1e6", "--width-mult", "1e6", needles=["width_mult"]),
+    T("num-workers-negative", "--num-workers", "-1", needles=["num_workers", "-1"]),
+    T("num-workers-1000", "--num-workers", "1000", needles=["num_workers", "1000"]),
+    T("test-samples-text", "--test-samples", "10k", needles=["--test-samples", "10k"]),
+    # ================================================================ bad numbers: analyze
+    A("probe-lr-1e308", "--probe-lr", "1e308", needles=["probe_lr"]),
+    A("probe-epochs-text", "--probe-epochs", "two", needles=["--probe-epochs", "two"]),
+    A("cache-budget-nan", "--cache-budget", "nan", needles=["nan"]),
+    A("cache-budget-inf", "--cache-budget", "inf", needles=["inf"]),
+    A("cache-budget-1e400", "--cache-budget", "1e400", needles=["1e400"]),
+    A("cache-budget-0", "--cache-budget", "0", needles=["cache budget", "'0'"]),
+    A("cache-budget-negative", "--cache-budget=-5", needles=["-5"]),
+    A("cache-budget-12Q", "--cache-budget", "12Q", needles=["12Q"]),
+    A("cache-budget-empty", "--cache-budget", "", needles=["cache budget", "''"]),
+    A("threshold-0", "--threshold", "0", needles=["threshold", "0"]),
+    A("threshold-1", "--threshold", "1", needles=["threshold", "1"]),
+    A("threshold-1.5", "--threshold", "1.5", needles=["threshold", "1.5"]),
+    A("threshold-nan", "--threshold", "nan", needles=["threshold", "nan"]),
+    A("bootstrap-negative", "--bootstrap", "-1", needles=["bootstrap", "-1"]),
+    # ================================================================ bad numbers: afcc
+    F("retrain-epochs-negative", "--retrain-epochs", "-1", needles=["retrain_epochs", "-1"]),
+    F("retrain-epochs-1e9", "--retrain-epochs", "1e9", needles=["--retrain-epochs", "1e9"]),
+    F("retrain-lr-0", "--retrain-lr", "0", needles=["retrain_lr", "0"]),
+    F("random-draws-0", "--random-draws", "0", needles=["random_draws", "0"]),
+    # ================================================================ bad numbers: sweep, run, layers
+    S("subsets-0", "--subsets", "0", needles=["subsets", "0"]),
+    S("jobs-0", "--jobs", "0", needles=["jobs", "0"]),
+    S("epochs-nan", "--epochs", "nan", needles=["--epochs", "nan"]),
+    S("num-labels-too-many", "--num-labels", "3,50", needles=["50"]),
+    L("width-mult-1e6", "--width-mult", "1e6", needles=["width_mult"]),
+    L("image-size-100000", "--image-size", "100000", needles=["image_size", "100000"]),
+    L("image-size-text", "--image-size", "big", needles=["--image-size", "big"]),
+    # ================================================================ bad names
+    T("dataset-unknown", "--dataset", "svhn", needles=["svhn"]),
+    T("model-unknown", "--model", "resnet9000", needles=["resnet9000"]),
+    T("labels-first-0", "--labels", "first:0", needles=["first:0"]),
+    T("labels-first-1000", "--labels", "first:1000", needles=["first:1000"]),
+    T("labels-random-x", "--labels", "random:x", needles=["random:x"]),
+    T("labels-duplicate", "--labels", "3,5,3", needles=["3,5,3"]),
+    T("device-gpu", "--device", "gpu", needles=["gpu"]),
+    T("device-cuda-x", "--device", "cuda:x", needles=["cuda:x"]),
+    T("schedule-unknown", "--schedule", "linear", needles=["linear"]),
+    L("model-unknown", "--model", "nosuchnet", needles=["nosuchnet"]),
+    L("vgg-cfg-text", "--model", "vgg", "--vgg-cfg", "16,x,M", needles=["x"]),
+    A("layers-last-0", "--layers", "last:0", needles=["last:0"]),
+    A("layers-99", "--layers", "99", needles=["99"]),
+    A("layers-minus-99", "--layers=-99", needles=["-99"]),
+    A("layers-unknown-name", "--layers", "features.42", needles=["features.42"]),
+    A("heatmaps-no-colon", "--heatmaps", "features.1", needles=["features.1"]),
+    A("heatmaps-unknown-layer", "--heatmaps", "conv9:0", needles=["conv9"]),
+    A("heatmaps-unit-out-of-range", "--heatmaps", "features.1:16", needles=["features.1:16"]),
+    A("probe-pool-0x4", "--probe-pool", "0x4", needles=["0x4"]),
+    A("probe-pool-max-0", "--probe-pool", "max:0", needles=["max:0"]),
+    A("probe-pool-abc", "--probe-pool", "abc", needles=["abc"]),
+    A("probe-mode-unknown", "--probe-mode", "slow", needles=["slow"]),
+    A("normalise-unknown", "--normalise", "l7", needles=["l7"]),
+    F("layers-last-0", "--layers", "last:0", needles=["last:0"]),
+    R("from-nosuch", "--from", "nosuch", needles=["nosuch"]),
+    S("shard-3-of-2", "--shard", "3/2", needles=["3/2"]),
+    S("sweep-layers-unknown", "--sweep-layers", "features.9", needles=["features.9"]),
+    # ================================================================ bad TOML configs
+    Case("run-config-binary", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("bad.toml",),
+         setup=write("bad.toml", GARBAGE)),
+    Case("run-config-not-utf8", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("bad.toml", "UTF-8"),
+         setup=write("bad.toml", NOT_UTF8)),
+    Case("run-config-directory", ["run", "{ws}/conf.d", "--run-dir", RUN, "--no-progress"], ("conf.d", "directory"),
+         setup=mkdir("conf.d")),
+    Case("run-config-missing", ["run", "{ws}/missing.toml", "--run-dir", RUN, "--no-progress"], ("missing.toml",)),
+    Case("run-config-empty-path", ["run", "", "--run-dir", RUN, "--no-progress", "--epochs", "1", "--probe-epochs", "1",
+                                   "--no-afcc"], ("''", "empty")),
+    Case("run-config-invalid-toml", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("bad.toml", "TOML"),
+         setup=write("bad.toml", "[train]\nepochs = = 2\n")),
+    Case("run-config-unknown-key", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("epochz",),
+         setup=write("bad.toml", TOML + "epochz = 3\n")),
+    Case("run-config-string-epochs", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("epochs", "two"),
+         setup=write("bad.toml", '[data]\ndataset = "digits"\n[train]\nepochs = "two"\n')),
+    Case("run-config-float-epochs", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("epochs", "2.5"),
+         setup=write("bad.toml", '[train]\nepochs = 2.5\n')),
+    Case("run-config-nan-lr", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("lr", "nan"),
+         setup=write("bad.toml", '[train]\nlr = nan\n')),
+    Case("run-config-unknown-table", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("trainn",),
+         setup=write("bad.toml", '[trainn]\nepochs = 2\n')),
+    Case("train-config-wrong-type", TR + ["--config", "{ws}/bad.toml"], ("batch_size", "many"),
+         setup=write("bad.toml", '[train]\nbatch_size = "many"\n')),
+    Case("train-config-directory", TR + ["--config", "{ws}"], ("directory",)),
+    Case("analyze-config-unknown-key", AN + ["--config", "{ws}/bad.toml"], ("probe_epochz",), base="analysed",
+         setup=write("bad.toml", '[probes]\nprobe_epochz = 2\n')),
+    Case("analyze-config-wrong-type", AN[:-2] + ["--config", "{ws}/bad.toml"], ("probe_epochs", "two"),
+         base="analysed", setup=write("bad.toml", '[probes]\nprobe_epochs = "two"\n')),
+    Case("sweep-config-invalid-toml", SW + ["--config", "{ws}/bad.toml"], ("bad.toml",),
+         setup=write("bad.toml", "subsets = [\n")),
+    # ================================================================ bad run-directory paths
+    Case("train-run-dir-under-file", TR[:2] + ["{ws}/afile/run"] + TR[3:], ("afile",), setup=write("afile", "precious")),
+    Case("train-run-dir-is-file", TR[:2] + ["{ws}/afile"] + TR[3:], ("afile",), setup=write("afile", "precious")),
+    Case("train-run-dir-in-proc", TR[:2] + ["/proc/filterlens-hostile"] + TR[3:], ("/proc/filterlens-hostile",)),
+    Case("train-run-dir-empty", TR[:2] + [""] + TR[3:], ("''", "empty")),
+    Case("analyze-run-dir-missing", ["analyze", "--run-dir", "{ws}/nosuch", "--no-progress"], ("nosuch",)),
+    Case("afcc-run-dir-in-proc", ["afcc", "--run-dir", "/proc/self", "--no-progress"], ("/proc/self",)),
+    Case("report-run-dir-missing", ["report", "{ws}/nosuch"], ("nosuch",)),
+    Case("demo-run-dir-empty", ["demo", "--run-dir", "", "--no-progress"], ("''", "empty")),
+    Case("demo-run-dir-under-file", ["demo", "--run-dir", "{ws}/afile/demo", "--no-progress"], ("afile",),
+         setup=write("afile", "precious")),
+    Case("demo-run-dir-in-proc", ["demo", "--run-dir", "/proc/filterlens-demo", "--no-progress"],
+         ("/proc/filterlens-demo",)),
+    Case("demo-over-another-run", ["demo", "--run-dir", RUN, "--no-progress"], ("--overwrite",), base="analysed"),
+    # ================================================================ bad checkpoints
+    T("checkpoint-missing", "--checkpoint", "{ws}/absent.pt", needles=["absent.pt"]),
+    T("checkpoint-garbage", "--checkpoint", "{ws}/junk.pt", needles=["junk.pt"], setup=write("junk.pt", GARBAGE)),
+    T("checkpoint-other-architecture", "--checkpoint", "{ws}/mlp.pt", needles=["mlp.pt"],
+      setup=other_state_dict("mlp.pt")),
+    # ================================================================ bad dataset files
+    T("cifar-missing-data-key", "--dataset", "cifar10", "--data-dir", "{ws}/cifar", needles=["data_batch_3", "data"],
+      setup=cifar(_drop_data_key)),
+    T("cifar-truncated-pickle", "--dataset", "cifar10", "--data-dir", "{ws}/cifar", needles=["data_batch_2"],
+      setup=cifar(_truncate_pickle)),
+    T("cifar-non-dict-pickle", "--dataset", "cifar10", "--data-dir", "{ws}/cifar", needles=["test_batch"],
+      setup=cifar(_non_dict_pickle)),
+    T("cifar-wrong-row-length", "--dataset", "cifar10", "--data-dir", "{ws}/cifar", needles=["data_batch_4"],
+      setup=cifar(_wrong_row_length)),
+    T("idx-cut-short", "--dataset", "fashion-mnist", "--data-dir", "{ws}/fm", needles=["train-images-idx3-ubyte"],
+      setup=idx(_cut_idx)),
+    T("idx-count-mismatch", "--dataset", "fashion-mnist", "--data-dir", "{ws}/fm", needles=["test", "7 labels"],
+      setup=idx(_idx_count_mismatch)),
+    # read lazily: may only be detected while training; then one line, exit 2, but files may have been written
+    T("imagefolder-truncated-jpeg", "--dataset", "imagefolder", "--data-dir", "{ws}/folders", "--image-size", "16",
+      needles=["broken.jpg"], setup=imagefolder("broken.jpg", _truncated_jpeg), same_tree=False),
+    T("imagefolder-text-as-jpeg", "--dataset", "imagefolder", "--data-dir", "{ws}/folders", "--image-size", "16",
+      needles=["notes.jpg"], setup=imagefolder("notes.jpg", lambda: b"these are my notes, not a picture\n" * 20),
+      same_tree=False),
+    # ================================================================ damaged run directories
+    A("stages-empty-list", needles=["stages.json"], setup=write("run/stages.json", "[]")),
+    A("stages-garbage", needles=["stages.json"], setup=write("run/stages.json", GARBAGE)),
+    F("stages-empty-list", needles=["stages.json"], setup=write("run/stages.json", "[]")),
+    F("stages-garbage", needles=["stages.json"], setup=write("run/stages.json", GARBAGE)),
+    Case("report-stages-empty-list", ["report", RUN], ("stages.json",), base="analysed",
+         setup=write("run/stages.json", "[]")),
+    Case("report-stages-train-is-number", ["report", RUN], ("stages.json",), base="analysed",
+         setup=write("run/stages.json", '{"train": 5}')),
+    Case("report-results-truncated", ["report", RUN], ("results.json",), base="analysed",
+         setup=truncate("run/results.json")),
+    Case("report-results-garbage", ["report", RUN], ("results.json",), base="analysed",
+         setup=write("run/results.json", GARBAGE)),
+    Case("report-results-list", ["report", RUN], ("results.json",), base="analysed",
+         setup=write("run/results.json", "[]")),
+    Case("report-results-version-7", ["report", RUN], ("results.json",), base="analysed",
+         setup=write("run/results.json", '{"version": 7}')),
+    Case("report-no-results", ["report", RUN], ("results.json",), base="trained"),
+    F("results-truncated", needles=["results.json"], setup=truncate("run/results.json")),
+    A("config-garbage", needles=["config.json"], setup=write("run/config.json", GARBAGE)),
+    A("config-list", needles=["config.json"], setup=write("run/config.json", "[]")),
+    A("model-truncated", needles=["model.pt"], setup=truncate("run/model.pt")),
+    A("model-missing", needles=["model.pt"], setup=delete("run/model.pt")),
+    F("probes-deleted", needles=["probes.pt"], setup=delete("run/probes.pt")),
+    F("never-analysed", needles=["analyze"], base="trained"),
+    Case("run-over-garbage-config-json", RU, ("config.json",), base="analysed",
+         setup=write("run/config.json", GARBAGE)),
+    # the right answer here is to recompute (exit 0); few rows, they train again
+    R("stages-empty-list-recomputes", base="analysed", setup=write("run/stages.json", "[]"), rc=0),
+    R("stages-garbage-recomputes", base="analysed", setup=write("run/stages.json", GARBAGE), rc=0),
+]
+
+
+def test_the_table_is_big_and_ids_are_unique():
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
+    assert len(CASES) >= 85
+    assert {c.argv[0] for c in CASES} == {"train", "analyze", "layers", "sweep", "run", "report", "afcc", "demo"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile(case: Case, request, tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "tiny.toml").write_text(TOML)
+    run = ws / "run"
+    if case.base == "trained":
+        copy_run(request.getfixturevalue("tiny_run"), run)
+    elif case.base == "analysed":
+        copy_run(request.getfixturevalue("analysed_run"), run)
+    if case.setup:
+        case.setup(ws)
+    argv = [a.format(ws=ws, run=run, toml=ws / "tiny.toml") for a in case.argv]
+    before = tree(ws)
+    try:
+        rc, out, err = run_cli(*argv, cwd=ws, timeout=case.timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`filterlens {' '.join(argv)}` still running after {case.timeout} s (a refusal is expected)")
+    assert "Traceback" not in out + err, f"traceback in output:\n{out}\n{err}"
+    if case.rc == 0:
+        assert rc == 0, f"exit status {rc}, expected 0\nstdout:\n{out[-3000:]}\nstderr:\n{err}"
+        stages = json.loads((run / "stages.json").read_text())
+        assert isinstance(stages, dict) and "sfp" in stages, stages
+        return
+    if case.rc == 2:
+        assert_user_error(rc, out, err, *case.needles)
+    else:
+        assert rc == case.rc, f"exit status {rc}, expected {case.rc}\n{out}\n{err}"
+    if case.same_tree:
+        after = tree(ws)
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        assert after == before, f"a refused command changed files: {changed}"
+    assert not os.path.exists("/proc/filterlens-hostile")
