@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	# torch/torchvision first, on their own: pip resolves them from the local
 	# wheel cache here (capped at torch 2.14.1 / torchvision 0.29.1).
 	$(PY) -m pip install --quiet "torch>=2.1" "torchvision>=0.16"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[timm,test]"
 	touch $(STAMP)
 
 demo: setup

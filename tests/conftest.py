@@ -262,3 +262,51 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------ random models, synthetic data
+
+SIZE, LABELS = 32, 10
+
+
+def synthetic_data(n_train=120, n_test=60, seed=0, size=SIZE, channels=3):
+    """Random images with labels 0..9 in the in-memory format (a few hundred samples, every label in both splits)."""
+    import torch
+
+    from filterlens.data import DATASETS, ArraySplit, Data
+
+    g = torch.Generator().manual_seed(seed)
+    spec = DATASETS["cifar10"]
+
+    def split(n):
+        x = torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
+        return ArraySplit(x, torch.arange(n) % LABELS, spec.mean[:channels], spec.std[:channels])
+
+    return Data("synthetic", split(n_train), split(n_test), [str(i) for i in range(LABELS)], list(range(LABELS)),
+                spec, size)
+
+
+def brute_force_matrices(model, layer, W, data):
+    """Every unit's matrix by brute-force silencing: zero every FC weight but unit c's, run the FC on the test
+    set's captured units, average by label. Returns (the captured units (N, U, A, B), matrices (U, L, L))."""
+    import torch
+
+    from filterlens.capture import Capture
+
+    with Capture(model, [layer]) as cap:
+        feats, ys = [], []
+        for start in range(0, len(data.test), 50):
+            idx = torch.arange(start, min(start + 50, len(data.test)))
+            x = data.test.resize(data.test.normalise(data.test.images[idx]))
+            feats.append(cap.forward(x)[layer.name].double())
+            ys.append(data.test.labels[idx])
+    A, y = torch.cat(feats), torch.cat(ys)
+    L, C = W.shape[0], W.shape[1]
+    brute = np.zeros((C, L, L))
+    for c in range(C):
+        silenced = torch.zeros_like(W)
+        silenced[:, c] = W[:, c]
+        logits = A.flatten(1) @ silenced.flatten(1).T  # the FC with every weight but unit c's zeroed
+        for i in range(L):
+            brute[c, i] = logits[y == i].mean(0).numpy()
+    return A, brute

@@ -94,11 +94,11 @@ def test_cli_layers_csv(cli_run):
     expected = _expected_layers()
     assert [l.name for l in expected] == ["features.0", "features.1"]  # sanity of the reference
     cols, rows = _read_csv(run / "layers.csv")
-    for c in ["layer", "filters", "features", "accuracy", *SFP_COLUMNS]:
+    for c in ["layer", "unit_kind", "units", "features", "accuracy", *SFP_COLUMNS]:
         assert c in cols, c
     assert [r["layer"] for r in rows] == [l.name for l in expected]
     for r, l in zip(rows, expected):
-        assert int(r["filters"]) == l.filters
+        assert int(r["units"]) == l.filters and r["unit_kind"] == "filter"
         assert int(r["features"]) == l.features == int(np.prod(l.shape))
         acc = float(r["accuracy"])
         assert 0.5 < acc <= 1.0  # chance is 0.1
@@ -111,11 +111,11 @@ def test_cli_filters_csv_consistent_with_layers_csv(cli_run):
     run, _, _ = cli_run
     _, layers = _read_csv(run / "layers.csv")
     cols, filters = _read_csv(run / "filters.csv")
-    assert "num_clusters" in cols and "filter" in cols and "layer" in cols
-    assert len(filters) == sum(int(r["filters"]) for r in layers) == 8 + 16
+    assert "num_clusters" in cols and "unit" in cols and "unit_kind" in cols and "layer" in cols
+    assert len(filters) == sum(int(r["units"]) for r in layers) == 8 + 16
     for r in layers:
         mine = [f for f in filters if f["layer"] == r["layer"]]
-        assert [int(f["filter"]) for f in mine] == list(range(int(r["filters"])))
+        assert [int(f["unit"]) for f in mine] == list(range(int(r["units"])))
         k = np.array([int(f["num_clusters"]) for f in mine])
         assert _same(k.mean(), _num(r["clusters_per_filter_all"]))
         assert _same((k == 0).mean(), _num(r["filters_without_cluster"]))
@@ -249,7 +249,7 @@ def test_python_api_analyze_and_save(cli_run, tmp_path):
     assert len(rows) == len(result.layers)
     for mem, disk in zip(result.layers, rows):
         assert disk["layer"] == mem["layer"]
-        for c in ["filters", "features", "accuracy", *SFP_COLUMNS]:
+        for c in ["units", "features", "accuracy", *SFP_COLUMNS]:
             assert _same(_num(disk[c]), mem[c]), (c, disk[c], mem[c])
     # the SFP columns recomputed with the public API from the saved arrays
     probes = torch.load(out / "probes.pt", map_location="cpu", weights_only=True)

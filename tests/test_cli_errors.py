@@ -301,6 +301,7 @@ def test_layers_vgg16_cifar100_prints_13_layers(run_cli):
     assert len(rows) == 13, out
     assert [int(r[0]) for r in rows] == list(range(13))
     assert [int(r[2]) for r in rows] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
-    sizes = [int(r[5]) for r in rows]  # "C x H x W"
+    assert all(r[3] == "filter" for r in rows)
+    sizes = [int(r[6]) for r in rows]  # "C x H x W" after the index, name, units and kind
     assert sizes == [32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2, 1]
     assert "100 labels" in out and "13 layers" in out

@@ -17,31 +17,16 @@ import torch.nn as nn
 
 from filterlens import afcc
 from filterlens.analyze import analyze
-from filterlens.capture import Capture
 from filterlens.config import Config
-from filterlens.data import DATASETS, ArraySplit, Data
 from filterlens.errors import FilterlensError
 from filterlens.models import ModelSpec, build_model, list_layers
+
+from conftest import LABELS, SIZE, brute_force_matrices, synthetic_data
 
 TORCHVISION = ["vgg16", "resnet18", "resnet50", "resnet20", "wide_resnet50_2", "resnext50_32x4d", "densenet121",
                "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s", "regnet_y_400mf",
                "shufflenet_v2_x1_0", "squeezenet1_0", "convnext_tiny", "swin_t", "googlenet"]
 TIMM = ["timm:resnet18", "timm:convnext_atto", "timm:efficientnet_b0"]
-SIZE, LABELS = 32, 10
-
-
-def _synthetic(n_train=120, n_test=60, seed=0) -> Data:
-    """Random RGB 32x32 images with labels 0..9 in the in-memory format (a few hundred samples)."""
-    g = torch.Generator().manual_seed(seed)
-    spec = DATASETS["cifar10"]
-
-    def split(n):
-        x = torch.randint(0, 256, (n, 3, SIZE, SIZE), generator=g, dtype=torch.uint8)
-        y = torch.arange(n) % LABELS
-        return ArraySplit(x, y, spec.mean, spec.std)
-
-    return Data("synthetic", split(n_train), split(n_test), [str(i) for i in range(LABELS)],
-                list(range(LABELS)), spec, SIZE)
 
 
 def _preceding_conv(model: nn.Module, name: str) -> nn.Conv2d:
@@ -100,7 +85,7 @@ def own_channels(model: nn.Module, name: str) -> int:
 
 @pytest.fixture(scope="module")
 def data():
-    return _synthetic()
+    return synthetic_data()
 
 
 @pytest.mark.parametrize("name", TORCHVISION + TIMM)
@@ -125,25 +110,10 @@ def test_family_end_to_end(name, data):
     # the deepest block: unit matrices against brute-force silencing
     deepest = result.probes.layers[-1]
     W = deepest.weight.double()  # (L, C, H, W)
-    with Capture(model, [layers[-1]]) as cap:
-        feats, ys = [], []
-        for start in range(0, len(data.test), 50):
-            idx = torch.arange(start, min(start + 50, len(data.test)))
-            x = data.test.resize(data.test.normalise(data.test.images[idx]))
-            feats.append(cap.forward(x)[layers[-1].name].double())
-            ys.append(data.test.labels[idx])
-    A, y = torch.cat(feats), torch.cat(ys)
     C = W.shape[1]
-    brute = np.zeros((C, LABELS, LABELS))
-    for c in range(C):
-        silenced = torch.zeros_like(W)
-        silenced[:, c] = W[:, c]
-        logits = A.flatten(1) @ silenced.flatten(1).T  # the FC with every weight but unit c's zeroed
-        for i in range(LABELS):
-            brute[c, i] = logits[y == i].mean(0).numpy()
+    A, brute = brute_force_matrices(model, layers[-1], W, data)
     matrices = result.sfp[deepest.name].matrices_
-    scale = np.abs(brute).max()
-    np.testing.assert_allclose(matrices, brute, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(matrices, brute, rtol=0, atol=1e-5 * np.abs(brute).max())
 
     # AFCC: the FC mask of the deepest block, and its physical removal
     clusters = result.sfp[deepest.name].clusters_

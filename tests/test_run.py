@@ -271,7 +271,7 @@ def test_results_follow_the_schema_and_load_back(tmp_path):
     layers = run.layers
     with open(d / "layers.csv") as fh:
         assert len(layers) == len(fh.read().strip().splitlines()) - 1
-    assert all(isinstance(row["accuracy"], float) and isinstance(row["filters"], int) for row in layers)
+    assert all(isinstance(row["accuracy"], float) and isinstance(row["units"], int) for row in layers)
     assert [row["layer"] for row in layers] == [row["layer"] for row in results["layers"]]
     with pytest.raises(filterlens.FilterlensError, match="unknown table"):
         run.table("nope")

@@ -28,14 +28,14 @@ from .rundir import RunDir
 from .utils import environment, resolve_device, seed_everything
 
 RESULTS_VERSION = 1
-LAYER_COLUMNS = ["layer", "index", "filters", "features", "accuracy", "train_accuracy",
+LAYER_COLUMNS = ["layer", "index", "unit_kind", "units", "features", "accuracy", "train_accuracy",
                  "clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
                  "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr",
                  "vote_fraction"]
 SUMMARY_KEYS = ["clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
                 "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr"]
-FILTER_COLUMNS = ["layer", "filter", "num_clusters", "clusters", "signal", "noise", "preferred_label",
-                  "vote_fraction"]
+FILTER_COLUMNS = ["layer", "unit", "unit_kind", "num_clusters", "clusters", "signal", "noise", "preferred_label",
+                  "vote_fraction"]  # one row per unit (filter or head); the file keeps its name, filters.csv
 
 
 class Analysis:
@@ -104,9 +104,10 @@ class Analysis:
         out = []
         for layer, c in picks:
             est = self.sfp[layer]
-            path = Path(directory) / "heatmaps" / f"{layer}-filter{c}.png"
+            kind = next((r.get("unit_kind", "filter") for r in self.layers if r["layer"] == layer), "filter")
+            path = Path(directory) / "heatmaps" / f"{layer}-{kind}{c}.png"
             plot_filter_matrix(est.matrices_[c], est.threshold, est.clusters_[c], labels, path,
-                               title=f"{layer} filter {c}", normalise=est.normalise)
+                               title=f"{layer} {kind} {c}", normalise=est.normalise)
             out.append(path)
         return out
 
@@ -146,7 +147,7 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     model.to(device)
     show = cfg.progress if progress is None else progress
     t0 = time.perf_counter()
-    layers = resolve_layers(model, (data.in_channels, data.image_size, data.image_size), cfg.layers)
+    layers = resolve_layers(model, (data.in_channels, data.image_size, data.image_size), cfg.layers, cfg.tokens)
     check_heatmaps(cfg.heatmaps, layers)
     pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo,
                       keep_fields=cfg.bootstrap > 0)
@@ -182,7 +183,7 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         votes = r.votes.numpy()
         pref = np.asarray(est.preferred_label_)
         frac = votes[np.arange(len(pref)), pref] / max(n_test, 1.0)
-        row = {"layer": r.name, "index": r.index, "filters": r.filters, "features": r.features,
+        row = {"layer": r.name, "index": r.index, "unit_kind": r.unit_kind, "units": r.filters, "features": r.features,
                "accuracy": r.accuracy, "train_accuracy": r.train_accuracy}
         summary = est.summary()
         row.update({k: summary[k] for k in LAYER_COLUMNS if k in summary})
@@ -206,6 +207,8 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
                     boot_rows.append({"layer": r.name, "metric": key, "estimate": row.get(key, summary.get(key)),
                                       "low": lo, "high": hi})
         for fr, vf in zip(est.filter_table(r.name, label_names), frac):
+            fr["unit"] = fr.pop("filter")
+            fr["unit_kind"] = r.unit_kind
             fr["vote_fraction"] = float(vf)
             filter_rows.append(fr)
     t_sfp = time.perf_counter() - t0
@@ -240,7 +243,8 @@ def save_probe_result(pr: ProbeResult, directory, data_meta: dict, hash_: str = 
     written.append(write_json(d / "probes.json", {
         "hash": hash_, "mode": pr.mode, "engine": pr.engine, "recipe": asdict(pr.recipe), "note": pr.note,
         "forward_passes": pr.forward_passes, "timings": pr.timings, "data": data_meta,
-        "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "shape": list(r.shape),
+        "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
+                    "shape": list(r.shape),
                     "layer_shape": list(r.layer_shape), "features": r.features, "accuracy": r.accuracy,
                     "train_accuracy": r.train_accuracy} for r in pr.layers]}))
     return written
@@ -263,7 +267,8 @@ def load_probe_result(directory) -> tuple[ProbeResult, dict]:
     layers = [LayerProbeResult(m["name"], m["index"], m["filters"], tuple(m["shape"]), tuple(m["layer_shape"]),
                                m["features"], m["accuracy"], m["train_accuracy"], weights[m["name"]],
                                blob["means"][m["name"]], blob["votes"][m["name"]],
-                               fields[m["name"]] if fields is not None else None) for m in meta["layers"]]
+                               fields[m["name"]] if fields is not None else None, m.get("unit_kind", "filter"))
+              for m in meta["layers"]]
     pr = ProbeResult(layers, meta["mode"], meta["engine"], ProbeRecipe(**meta["recipe"]), blob["counts"],
                      meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"))
     return pr, meta["data"]
@@ -327,10 +332,14 @@ def print_table(result: Analysis, echo=print) -> None:
     pr = result.meta["probes"]
     echo(f"{result.meta['title']}; probes: {pr['mode']} mode, {pr['engine']} engine, "
          f"{pr['forward_passes']} forward pass(es); threshold {result.meta['sfp']['threshold']}")
-    echo(f"{'layer':<14}{'filters':>8}{'features':>9}{'acc':>8}{'clus/f':>8}{'size':>6}{'noise/f':>9}"
+    kind = {r.get("unit_kind", "filter") for r in result.layers}
+    head = "heads" if kind == {"head"} else "filters" if kind == {"filter"} else "units"
+    u = head[0]
+    width = max([14] + [len(r["layer"]) + 2 for r in result.layers])
+    echo(f"{'layer':<{width}}{head:>8}{'features':>9}{'acc':>8}{'clus/' + u:>8}{'size':>6}{'noise/' + u:>9}"
          f"{'no-clus':>8}{'SNR':>8}")
     for r in result.layers:
-        echo(f"{r['layer']:<14}{r['filters']:>8}{r['features']:>9}{r['accuracy']:>8.4f}"
+        echo(f"{r['layer']:<{width}}{r['units']:>8}{r['features']:>9}{r['accuracy']:>8.4f}"
              f"{_fmt(r.get('clusters_per_filter')):>8}{_fmt(r.get('cluster_size')):>6}"
              f"{_fmt(r.get('noise_per_filter')):>9}{_fmt(r.get('filters_without_cluster')):>8}"
              f"{_fmt(r.get('snr')):>8}")

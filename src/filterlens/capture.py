@@ -32,16 +32,18 @@ import torch.nn.functional as F
 
 from .errors import FilterlensError
 from .models import Layer
+from .models.units import reader
 
 
 class _StopForward(Exception):
     """Raised by the deepest layer's hook: nothing after it is computed."""
 
 
-def pooled_shape(shape: Sequence[int], pool) -> tuple[int, int, int]:
-    """The (C, H, W) a layer's FC sees under ``probe_pool`` (see :func:`filterlens.config.parse_pool`)."""
+def pooled_shape(shape: Sequence[int], pool, unit_kind: str = "filter") -> tuple[int, int, int]:
+    """The (C, H, W) a layer's FC sees under ``probe_pool`` (see :func:`filterlens.config.parse_pool`); heads
+    are never pooled (their positions are tokens x d_head: the ``tokens`` option reduces them)."""
     c, h, w = (int(s) for s in shape)
-    if pool is None:
+    if pool is None or unit_kind == "head":
         return c, h, w
     kind, arg = pool
     if kind == "size":
@@ -84,10 +86,10 @@ class Capture:
             raise FilterlensError("no layer selected for capture; select at least one layer")
         names = dict(model.named_modules())
         for l in layers:
-            if l.name not in names:
+            if l.hook_module not in names:
                 raise FilterlensError(f"layer '{l.name}' is not a module of this model")
         self.model = model
-        self.layers = [CaptureLayer(l, pooled_shape(l.shape, pool)) for l in layers]
+        self.layers = [CaptureLayer(l, pooled_shape(l.shape, pool, l.unit_kind)) for l in layers]
         self.pool = pool
         self._handles: list = []
         self._out: dict[str, torch.Tensor] = {}
@@ -100,8 +102,9 @@ class Capture:
         self.model.eval()
         try:
             for cl in self.layers:
-                module = self.model.get_submodule(cl.name)
-                self._handles.append(module.register_forward_hook(self._hook(cl)))
+                module = self.model.get_submodule(cl.layer.hook_module)
+                pre, fn = self._hook(cl)
+                self._handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
         except BaseException:
             self._remove()
             raise
@@ -120,25 +123,26 @@ class Capture:
             self._was_training = None
 
     def _hook(self, cl: CaptureLayer):
+        """(pre_hook, fn): the layer's units read as :mod:`filterlens.models.units` says, detached, copied
+        (in-place ops later in the network must not change them) or pooled, in float32."""
         name, target = cl.name, cl.shape[1:]
+        pre, read = reader(cl.layer.layout, cl.layer.units, cl.layer.tokens)
 
-        channels_last = cl.layer.layout == "NHWC"
-
-        def hook(module, inputs, output):
-            x = output.detach()
-            if x.ndim != 4:
-                raise FilterlensError(f"layer '{name}' gives a {x.ndim}-D output; only 4-D maps can be analysed")
-            if channels_last:  # N x H x W x C: units are the channel axis whatever the layout
-                x = x.permute(0, 3, 1, 2)
+        def hook(*args):
+            x = read(*args)
+            if x is None:
+                raise FilterlensError(f"layer '{name}' gives no 4-D map; only 4-D maps and attention heads can be "
+                                      "analysed")
+            x = x.detach()
             if tuple(x.shape[2:]) != target:
                 x = F.adaptive_max_pool2d(x, target)
             else:
-                x = x.clone(memory_format=torch.contiguous_format)  # in-place ops later must not change it
+                x = x.clone(memory_format=torch.contiguous_format)
             self._out[name] = x.float()
             if name == self._deepest:
                 raise _StopForward
 
-        return hook
+        return pre, hook
 
     # -- work ----------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -68,7 +68,7 @@ def load_toml(path) -> dict:
 
 def _config_from_args(args, base: Config | None = None) -> Config:
     d = (base or Config()).to_dict()
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) is not None:
         file_values = load_toml(args.config)
         Config.from_dict({**d, **file_values}, source=f"config file '{args.config}'")
         d.update(file_values)
@@ -252,11 +252,11 @@ def cmd_analyze(args) -> int:
 
 def _overrides(args) -> dict:
     out = {}
-    if getattr(args, "config", None):
+    if getattr(args, "config", None) is not None:
         names = {f.name for f in stage_fields(*ANALYZE_STAGES)}
-        for k, v in load_toml(args.config).items():
-            if k in names:
-                out[k] = v
+        values = load_toml(args.config)
+        Config.from_dict({**Config().to_dict(), **values}, source=f"config file '{args.config}'")  # no unknown key
+        out.update({k: v for k, v in values.items() if k in names})  # the analysis settings of a whole-run file
     for f in stage_fields(*ANALYZE_STAGES):
         v = getattr(args, f.name, None)
         if v is not None:

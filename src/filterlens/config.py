@@ -82,6 +82,9 @@ class Config:
     probe_weight_decay: float | None = _f(None, "probes", "probe weight decay (default: 0 fast, 1e-3 paper)", bounds="[0, 1]")
     probe_pool: str = _f("none", "probes", "adaptive max-pool of each layer's map before its FC: none, HxW (e.g. 4x4), "
                                            "or max:N (pool to at most N features)")
+    tokens: str = _f("all", "probes", "transformer blocks: the tokens each head's probe reads: all (tokens x d_head), "
+                                       "cls (the class token) or mean (the mean over tokens)",
+                     choices=("all", "cls", "mean"))
     probe_augment: bool = _f(False, "probes", "training augmentation during probe training (the authors: on; "
                                               "forces streaming)")
     cache_budget: str = _f("auto", "probes", "bytes of cached float16 features (e.g. 500M, 4G; auto: 40%% of the "
@@ -119,6 +122,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "Config":
+        if not isinstance(d, dict):
+            raise FilterlensError(f"{source} holds a {type(d).__name__}, not a table of settings (damaged?)")
         names = [f.name for f in fields(cls)]
         for k in d:
             if k not in names:

@@ -79,6 +79,8 @@ def _plan(rd: RunDir, wanted: list[str], hashes: dict, from_stage: str | None, c
     """The stages to run (from the first one that is forced, has other settings, or has a changed or missing
     file, to the end) and the changed files, which the caller removes once everything is checked."""
     stages = rd.stages(echo)
+    if rd.manifest_damaged():  # nothing it vouched for is trusted: it goes, and every stage runs
+        return wanted, ["stages.json"]
     for i, stage in enumerate(wanted):
         rec = stages.get(stage)
         if from_stage == stage or not rec or rec["hash"] != hashes[stage]:
@@ -106,8 +108,8 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
     data = load_data_for(cfg)
     model, _ = make_model(cfg.replace(checkpoint=None, weights=None), data)
     size = (data.in_channels, data.image_size, data.image_size)
-    analysed = resolve_layers(model, size, cfg.layers)
-    layers = list_layers(model, size, "blocks", [l.name for l in analysed])
+    analysed = resolve_layers(model, size, cfg.layers, cfg.tokens)
+    layers = list_layers(model, size, "blocks", [l.name for l in analysed], cfg.tokens)
     check_heatmaps(cfg.heatmaps, analysed)
     if cfg.afcc:
         from .afcc.stage import choose_layers

@@ -234,6 +234,11 @@ class LayerProbeResult:
     label_means: torch.Tensor  # (L, C, H, W) float64, test set
     votes: torch.Tensor  # (C, L) how often output unit j wins filter c's field over the test set
     fields: torch.Tensor | None = None  # (N_test, C, L) per-sample single-filter fields (only for the bootstrap)
+    unit_kind: str = "filter"  # "filter" (conv channels) or "head" (attention heads)
+
+    @property
+    def units(self) -> int:
+        return self.filters
 
 
 @dataclass
@@ -353,7 +358,8 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
     results = [LayerProbeResult(cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features,
                                 acc[cl.name], train_acc[cl.name], probes.weight(cl.name),
                                 label_means[cl.name].cpu(), ev.votes[cl.name],
-                                torch.cat(ev.fields[cl.name]) if keep_fields else None) for cl in cls]
+                                torch.cat(ev.fields[cl.name]) if keep_fields else None, cl.layer.unit_kind)
+               for cl in cls]
     timings["total_s"] = time.perf_counter() - t_all
     return ProbeResult(results, cfg.probe_mode, engine, recipe, means.counts.cpu(), timings, passes, note,
                        torch.cat(ev.labels) if keep_fields else None)

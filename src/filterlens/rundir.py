@@ -210,8 +210,10 @@ class RunDir:
         return res
 
     # ------------------------------------------------------------------ checksums of the stages' outputs
-    def stages(self, echo=None) -> dict:
-        """The records of ``stages.json``; a damaged file (not JSON, wrong shape) counts as no record."""
+    def stages(self, echo=None, strict: bool = False) -> dict:
+        """The records of ``stages.json``. A damaged file (not JSON, wrong shape) is refused in one line when
+        ``strict`` (nothing it vouches for can be checked), else counts as no record (``filterlens run``
+        then runs every stage again, and says so through ``echo``)."""
         if not self.exists(MANIFEST):
             return {}
         try:
@@ -222,10 +224,22 @@ class RunDir:
             why = "not a mapping of stage records"
         if isinstance(data, dict) and all(_valid_record(v) for v in data.values()):
             return data
+        if strict:
+            raise FilterlensError(f"'{self.file(MANIFEST)}' is damaged ({why}): the checksums of this run cannot be "
+                                  "checked, so none of its files is trusted; filterlens run recomputes them (or train "
+                                  "again with --overwrite)")
         if echo:
             echo(f"note: {self.file(MANIFEST)} is damaged ({why}); no output of this run is trusted, every "
                  "stage runs again")
         return {}
+
+    def manifest_damaged(self) -> bool:
+        """``stages.json`` exists but is not a valid set of records."""
+        try:
+            self.stages(strict=True)
+        except FilterlensError:
+            return True
+        return False
 
     def changed(self, outputs, stages: dict | None = None) -> list[str]:
         """The ``outputs`` that are missing, never recorded, or whose content differs from their record."""
@@ -240,12 +254,14 @@ class RunDir:
     def verify(self, *names: str) -> None:
         """Refuse to read a recorded file whose content changed since its stage wrote it (one line).
 
-        A file no stage recorded (a run directory from an earlier filterlens) is read as it is.
+        A file no stage recorded (a run directory from an earlier filterlens) is read as it is; a damaged
+        ``stages.json`` is refused.
         """
-        recorded = _recorded(self.stages())
+        stages = self.stages(strict=True)
+        recorded = _recorded(stages)
         for name in names:
             if name in recorded and self.exists(name) and sha256_file(self.file(name)) != recorded[name]:
-                stage = next(s for s, r in self.stages().items() if name in r.get("sha256", {}))
+                stage = next(s for s, r in stages.items() if name in r.get("sha256", {}))
                 raise FilterlensError(f"'{self.file(name)}' changed since stage {stage} wrote it (its sha256 differs "
                                       f"from stages.json); it is not trusted: run that stage again (filterlens run "
                                       f"--from {stage}, or the command that wrote it)")

@@ -151,10 +151,12 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
 
     cfg.validate()
     sweep_dir = RunDir.validate(sweep_dir, "sweep directory")
-    total = load_data(cfg.dataset, cfg.data_dir, "all", cfg.download, cfg.image_size).num_labels
+    full = load_data(cfg.dataset, cfg.data_dir, "all", cfg.download, cfg.image_size)
+    total = full.num_labels
     if cfg.labels not in ("all", "", None):
         raise FilterlensError(f"labels = '{cfg.labels}' cannot be combined with a sweep; the sweep draws the "
                               "label subsets itself (--num-labels, --subsets)")
+    _check_layers(cfg, full, sweep_layers)
     tasks = draw_subsets(total, parse_counts(counts, total), subsets, cfg.seed)
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
@@ -194,6 +196,15 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
              "then filterlens sweep --merge")
         return None
     return merge(sweep_dir, echo=echo)
+
+
+def _check_layers(cfg: Config, data, sweep_layers: str) -> None:
+    """The layer selection of every model of the sweep, checked on the architecture before anything is trained."""
+    from .models import ModelSpec, build_model, resolve_layers
+
+    model = build_model(ModelSpec(cfg.model, data.num_labels, data.in_channels, data.image_size, cfg.width_mult,
+                                  cfg.vgg_cfg))
+    resolve_layers(model, (data.in_channels, data.image_size, data.image_size), sweep_layers, cfg.tokens)
 
 
 def merge(sweep_dir, echo=print) -> dict:

@@ -139,7 +139,7 @@ def _finished(rd: RunDir, cfg: Config, echo) -> dict | None:
     """The summary of a finished training with these settings, or None (also when its files changed since)."""
     if not (rd.exists("model.pt") and rd.exists("train.json")):
         return None
-    if "train" in rd.stages() and rd.changed(("model.pt", "train.json")):
+    if "train" in rd.stages(strict=True) and rd.changed(("model.pt", "train.json")):
         echo(f"note: {', '.join(rd.changed(('model.pt', 'train.json')))} in {rd.path} changed since stage train "
              "wrote it (checksum); it is not trusted: training again")
         return None

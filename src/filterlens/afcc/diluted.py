@@ -21,6 +21,7 @@ from ..capture import Capture, pooled_shape
 from ..config import parse_pool
 from ..errors import FilterlensError
 from ..models import VGGBlock, list_layers
+from ..models.units import reader
 from .masks import LayerMask, conv_mask, fc_mask
 
 # modules that act on every channel separately (channel c in -> channel c out); in eval mode
@@ -32,47 +33,45 @@ class _Stop(Exception):
 
 
 class HookTrunk(nn.Module):
-    """A whole (copied) model, run until ``layer`` and stopped there by a forward hook.
+    """A whole (copied) model, run until ``layer`` and stopped there by a hook that reads its units.
 
-    Used for architectures whose layer cannot be reached by a prefix of ``features``;
-    only the FC mask is supported there. The hook is added per call and removed in ``finally``.
+    Used for layers a prefix of ``features`` cannot reach (every family but VGG-like chains): the
+    units are read as the capture reads them (:mod:`filterlens.models.units`: a map, a channels-last
+    map, attention heads), units first. The hook is added per call and removed in ``finally``.
     """
 
-    def __init__(self, model: nn.Module, layer: str):
+    def __init__(self, model: nn.Module, layer: str, hook: str | None = None, layout: str = "NCHW", units: int = 0,
+                 tokens: str = "all"):
         super().__init__()
         self.model = model
-        self.layer = layer
+        self.layer, self.hook, self.layout, self.units, self.tokens = layer, hook, layout, units, tokens
 
     def forward(self, x):
         box = {}
+        pre, read = reader(self.layout, self.units, self.tokens)
 
-        def hook(module, inputs, output):
-            box["out"] = output
+        def grab(*args):
+            box["out"] = read(*args)
             raise _Stop
 
-        handle = self.model.get_submodule(self.layer).register_forward_hook(hook)
+        module = self.model.get_submodule(self.hook or self.layer)
+        handle = module.register_forward_pre_hook(grab) if pre else module.register_forward_hook(grab)
         try:
             self.model(x)
         except _Stop:
             pass
         finally:
             handle.remove()
-        if "out" not in box:
+        if box.get("out") is None:
             raise RuntimeError(f"layer '{self.layer}' did not run in the model's forward")
         return box["out"]
 
 
-class UnitsFirst(nn.Module):
-    """N x H x W x C (a channels-last layer's output) to N x C x H x W: the FC reads units first."""
-
-    def forward(self, x):
-        return x.permute(0, 3, 1, 2)
-
-
-def hook_trunk(model: nn.Module, layer: str, layout: str = "NCHW") -> nn.Sequential:
-    """The trunk of a layer reached by a hook: the whole model stopped there (units first for channels-last)."""
-    parts = [HookTrunk(model, layer)] + ([UnitsFirst()] if layout == "NHWC" else [])
-    return nn.Sequential(*parts)
+def hook_trunk(model: nn.Module, layer) -> nn.Sequential:
+    """The trunk of a layer reached by a hook (``layer``: a :class:`~filterlens.models.Layer` or its dict)."""
+    get = layer.get if isinstance(layer, dict) else (lambda k, d=None: getattr(layer, k, d))
+    return nn.Sequential(HookTrunk(model, get("name"), get("hook"), get("layout") or "NCHW", get("units") or 0,
+                                   get("tokens") or "all"))
 
 
 class DilutedNet(nn.Module):
@@ -179,7 +178,7 @@ def _check_consecutive(chosen, all_layers) -> None:
                                   f"{a.name},{between},...")
 
 
-def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none", spec=None):
+def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none", spec=None, tokens: str = "all"):
     """The diluted network's starting point (no mask yet) for ``layers`` of ``model``.
 
     Parameters
@@ -200,7 +199,8 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
     pool_text = "none" if pool is None else str(pool)
     parsed = parse_pool(pool_text)
     input_size = tuple(int(s) for s in input_size)
-    all_layers = list_layers(model, input_size, "blocks", [layers] if isinstance(layers, str) else list(layers))
+    all_layers = list_layers(model, input_size, "blocks", [layers] if isinstance(layers, str) else list(layers),
+                             tokens)
     by_name = {l.name: l for l in all_layers}
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
@@ -213,7 +213,7 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
     chosen = sorted((by_name[n] for n in names), key=lambda l: l.index)
     _check_consecutive(chosen, all_layers)
     b = chosen[-1]
-    C, H, W = pooled_shape(b.shape, parsed)
+    C, H, W = pooled_shape(b.shape, parsed, b.unit_kind)
     w = torch.as_tensor(fc_weight).detach().float().cpu()
     L = int(w.shape[0])
     if w.numel() != L * C * H * W:
@@ -226,10 +226,12 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
     if trunk is not None:
         structure = {"mode": "prefix", "source": "features", "trunk_len": len(trunk)}
     else:
-        trunk = hook_trunk(copy.deepcopy(model), b.name, b.layout)
-        structure = {"mode": "hook", "source": None, "trunk_len": len(trunk), "layout": b.layout}
+        trunk = hook_trunk(copy.deepcopy(model), b)
+        structure = {"mode": "hook", "source": None, "trunk_len": len(trunk)}
     pool_hw = None if (H, W) == tuple(b.shape[1:]) else [H, W]
     info = {"layers": [l.name for l in chosen], "deepest": b.name, "input_size": list(input_size),
+            "unit": {"name": b.name, "hook": b.hook, "layout": b.layout, "units": b.units, "tokens": b.tokens,
+                     "unit_kind": b.unit_kind},
             "pool": pool_text, "pool_hw": pool_hw, "fc_shape_original": [L, C, H, W],
             "layer_shapes": {l.name: list(l.shape) for l in chosen}, **structure, "convs": {}, "pruned": None,
             "spec": asdict(spec) if is_dataclass(spec) else spec}

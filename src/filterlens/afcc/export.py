@@ -57,7 +57,7 @@ def save(path, diluted_model, masks: Sequence[LayerMask], meta: dict | None = No
     original = meta.pop("original_shapes", None) or info.get("original_shapes") or \
         {k: list(v.shape) for k, v in sd.items()}
     structure = {k: info.get(k) for k in ("mode", "source", "trunk_len", "convs", "deepest", "input_size", "pool_hw",
-                                          "fc_shape_original", "layer_shapes", "layout")}
+                                          "fc_shape_original", "layer_shapes", "unit")}
     state = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -116,7 +116,7 @@ def load(path, model=None, device="cpu"):
     else:
         if info["deepest"] not in dict(base.named_modules()):
             raise FilterlensError(f"'{path}' does not fit this architecture (no layer '{info['deepest']}'); {what}")
-        trunk = hook_trunk(copy.deepcopy(base), info["deepest"], info.get("layout") or "NCHW")
+        trunk = hook_trunk(copy.deepcopy(base), info.get("unit") or {"name": info["deepest"]})
     L, C, H, W = info["fc_shape_original"]
     full = {**info, "layers": list(state["layers"]), "pool": state["pool"], "pruned": None, "spec": spec,
             "original_shapes": state["original_shapes"]}

@@ -34,7 +34,7 @@ def prune_support(net) -> tuple[bool, str]:
     """Whether :func:`prune` may be tried on ``net`` (and why not); the dependency graph decides the rest."""
     if net.info.get("pruned"):
         return False, "the network is already pruned"
-    if net.info.get("layout") == "NHWC":
+    if (net.info.get("unit") or {}).get("layout") == "NHWC":
         return False, (f"layer '{net.info['deepest']}' is channels-last (Swin): its units are the residual stream of "
                        "its attention blocks, which every later block reads")
     try:
@@ -69,10 +69,14 @@ def _units_to_remove(net, masks: Sequence[LayerMask]) -> dict[str, list[int]]:
 
 
 def remove_units(net, removed: dict[str, list[int]]):
-    """A copy of ``net`` without the ``removed`` units of each layer of its range (Torch-Pruning).
+    """A copy of ``net`` without the ``removed`` units of each layer of its range (Torch-Pruning; attention heads
+    by shrinking the attention's ``qkv`` and ``proj``).
 
     Raises :class:`FilterlensError` where the graph cannot be traced or ties the units to other readers.
     """
+    unit = net.info.get("unit") or {}
+    if unit.get("unit_kind") == "head":
+        return _remove_heads(net, removed)
     import torch_pruning as tp
 
     new = copy.deepcopy(net).eval()
@@ -117,6 +121,61 @@ def remove_units(net, removed: dict[str, list[int]]):
     new.info = copy.deepcopy(net.info)
     new.info["pruned"] = {l: [c for c in range(int(net.info["layer_shapes"][l][0])) if c not in set(removed.get(l, []))]
                           for l in layers}
+    if not new.info.get("original_shapes"):
+        new.info["original_shapes"] = {k: list(v.shape) for k, v in net.state_dict().items()}
+    return new
+
+
+def _remove_heads(net, removed: dict[str, list[int]]):
+    """Heads of the deepest (transformer) layer whose FC connections are all masked, removed for real: their rows
+    of the attention's ``qkv`` (query, key and value), their columns of ``proj`` and of the FC. Supported for
+    timm's attention layout (``attn.qkv``, ``attn.proj``, ``num_heads``, ``head_dim``; filterlens' ViT too)."""
+    layers = net.info["layers"]
+    b = layers[-1]
+    unit = net.info["unit"]
+    if unit.get("layout") != "heads:proj":
+        raise FilterlensError(f"physical removal is not supported here: the heads of '{b}' live inside an "
+                              "nn.MultiheadAttention's packed weights (torchvision's ViT); heads can be removed in "
+                              "timm's layout (attn.qkv, attn.proj) and in filterlens' vit_tiny_cifar")
+    new = copy.deepcopy(net).eval()
+    trunk = new.trunk[0]
+    attn = trunk.model.get_submodule(unit["hook"].rpartition(".")[0])
+    if getattr(attn, "gate", None) is not None or not isinstance(getattr(attn, "qkv", None), torch.nn.Linear):
+        raise FilterlensError(f"physical removal is not supported here: the attention of '{b}' "
+                              f"({type(attn).__name__}) is not the plain qkv/proj layout")
+    heads, d = int(attn.num_heads), int(attn.head_dim)
+    drop = set(removed.get(b, []))
+    kept = [h for h in range(heads) if h not in drop] or [0]
+    width = heads * d
+    rows = torch.tensor([part * width + h * d + i for part in range(3) for h in kept for i in range(d)])
+    cols = torch.tensor([h * d + i for h in kept for i in range(d)])
+    with torch.no_grad():
+        qkv = torch.nn.Linear(attn.qkv.in_features, len(rows), bias=attn.qkv.bias is not None)
+        qkv.weight.copy_(attn.qkv.weight[rows])
+        if attn.qkv.bias is not None:
+            qkv.bias.copy_(attn.qkv.bias[rows])
+        proj = torch.nn.Linear(len(cols), attn.proj.out_features, bias=attn.proj.bias is not None)
+        proj.weight.copy_(attn.proj.weight[:, cols])
+        if attn.proj.bias is not None:
+            proj.bias.copy_(attn.proj.bias)
+        norm = getattr(attn, "norm", None)
+        if isinstance(norm, torch.nn.LayerNorm):  # timm's scale_norm: per element of the heads' concatenation
+            attn.norm = torch.nn.LayerNorm(len(cols), eps=norm.eps)
+            attn.norm.weight.copy_(norm.weight[cols])
+            attn.norm.bias.copy_(norm.bias[cols])
+    attn.qkv, attn.proj, attn.num_heads = qkv, proj, len(kept)
+    if hasattr(attn, "attn_dim"):
+        attn.attn_dim = len(kept) * d
+    trunk.units = len(kept)
+    L, _, T, D = net.fc_shape
+    fc_cols = torch.tensor([h * T * D + p for h in kept for p in range(T * D)])
+    fc = torch.nn.Linear(len(fc_cols), L, bias=False)
+    with torch.no_grad():
+        fc.weight.copy_(net.fc.weight[:, fc_cols])
+    new.fc = fc
+    new.fc_shape = (L, len(kept), T, D)
+    new.info = copy.deepcopy(net.info)  # "unit" keeps the unpruned head count: load() rebuilds, then removes
+    new.info["pruned"] = {b: kept}
     if not new.info.get("original_shapes"):
         new.info["original_shapes"] = {k: list(v.shape) for k, v in net.state_dict().items()}
     return new

@@ -222,12 +222,13 @@ def run_afcc(run_dir, layers=None, retrain_epochs: int = 3, retrain_lr: float = 
                                   f"filterlens analyze --run-dir {rd.path} again") from None
         input_size = (data.in_channels, data.image_size, data.image_size)
         analysed_names = [n for n in probes if n in means]
-        all_layers = list_layers(model, input_size, "blocks", analysed_names)
+        tokens = acfg.get("tokens", "all")
+        all_layers = list_layers(model, input_size, "blocks", analysed_names, tokens)
         chosen = choose_layers(all_layers, layers, set(probes) & set(means))
         names = [l.name for l in chosen]
         b = names[-1]
         probe_acc = {r["layer"]: r.get("accuracy") for r in results.get("layers", [])}
-        net0 = build_diluted(model, names, probes[b], input_size, pool, spec)
+        net0 = build_diluted(model, names, probes[b], input_size, pool, spec, tokens)
         if len(names) > 1:
             for prev, cur in zip(names, names[1:]):
                 if cur not in net0.info["convs"]:

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from ..errors import FilterlensError, closest
 from .resnet_cifar import CIFAR_RESNET_DEPTHS, CifarResNet
+from .vit_tiny import VIT_CONFIGS, TinyViT
 from .vgg import VGG, VGG_CONFIGS, _parse_vgg_cfg, _scaled
 
 
@@ -31,7 +32,7 @@ def _torchvision_names() -> list[str]:
 
 def available_models() -> list[str]:
     return sorted(VGG_CONFIGS) + ["vgg"] + sorted(CIFAR_RESNET_DEPTHS) + [
-        "resnet18_cifar", "vgg16_imagenet", "<any torchvision classification model>", "timm:<name>"]
+        "resnet18_cifar"] + sorted(VIT_CONFIGS) + ["vgg16_imagenet", "<any torchvision classification model>", "timm:<name>"]
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -95,6 +96,17 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
             return model
         return CifarResNet(CIFAR_RESNET_DEPTHS[name], spec.num_labels, spec.in_channels)
 
+    if name in VIT_CONFIGS:
+        if weights:
+            raise FilterlensError(f"--weights '{weights}' is for torchvision/timm models; model '{name}' has no "
+                                  "pretrained weights (use --checkpoint for your own)")
+        c = VIT_CONFIGS[name]
+        if spec.image_size % c["patch"]:
+            raise FilterlensError(f"model '{name}' cuts images into {c['patch']}x{c['patch']} patches; image size "
+                                  f"{spec.image_size} is not a multiple of {c['patch']}: use --image-size "
+                                  f"{-(-spec.image_size // c['patch']) * c['patch']}")
+        return TinyViT(spec.image_size, spec.num_labels, spec.in_channels, **c)
+
     if name.startswith("timm:"):
         try:
             import timm
@@ -146,6 +158,13 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
         _replace_head(model, spec.num_labels)
     else:
         extra = {"aux_logits": False, "init_weights": True} if tv_name in ("googlenet", "inception_v3") else {}
+        if tv_name.startswith("vit_"):  # torchvision's ViTs take the input size at construction
+            patch = int(tv_name.split("_")[-1])
+            if spec.image_size % patch:
+                raise FilterlensError(f"model '{tv_name}' cuts images into {patch}x{patch} patches; image size "
+                                      f"{spec.image_size} is not a multiple of {patch}: use --image-size "
+                                      f"{-(-spec.image_size // patch) * patch}")
+            extra = {"image_size": spec.image_size}
         model = torchvision.models.get_model(tv_name, weights=None, num_classes=spec.num_labels, **extra)
     if spec.in_channels != 3:
         _replace_first_conv(model, spec.in_channels)

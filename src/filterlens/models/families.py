@@ -16,6 +16,7 @@ RegNet             the stem and every residual block; ShuffleNetV2: the stem, ev
 SqueezeNet         the stem's pool and every Fire module
 ConvNeXt, Swin     the stem and every block (Swin's outputs are channels-last: N x H x W x C)
 GoogLeNet, Incep.  the stem's pool and every Inception module
+ViT, DeiT          every encoder block; its units are its attention heads (timm, torchvision, ours)
 timm models        ``feature_info`` names the stages; a stage's blocks are its ``blocks`` (or its
                    children when it is a Sequential), found the same way for every timm family
 anything else      its top-level children whose output is a 4-D map (said so by ``filterlens layers``)
@@ -41,6 +42,8 @@ class Discovery:
     stages: list[str] | None = None  # None: a stage ends where the resolution drops (see layers.py)
     channels_last: set[str] = field(default_factory=set)  # modules whose output is N x H x W x C
     fallback: bool = False  # no family rule matched: top-level children with 4-D outputs
+    # transformer blocks: layer -> (the attention module path to hook, layout (units.py), number of heads)
+    heads: dict[str, tuple[str, str, int]] = field(default_factory=dict)
 
 
 def _kids(module: nn.Module, prefix: str) -> list[str]:
@@ -200,9 +203,29 @@ def _timm(model) -> Discovery | None:
     return found
 
 
+def _vit(model) -> Discovery | None:
+    """Vision transformers: every encoder block is a layer, its attention heads are its units. timm's layout
+    (and filterlens' vit_tiny_cifar): ``blocks.i.attn`` with ``num_heads`` and an output projection ``proj``;
+    torchvision's: ``encoder.layers.encoder_layer_i.self_attention``, an ``nn.MultiheadAttention``."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) and all(
+            isinstance(getattr(getattr(b, "attn", None), "proj", None), nn.Linear)
+            and isinstance(getattr(b.attn, "num_heads", None), int) for b in blocks):
+        names = _kids(blocks, "blocks")
+        heads = {n: (f"{n}.attn.proj", "heads:proj", int(model.get_submodule(n).attn.num_heads)) for n in names}
+        return Discovery("vit", names, names, heads=heads)
+    encoder = getattr(getattr(model, "encoder", None), "layers", None)
+    if type(model).__name__ == "VisionTransformer" and isinstance(encoder, nn.Sequential):
+        names = _kids(encoder, "encoder.layers")
+        heads = {n: (f"{n}.self_attention", "heads:mha", int(model.get_submodule(n).self_attention.num_heads))
+                 for n in names}
+        return Discovery("vit", names, names, heads=heads)
+    return None
+
+
 def discover(model: nn.Module) -> Discovery:
     """The blocks and stages of ``model`` by its family (see the module docstring)."""
-    found = _timm(model)
+    found = _vit(model) or _timm(model)
     if found is not None:
         return found
     if hasattr(model, "filterlens_layers"):

@@ -10,13 +10,14 @@ module's dotted path) and refuses anything unknown or out of range in one line.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 
 from ..errors import FilterlensError, closest
 from .families import Discovery, discover
+from .units import reader
 
 UNIT_KINDS = ("filter", "head")
 
@@ -25,8 +26,9 @@ UNIT_KINDS = ("filter", "head")
 class Layer:
     """One analysable layer: its module path, position, units and the shape the probes see (units first).
 
-    ``layout``: how the module gives its output: ``NCHW`` (a conv map), ``NHWC`` (channels-last, permuted
-    to units-first when captured). ``unit_kind``: ``filter`` for conv channels, ``head`` for attention heads.
+    ``layout``: how the units are read (:mod:`.units`): ``NCHW`` (a conv map), ``NHWC`` (channels-last,
+    permuted to units first), ``heads:proj`` / ``heads:mha`` (attention heads, ``shape`` = heads x tokens x
+    d_head). ``unit_kind``: ``filter`` for conv channels, ``head`` for attention heads.
     """
 
     index: int
@@ -35,6 +37,12 @@ class Layer:
     shape: tuple[int, int, int]
     unit_kind: str = "filter"
     layout: str = "NCHW"
+    hook: str | None = None  # the module whose output (or input) gives the units, when not ``name`` itself
+    tokens: str = "all"  # heads: which tokens the probe reads (all, cls, mean)
+
+    @property
+    def hook_module(self) -> str:
+        return self.hook or self.name
 
     @property
     def filters(self) -> int:  # the name before units beyond filters existed
@@ -57,31 +65,40 @@ def candidate_layers(model: nn.Module) -> list[str]:
     return discover(model).blocks
 
 
-def _run_shapes(model: nn.Module, names: list[str], input_size) -> tuple[dict[str, tuple], dict[str, int], list[str]]:
-    """One forward pass on zeros (eval mode, the caller's mode restored, every hook removed): each module's
-    output shape (without the batch), how often it ran, and the order in which the modules first ran."""
+def _run_shapes(model: nn.Module, specs: dict[str, tuple[str, str, int]], input_size,
+                tokens: str = "all") -> tuple[dict[str, tuple], dict[str, int], list[str]]:
+    """One forward pass on zeros (eval mode, the caller's mode restored, every hook removed). ``specs``: layer ->
+    (module to hook, layout, units). Returns each layer's units-first shape (None: no map of its layout), how
+    often its module ran, and the order in which the layers first ran."""
     shapes: dict[str, tuple] = {}
     calls: dict[str, int] = {}
     order: list[str] = []
     handles = []
 
-    def hook(name):
-        def record(module, inputs, output):
+    def hook(name, layout, units):
+        pre, read = reader(layout, units, tokens)
+
+        def record(*args):
             calls[name] = calls.get(name, 0) + 1
             if name not in shapes:
                 order.append(name)
-            shapes[name] = tuple(output.shape[1:]) if torch.is_tensor(output) else None
-        return record
+            out = read(*args)
+            shapes[name] = tuple(out.shape[1:]) if out is not None else None
+        return pre, record
 
     was_training = {m: m.training for m in model.modules()}
     try:
-        for n in names:
-            handles.append(model.get_submodule(n).register_forward_hook(hook(n)))
+        for name, (path, layout, units) in specs.items():
+            pre, fn = hook(name, layout, units)
+            module = model.get_submodule(path)
+            handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
         model.eval()
         device = next(model.parameters()).device
         with torch.no_grad():
             model(torch.zeros(1, *input_size, device=device))
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+        if isinstance(exc, FilterlensError):
+            raise
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise _too_small(model, input_size, first) from None
     finally:
@@ -123,14 +140,14 @@ def _too_small(model, input_size, why: str) -> FilterlensError:
     return FilterlensError(f"the model does not run on inputs of size {size} ({why}); {hint}")
 
 
-def _layer_of(index: int, name: str, shape, channels_last: bool) -> Layer | None:
+def _layer_of(name: str, shape, spec: tuple[str, str, int], tokens: str) -> Layer | None:
     if shape is None or len(shape) != 3:
         return None
-    if channels_last:
-        h, w, c = (int(v) for v in shape)
-        return Layer(index, name, c, (c, h, w), layout="NHWC")
-    c, h, w = (int(v) for v in shape)
-    return Layer(index, name, c, (c, h, w))
+    path, layout, _ = spec
+    u, a, b = (int(v) for v in shape)
+    kind = "head" if layout.startswith("heads") else "filter"
+    return Layer(0, name, u, (u, a, b), kind, layout, path if path != name else None,
+                 tokens if kind == "head" else "all")
 
 
 def _stage_ends(layers: list[Layer]) -> list[str]:
@@ -144,13 +161,14 @@ def _stage_ends(layers: list[Layer]) -> list[str]:
 
 @torch.no_grad()
 def list_layers(model: nn.Module, input_size: tuple[int, int, int], which: str = "blocks",
-                extra: list[str] | None = None) -> list[Layer]:
+                extra: list[str] | None = None, tokens: str = "all") -> list[Layer]:
     """The analysable layers with their shapes for one input of ``input_size`` (C, H, W), in forward order.
 
     ``which``: ``blocks`` (the default layers) or ``stages``. ``extra``: further module paths (a user's
     dotted names), measured in the same pass and placed in forward order among the others (indices count
     over the list returned). A module that runs more than once per forward, or gives no 4-D map, is not a
-    layer: a block like that is left out, a named one refused. The model's train/eval mode is restored.
+    layer: a block like that is left out, a named one refused. ``tokens``: which tokens of a transformer
+    block the probe reads (all, cls, mean). The model's train/eval mode is restored.
     """
     found = discover(model)
     extra = [n for n in (extra or []) if n not in found.blocks or which == "stages"]
@@ -160,18 +178,17 @@ def list_layers(model: nn.Module, input_size: tuple[int, int, int], which: str =
             raise FilterlensError(f"unknown layer '{n}'{closest(n, found.blocks)}; valid layers: "
                                   f"{', '.join(found.blocks[:20])}{', ...' if len(found.blocks) > 20 else ''}")
     names = list(dict.fromkeys(list(found.blocks) + list(found.stages or []) + extra))
-    shapes, calls, order = _run_shapes(model, names, input_size)
+    specs = {n: found.heads.get(n) or (n, "NHWC" if n in found.channels_last else "NCHW", 0) for n in names}
+    shapes, calls, order = _run_shapes(model, specs, input_size, tokens)
     for n in extra:
         if calls.get(n, 0) == 0:
             raise FilterlensError(f"module '{n}' does not run in the model's forward pass; name a module that does")
         if calls[n] > 1:
             raise FilterlensError(f"module '{n}' runs {calls[n]} times in one forward pass (a shared module); name "
                                   "a module that runs once")
-        s = shapes.get(n)
-        if s is None or len(s) != 3:
-            raise FilterlensError(f"module '{n}' gives an output of shape {s}; a layer must give a 4-D map "
-                                  "(N x C x H x W)")
-    layer = {n: _layer_of(0, n, shapes.get(n), n in found.channels_last) for n in names}
+        if shapes.get(n) is None:
+            raise FilterlensError(f"module '{n}' gives no 4-D map (N x C x H x W); name a module that does")
+    layer = {n: _layer_of(n, shapes.get(n), specs[n], tokens) for n in names}
     blocks = [layer[n] for n in order if n in found.blocks and layer[n] is not None and calls[n] == 1]
     if which == "stages":
         wanted = set(found.stages or _stage_ends(blocks))
@@ -181,7 +198,7 @@ def list_layers(model: nn.Module, input_size: tuple[int, int, int], which: str =
         raise ValueError(f"which must be 'blocks' or 'stages', not {which!r}")
     wanted |= set(extra)
     chosen = [layer[n] for n in order if n in wanted and layer[n] is not None]
-    return [Layer(i, l.name, l.units, l.shape, l.unit_kind, l.layout) for i, l in enumerate(chosen)]
+    return [replace(l, index=i) for i, l in enumerate(chosen)]
 
 
 def describe(model: nn.Module) -> Discovery:
@@ -189,17 +206,17 @@ def describe(model: nn.Module) -> Discovery:
     return discover(model)
 
 
-def resolve_layers(model: nn.Module, input_size: tuple[int, int, int], spec) -> list[Layer]:
+def resolve_layers(model: nn.Module, input_size: tuple[int, int, int], spec, tokens: str = "all") -> list[Layer]:
     """The layers a selection names: ``all`` (every block), ``stages``, indices and ``last:N`` over the blocks,
     or dotted module paths (a block, or any module that gives a 4-D map, measured in the same pass)."""
     text = ",".join(map(str, spec)) if isinstance(spec, (list, tuple)) else str(spec if spec is not None else "all")
     if text.strip() == "stages":
-        return list_layers(model, input_size, "stages")
+        return list_layers(model, input_size, "stages", tokens=tokens)
     items = [t.strip() for t in text.split(",") if t.strip()]
     modules = dict(model.named_modules())
     blocks = set(discover(model).blocks)
     extra = [t for t in items if t in modules and t not in blocks and t != ""]
-    return select_layers(list_layers(model, input_size, "blocks", extra), spec)
+    return select_layers(list_layers(model, input_size, "blocks", extra, tokens), spec)
 
 
 def select_layers(layers: list[Layer], spec) -> list[Layer]:

@@ -7,6 +7,7 @@ from ..config import STAGE_ORDER
 from ..errors import FilterlensError
 from ..files import read_json, write_text
 from ..rundir import RunDir
+from .plots import unit_word
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -127,28 +128,30 @@ def _page(d: Path, res: dict, stages: dict) -> str:
                                            left=("item", "value")))
     # layers
     layers = _read_csv(d / "layers.csv")
+    unit = unit_word(layers)
     parts.append("<h2>Layers</h2><p class='muted'>accuracy: test accuracy of a new bias-free FC trained on the frozen "
-                 "layer's output; clusters/noise per filter averaged over filters with a cluster (<code>_all</code>: "
-                 "over all filters); SNR = mean signal elements / mean noise elements per filter.</p>")
+                 f"layer's output; clusters/noise per {unit} averaged over {unit}s with a cluster (<code>_all</code>: "
+                 f"over all {unit}s; the columns keep the method's name, <code>per_filter</code>); SNR = mean signal "
+                 f"elements / mean noise elements per {unit}.</p>")
     parts.append(_table(layers))
     plots = [p for p in ("accuracy.png", "clusters.png") if (d / p).exists()]
     if plots:
         parts.append("<div class='grid'>" + "".join(_img(d / p, p) for p in plots) + "</div>")
     heat = sorted((d / "heatmaps").glob("*.png")) if (d / "heatmaps").exists() else []
     if heat:
-        parts.append("<h2>Filter matrices</h2><p class='muted'>rows: input label, columns: output unit; labels "
-                     "reordered so each filter's clusters show as blocks (outlined).</p><div class='grid'>" +
+        parts.append(f"<h2>{unit.capitalize()} matrices</h2><p class='muted'>rows: input label, columns: output unit; labels "
+                     f"reordered so each {unit}'s clusters show as blocks (outlined).</p><div class='grid'>" +
                      "".join(_img(p, p.stem) for p in heat) + "</div>")
     filters = _read_csv(d / "filters.csv")
     if filters:
-        parts.append(f"<details><summary>Every filter ({len(filters)} rows)</summary>{_table(filters)}</details>")
+        parts.append(f"<details><summary>Every {unit} ({len(filters)} rows)</summary>{_table(filters)}</details>")
     if (d / "thresholds.csv").exists():
         parts.append("<h2>Threshold sensitivity</h2>" + _table(_read_csv(d / "thresholds.csv")))
     if (d / "bootstrap.csv").exists():
         parts.append("<h2>Bootstrap 95% intervals</h2>" + _table(_read_csv(d / "bootstrap.csv")))
     # AFCC
     if (d / "afcc.csv").exists():
-        parts.append("<h2>AFCC: keeping only the filters' cluster connections</h2>" + _table(_read_csv(d / "afcc.csv")))
+        parts.append(f"<h2>AFCC: keeping only the {unit}s' cluster connections</h2>" + _table(_read_csv(d / "afcc.csv")))
         if (d / "afcc_thresholds.csv").exists():
             parts.append("<p class='muted'>accuracy against dilution, AFCC and random control:</p>" +
                          _table(_read_csv(d / "afcc_thresholds.csv")))

@@ -50,12 +50,19 @@ def _values(rows, key):
     return out
 
 
+def unit_word(rows) -> str:
+    """'filter', 'head' or 'unit' (a mix), from the rows' ``unit_kind``: what the plots and the report call units."""
+    kinds = {r.get("unit_kind") or "filter" for r in rows}
+    return kinds.pop() if len(kinds) == 1 else "unit"
+
+
 def plot_layers(rows: list[dict], directory: Path, title: str = "") -> list[Path]:
     """``accuracy.png`` (accuracy and SNR against layer) and ``clusters.png`` (noise per filter and
     cluster size against layer)."""
     plt = _figure()
     x = list(range(1, len(rows) + 1))
     names = [r["layer"] for r in rows]
+    unit = unit_word(rows)
     paths = []
 
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 3), 4))
@@ -67,19 +74,19 @@ def plot_layers(rows: list[dict], directory: Path, title: str = "") -> list[Path
     if any(k in rows[0] for k in ("snr",)) if rows else False:
         ax2 = ax.twinx()
         ax2.plot(x, _values(rows, "snr"), "s--", color="tab:red", label="SNR")
-        ax2.set_ylabel("SNR (signal / noise elements per filter)", color="tab:red")
+        ax2.set_ylabel(f"SNR (signal / noise elements per {unit})", color="tab:red")
     ax.set_title(title or "accuracy and SNR per layer")
     ax.grid(alpha=0.3)
     paths.append(save_figure(fig, directory / "accuracy.png"))
 
     if rows and "noise_per_filter" in rows[0]:
         fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 3), 4))
-        ax.plot(x, _values(rows, "noise_per_filter_all"), "o-", label="noise elements per filter (all filters)")
-        ax.plot(x, _values(rows, "noise_per_filter"), "o:", label="noise per filter (filters with a cluster)")
-        ax.set_ylabel("noise elements per filter")
+        ax.plot(x, _values(rows, "noise_per_filter_all"), "o-", label=f"noise elements per {unit} (all {unit}s)")
+        ax.plot(x, _values(rows, "noise_per_filter"), "o:", label=f"noise per {unit} ({unit}s with a cluster)")
+        ax.set_ylabel(f"noise elements per {unit}")
         ax2 = ax.twinx()
         ax2.plot(x, _values(rows, "cluster_size"), "s--", color="tab:green", label="mean cluster size")
-        ax2.plot(x, _values(rows, "clusters_per_filter"), "^--", color="tab:purple", label="clusters per filter")
+        ax2.plot(x, _values(rows, "clusters_per_filter"), "^--", color="tab:purple", label=f"clusters per {unit}")
         ax2.set_ylabel("labels / clusters")
         ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
         ax.set_xlabel("layer")
