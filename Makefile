@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.filterlens-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/filterlens demo
 
+# the default run (under 10 minutes on 2 cores); the slow tests (marked `slow`) run in their own CI step
 test: setup
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -n 2 -m slow
 
 bench: setup
 	$(PY) benchmarks/probe_engine.py --quick

@@ -34,7 +34,7 @@ FLOORS = [
 ]
 # Inside a subpackage: its modules from the ground up (its __init__, the face, is on top).
 SUBFLOORS = {
-    "models": [["vgg", "resnet_cifar", "vit_tiny"], ["families"], ["layers"], ["build", "checkpoints"]],
+    "models": [["vgg", "resnet_cifar", "vit_tiny"], ["units"], ["families"], ["layers"], ["build", "checkpoints"]],
     "afcc": [["masks"], ["diluted"], ["retrain", "cost"], ["removal"], ["export"], ["stage"]],
     "report": [["plots"], ["html", "compare"]],
     "sfp": [["matrices"], ["clusters"], ["layer"], ["bootstrap"]],

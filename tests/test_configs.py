@@ -25,8 +25,9 @@ def test_there_are_paper_recipes():
         assert want in names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_config_runs_at_tiny_scale(path, tmp_path, request):
+@pytest.mark.parametrize("path", [pytest.param(p, marks=() if p.stem == "demo" else pytest.mark.slow) for p in CONFIGS],
+                         ids=[p.stem for p in CONFIGS])
+def test_config_runs_at_tiny_scale(path, tmp_path, request):  # the paper recipes: `make test-slow`
     cfg = Config.from_dict(load_toml(path), source=str(path))  # the file as users have it: every key valid
     small = dict(weights=None, epochs=min(cfg.epochs, 1), probe_epochs=1, num_workers=0, device="cpu",
                  progress=False, afcc=False, num_labels="")

@@ -88,6 +88,7 @@ def data():
     return synthetic_data()
 
 
+@pytest.mark.slow  # about a minute on two workers: `make test-slow`, a step of .ci/run
 @pytest.mark.parametrize("name", TORCHVISION + TIMM)
 def test_family_end_to_end(name, data):
     if name.startswith("timm:"):

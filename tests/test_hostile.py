@@ -33,6 +33,8 @@ from conftest import (
     run_cli,
 )
 
+pytestmark = pytest.mark.slow  # about 3 CPU-minutes: `make test-slow`, a step of .ci/run
+
 TOML = """
 [data]
 dataset = "digits"

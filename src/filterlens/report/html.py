@@ -94,14 +94,17 @@ def build_report(run_dir, settings_hash: str | None = None) -> Path:
     if not rd.path.is_dir():
         raise FilterlensError(f"run directory '{rd.path}' does not exist; run filterlens analyze or filterlens run "
                               "first")
+    import time
+
     with rd.lock("filterlens report"):
+        t0 = time.perf_counter()
         res = rd.read_results()
         rd.verify(*READS)
         stages = rd.stages()
         path = write_text(rd.file("report.html"), _page(rd.path, res, stages))
         if settings_hash is None:
             settings_hash = "|".join(stages[s]["hash"] for s in STAGE_ORDER if s in stages and s != "report")
-        rd.record("report", settings_hash, ("report.html",))
+        rd.record("report", settings_hash, ("report.html",), time.perf_counter() - t0)
     return path
 
 
