@@ -388,7 +388,7 @@ def test_estimator_api_and_threshold_sweep():
     assert est.fit(weight, means) is est
     other = analyze_layer(weight, means, threshold=0.4)
     assert est.summary() == other.summary()
-    assert est.get_params() == {"threshold": 0.4, "normalise": "max", "dtype": "float64"}
+    assert est.get_params() == {"threshold": 0.4, "normalise": "max", "dtype": "float64", "keep_matrices": "auto"}
     mats = filter_matrices(weight, means)
     thresholds = [0.1, 0.3, 0.5, 0.9]
     sweep = threshold_sweep(mats, thresholds)
@@ -523,3 +523,26 @@ def test_plot_filter_matrix_writes_reordered_figure(tmp_path):
     with open(out, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(tmp_path / "sub") == ["f0.png"]  # no temporary file left behind
+
+
+def test_chunked_fit_equals_the_whole_layer_at_once(monkeypatch):
+    """fit() contracts and analyses units chunk by chunk and keeps no array of all matrices unless asked:
+    the same clusters, noise and summary as analysing the full (C, L, L) matrices at once, any unit's
+    matrix on demand, and the threshold sweep recomputed from the weight and means."""
+    import filterlens.sfp.layer as layer_module
+
+    acts, labels, weight = make_layer(seed=5)
+    means = label_means_loop(acts, labels, weight.shape[0])
+    whole = LayerSFP(threshold=0.3).fit_matrices(filter_matrices(weight, means))
+    L = weight.shape[0]
+    monkeypatch.setattr(layer_module, "_CHUNK_ELEMENTS", 2 * L * L + 1)  # two units per chunk, an odd remainder
+    est = LayerSFP(threshold=0.3, keep_matrices=False).fit(weight, means)
+    assert not hasattr(est, "matrices_") and not hasattr(est, "binary_")
+    assert est.clusters_ == whole.clusters_
+    assert np.array_equal(est.noise_, whole.noise_) and np.array_equal(est.dead_, whole.dead_)
+    assert est.summary() == whole.summary()
+    for c in (0, weight.shape[1] - 1):
+        np.testing.assert_array_equal(est.matrix(c), whole.matrices_[c])
+    assert est.summaries([0.2, 0.5]) == threshold_sweep(whole.matrices_, [0.2, 0.5])
+    kept = LayerSFP(threshold=0.3, keep_matrices=True).fit(weight, means)
+    np.testing.assert_array_equal(kept.matrices_, whole.matrices_)

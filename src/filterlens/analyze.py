@@ -106,7 +106,7 @@ class Analysis:
             est = self.sfp[layer]
             kind = next((r.get("unit_kind", "filter") for r in self.layers if r["layer"] == layer), "filter")
             path = Path(directory) / "heatmaps" / f"{layer}-{kind}{c}.png"
-            plot_filter_matrix(est.matrices_[c], est.threshold, est.clusters_[c], labels, path,
+            plot_filter_matrix(est.matrix(c), est.threshold, est.clusters_[c], labels, path,
                                title=f"{layer} {kind} {c}", normalise=est.normalise)
             out.append(path)
         return out
@@ -190,7 +190,7 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         row["vote_fraction"] = float(frac.mean())
         rows.append(row)
         if thresholds:
-            for srow in sfp.threshold_sweep(est.matrices_, thresholds, cfg.normalise):
+            for srow in est.summaries(thresholds):
                 sweep_rows.append({"layer": r.name, **{k: srow[k] for k in ["threshold"] + SUMMARY_KEYS if k in srow}})
         if cfg.bootstrap > 0:
             if r.fields is None:

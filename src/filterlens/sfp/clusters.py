@@ -9,25 +9,26 @@ import torch
 from .matrices import _CHUNK_ELEMENTS, DEFAULT_THRESHOLD, _check_normalise, _check_threshold
 
 
-def _process_block(block: np.ndarray, normalise: str, out: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalise ``block`` (n, L, L) into ``out``; return raw column means, maxima, dead.
+def _process_block(block: torch.Tensor, normalise: str, out: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalise ``block`` (n, L, L) into ``out`` (torch: every core, no Python loop); return the raw
+    column means, the basis maxima and the dead flags.
 
     Dead filters (basis maximum <= 0) get an all-zero normalised matrix.
     """
-    colmean = block.mean(axis=1)  # (n, L): mean over input labels i, per output unit j
-    if not np.all(np.isfinite(colmean)):
+    colmean = block.mean(dim=1)  # (n, L): mean over input labels i, per output unit j
+    if not bool(torch.isfinite(colmean).all()):
         raise ValueError("filter matrices contain NaN or infinite values")
     if normalise == "column-centred":
-        np.subtract(block, colmean[:, None, :], out=out)
+        torch.sub(block, colmean[:, None, :], out=out)
         basis = out
     else:
         basis = block
-    maxima = basis.max(axis=(1, 2))
+    maxima = basis.amax(dim=(1, 2))
     dead = ~(maxima > 0)
-    scale = np.where(dead, 1.0, maxima).astype(out.dtype, copy=False)
-    np.divide(basis, scale[:, None, None], out=out)
-    if dead.any():
+    scale = torch.where(dead, torch.ones_like(maxima), maxima)
+    torch.div(basis, scale[:, None, None], out=out)
+    if bool(dead.any()):
         out[dead] = 0
     return colmean, maxima, dead
 
@@ -70,7 +71,8 @@ def normalise_matrices(matrices: Any, normalise: str = "max") -> tuple[np.ndarra
     single = np.ndim(matrices) == 2
     m = _as_matrices(matrices)
     out = np.empty_like(m)
-    _, _, dead = _process_block(m, normalise, out)
+    _, _, dead = _process_block(torch.from_numpy(m), normalise, torch.from_numpy(out))
+    dead = dead.numpy()
     return (out[0], dead[0]) if single else (out, dead)
 
 
@@ -98,24 +100,31 @@ def binarise_matrices(matrices: Any, threshold: float = DEFAULT_THRESHOLD,
     return (binary[0], dead[0]) if single else (binary, dead)
 
 
-def _binarise(m: np.ndarray, threshold: float, normalise: str
+def _binarise(m: np.ndarray, threshold: float, normalise: str, buffers: tuple | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Chunked normalise + binarise; also returns basis maxima and preferred output units."""
+    """Chunked normalise + binarise; also returns basis maxima and preferred output units.
+
+    ``buffers``: (normalised, binary) torch tensors of at least the chunk's size, reused across calls (fresh
+    large buffers cost more in page faults than the arithmetic)."""
     c, L, _ = m.shape
-    binary = np.empty((c, L, L), dtype=bool)
+    step = max(1, min(c, _CHUNK_ELEMENTS // (L * L)))
+    mt = torch.from_numpy(m)  # a view: no copy
+    if buffers is None:
+        buffers = (torch.empty((step, L, L), dtype=mt.dtype), torch.empty((step, L, L), dtype=torch.bool))
+    buf, bbuf = buffers
+    binary = np.empty((c, L, L), dtype=bool) if c > len(bbuf) else bbuf[:c].numpy()
     dead = np.empty(c, dtype=bool)
     maxima = np.empty(c, dtype=np.float64)
     preferred = np.empty(c, dtype=np.int64)
-    step = max(1, min(c, _CHUNK_ELEMENTS // (L * L)))
-    buf = np.empty((step, L, L), dtype=m.dtype)
+    bt = torch.from_numpy(binary)
     for s in range(0, c, step):
         e = min(c, s + step)
         out = buf[: e - s]
-        colmean, mx, dd = _process_block(m[s:e], normalise, out)
-        np.greater(out, threshold, out=binary[s:e])
-        dead[s:e] = dd
-        maxima[s:e] = mx
-        preferred[s:e] = colmean.argmax(axis=1)
+        colmean, mx, dd = _process_block(mt[s:e], normalise, out)
+        torch.gt(out, threshold, out=bt[s:e])
+        dead[s:e] = dd.numpy()
+        maxima[s:e] = mx.numpy()
+        preferred[s:e] = colmean.argmax(dim=1).numpy()
     return binary, dead, maxima, preferred
 
 

@@ -8,8 +8,12 @@ import numpy as np
 import torch
 
 from .clusters import _as_matrices, _binarise, _greedy_unchecked
-from .matrices import (DEFAULT_THRESHOLD, NotFittedError, _as_tensor, _check_layer_shapes, _check_normalise,
-                       _check_threshold, _nanmean, filter_matrices, sample_fields)
+from .matrices import (_CHUNK_ELEMENTS, DEFAULT_THRESHOLD, NotFittedError, _as_tensor, _check_dtype,
+                       _check_layer_shapes, _check_normalise, _check_threshold, _nanmean, _shape, contract,
+                       sample_fields)
+
+# LayerSFP keeps a layer's matrices (and their binarised copies) only up to this size ("auto")
+_KEEP_BYTES = 256 * 2**20
 
 
 class LayerSFP:
@@ -29,13 +33,17 @@ class LayerSFP:
         METHOD.md stage 3 item 7, option ``normalise``.
     dtype : {"float64", "float32"}, default float64
         Precision of the contraction in :meth:`fit` (see :func:`filter_matrices`).
+    keep_matrices : bool or "auto", default "auto"
+        Keep every unit's matrix after :meth:`fit` (``"auto"``: when they take at most 256 MiB).
 
     Attributes
     ----------
     matrices_ : numpy.ndarray, shape (C, L, L)
-        Raw filter matrices ``F_c`` (rows input label, columns output unit).
+        Raw filter matrices ``F_c`` (rows input label, columns output unit); only when kept
+        (``keep_matrices``; always after :meth:`fit_matrices`). :meth:`matrix` gives one either way.
     binary_ : numpy.ndarray of bool, shape (C, L, L)
-        Binarised normalised matrices (all zeros for dead filters).
+        Binarised normalised matrices (all zeros for dead filters); kept with ``matrices_``.
+    num_units_, num_labels_ : int
     clusters_ : list of list of list of int
         Per filter, its clusters (label lists).
     num_clusters_ : numpy.ndarray of int, shape (C,)
@@ -60,30 +68,34 @@ class LayerSFP:
     """
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, normalise: str = "max",
-                 dtype: Any = "float64") -> None:
+                 dtype: Any = "float64", keep_matrices: Any = "auto") -> None:
         self.threshold = threshold
         self.normalise = normalise
         self.dtype = dtype
+        self.keep_matrices = keep_matrices
 
     # -- scikit-learn style parameter access ------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {"threshold": self.threshold, "normalise": self.normalise, "dtype": self.dtype}
+        return {"threshold": self.threshold, "normalise": self.normalise, "dtype": self.dtype,
+                "keep_matrices": self.keep_matrices}
 
     def set_params(self, **params: Any) -> "LayerSFP":
         for key, value in params.items():
-            if key not in ("threshold", "normalise", "dtype"):
+            if key not in ("threshold", "normalise", "dtype", "keep_matrices"):
                 raise ValueError(f"invalid parameter {key!r} for LayerSFP")
             setattr(self, key, value)
         return self
 
     def __repr__(self) -> str:
         return (f"LayerSFP(threshold={self.threshold!r}, normalise={self.normalise!r}, "
-                f"dtype={self.dtype!r})")
+                f"dtype={self.dtype!r}, keep_matrices={self.keep_matrices!r})")
 
     # -- fitting ----------------------------------------------------------------------
     def fit(self, weight: Any, label_means: Any) -> "LayerSFP":
-        """Compute the filter matrices from the probe weight and per-label means, then
-        analyse them (METHOD.md stage 3).
+        """Contract, normalise, binarise and cluster the units' matrices, chunk by chunk of units
+        (METHOD.md stage 3): the matrices of a whole layer (512 filters x 1000 labels: 4.1 GB in
+        float64) never exist at once unless ``keep_matrices`` asks for them (``"auto"``: when they take
+        at most 256 MiB); :meth:`matrix` gives any unit's matrix on demand.
 
         Parameters
         ----------
@@ -94,12 +106,34 @@ class LayerSFP:
         -------
         self
         """
-        _check_threshold(self.threshold)
-        _check_normalise(self.normalise)
-        return self.fit_matrices(filter_matrices(weight, label_means, dtype=self.dtype))
+        threshold = _check_threshold(self.threshold)
+        normalise = _check_normalise(self.normalise)
+        dt = _check_dtype(self.dtype)
+        _check_layer_shapes(_shape(weight), _shape(label_means), "label_means", same_first=True)
+        w, m = _as_tensor(weight, "weight"), _as_tensor(label_means, "label_means")
+        n_labels, n_units = int(w.shape[0]), int(w.shape[1])
+        keep = self.keep_matrices
+        if keep == "auto":
+            keep = n_units * n_labels * n_labels * dt.itemsize <= _KEEP_BYTES
+        self._weight, self._means = w, m
+        self._reset(n_units, n_labels, keep, dt)
+        step = max(1, min(n_units, _CHUNK_ELEMENTS // (n_labels * n_labels)))
+        tdt = torch.float64 if dt == np.dtype(np.float64) else torch.float32
+        with torch.no_grad():  # units first and contiguous, once: every chunk's product reads rows in order
+            mp = m.to(tdt).reshape(n_labels, n_units, -1).permute(1, 0, 2).contiguous()  # (C, L, P)
+            wp = w.to(mp.device, tdt).reshape(n_labels, n_units, -1).permute(1, 2, 0).contiguous()  # (C, P, L)
+            buf = torch.empty((step, n_labels, n_labels), dtype=tdt, device=mp.device)
+            work = (torch.empty((step, n_labels, n_labels), dtype=tdt), torch.empty((step, n_labels, n_labels),
+                                                                                      dtype=torch.bool))
+            for s in range(0, n_units, step):
+                e = min(n_units, s + step)
+                block = torch.bmm(mp[s:e], wp[s:e], out=buf[: e - s]).cpu().numpy()
+                self._fit_block(s, block, threshold, normalise, work)
+        self._finish()
+        return self
 
     def fit_matrices(self, matrices: Any) -> "LayerSFP":
-        """Analyse ready filter matrices ``(C, L, L)`` (normalise, binarise, cluster).
+        """Analyse ready unit matrices ``(C, L, L)`` (normalise, binarise, cluster).
 
         The array is stored as ``matrices_`` without a copy when it already is a float
         numpy array.
@@ -111,25 +145,68 @@ class LayerSFP:
         threshold = _check_threshold(self.threshold)
         normalise = _check_normalise(self.normalise)
         m = _as_matrices(matrices)
-        binary, dead, maxima, preferred = _binarise(m, threshold, normalise)
-        clusters = [_greedy_unchecked(binary[c]) for c in range(m.shape[0])]
-        sizes = [np.fromiter((len(k) for k in cl), dtype=np.int64, count=len(cl))
-                 for cl in clusters]
+        self._weight = self._means = None
+        self._reset(m.shape[0], m.shape[1], True, m.dtype)
         self.matrices_ = m
-        self.binary_ = binary
-        self.dead_ = dead
-        self.max_ = maxima
-        self.preferred_label_ = preferred
-        self.clusters_ = clusters
+        self._fit_block(0, m, threshold, normalise)
+        self._finish()
+        return self
+
+    def _reset(self, n_units: int, n_labels: int, keep: bool, dtype) -> None:
+        self.num_units_, self.num_labels_ = n_units, n_labels
+        self.dead_ = np.empty(n_units, dtype=bool)
+        self.max_ = np.empty(n_units, dtype=np.float64)
+        self.preferred_label_ = np.empty(n_units, dtype=np.int64)
+        self.ones_ = np.empty(n_units, dtype=np.int64)
+        self.clusters_ = [None] * n_units
+        for name in ("matrices_", "binary_", "vote_fraction_"):
+            if hasattr(self, name):
+                delattr(self, name)
+        if keep:
+            self.matrices_ = np.empty((n_units, n_labels, n_labels), dtype=dtype)
+            self.binary_ = np.empty((n_units, n_labels, n_labels), dtype=bool)
+
+    def _fit_block(self, start: int, block: np.ndarray, threshold: float, normalise: str,
+                   work: tuple | None = None) -> None:
+        """Normalise, binarise and cluster the units ``start..start+len(block)`` (``work``: reused buffers)."""
+        stop = start + len(block)
+        binary, dead, maxima, preferred = _binarise(block, threshold, normalise, work)
+        self.dead_[start:stop], self.max_[start:stop], self.preferred_label_[start:stop] = dead, maxima, preferred
+        self.ones_[start:stop] = np.count_nonzero(binary.reshape(len(block), -1), axis=1)
+        for i in range(len(block)):
+            self.clusters_[start + i] = _greedy_unchecked(binary[i])
+        if hasattr(self, "binary_"):
+            self.binary_[start:stop] = binary
+            if self.matrices_ is not block:
+                self.matrices_[start:stop] = block
+
+    def _finish(self) -> None:
+        sizes = [np.fromiter((len(k) for k in cl), dtype=np.int64, count=len(cl)) for cl in self.clusters_]
         self.cluster_sizes_ = sizes
-        self.num_clusters_ = np.array([len(cl) for cl in clusters], dtype=np.int64)
+        self.num_clusters_ = np.array([len(cl) for cl in self.clusters_], dtype=np.int64)
         self.labels_in_clusters_ = np.array([int(s.sum()) for s in sizes], dtype=np.int64)
         self.signal_ = np.array([int((s * s).sum()) for s in sizes], dtype=np.int64)
-        self.ones_ = binary.sum(axis=(1, 2), dtype=np.int64)
         self.noise_ = self.ones_ - self.signal_
-        if hasattr(self, "vote_fraction_"):
-            del self.vote_fraction_
-        return self
+
+    def matrix(self, unit: int) -> np.ndarray:
+        """Unit ``unit``'s raw matrix ``F_c`` (L, L): kept, or contracted again from the weight and means."""
+        self._check_fitted()
+        if not 0 <= int(unit) < self.num_units_:
+            raise IndexError(f"unit {unit} outside 0..{self.num_units_ - 1}")
+        if hasattr(self, "matrices_"):
+            return self.matrices_[int(unit)]
+        return contract(self._weight[:, int(unit):int(unit) + 1], self._means[:, int(unit):int(unit) + 1],
+                        _check_dtype(self.dtype))[0]
+
+    def summaries(self, thresholds: Iterable[float]) -> list[dict[str, Any]]:
+        """The layer summary at each threshold (same normalisation), from the kept matrices or chunk by chunk
+        from the weight and means."""
+        self._check_fitted()
+        thresholds = list(thresholds)
+        if hasattr(self, "matrices_"):
+            return threshold_sweep(self.matrices_, thresholds, self.normalise)
+        return [LayerSFP(t, self.normalise, self.dtype, keep_matrices=False).fit(self._weight, self._means).summary()
+                for t in thresholds]
 
     @classmethod
     def from_matrices(cls, matrices: Any, threshold: float = DEFAULT_THRESHOLD,
@@ -149,7 +226,7 @@ class LayerSFP:
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "binary_"):
+        if not hasattr(self, "ones_"):
             raise NotFittedError("this LayerSFP is not fitted yet; call fit or fit_matrices")
 
     # -- results ----------------------------------------------------------------------
@@ -195,8 +272,8 @@ class LayerSFP:
             "ones_per_filter_all": _nanmean(self.ones_),
             "labels_in_clusters_per_filter": _nanmean(self.labels_in_clusters_[has]),
             "dead_filters": _nanmean(self.dead_),
-            "num_filters": int(self.binary_.shape[0]),
-            "num_labels": int(self.binary_.shape[1]),
+            "num_filters": int(self.num_units_),
+            "num_labels": int(self.num_labels_),
             "num_clusters": int(self.num_clusters_.sum()),
             "threshold": float(self.threshold),
             "normalise": str(self.normalise),
@@ -221,7 +298,7 @@ class LayerSFP:
         ``label_names`` is given, else the index.
         """
         self._check_fitted()
-        L = self.binary_.shape[1]
+        L = self.num_labels_
         if label_names is not None and len(label_names) != L:
             raise ValueError(f"label_names has {len(label_names)} entries; expected {L}")
 

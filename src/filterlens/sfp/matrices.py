@@ -30,7 +30,7 @@ _SETTING_KEYS = ("threshold", "normalise", "num_filters", "num_labels")
 
 # Work arrays of the per-filter pipeline are processed in chunks of about this many elements
 # (16 Mi elements = 128 MiB in float64), so that normalisation never doubles the memory.
-_CHUNK_ELEMENTS = 1 << 24
+_CHUNK_ELEMENTS = 1 << 22
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -162,14 +162,18 @@ def filter_matrices(weight: Any, label_means: Any, dtype: Any = np.float64) -> n
     """
     dt = _check_dtype(dtype)
     _check_layer_shapes(_shape(weight), _shape(label_means), "label_means", same_first=True)
-    w = _as_tensor(weight, "weight")
-    m = _as_tensor(label_means, "label_means")
+    return contract(_as_tensor(weight, "weight"), _as_tensor(label_means, "label_means"), dt)
+
+
+def contract(w: torch.Tensor, m: torch.Tensor, dt: np.dtype) -> np.ndarray:
+    """The matrices of the units in ``w`` and ``m`` (both (L, c, ...), checked by the caller): ``(c, L, L)``
+    in ``dt``, one batched matrix product over the units (on the inputs' device, then to the host)."""
     device = w.device if w.device.type != "cpu" else m.device
     tdt = _torch_dtype(dt)
-    n_labels, n_filters = w.shape[0], w.shape[1]
+    n_labels, n_units = w.shape[0], w.shape[1]
     with torch.no_grad():
-        w = w.to(device=device, dtype=tdt).reshape(n_labels, n_filters, -1)
-        m = m.to(device=device, dtype=tdt).reshape(n_labels, n_filters, -1)
+        w = w.to(device=device, dtype=tdt).reshape(n_labels, n_units, -1)
+        m = m.to(device=device, dtype=tdt).reshape(n_labels, n_units, -1)
         # (C, L_i, P) @ (C, P, L_j) -> (C, L_i, L_j)
         out = torch.bmm(m.permute(1, 0, 2), w.permute(1, 2, 0))
     return out.cpu().numpy()
