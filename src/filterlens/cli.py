@@ -160,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=_HelpFormatter)
     rep.add_argument("run_dir", help="run directory")
 
+    c = sub.add_parser("compare", help="the papers' figures across runs and sweeps: every layer metric against "
+                                       "relative depth, error against the number of labels",
+                       formatter_class=_HelpFormatter,
+                       description="Reads finished runs and sweeps (nothing recomputed) and writes into --out one "
+                                   "figure per layer metric against relative depth (one line per run), the maximal "
+                                   "and mean error against the number of labels with their fits (one line per "
+                                   "sweep), compare.csv, compare_sweeps.csv and compare.html (self-contained).")
+    c.add_argument("dirs", nargs="+", metavar="RUN_OR_SWEEP_DIR",
+                   help="finished run directories (filterlens run or analyze) and sweep directories "
+                        "(filterlens sweep); a run directory holding a sweep under sweep/ counts as both")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory (created); not one of the inputs")
+
     f = sub.add_parser(
         "afcc", help="dilute an analysed run by its units' cluster connections (AFCC), retrain, compare with a "
                      "random control, and remove units physically", formatter_class=_HelpFormatter,
@@ -301,6 +313,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .report import build_compare
+
+    print(f"wrote {build_compare(args.dirs, args.out)}")
+    return 0
+
+
 def cmd_afcc(args) -> int:
     from .afcc import print_afcc, run_afcc
 
@@ -319,7 +338,7 @@ def cmd_demo(args) -> int:
 
 
 DISTRIBUTED_COMMANDS = ("train", "analyze")  # the commands that run under torchrun
-COMMANDS = {"afcc": cmd_afcc, "run": cmd_run, "report": cmd_report, "sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
+COMMANDS = {"afcc": cmd_afcc, "run": cmd_run, "report": cmd_report, "compare": cmd_compare, "sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
 
 
 # errno values that mean "the user pointed at something unusable" (exit 2) rather than an internal error

@@ -1,5 +1,8 @@
-"""Every plot and every HTML page: :mod:`.plots` (PNG figures) and :mod:`.html` (``report.html``)."""
+"""Every plot and every HTML page: :mod:`.plots` (PNG figures), :mod:`.html` (``report.html``) and
+:mod:`.compare` (``compare.html``: several runs and sweeps side by side)."""
+from .compare import build_compare
 from .html import build_report
 from .plots import plot_afcc, plot_filter_matrix, plot_layers, plot_sweep, save_figure
 
-__all__ = ["build_report", "plot_afcc", "plot_filter_matrix", "plot_layers", "plot_sweep", "save_figure"]
+__all__ = ["build_compare", "build_report", "plot_afcc", "plot_filter_matrix", "plot_layers", "plot_sweep",
+           "save_figure"]

@@ -1,0 +1,302 @@
+"""``filterlens compare``: the papers' figures across runs and sweeps, from their saved files; nothing recomputed.
+
+* every layer metric (accuracy, SNR, noise per unit, cluster size, clusters per unit, units without a
+  cluster) against the **relative depth** of the layer (its position among the run's analysed layers
+  divided by their number, so a 13-layer VGG and a 9-stage EfficientNet share one axis), one line per
+  run, with the 95% bootstrap band where the run has ``bootstrap.csv``;
+* the maximal and the mean error against the number of labels, one line per sweep with its
+  least-squares fit (``sweep.json``);
+* ``compare.csv`` (one row per run and layer), ``compare_sweeps.csv`` (one row per sweep and label
+  count) and ``compare.html`` (one self-contained page: images embedded, no external resource).
+
+Every input is checked before anything is written; a bad one is one line naming it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FilterlensError
+from ..files import read_json, write_csv, write_text
+from ..rundir import RunDir
+from .html import _CHECK_JS, _CSS, _esc, _img, _read_csv, _table
+from .plots import _figure, _values, save_figure, unit_word
+
+# (column of layers.csv, its name in the figures, the y-axis label, the file name)
+METRICS = (
+    ("accuracy", "layer accuracy", "test accuracy of the layer's FC", "depth_accuracy.png"),
+    ("snr", "SNR", "SNR (mean signal / mean noise elements per unit)", "depth_snr.png"),
+    ("noise_per_filter", "noise per unit", "noise elements per unit (units with a cluster)", "depth_noise.png"),
+    ("cluster_size", "cluster size", "mean cluster size (labels)", "depth_cluster_size.png"),
+    ("clusters_per_filter", "clusters per unit", "clusters per unit (units with a cluster)", "depth_clusters.png"),
+    ("filters_without_cluster", "units without a cluster", "fraction of units without a cluster",
+     "depth_no_cluster.png"),
+)
+SWEEP_METRICS = (("max_error", "maximal error", "sweep_max_error.png"),
+                 ("mean_error", "mean error", "sweep_mean_error.png"))
+CSV_COLUMNS = ["run", "model", "dataset", "num_labels", "unit_kind", "layer", "position", "relative_depth",
+               *(m[0] for m in METRICS)]
+SWEEP_COLUMNS = ["sweep", "num_labels", "max_error", "mean_error", "min_error"]
+OUTPUTS = ("compare.html", "compare.csv", "compare_sweeps.csv", *(m[3] for m in METRICS),
+           *(m[2] for m in SWEEP_METRICS))
+_VALID = ("a finished run directory (results.json and layers.csv: filterlens run or analyze) or a finished sweep "
+          "directory (sweep.json or sweep/sweep.json: filterlens sweep, or filterlens run with num_labels)")
+
+
+@dataclass
+class _Run:
+    path: Path
+    model: str
+    dataset: str
+    num_labels: int
+    unit_kind: str
+    rows: list[dict]  # layers.csv, with position and relative_depth added
+    bands: dict = field(default_factory=dict)  # metric -> (lows, highs), one per layer
+    label: str = ""
+    res: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Sweep:
+    path: Path  # the folder that holds sweep.json
+    model: str
+    dataset: str
+    per_count: list[dict]
+    fits: dict
+    label: str = ""
+
+
+def build_compare(dirs, out) -> Path:
+    """Compare finished runs and sweeps: write the figures, ``compare.csv``, ``compare_sweeps.csv`` and
+    ``compare.html`` into ``out``; returns the path of ``compare.html``.
+
+    ``dirs``: run directories (``filterlens run`` / ``analyze``) and sweep directories (``filterlens
+    sweep``); a run directory holding a sweep under ``sweep/`` counts as both. Every input and ``out``
+    are checked before anything is written (FilterlensError, one line).
+    """
+    dirs = list(dirs)
+    if not dirs:
+        raise FilterlensError(f"no directory to compare; give one or more: {_VALID}")
+    out = RunDir.validate(out, "output directory")
+    runs, sweeps, seen = [], [], {}
+    for d in dirs:
+        p = Path(str(d))
+        if not str(d).strip():
+            raise FilterlensError(f"input directory '' is empty; give {_VALID}")
+        if not p.is_dir():
+            what = "does not exist" if not p.exists() else "is not a directory"
+            raise FilterlensError(f"input '{p}' {what}; give {_VALID}")
+        key = p.resolve()
+        if key in seen:
+            raise FilterlensError(f"input '{p}' is given twice (also as '{seen[key]}'); give each directory once")
+        seen[key] = p
+        run, sweep = _read_run(p), _read_sweep(p)
+        if run is None and sweep is None:
+            raise FilterlensError(f"input '{p}' is neither a finished run nor a finished sweep; give {_VALID}")
+        runs += [run] if run else []
+        sweeps += [sweep] if sweep else []
+    if out.resolve() in seen:
+        raise FilterlensError(f"output directory '{out}' is one of the inputs; choose another --out")
+    _unique_labels(runs)
+    _unique_labels(sweeps)
+
+    written = []
+    if runs:
+        written += [_depth_figure(runs, metric, name, ylabel, out / png) for metric, name, ylabel, png in METRICS]
+    written.append(write_csv(out / "compare.csv", [r for run in runs for r in _csv_rows(run)], CSV_COLUMNS))
+    if sweeps:
+        written += [_sweep_figure(sweeps, key, name, out / png) for key, name, png in SWEEP_METRICS]
+        written.append(write_csv(out / "compare_sweeps.csv", [
+            {"sweep": str(s.path), **{k: c.get(k) for k in SWEEP_COLUMNS[1:]}} for s in sweeps for c in s.per_count],
+            SWEEP_COLUMNS))
+    page = write_text(out / "compare.html", _page(runs, sweeps, [p for p in written if p.suffix == ".png"]))
+    for name in OUTPUTS:  # an earlier compare's files that this one does not replace would mislead
+        stale = out / name
+        if stale not in written and stale != page and stale.is_file():
+            stale.unlink()
+    return page
+
+
+# ------------------------------------------------------------------------------ reading the inputs
+
+def _read_run(p: Path) -> _Run | None:
+    """The finished run in ``p`` (None when it holds no results.json); a damaged one is refused."""
+    rd = RunDir(p)
+    if not rd.exists("results.json"):
+        return None
+    res = rd.read_results()
+    if not rd.file("layers.csv").is_file():
+        raise FilterlensError(f"input '{p}' holds results.json but no layers.csv, so it is not a finished run; "
+                              "run filterlens analyze (or filterlens run) on it again")
+    rd.verify("layers.csv", "bootstrap.csv")
+    rows = _csv_file(rd.file("layers.csv"))
+    if not rows or any(m not in rows[0] for m, *_ in METRICS):
+        missing = [m for m, *_ in METRICS if not rows or m not in rows[0]]
+        raise FilterlensError(f"'{rd.file('layers.csv')}' is damaged or from another filterlens: no "
+                              f"{'layer rows' if not rows else 'column ' + ', '.join(missing)}")
+    n = len(rows)
+    for i, r in enumerate(rows):
+        r["position"], r["relative_depth"] = i + 1, (i + 1) / n
+    cfg, data = res.get("config", {}), res.get("data", {})
+    labels = res.get("label_names") or []
+    return _Run(p, str(cfg.get("model", "?")), str(data.get("dataset", cfg.get("dataset", "?"))),
+                len(labels) or int(data.get("num_labels") or 0), unit_word(rows), rows,
+                _bands(_csv_file(rd.file("bootstrap.csv")), rows), res=res)
+
+
+def _csv_file(path: Path) -> list[dict]:
+    """The rows of a CSV file of the run ([] when absent); one that cannot be read as CSV is one line naming it."""
+    import csv
+
+    try:
+        return _read_csv(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FilterlensError(f"'{path}' is damaged: it cannot be read as CSV ({exc})") from None
+
+
+def _bands(boot: list[dict], rows: list[dict]) -> dict:
+    """metric -> (lows, highs) along the run's layers, from bootstrap.csv (NaN where it has no row)."""
+    by = {(b.get("layer"), b.get("metric")): b for b in boot}
+    bands = {}
+    for metric, *_ in METRICS:
+        picked = [by.get((r["layer"], metric), {}) for r in rows]
+        if any(picked):
+            bands[metric] = (_values(picked, "low"), _values(picked, "high"))
+    return bands
+
+
+def _read_sweep(p: Path) -> _Sweep | None:
+    """The finished sweep in ``p`` (``sweep/sweep.json`` of a run, or ``sweep.json`` of filterlens sweep)."""
+    for rel in ("sweep/sweep.json", "sweep.json"):
+        if (p / rel).is_file():
+            break
+    else:
+        return None
+    RunDir(p).verify(rel)
+    path = p / rel
+    sj = read_json(path)
+    ok = (isinstance(sj, dict) and sj.get("version") == 1 and isinstance(sj.get("per_count"), list)
+          and isinstance(sj.get("fits", {}), dict) and sj["per_count"]
+          and all(isinstance(c, dict) and all(_number(c.get(k)) for k in SWEEP_COLUMNS[1:]) for c in sj["per_count"]))
+    if not ok:
+        raise FilterlensError(f"'{path}' is damaged or from another filterlens: it must hold version 1 and per_count, "
+                              "one entry per label count with num_labels, max_error, mean_error and min_error; run "
+                              "filterlens sweep --merge on it again")
+    cfg = (sj.get("plan") or {}).get("config") or {}
+    return _Sweep(path.parent, str(cfg.get("model", "?")), str(cfg.get("dataset", "?")),
+                  sorted(sj["per_count"], key=lambda c: c["num_labels"]), sj.get("fits") or {})
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _unique_labels(items) -> None:
+    """Each line's legend label; the directory is added where two would read the same."""
+    for it in items:
+        if isinstance(it, _Run):
+            it.label = f"{it.model} on {it.dataset} ({it.num_labels} labels, {it.unit_kind}s)"
+        else:
+            it.label = f"{it.model} on {it.dataset} (sweep)"
+    names = [it.label for it in items]
+    for it in items:
+        if names.count(it.label) > 1:
+            it.label += f" [{it.path}]"
+
+
+def _csv_rows(run: _Run) -> list[dict]:
+    return [{**r, "run": str(run.path), "model": run.model, "dataset": run.dataset, "num_labels": run.num_labels,
+             "unit_kind": r.get("unit_kind") or run.unit_kind} for r in run.rows]
+
+
+# ------------------------------------------------------------------------------ figures
+
+def _depth_figure(runs: list[_Run], metric: str, name: str, ylabel: str, path: Path) -> Path:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    banded = False
+    for run in runs:
+        x = [r["relative_depth"] for r in run.rows]
+        line, = ax.plot(x, _values(run.rows, metric), "o-", ms=4, label=run.label)
+        if metric in run.bands:
+            low, high = run.bands[metric]
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, lw=0)
+            banded = True
+    if metric in ("accuracy", "filters_without_cluster"):
+        ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("relative depth (layer position / number of analysed layers)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{name} against relative depth" + (" (shaded: 95% bootstrap interval)" if banded else ""),
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return save_figure(fig, path)
+
+
+def _fit(fits: dict, key: str) -> dict | None:
+    f = fits.get(key) or {}
+    return f if all(_number(f.get(k)) and math.isfinite(f[k]) for k in ("a", "b")) else None
+
+
+def _sweep_figure(sweeps: list[_Sweep], key: str, name: str, path: Path) -> Path:
+    import numpy as np
+
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for s in sweeps:
+        xs = np.array([c["num_labels"] for c in s.per_count], dtype=float)
+        line, = ax.plot(xs, [c[key] for c in s.per_count], "o-", label=s.label)
+        f = _fit(s.fits, key)
+        if f is not None:
+            r2 = f"{f['r2']:.2f}" if _number(f.get("r2")) else "n/a"
+            grid = np.linspace(xs.min(), xs.max(), 50)
+            sign = "+" if f["b"] >= 0 else "-"
+            ax.plot(grid, f["a"] + f["b"] * grid, "--", color=line.get_color(),
+                    label=f"fit {f['a']:.3f} {sign} {abs(f['b']):.4f} L (R² {r2})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("number of labels L")
+    ax.set_ylabel(f"{name} (test error rate)")
+    ax.set_title(f"{name} against the number of labels, least-squares fit dashed", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ the page
+
+def _page(runs: list[_Run], sweeps: list[_Sweep], pngs: list[Path]) -> str:
+    import time
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>filterlens compare</title>"
+             f"<style>{_CSS}</style><script>{_CHECK_JS}</script></head><body>",
+             f"<h1>filterlens compare</h1><p class='muted'>{len(runs)} run(s), {len(sweeps)} sweep(s) &middot; built "
+             f"{time.strftime('%Y-%m-%d %H:%M')} &middot; method: Meir et al., arXiv 2309.07537</p>"]
+    if runs:
+        table = [{"run": str(r.path), "line": r.label, "model": r.model, "dataset": r.dataset, "labels": r.num_labels,
+                  "units": r.unit_kind, "layers": len(r.rows),
+                  "test accuracy": (r.res.get("train") or {}).get("test_accuracy"),
+                  "threshold": (r.res.get("sfp") or {}).get("threshold"),
+                  "bootstrap": "yes" if r.bands else "no"} for r in runs]
+        parts.append("<h2>Runs</h2>" + _table(table, left=("run", "line", "model", "dataset", "units", "bootstrap")))
+        parts.append("<p class='muted'>relative depth: the layer's position among the run's analysed layers divided "
+                     "by their number (1 is the last analysed layer). Noise and clusters per unit are averaged over "
+                     "the units with a cluster; a unit is a filter in a CNN and an attention head in a "
+                     "transformer.</p>")
+    if sweeps:
+        fits = [{"sweep": str(s.path), "line": s.label, "fit": key,
+                 **{k: (s.fits.get(key) or {}).get(k) for k in ("a", "b", "r2", "b_low", "b_high", "n")}}
+                for s in sweeps for key, *_ in SWEEP_METRICS]
+        parts.append("<h2>Error against the number of labels</h2><p class='muted'>least-squares fits error = a + b L "
+                     "(b_low, b_high: 95% interval of b)</p>" + _table(fits, left=("sweep", "line", "fit")))
+    if pngs:
+        parts.append("<h2>Figures</h2><div class='grid'>" + "".join(_img(p, p.stem) for p in pngs) + "</div>")
+    if runs:
+        parts.append(f"<details><summary>Every layer ({sum(len(r.rows) for r in runs)} rows, compare.csv)</summary>"
+                     + _table([row for r in runs for row in _csv_rows(r)], CSV_COLUMNS,
+                              left=("run", "model", "dataset", "unit_kind", "layer")) + "</details>")
+    parts.append(f"<p class='muted'>{_esc('files: ' + ', '.join(p.name for p in pngs))}</p></body></html>\n")
+    return "\n".join(parts)
