@@ -129,7 +129,7 @@ def test_cli_results_json(cli_run):
     for key in ("version", "config", "probes", "layers"):
         assert key in res, key
     assert res["probes"]["mode"] == "fast"
-    assert res["probes"]["engine"] == "cache"
+    assert res["probes"]["engine"] == "memory"
     assert res["config"]["probe_epochs"] == 5
     _, rows = _read_csv(run / "layers.csv")
     assert [l["layer"] for l in res["layers"]] == [r["layer"] for r in rows]

@@ -512,10 +512,10 @@ def test_feature_cache_holds_float16_features(model, layers, digits, tmp_path, o
         assert np.all(err <= 2.0**-11 * np.abs(ref) + 2.0**-24 + 1e-6), err.max()
         assert np.abs(ref).max() < 60000  # within float16 range: the comparison is meaningful
     assert cache.data.device.type == "cpu" and cache.labels.device.type == "cpu"  # the default: the host
-    if on_disk:  # one memory-mapped file holds every layer's columns
-        files = list(directory.iterdir())
-        assert [f.name for f in files] == ["test.f16"]
-        assert files[0].stat().st_size >= 2 * n * (1024 + 128 + 64)
+    if on_disk:  # one memory-mapped file holds every layer's columns, another the labels
+        files = {f.name: f for f in directory.iterdir()}
+        assert sorted(files) == ["test.f16", "test.labels"]
+        assert files["test.f16"].stat().st_size >= 2 * n * (1024 + 128 + 64)
         assert tuple(cache.data.shape) == (n, 1024 + 128 + 64)
 
 

@@ -90,7 +90,7 @@ def fast_short(trained):
 
 @pytest.fixture(scope="module")
 def stream_short(trained):
-    return _run(trained, probe_epochs=EPOCHS_SHORT, cache_budget="1K")  # far below what the features need
+    return _run(trained, probe_epochs=EPOCHS_SHORT, engine="stream")
 
 
 def _acc(weight: torch.Tensor, feats: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
@@ -248,7 +248,7 @@ def test_paper_optimiser_reference_learns(cached):
 
 def test_cache_engine_one_pass(fast_short):
     res, samples, lines = fast_short
-    assert res.mode == "fast" and res.engine == "cache" and res.forward_passes == 1
+    assert res.mode == "fast" and res.engine == "memory" and res.forward_passes == 1
     assert res.recipe.epochs == EPOCHS_SHORT and not res.recipe.augment
     # the frozen network saw every sample exactly once, whatever the number of layers and epochs
     assert samples == N_TRAIN + N_TEST

@@ -149,6 +149,9 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     t0 = time.perf_counter()
     layers = resolve_layers(model, (data.in_channels, data.image_size, data.image_size), cfg.layers, cfg.tokens)
     check_heatmaps(cfg.heatmaps, layers)
+    cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir
+    if cache_dir is not None:
+        cache_dir = RunDir.validate(cache_dir, "cache directory")
     pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo,
                       keep_fields=cfg.bootstrap > 0)
     pr.timings["stage_s"] = time.perf_counter() - t0
@@ -218,7 +221,8 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         "data": data_meta,
         "label_names": label_names,
         "label_map": data_meta.get("label_map"),
-        "probes": {"mode": pr.mode, "engine": pr.engine, "recipe": asdict(pr.recipe), "note": pr.note,
+        "probes": {"mode": pr.mode, "engine": pr.engine, "engine_choice": pr.engine_plan, "recipe": asdict(pr.recipe),
+                   "note": pr.note,
                    "forward_passes": pr.forward_passes, "timings": pr.timings,
                    "pool": cfg.probe_pool, "augment": pr.recipe.augment},
         "sfp": {"threshold": cfg.threshold, "normalise": cfg.normalise},
@@ -241,7 +245,8 @@ def save_probe_result(pr: ProbeResult, directory, data_meta: dict, hash_: str = 
         blob["test_labels"] = pr.test_labels
     written.append(torch_save(d / "label_means.pt", blob))
     written.append(write_json(d / "probes.json", {
-        "hash": hash_, "mode": pr.mode, "engine": pr.engine, "recipe": asdict(pr.recipe), "note": pr.note,
+        "hash": hash_, "mode": pr.mode, "engine": pr.engine, "engine_choice": pr.engine_plan,
+        "recipe": asdict(pr.recipe), "note": pr.note,
         "forward_passes": pr.forward_passes, "timings": pr.timings, "data": data_meta,
         "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
                     "shape": list(r.shape),
@@ -270,7 +275,8 @@ def load_probe_result(directory) -> tuple[ProbeResult, dict]:
                                fields[m["name"]] if fields is not None else None, m.get("unit_kind", "filter"))
               for m in meta["layers"]]
     pr = ProbeResult(layers, meta["mode"], meta["engine"], ProbeRecipe(**meta["recipe"]), blob["counts"],
-                     meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"))
+                     meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"),
+                     meta.get("engine_choice"))
     return pr, meta["data"]
 
 
@@ -296,7 +302,7 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
         device = dist_.setup(cfg.device)
         if not dist_.is_main():
             echo = _silent
-        pr = probe_stage(model, data, cfg, device=device, echo=echo)
+        pr = probe_stage(model, data, cfg, device=device, echo=echo, cache_dir=cfg.cache_dir or rd.file("cache"))
         result = sfp_stage(pr, data.describe(), cfg)
         result.meta["processes"] = dist_.world_size()
         if dist_.is_main():

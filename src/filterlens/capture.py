@@ -214,13 +214,12 @@ class FeatureCache:
     """
 
     def __init__(self, layers: Sequence[CaptureLayer], num_samples: int, directory: Path | None = None,
-                 prefix: str = "train", device=None):
+                 prefix: str = "train", device=None, _mode: str = "w+"):
         device = torch.device(device or "cpu")
         if directory is not None and device.type != "cpu":
             raise ValueError("a memory-mapped feature cache lives on the host; give directory or device, not both")
         self.num_samples = num_samples
         self.directory = directory
-        self.labels = torch.empty(num_samples, dtype=torch.long, device=device)
         self._filled = 0
         self.offsets: dict[str, tuple[int, int]] = {}
         total = 0
@@ -229,12 +228,30 @@ class FeatureCache:
             total += cl.features
         if directory is None:
             self.data = torch.empty((num_samples, total), dtype=torch.float16, device=device)
-        else:
+            self.labels = torch.empty(num_samples, dtype=torch.long, device=device)
+        else:  # {prefix}.f16 (the features) and {prefix}.labels (int64), both .npy memory maps
             directory.mkdir(parents=True, exist_ok=True)
-            arr = np.lib.format.open_memmap(directory / f"{prefix}.f16", mode="w+", dtype=np.float16,
-                                            shape=(num_samples, total))
-            self.data = torch.from_numpy(arr)
+            self._maps = [np.lib.format.open_memmap(directory / f"{prefix}.f16", mode=_mode, dtype=np.float16,
+                                                    shape=(num_samples, total)),
+                          np.lib.format.open_memmap(directory / f"{prefix}.labels", mode=_mode, dtype=np.int64,
+                                                    shape=(num_samples,))]
+            if _mode == "r+":
+                for arr, want in zip(self._maps, ((num_samples, total), (num_samples,))):
+                    if arr.shape != want:
+                        raise ValueError(f"cache file has shape {arr.shape}, expected {want}")
+                self._filled = num_samples
+            self.data, self.labels = (torch.from_numpy(a) for a in self._maps)
         self.features: dict[str, torch.Tensor] = {name: self.data[:, a:b] for name, (a, b) in self.offsets.items()}
+
+    @classmethod
+    def open(cls, layers: Sequence[CaptureLayer], num_samples: int, directory: Path, prefix: str) -> "FeatureCache":
+        """A complete memory-mapped cache written earlier (the caller checked its completion marker)."""
+        return cls(layers, num_samples, directory, prefix, _mode="r+")
+
+    def flush(self) -> None:
+        """Write a memory-mapped cache's pages to its files."""
+        for arr in getattr(self, "_maps", []):
+            arr.flush()
 
     @staticmethod
     def nbytes(layers: Sequence[CaptureLayer], num_samples: int) -> int:

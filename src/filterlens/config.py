@@ -87,8 +87,13 @@ class Config:
                      choices=("all", "cls", "mean"))
     probe_augment: bool = _f(False, "probes", "training augmentation during probe training (the authors: on; "
                                               "forces streaming)")
+    engine: str = _f("auto", "probes", "how the probes get their features: auto (memory when the cache fits the "
+                                       "budget, else the cheapest of groups, disk and stream by measured speed), memory, "
+                                       "groups (one capture pass per group of layers that fits), disk (a memory-mapped "
+                                       "cache in --cache-dir), stream (one forward pass per epoch)",
+                     choices=("auto", "memory", "groups", "disk", "stream"))
     cache_budget: str = _f("auto", "probes", "bytes of cached float16 features (e.g. 500M, 4G; auto: 40%% of the "
-                                             "available memory, at most 16G); above it, stream")
+                                             "available memory, at most 16G); above it, --engine decides")
     # sfp (METHOD.md stage 3)
     threshold: float = _f(0.3, "sfp", "binarisation threshold of the normalised unit matrices", bounds="(0, 1)")
     normalise: str = _f("max", "sfp", "filter-matrix normalisation", choices=("max", "column-centred"))
@@ -112,6 +117,8 @@ class Config:
     # run-wide (not part of any result's identity)
     seed: int = _f(0, "train", "one seed for Python, NumPy, torch and the loaders", bounds="[0, 4294967295]")
     device: str = _f("auto", "run", "auto, cpu, cuda or cuda:N")
+    cache_dir: str | None = _f(None, "run", "folder of the disk engine's feature cache (default: cache/ in the run "
+                                            "directory, or a temporary folder outside one)")
     num_workers: int = _f(0, "run", "DataLoader workers for folder datasets", bounds="[0, 64]")
     compile: bool = _f(False, "run", "torch.compile the network for training (worth it on GPUs)")
     progress: bool = _f(True, "run", "progress bars (off when not a terminal)")

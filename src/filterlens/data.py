@@ -615,6 +615,42 @@ class FolderLoader:
                                   ) from None
 
 
+def shard_indices(n: int, rank: int = 0, world_size: int = 1, pad: bool = True) -> torch.Tensor:
+    """The samples of ``rank`` in an unshuffled pass (what an unshuffled loader of that rank yields, in order)."""
+    idx = torch.arange(n)
+    if world_size > 1:
+        if pad:
+            per = -(-n // world_size)
+            idx = torch.cat([idx, idx[: per * world_size - n]])
+        idx = idx[rank::world_size]
+    return idx
+
+
+def batches_in_order(data: Data, split: str, order: torch.Tensor, batch_size: int, device="cpu",
+                     augment: bool = False, seed: int = 0, epoch: int = 0, num_workers: int = 0):
+    """Mini-batches of ``split`` holding exactly the samples ``order``, ``batch_size`` at a time, in that order
+    (the probes' streaming engine walks the same permutation the feature cache's rows are read in)."""
+    import copy
+
+    ds = data.train if split == "train" else data.test
+    device = torch.device(device)
+    if isinstance(ds, ArraySplit):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        for b in order.split(batch_size):
+            x = ds.normalise(ds.images[b].to(device, non_blocking=True))
+            if augment:
+                x = augment_batch(x, data.spec.crop_padding, data.spec.flip, gen)
+            yield ds.resize(x), ds.labels[b].to(device, non_blocking=True)
+        return
+    folder = copy.copy(ds)
+    folder.augment = augment
+    torch.manual_seed(seed * 1_000_003 + epoch)  # the folder transforms draw from the global RNG
+    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, sampler=order.tolist(),
+                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
 def make_loader(data: Data, split: str, batch_size: int, train: bool = False, seed: int = 0, device="cpu",
                 augment: bool | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1,
                 pad: bool = True):

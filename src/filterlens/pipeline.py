@@ -128,7 +128,7 @@ def _probes(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
     from .train import load_trained
 
     model, _, data, _ = load_trained(rd.path)
-    pr = an.probe_stage(model, data, cfg, echo=echo)
+    pr = an.probe_stage(model, data, cfg, echo=echo, cache_dir=cfg.cache_dir or rd.file("cache"))
     files = an.save_probe_result(pr, rd.path, data.describe(), cfg.stage_hash("probes"))
     rd.record("probes", cfg.stage_hash("probes"), [str(p.relative_to(rd.path)) for p in files],
               pr.timings.get("stage_s"))

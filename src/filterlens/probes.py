@@ -24,7 +24,9 @@ input) and, per filter, how often each output unit wins its single-filter field.
 from __future__ import annotations
 
 import math
+import shutil
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,9 +35,11 @@ import torch
 import torch.nn as nn
 
 from . import distributed as dist_
-from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture_pass
+from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture_pass, pooled_shape
 from .config import Config, parse_bytes, parse_pool
-from .data import Data, make_loader
+from .data import Data, batches_in_order, make_loader, shard_indices
+from .files import torch_save
+from .engine import EnginePlan, cache_key, finish_disk_cache, open_disk_cache, plan_engine, remove_disk_cache
 from .models import Layer
 from .progress import progress_bar
 
@@ -90,11 +94,12 @@ class ProbeSet:
         self.layers = list(layers)
         self.recipe = recipe
         self.num_labels = num_labels
-        gen = torch.Generator().manual_seed(seed)
         self.fcs: dict[str, nn.Linear] = {}
         for cl in self.layers:
             fc = nn.Linear(cl.features, num_labels, bias=False)
             bound = 1.0 / math.sqrt(cl.features)
+            # each layer's own generator: a probe starts from the same weights whichever layers share its set
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(cl.name.encode()))
             with torch.no_grad():
                 fc.weight.uniform_(-bound, bound, generator=gen)
             fc.to(device)
@@ -252,6 +257,7 @@ class ProbeResult:
     forward_passes: int = 0
     note: str = ""
     test_labels: torch.Tensor | None = None  # (N_test,) in the order of the fields
+    engine_plan: dict | None = None  # which engine and why (engine.EnginePlan.record)
 
     def table(self) -> list[dict]:
         return [{"layer": r.name, "filters": r.filters, "features": r.features, "accuracy": r.accuracy}
@@ -264,105 +270,164 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
     """Train every selected layer's probe; return accuracies, weights, label means and votes.
 
     ``cfg`` supplies ``probe_mode``, ``probe_epochs``, ``probe_lr``, ``probe_batch_size``,
-    ``probe_weight_decay``, ``probe_pool``, ``probe_augment``, ``cache_budget`` and ``seed``.
-    Under torchrun every rank captures and trains on its shard (``probe_batch_size / N`` per
+    ``probe_weight_decay``, ``probe_pool``, ``probe_augment``, ``cache_budget``, ``engine`` and
+    ``seed``; ``cache_dir`` is where the disk engine keeps its cache (a temporary directory when
+    None). Under torchrun every rank captures and trains on its shard (``probe_batch_size / N`` per
     rank and step, gradients averaged), and every rank returns the same, global, result.
     """
+    import tempfile
+
     device = torch.device(device)
     recipe = ProbeRecipe.from_config(cfg)
     rank, world = dist_.rank(), dist_.world_size()
     batch = dist_.per_rank_batch(recipe.batch_size, "probe_batch_size")
     pool = parse_pool(cfg.probe_pool)
-    L = data.num_labels
-    timings = {}
     t_all = time.perf_counter()
-    with Capture(model, layers, pool) as cap:
-        cls = cap.layers
-        # this rank's samples: the training shard padded to equal length, the test shard not
-        n_train, n_test = dist_.shard_size(len(data.train), pad=True), dist_.shard_size(len(data.test), pad=False)
-        need = FeatureCache.nbytes(cls, n_train + n_test)
-        budget = parse_bytes(cfg.cache_budget)
-        engine, note = "cache", ""
-        if recipe.augment:
-            engine, note = "stream", "augmentation on: features change every epoch, so probes are streamed"
-        elif need > budget:
-            engine = "stream"
-            note = (f"feature cache would need {need / 2**20:.0f} MiB > cache budget {budget / 2**20:.0f} MiB; "
-                    "streaming (one forward pass per epoch)")
-        # on a GPU with room for it, the cache is filled and read there (no trip through the host, no
-        # file); otherwise it stays on the host and train_from_cache stages batches through pinned memory
-        cache_device = torch.device("cpu")
-        if engine == "cache" and device.type == "cuda" \
-                and need + 8 * (n_train + n_test) < torch.cuda.mem_get_info(device)[0] // 2:
-            cache_device, cache_dir = device, None
-            note = f"feature cache ({need / 2**20:.0f} MiB) kept on {device}"
-        if note and cfg.probe_mode == "fast":
-            echo(f"note: {note}")
-        probes = ProbeSet(cls, L, recipe, seed=cfg.seed, device=device)
-        means = LabelMeanSink(cls, L, device=device)
-        ev = ProbeEval(probes, keep_fields=keep_fields)
-        test_loader = make_loader(data, "test", 256, device=device, num_workers=cfg.num_workers, rank=rank,
-                                  world_size=world, pad=False)
-        passes = 0
-        train_acc: dict[str, float | None] = {cl.name: None for cl in cls}
-        if engine == "cache":
-            t0 = time.perf_counter()
-            tag = f"-rank{rank}" if world > 1 else ""
-            train_cache = FeatureCache(cls, n_train, cache_dir, "train" + tag, device=cache_device)
-            test_cache = FeatureCache(cls, n_test, cache_dir, "test" + tag, device=cache_device)
-            train_loader = make_loader(data, "train", 256, device=device, augment=False, num_workers=cfg.num_workers,
-                                       rank=rank, world_size=world)
-            capture_pass(cap, train_loader, [train_cache],
-                         progress=lambda it: progress_bar(it, progress, desc="capture train"))
-            capture_pass(cap, test_loader, [test_cache, means],
-                         progress=lambda it: progress_bar(it, progress, desc="capture test"))
-            passes = 1
-            timings["capture_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            train_from_cache(probes, train_cache, recipe, cfg.seed if world == 1 else cfg.seed * 1_000_003 + rank,
-                             device, batch_size=batch,
-                             progress=lambda it: progress_bar(it, progress, desc="probe epochs (cache)"))
-            real = dist_.shard_size(len(data.train), pad=False)  # the padded rows repeat other ranks' samples
-            correct = dist_.all_reduce_sum(_cached_correct(probes, train_cache, real, device))
-            for name, c in zip(probes.fcs, correct):
-                train_acc[name] = c / max(len(data.train), 1)
-            timings["probe_train_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            rows = _chunk_rows(sum(cl.features for cl in cls))
-            for s in range(0, n_test, rows):
-                y = test_cache.labels[s : s + rows].to(device)
-                ev.update({cl.name: test_cache.features[cl.name][s : s + rows].to(device, torch.float32)
-                           .reshape(len(y), *cl.shape) for cl in cls}, y)
-            timings["eval_s"] = time.perf_counter() - t0
+    cls = [CaptureLayer(l, pooled_shape(l.shape, pool, l.unit_kind)) for l in layers]
+    # this rank's samples: the training shard padded to equal length, the test shard not
+    n_train, n_test = dist_.shard_size(len(data.train), pad=True), dist_.shard_size(len(data.test), pad=False)
+    need = FeatureCache.nbytes(cls, n_train + n_test)
+    plain = make_loader(data, "train", 256, device=device, augment=False, num_workers=cfg.num_workers, rank=rank,
+                        world_size=world)
+    scratch = None
+    if cache_dir is None and cfg.engine in ("auto", "disk") and need > parse_bytes(cfg.cache_budget):
+        scratch = cache_dir = Path(tempfile.mkdtemp(prefix="filterlens-cache-"))
+    try:
+        plan = plan_engine(model, cls, pool, cfg.engine, need, parse_bytes(cfg.cache_budget), n_train + n_test,
+                           recipe.epochs, n_train, recipe.augment, device, cache_dir, plain)
+        echo(f"note: {plan.note}")
+        run = _Run(model, pool, data, cfg, recipe, device, batch, progress, keep_fields, rank, world, plain)
+        if plan.engine == "stream":
+            parts = [run.stream(cls)]
         else:
-            t0 = time.perf_counter()
-            train_loader = make_loader(data, "train", batch, train=True, seed=cfg.seed, device=device,
-                                       augment=recipe.augment, num_workers=cfg.num_workers, rank=rank,
-                                       world_size=world)
-            for epoch in progress_bar(range(recipe.epochs), progress, desc="probe epochs (stream)"):
-                train_loader.set_epoch(epoch)
-                for x, y in train_loader:
+            parts = [run.cached(group, plan) for group in plan.groups]
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    results, counts, timings, test_labels = _merge(parts, cls, keep_fields)
+    timings["total_s"] = time.perf_counter() - t_all
+    passes = plan.record()["capture_passes"] or recipe.epochs + 1
+    return ProbeResult(results, cfg.probe_mode, plan.engine, recipe, counts, timings, passes, plan.note, test_labels,
+                       plan.record())
+
+
+class _Run:
+    """One probe stage's settings, and the two ways a group of layers is trained: from a cache, or streamed."""
+
+    def __init__(self, model, pool, data, cfg, recipe, device, batch, progress, keep_fields, rank, world, plain):
+        self.model, self.pool, self.data, self.cfg, self.recipe = model, pool, data, cfg, recipe
+        self.device, self.batch, self.progress, self.keep_fields = device, batch, progress, keep_fields
+        self.rank, self.world, self.plain = rank, world, plain
+
+    def _bar(self, desc):
+        return lambda it: progress_bar(it, self.progress, desc=desc)
+
+    def _test_loader(self):
+        return make_loader(self.data, "test", 256, device=self.device, num_workers=self.cfg.num_workers,
+                           rank=self.rank, world_size=self.world, pad=False)
+
+    def cached(self, group: list[CaptureLayer], plan: EnginePlan) -> dict:
+        """One capture pass of ``group`` into a cache (memory or disk), its probes trained from it."""
+        L, timings = self.data.num_labels, {}
+        n_train = dist_.shard_size(len(self.data.train), pad=True)
+        n_test = dist_.shard_size(len(self.data.test), pad=False)
+        probes = ProbeSet(group, L, self.recipe, seed=self.cfg.seed, device=self.device)
+        means = LabelMeanSink(group, L, device=self.device)
+        ev = ProbeEval(probes, keep_fields=self.keep_fields)
+        t0 = time.perf_counter()
+        tag = f"-rank{self.rank}" if self.world > 1 else ""
+        caches, fresh = {}, False
+        for split, n in (("train", n_train), ("test", n_test)):
+            if plan.engine == "disk":
+                key = cache_key(self.model, group, self.data.describe(), n, split + tag)
+                caches[split], done = open_disk_cache(group, n, plan.cache_dir, split + tag, key)
+                caches[split].key, fresh = key, fresh or not done
+            else:
+                caches[split] = FeatureCache(group, n, None, split + tag, device=plan.cache_device)
+                fresh = True
+        means_file = plan.cache_dir / f"test{tag}.means.pt" if plan.engine == "disk" else None
+        if fresh or plan.engine != "disk":
+            with Capture(self.model, [cl.layer for cl in group], self.pool) as cap:
+                capture_pass(cap, self.plain, [caches["train"]], progress=self._bar("capture train"))
+                # the label means from the float32 maps, as the other engines compute them
+                capture_pass(cap, self._test_loader(), [caches["test"], means], progress=self._bar("capture test"))
+            if plan.engine == "disk":
+                torch_save(means_file, {"sums": means.sums, "counts": means.counts})
+                for split in ("train", "test"):
+                    finish_disk_cache(caches[split], plan.cache_dir, split + tag, caches[split].key)
+        else:  # a complete disk cache of an interrupted analysis: its label means were saved with it
+            saved = torch.load(means_file, map_location=self.device, weights_only=True)
+            means.sums, means.counts = saved["sums"], saved["counts"]
+        timings["capture_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        seed = self.cfg.seed if self.world == 1 else self.cfg.seed * 1_000_003 + self.rank
+        train_from_cache(probes, caches["train"], self.recipe, seed, self.device, batch_size=self.batch,
+                         progress=self._bar("probe epochs (cache)"))
+        real = dist_.shard_size(len(self.data.train), pad=False)  # the padded rows repeat other ranks' samples
+        correct = dist_.all_reduce_sum(_cached_correct(probes, caches["train"], real, self.device))
+        train_acc = {name: c / max(len(self.data.train), 1) for name, c in zip(probes.fcs, correct)}
+        timings["probe_train_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        test = caches["test"]
+        rows = _chunk_rows(sum(cl.features for cl in group))
+        for s in range(0, n_test, rows):
+            y = test.labels[s : s + rows].to(self.device)
+            ev.update({cl.name: test.features[cl.name][s : s + rows].to(self.device, torch.float32)
+                       .reshape(len(y), *cl.shape) for cl in group}, y)
+        timings["eval_s"] = time.perf_counter() - t0
+        if plan.engine == "disk":
+            del caches, test
+            means_file.unlink(missing_ok=True)
+            remove_disk_cache(plan.cache_dir, ["train" + tag, "test" + tag])
+        return {"probes": probes, "means": means, "ev": ev, "train_acc": train_acc, "timings": timings}
+
+    def stream(self, cls: list[CaptureLayer]) -> dict:
+        """Every probe updated from one forward pass per epoch (augmentation allowed), then one test pass."""
+        L, timings = self.data.num_labels, {}
+        probes = ProbeSet(cls, L, self.recipe, seed=self.cfg.seed, device=self.device)
+        means = LabelMeanSink(cls, L, device=self.device)
+        ev = ProbeEval(probes, keep_fields=self.keep_fields)
+        t0 = time.perf_counter()
+        # the same mini-batches in the same order as a cache's rows are read (train_from_cache): this rank's
+        # samples in an unshuffled pass, permuted each epoch by a generator seeded as there
+        local = shard_indices(len(self.data.train), self.rank, self.world, pad=True)
+        gen = torch.Generator().manual_seed(self.cfg.seed if self.world == 1 else self.cfg.seed * 1_000_003 + self.rank)
+        with Capture(self.model, [cl.layer for cl in cls], self.pool) as cap:
+            for epoch in progress_bar(range(self.recipe.epochs), self.progress, desc="probe epochs (stream)"):
+                order = local[torch.randperm(len(local), generator=gen)]
+                for x, y in batches_in_order(self.data, "train", order, self.batch, self.device, self.recipe.augment,
+                                             self.cfg.seed, epoch, self.cfg.num_workers):
                     probes.step_all(cap.forward(x), y)
                 probes.end_epoch()
-                passes += 1
             timings["probe_train_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            capture_pass(cap, test_loader, [means, ev],
-                         progress=lambda it: progress_bar(it, progress, desc="test pass"))
-            passes += 1
+            capture_pass(cap, self._test_loader(), [means, ev], progress=self._bar("test pass"))
             timings["eval_s"] = time.perf_counter() - t0
-    means.all_reduce()
-    ev.all_reduce()
-    acc = ev.accuracy()
-    label_means = means.means()
-    results = [LayerProbeResult(cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features,
-                                acc[cl.name], train_acc[cl.name], probes.weight(cl.name),
-                                label_means[cl.name].cpu(), ev.votes[cl.name],
-                                torch.cat(ev.fields[cl.name]) if keep_fields else None, cl.layer.unit_kind)
-               for cl in cls]
-    timings["total_s"] = time.perf_counter() - t_all
-    return ProbeResult(results, cfg.probe_mode, engine, recipe, means.counts.cpu(), timings, passes, note,
-                       torch.cat(ev.labels) if keep_fields else None)
+        return {"probes": probes, "means": means, "ev": ev, "train_acc": dict.fromkeys(probes.fcs), "timings": timings}
+
+
+def _merge(parts: list[dict], cls: list[CaptureLayer], keep_fields: bool):
+    """The layers' results from the groups' parts, in layer order; label counts and test labels from the first."""
+    by_layer, timings = {}, {}
+    for part in parts:
+        part["means"].all_reduce()
+        part["ev"].all_reduce()
+        acc, label_means = part["ev"].accuracy(), part["means"].means()
+        for name in part["probes"].fcs:
+            by_layer[name] = (part, acc[name], label_means[name])
+        for k, v in part["timings"].items():
+            timings[k] = timings.get(k, 0.0) + v
+    results = []
+    for cl in cls:
+        part, acc, means = by_layer[cl.name]
+        ev = part["ev"]
+        results.append(LayerProbeResult(cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features,
+                                        acc, part["train_acc"][cl.name], part["probes"].weight(cl.name), means.cpu(),
+                                        ev.votes[cl.name], torch.cat(ev.fields[cl.name]) if keep_fields else None,
+                                        cl.layer.unit_kind))
+    first = parts[0]
+    return (results, first["means"].counts.cpu(), timings,
+            torch.cat(first["ev"].labels) if keep_fields else None)
 
 
 def train_from_cache(probes: ProbeSet, cache: FeatureCache, recipe: ProbeRecipe, seed: int, device,
