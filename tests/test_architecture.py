@@ -36,7 +36,7 @@ FLOORS = [
 SUBFLOORS = {
     "models": [["vgg", "resnet_cifar", "vit_tiny"], ["units"], ["families"], ["layers"], ["build", "checkpoints"]],
     "afcc": [["masks"], ["diluted"], ["retrain", "cost"], ["removal"], ["export"], ["stage"]],
-    "report": [["plots"], ["html", "compare"]],
+    "report": [["plots"], ["explorer"], ["html", "compare"]],
     "sfp": [["matrices"], ["clusters"], ["layer"], ["bootstrap"]],
 }
 

@@ -243,6 +243,8 @@ def save_probe_result(pr: ProbeResult, directory, data_meta: dict, hash_: str = 
     if pr.layers and pr.layers[0].fields is not None:
         blob["fields"] = {r.name: r.fields for r in pr.layers}
         blob["test_labels"] = pr.test_labels
+    if pr.layers and pr.layers[0].top_indices is not None:
+        blob["top"] = {r.name: {"values": r.top_values, "indices": r.top_indices} for r in pr.layers}
     written.append(torch_save(d / "label_means.pt", blob))
     written.append(write_json(d / "probes.json", {
         "hash": hash_, "mode": pr.mode, "engine": pr.engine, "engine_choice": pr.engine_plan,
@@ -272,7 +274,8 @@ def load_probe_result(directory) -> tuple[ProbeResult, dict]:
     layers = [LayerProbeResult(m["name"], m["index"], m["filters"], tuple(m["shape"]), tuple(m["layer_shape"]),
                                m["features"], m["accuracy"], m["train_accuracy"], weights[m["name"]],
                                blob["means"][m["name"]], blob["votes"][m["name"]],
-                               fields[m["name"]] if fields is not None else None, m.get("unit_kind", "filter"))
+                               fields[m["name"]] if fields is not None else None, m.get("unit_kind", "filter"),
+                               *_saved_top(blob, m["name"]))
               for m in meta["layers"]]
     pr = ProbeResult(layers, meta["mode"], meta["engine"], ProbeRecipe(**meta["recipe"]), blob["counts"],
                      meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"),
@@ -281,6 +284,11 @@ def load_probe_result(directory) -> tuple[ProbeResult, dict]:
 
 
 PROBE_FILES = ("probes.pt", "label_means.pt", "probes.json")
+
+
+def _saved_top(blob: dict, name: str):
+    top = (blob.get("top") or {}).get(name)
+    return (top["values"], top["indices"]) if top else (None, None)
 
 
 def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:

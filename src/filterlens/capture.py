@@ -253,6 +253,24 @@ class FeatureCache:
         for arr in getattr(self, "_maps", []):
             arr.flush()
 
+    #: a memory-mapped cache hands back its resident pages every this many bytes read or written (None: never),
+    #: so the process' memory stays near the budget however large the file (the OS keeps them in its page cache)
+    release_every: int | None = None
+
+    def touch(self, nbytes: int) -> None:
+        """Count bytes read or written through the memory map; past ``release_every``, drop its resident pages."""
+        if self.release_every is None or not hasattr(self, "_maps"):
+            return
+        self._touched = getattr(self, "_touched", 0) + nbytes
+        if self._touched >= self.release_every:
+            import mmap
+
+            for arr in self._maps:
+                arr.flush()
+                if hasattr(arr, "_mmap") and hasattr(arr._mmap, "madvise"):
+                    arr._mmap.madvise(mmap.MADV_DONTNEED)
+            self._touched = 0
+
     @staticmethod
     def nbytes(layers: Sequence[CaptureLayer], num_samples: int) -> int:
         return 2 * num_samples * sum(cl.features for cl in layers)
@@ -266,6 +284,7 @@ class FeatureCache:
             self.features[name][a:b] = f.reshape(n, -1).to(torch.float16).to(self.data.device)
         self.labels[a:b] = y.to(self.labels.device)
         self._filled = b
+        self.touch(2 * n * self.data.shape[1])
 
     @property
     def complete(self) -> bool:

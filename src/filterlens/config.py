@@ -94,11 +94,16 @@ class Config:
                      choices=("auto", "memory", "groups", "disk", "stream"))
     cache_budget: str = _f("auto", "probes", "bytes of cached float16 features (e.g. 500M, 4G; auto: 40%% of the "
                                              "available memory, at most 16G); above it, --engine decides")
+    top_images: int = _f(8, "probes", "per unit and output unit, remember the test images with the largest field "
+                                       "(the report's thumbnails; 0: none)", bounds="[0, 64]")
     # sfp (METHOD.md stage 3)
     threshold: float = _f(0.3, "sfp", "binarisation threshold of the normalised unit matrices", bounds="(0, 1)")
     normalise: str = _f("max", "sfp", "filter-matrix normalisation", choices=("max", "column-centred"))
     thresholds: str = _f("", "sfp", "also report every layer's summary at these thresholds, e.g. 0.1,0.2,0.3,0.4,0.5")
     bootstrap: int = _f(0, "sfp", "resample the test set N times for 95%% intervals of every layer metric (0: off)", bounds="[0, 100000]")
+    explorer_units: int = _f(32, "sfp", "units per layer shown with thumbnails and matrices in report.html's "
+                                        "explorer (the most and least noisy, and the heatmaps' ones); the rest as "
+                                        "numbers", bounds="[0, 100000]")
     heatmaps: str = _f("auto", "sfp", "filter heatmaps to draw: auto (3 filters of the first, middle and last "
                                       "layer), none, or LAYER:FILTER,...")
     # afcc (METHOD.md stage 5)

@@ -155,6 +155,12 @@ def open_disk_cache(layers: Sequence[CaptureLayer], rows: int, directory: Path, 
     return FeatureCache(layers, rows, directory, prefix), False
 
 
+def bound_resident(cache: FeatureCache, budget: int) -> FeatureCache:
+    """A disk cache hands its pages back every quarter budget, so the process stays near the budget."""
+    cache.release_every = max(budget // 4, 1 << 20)
+    return cache
+
+
 def finish_disk_cache(cache: FeatureCache, directory: Path, prefix: str, key: str) -> None:
     """Flush the memory map, then write the marker that makes the cache complete."""
     cache.flush()
@@ -176,8 +182,10 @@ def remove_disk_cache(directory: Path | None, prefixes: Sequence[str]) -> None:
 
 def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: int, budget: int, rows: int,
                 epochs: int, train_rows: int, augment: bool, device: torch.device, cache_dir: Path | None,
-                loader) -> EnginePlan:
-    """Choose the engine (see the module docstring); ``want`` is the ``engine`` setting."""
+                loader, train_cost=None) -> EnginePlan:
+    """Choose the engine (see the module docstring); ``want`` is the ``engine`` setting. ``train_cost(group)``:
+    the estimated seconds of training a group's probes (every engine trains them: a group's set of probes has
+    its own per-step overhead, so more groups cost more)."""
     if want not in ENGINES:
         raise FilterlensError(f"engine '{want}' is invalid; valid: {', '.join(ENGINES)}")
     mib = 2**20
@@ -215,15 +223,18 @@ def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: in
     if want == "stream":
         return EnginePlan("stream", [list(layers)], note=f"streaming: one forward pass per epoch ({size_note})")
     # auto, over budget: estimate every option from measured throughputs
+    cost = train_cost or (lambda group: 0.0)
     full = forward_seconds(model, layers, pool, loader)
-    est = {"stream_s": (epochs * train_rows + (rows - train_rows)) * full, "forward_s_per_sample": full}
+    train_all = cost(list(layers))
+    est = {"stream_s": (epochs * train_rows + (rows - train_rows)) * full + train_all, "forward_s_per_sample": full,
+           "probe_training_s": train_all}
     if groups is not None:
         per = [forward_seconds(model, g, pool, loader) if g[-1].name != layers[-1].name else full for g in groups]
-        est["groups_s"] = rows * sum(per)
+        est["groups_s"] = rows * sum(per) + sum(cost(g) for g in groups)
     free = shutil.disk_usage(_existing(cache_dir)).free
     if free > 1.1 * need:
         write, read = disk_speed(cache_dir)
-        est.update(disk_s=rows * full + need / write + epochs * need * train_rows / rows / read,
+        est.update(disk_s=rows * full + need / write + epochs * need * train_rows / rows / read + train_all,
                    disk_write_bytes_per_s=write, disk_read_bytes_per_s=read)
     options = {k[:-2]: v for k, v in est.items() if k in ("stream_s", "groups_s", "disk_s")}
     best = min(options, key=options.get)

@@ -39,7 +39,7 @@ from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture
 from .config import Config, parse_bytes, parse_pool
 from .data import Data, batches_in_order, make_loader, shard_indices
 from .files import torch_save
-from .engine import EnginePlan, cache_key, finish_disk_cache, open_disk_cache, plan_engine, remove_disk_cache
+from .engine import EnginePlan, bound_resident, cache_key, finish_disk_cache, open_disk_cache, plan_engine, remove_disk_cache
 from .models import Layer
 from .progress import progress_bar
 
@@ -176,11 +176,19 @@ class ProbeSet:
 
 
 class ProbeEval:
-    """Accumulates test accuracy and, per filter, how often each output unit wins its field."""
+    """Accumulates test accuracy; per unit, how often each output unit wins its field; and per unit and
+    output unit, the ``top_k`` test images with the largest field (the filter explorer's thumbnails:
+    found in the test pass already made, no pass of their own).
 
-    def __init__(self, probes: ProbeSet, keep_fields: bool = False):
+    ``test_index``: the global test index of each sample this process sees, in order (default 0, 1, ...).
+    """
+
+    def __init__(self, probes: ProbeSet, keep_fields: bool = False, top_k: int = 0,
+                 test_index: torch.Tensor | None = None):
         self.probes = probes
         self.keep_fields = keep_fields
+        self.top_k, self.test_index, self._seen = int(top_k), test_index, 0
+        self.top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.fields: dict[str, list[torch.Tensor]] = {cl.name: [] for cl in probes.layers}
         self.labels: list[torch.Tensor] = []
         self.correct = {cl.name: 0 for cl in probes.layers}
@@ -202,15 +210,37 @@ class ProbeEval:
             if self.keep_fields:
                 self.fields[name].append(fields.float().cpu())
             self.votes[name].scatter_add_(1, winner.T.contiguous(), torch.ones_like(winner.T))
+            if self.top_k:
+                self._update_top(name, fields)
+        self._seen += len(y)
         self.total += len(y)
         if self.keep_fields:
             self.labels.append(y.cpu())
+
+    def _update_top(self, name: str, fields: torch.Tensor) -> None:
+        """Merge this batch's fields (n, C, L) into the running top k per (unit, output unit)."""
+        n = fields.shape[0]
+        local = torch.arange(self._seen, self._seen + n)
+        index = (self.test_index[local] if self.test_index is not None else local).to(fields.device)
+        vals = fields.permute(1, 2, 0).float()  # (C, L, n)
+        idx = index.view(1, 1, n).expand_as(vals)
+        if name in self.top:
+            old_v, old_i = self.top[name]
+            vals, idx = torch.cat([old_v, vals], 2), torch.cat([old_i.to(idx.device), idx], 2)
+        k = min(self.top_k, vals.shape[2])
+        best, pos = vals.topk(k, dim=2)
+        self.top[name] = (best, idx.gather(2, pos))
 
     def all_reduce(self) -> None:
         """Under torchrun (each rank saw its shard of the test set): sum the counts and votes, and
         gather the per-sample fields and labels (rank after rank) on every rank."""
         if not dist_.active():
             return
+        for name, (v, i) in self.top.items():  # every rank's top k, then the top k of them
+            vals = dist_.all_gather_cat(v.cpu().unsqueeze(0)).permute(1, 2, 0, 3).flatten(2)
+            idx = dist_.all_gather_cat(i.cpu().unsqueeze(0)).permute(1, 2, 0, 3).flatten(2)
+            best, pos = vals.topk(min(self.top_k, vals.shape[2]), dim=2)
+            self.top[name] = (best, idx.gather(2, pos))
         names = list(self.correct)
         sums = dist_.all_reduce_sum([self.correct[n] for n in names] + [self.total])
         self.correct = {n: int(v) for n, v in zip(names, sums[:-1])}
@@ -240,6 +270,8 @@ class LayerProbeResult:
     votes: torch.Tensor  # (C, L) how often output unit j wins filter c's field over the test set
     fields: torch.Tensor | None = None  # (N_test, C, L) per-sample single-filter fields (only for the bootstrap)
     unit_kind: str = "filter"  # "filter" (conv channels) or "head" (attention heads)
+    top_values: torch.Tensor | None = None  # (C, L, k): per unit and output unit, the k largest test fields
+    top_indices: torch.Tensor | None = None  # (C, L, k): the test images they belong to
 
     @property
     def units(self) -> int:
@@ -294,7 +326,8 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
         scratch = cache_dir = Path(tempfile.mkdtemp(prefix="filterlens-cache-"))
     try:
         plan = plan_engine(model, cls, pool, cfg.engine, need, parse_bytes(cfg.cache_budget), n_train + n_test,
-                           recipe.epochs, n_train, recipe.augment, device, cache_dir, plain)
+                           recipe.epochs, n_train, recipe.augment, device, cache_dir, plain,
+                           lambda group: _training_seconds(group, data.num_labels, recipe, batch, n_train, device))
         echo(f"note: {plan.note}")
         run = _Run(model, pool, data, cfg, recipe, device, batch, progress, keep_fields, rank, world, plain)
         if plan.engine == "stream":
@@ -311,6 +344,21 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
                        plan.record())
 
 
+def _training_seconds(group: list[CaptureLayer], num_labels: int, recipe: ProbeRecipe, batch: int, rows: int,
+                      device) -> float:
+    """Estimated seconds to train a group's probes: a few timed steps of its set on random features."""
+    probes = ProbeSet(group, num_labels, recipe, device=device)
+    x = {cl.name: torch.randn(batch, cl.features, device=device) for cl in group}
+    y = torch.arange(batch, device=device) % num_labels
+    probes.step_all(x, y)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(3):
+        probes.step_all(x, y)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / 3 * recipe.epochs * -(-rows // batch)
+
+
 class _Run:
     """One probe stage's settings, and the two ways a group of layers is trained: from a cache, or streamed."""
 
@@ -321,6 +369,10 @@ class _Run:
 
     def _bar(self, desc):
         return lambda it: progress_bar(it, self.progress, desc=desc)
+
+    def _eval(self, probes: ProbeSet) -> ProbeEval:
+        index = shard_indices(len(self.data.test), self.rank, self.world, pad=False)
+        return ProbeEval(probes, keep_fields=self.keep_fields, top_k=self.cfg.top_images, test_index=index)
 
     def _test_loader(self):
         return make_loader(self.data, "test", 256, device=self.device, num_workers=self.cfg.num_workers,
@@ -333,7 +385,7 @@ class _Run:
         n_test = dist_.shard_size(len(self.data.test), pad=False)
         probes = ProbeSet(group, L, self.recipe, seed=self.cfg.seed, device=self.device)
         means = LabelMeanSink(group, L, device=self.device)
-        ev = ProbeEval(probes, keep_fields=self.keep_fields)
+        ev = self._eval(probes)
         t0 = time.perf_counter()
         tag = f"-rank{self.rank}" if self.world > 1 else ""
         caches, fresh = {}, False
@@ -341,6 +393,7 @@ class _Run:
             if plan.engine == "disk":
                 key = cache_key(self.model, group, self.data.describe(), n, split + tag)
                 caches[split], done = open_disk_cache(group, n, plan.cache_dir, split + tag, key)
+                bound_resident(caches[split], parse_bytes(self.cfg.cache_budget))
                 caches[split].key, fresh = key, fresh or not done
             else:
                 caches[split] = FeatureCache(group, n, None, split + tag, device=plan.cache_device)
@@ -374,6 +427,7 @@ class _Run:
             y = test.labels[s : s + rows].to(self.device)
             ev.update({cl.name: test.features[cl.name][s : s + rows].to(self.device, torch.float32)
                        .reshape(len(y), *cl.shape) for cl in group}, y)
+            test.touch(2 * len(y) * test.data.shape[1])
         timings["eval_s"] = time.perf_counter() - t0
         if plan.engine == "disk":
             del caches, test
@@ -386,7 +440,7 @@ class _Run:
         L, timings = self.data.num_labels, {}
         probes = ProbeSet(cls, L, self.recipe, seed=self.cfg.seed, device=self.device)
         means = LabelMeanSink(cls, L, device=self.device)
-        ev = ProbeEval(probes, keep_fields=self.keep_fields)
+        ev = self._eval(probes)
         t0 = time.perf_counter()
         # the same mini-batches in the same order as a cache's rows are read (train_from_cache): this rank's
         # samples in an unshuffled pass, permuted each epoch by a generator seeded as there
@@ -404,6 +458,13 @@ class _Run:
             capture_pass(cap, self._test_loader(), [means, ev], progress=self._bar("test pass"))
             timings["eval_s"] = time.perf_counter() - t0
         return {"probes": probes, "means": means, "ev": ev, "train_acc": dict.fromkeys(probes.fcs), "timings": timings}
+
+
+def _top(ev: ProbeEval, name: str):
+    if name not in ev.top:
+        return None, None
+    values, indices = ev.top[name]
+    return values.cpu(), indices.cpu().to(torch.int32)
 
 
 def _merge(parts: list[dict], cls: list[CaptureLayer], keep_fields: bool):
@@ -424,7 +485,7 @@ def _merge(parts: list[dict], cls: list[CaptureLayer], keep_fields: bool):
         results.append(LayerProbeResult(cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features,
                                         acc, part["train_acc"][cl.name], part["probes"].weight(cl.name), means.cpu(),
                                         ev.votes[cl.name], torch.cat(ev.fields[cl.name]) if keep_fields else None,
-                                        cl.layer.unit_kind))
+                                        cl.layer.unit_kind, *_top(ev, cl.name)))
     first = parts[0]
     return (results, first["means"].counts.cpu(), timings,
             torch.cat(first["ev"].labels) if keep_fields else None)
@@ -459,6 +520,7 @@ def train_from_cache(probes: ProbeSet, cache: FeatureCache, recipe: ProbeRecipe,
             b, st = buf[: len(idx)], staging[: len(idx)]
             idx = idx.to(data.device)
             torch.index_select(data, 0, idx, out=st)
+            cache.touch(st.numel() * 2)
             b.copy_(st)  # blocking: the staging buffer is reused by the next batch
             probes.step_all({name: b[:, a:z] for name, (a, z) in cols.items()},
                             labels.index_select(0, idx.to(labels.device)).to(device))
@@ -478,6 +540,7 @@ def _cached_correct(probes: ProbeSet, cache: FeatureCache, n: int, device) -> li
     rows = _chunk_rows(cache.data.shape[1])
     for s in range(0, n, rows):
         x = cache.data[s : min(s + rows, n)].to(device, torch.float32)
+        cache.touch(x.numel() * 2)
         y = cache.labels[s : min(s + rows, n)].to(device)
         for name, fc in probes.fcs.items():
             a, z = cache.offsets[name]

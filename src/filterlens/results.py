@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import json
 from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import FilterlensError
 
@@ -74,8 +76,56 @@ class Run:
     def layers(self) -> list[dict]:
         return self.table("layers")
 
+    def unit(self, layer: str, index: int) -> "UnitView":
+        """One unit (filter or head) of an analysed layer: its matrix (raw, normalised, binarised), its clusters
+        and, per cluster, the test images that drive it most (indices into the analysed test split), from the
+        run's saved probe weights and label means (checked against their checksums)."""
+        import torch
+
+        from . import sfp
+        from .rundir import RunDir
+
+        rd = RunDir(self.path)
+        rd.verify("probes.pt", "label_means.pt")
+        names = [r["layer"] for r in self.results.get("layers", [])]
+        if layer not in names:
+            raise FilterlensError(f"layer '{layer}' was not analysed in '{self.path}'; analysed: {', '.join(names)}")
+        weight = torch.load(self.path / "probes.pt", map_location="cpu", weights_only=True)[layer]
+        blob = torch.load(self.path / "label_means.pt", map_location="cpu", weights_only=True)
+        units = int(weight.shape[1])
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < units:
+            raise FilterlensError(f"unit {index!r} of layer '{layer}' is out of range; valid: 0..{units - 1}")
+        sfp_cfg = self.results.get("sfp", {})
+        threshold, normalise = float(sfp_cfg.get("threshold", 0.3)), sfp_cfg.get("normalise", "max")
+        matrix = sfp.filter_matrices(weight[:, index : index + 1], blob["means"][layer][:, index : index + 1])[0]
+        est = sfp.LayerSFP(threshold=threshold, normalise=normalise).fit_matrices(matrix)
+        top = (blob.get("top") or {}).get(layer)
+        k = int(self.config.get("top_images", 8))
+        tops = [sfp.top_samples(top["values"][index], top["indices"][index], c, k) if top else []
+                for c in est.clusters_[0]]
+        kind = next((r.get("unit_kind", "filter") for r in self.results["layers"] if r["layer"] == layer), "filter")
+        return UnitView(layer, index, kind, matrix, sfp.normalise_matrices(matrix, normalise)[0], est.binary_[0],
+                        est.clusters_[0], tops, [self.results.get("label_names", [])[i] for c in est.clusters_[0]
+                                                 for i in c], float(est.noise_[0]))
+
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, tables={self.tables()})"
+
+
+@dataclass
+class UnitView:
+    """What :meth:`Run.unit` returns: one unit's matrix, clusters and top test images."""
+
+    layer: str
+    unit: int
+    unit_kind: str  # "filter" or "head"
+    matrix: Any  # (L, L) raw: rows input label, columns output unit
+    normalised: Any  # (L, L)
+    binary: Any  # (L, L) bool
+    clusters: list  # label indices per cluster
+    top_images: list  # per cluster, test indices (into the analysed test split), strongest first
+    cluster_labels: list  # the clusters' label names, flattened in cluster order
+    noise: float
 
 
 def load_run(path) -> Run:

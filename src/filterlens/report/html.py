@@ -7,6 +7,7 @@ from ..config import STAGE_ORDER
 from ..errors import FilterlensError
 from ..files import read_json, write_text
 from ..rundir import RunDir
+from .explorer import EXPLORER_CSS, explorer_data, explorer_html
 from .plots import unit_word
 
 _CSS = """
@@ -80,7 +81,8 @@ def _read_csv(path: Path) -> list[dict]:
 
 # the files the report reads (each verified against its checksum when a stage recorded it)
 READS = ("results.json", "layers.csv", "filters.csv", "thresholds.csv", "bootstrap.csv", "afcc.csv",
-         "afcc_thresholds.csv", "afcc_pruning.csv", "sweep/sweep.json", "accuracy.png", "clusters.png", "afcc.png")
+         "afcc_thresholds.csv", "afcc_pruning.csv", "sweep/sweep.json", "accuracy.png", "clusters.png", "afcc.png",
+         "probes.pt", "label_means.pt")
 
 
 def build_report(run_dir, settings_hash: str | None = None) -> Path:
@@ -116,7 +118,7 @@ def _page(d: Path, res: dict, stages: dict) -> str:
     env = res.get("environment", {})
     title = res.get("title", "filterlens report")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
-             f"<style>{_CSS}</style><script>{_CHECK_JS}</script></head><body>",
+             f"<style>{_CSS}{EXPLORER_CSS}</style><script>{_CHECK_JS}</script></head><body>",
              f"<h1>{_esc(title)}</h1><p class='muted'>filterlens {_esc(env.get('filterlens', ''))} &middot; "
              f"built {time.strftime('%Y-%m-%d %H:%M')} &middot; seed {_esc(cfg.get('seed'))} &middot; "
              "method: Meir et al., arXiv 2309.07537</p>"]
@@ -146,6 +148,8 @@ def _page(d: Path, res: dict, stages: dict) -> str:
                      f"reordered so each {unit}'s clusters show as blocks (outlined).</p><div class='grid'>" +
                      "".join(_img(p, p.stem) for p in heat) + "</div>")
     filters = _read_csv(d / "filters.csv")
+    if filters and (d / "probes.pt").exists() and (d / "label_means.pt").exists():
+        parts.append(explorer_html(explorer_data(d, res, filters)))
     if filters:
         parts.append(f"<details><summary>Every {unit} ({len(filters)} rows)</summary>{_table(filters)}</details>")
     if (d / "thresholds.csv").exists():

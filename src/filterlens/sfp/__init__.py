@@ -30,7 +30,7 @@ Design choices (see METHOD.md stage 3 for the ones the method leaves open):
   every label keeps its number of samples and every matrix row stays defined.
 """
 from .bootstrap import bootstrap_summary
-from .clusters import binarise_matrices, cluster_order, greedy_clusters, normalise_matrices
+from .clusters import binarise_matrices, cluster_order, greedy_clusters, normalise_matrices, top_samples
 from .layer import LayerSFP, analyze_layer, threshold_sweep, vote_fractions
 from .matrices import (DEFAULT_THRESHOLD, NORMALISE_CHOICES, SUMMARY_KEYS, NotFittedError, filter_matrices,
                        matrices_from_fields, sample_fields)
@@ -51,5 +51,6 @@ __all__ = [
     "normalise_matrices",
     "sample_fields",
     "threshold_sweep",
+    "top_samples",
     "vote_fractions",
 ]

@@ -206,3 +206,18 @@ def cluster_order(clusters: Sequence[Sequence[int]], num_labels: int) -> list[in
             used[i] = True
             seen.append(i)
     return seen + np.flatnonzero(~used).tolist()
+
+
+def top_samples(values: Any, indices: Any, cluster: Sequence[int], k: int) -> list[int]:
+    """The ``k`` samples that drive a cluster most: ranked by their largest field on any of the cluster's
+    output units, from the per-output-unit top lists ``values``/``indices`` (L, k') of one unit (the
+    test pass keeps them: :class:`filterlens.probes.ProbeEval`). Exact for k <= k': a sample in the top k
+    of the maximum over the cluster is in the top list of the output unit where its maximum is."""
+    vals = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    idx = np.asarray(indices.detach().cpu() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
+    best: dict[int, float] = {}
+    for j in cluster:
+        for v, i in zip(vals[int(j)], idx[int(j)]):
+            if v > best.get(int(i), -np.inf):
+                best[int(i)] = float(v)
+    return [i for i, _ in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
