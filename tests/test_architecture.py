@@ -21,7 +21,7 @@ FLOORS = [
     ["files", "config", "progress", "utils"],
     ["rundir"],
     ["data", "models"],
-    ["capture"],
+    ["capture", "engine"],
     ["probes", "sfp"],
     ["train"],
     ["report"],

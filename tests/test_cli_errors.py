@@ -305,3 +305,35 @@ def test_layers_vgg16_cifar100_prints_13_layers(run_cli):
     sizes = [int(r[6]) for r in rows]  # "C x H x W" after the index, name, units and kind
     assert sizes == [32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2, 1]
     assert "100 labels" in out and "13 layers" in out
+
+
+def _offline_env(tmp_path):
+    """No way out: every HTTP(S) request goes to a closed local port (refused at once), and an empty torch hub."""
+    from conftest import cli_env
+
+    return {**cli_env(), "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "TORCH_HOME": str(tmp_path / "hub")}
+
+
+def _run_offline(tmp_path, *args):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "filterlens", *map(str, args)], capture_output=True, text=True,
+                       env=_offline_env(tmp_path), stdin=subprocess.DEVNULL, cwd=tmp_path, timeout=300)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_pretrained_weights_offline_say_where_to_put_the_file(tmp_path):
+    rc, out, err = _run_offline(tmp_path, *TRAIN, "--run-dir", tmp_path / "run", "--dataset", "digits",
+                                "--image-size", "32", "--model", "resnet18", "--weights", "DEFAULT")
+    line = assert_user_error(rc, out, err, "resnet18", "could not be loaded", "download https://",
+                             str(tmp_path / "hub"))
+    assert "resnet18-" in line and not (tmp_path / "run").exists()
+
+
+def test_cifar_download_offline_says_what_to_fetch_by_hand(tmp_path):
+    rc, out, err = _run_offline(tmp_path, *TRAIN, "--run-dir", tmp_path / "run", "--dataset", "cifar10",
+                                "--data-dir", tmp_path / "cifar", "--download")
+    assert_user_error(rc, out, err, "downloading cifar10", "failed", "cifar-10-python.tar.gz", "cifar-10-batches-py")
+    assert not (tmp_path / "run").exists()

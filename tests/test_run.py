@@ -275,3 +275,30 @@ def test_results_follow_the_schema_and_load_back(tmp_path):
     assert [row["layer"] for row in layers] == [row["layer"] for row in results["layers"]]
     with pytest.raises(filterlens.FilterlensError, match="unknown table"):
         run.table("nope")
+
+
+def test_a_full_disk_inside_torch_save_is_one_line_exit_1(tmp_path):
+    """torch.save reports a failed write as a RuntimeError of its own ("unexpected pos ..."): the OSError it
+    swallowed (ENOSPC) is what the user must see, one line, exit 1, and no partial model.pt."""
+    script = ("import errno, runpy, sys\n"
+              "import filterlens.files as f\n"
+              "state = {'full': False}\n"
+              "class Full:  # a file on a full disk: every write fails with ENOSPC\n"
+              "    def __init__(self, fh): pass\n"
+              "    def write(self, data): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+              "    def flush(self): pass\n"
+              "init = f._RecordingWriter.__init__\n"
+              "f._RecordingWriter.__init__ = lambda self, fh: init(self, Full(fh) if state['full'] else fh)\n"
+              "save = f.torch_save\n"
+              "def torch_save(path, obj):\n"
+              "    state['full'] = str(path).endswith('model.pt')\n"
+              "    return save(path, obj)\n"
+              "f.torch_save = torch_save\n"
+              "sys.argv = ['filterlens'] + sys.argv[1:]\n"
+              "runpy.run_module('filterlens', run_name='__main__')\n")
+    d = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", script, "train", "--dataset", "digits", "--model", "vgg_tiny",
+                        "--epochs", "1", "--run-dir", str(d), "--no-progress"], capture_output=True, text=True,
+                       env={**ENV, "PYTHONPATH": str(ROOT / "src")}, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    _one_line_error(r, "disk full", "No space left", code=1)
+    assert not (d / "model.pt").exists() and not list(d.glob(".model.pt.*.tmp"))
