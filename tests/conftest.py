@@ -93,6 +93,13 @@ def assert_user_error(rc: int, out: str, err: str, *needles: str) -> str:
 
 # ------------------------------------------------------------------------------ trained run
 
+def tiny_toml(model: str = "vgg_tiny", epochs="2", probe_epochs: int = 3, extra: str = "") -> str:
+    """A small, fast `filterlens run` config: digits, a few epochs, AFCC off (AFCC has its own tests).
+    ``epochs`` may be "{epochs}" to leave a placeholder for str.format."""
+    return (f'[data]\ndataset = "digits"\n[model]\nmodel = "{model}"\n[train]\nepochs = {epochs}\nseed = 0\n'
+            f"[probes]\nprobe_epochs = {probe_epochs}\n{extra}[afcc]\nafcc = false\n")
+
+
 TINY_TRAIN_ARGS = ["--dataset", "digits", "--model", "vgg_tiny", "--epochs", "2", "--seed", "0", "--no-progress"]
 
 

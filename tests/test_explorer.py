@@ -19,21 +19,9 @@ from filterlens.models import Layer
 from filterlens.probes import ProbeEval, ProbeRecipe, ProbeSet
 
 from browser import Page, chromium
-from conftest import run_cli
+from conftest import run_cli, tiny_toml
 
-TOML = """
-[data]
-dataset = "digits"
-[model]
-model = "vgg_small"
-[train]
-epochs = 2
-seed = 0
-[probes]
-probe_epochs = 3
-[afcc]
-afcc = false
-"""
+TOML = tiny_toml("vgg_small", 2, 3)
 
 
 def test_top_images_are_the_largest_fields_of_a_planted_layer():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from conftest import (tiny_toml, 
     assert_user_error,
     cifar_row,
     copy_run,
@@ -35,19 +35,7 @@ from conftest import (
 
 pytestmark = pytest.mark.slow  # about 3 CPU-minutes: `make test-slow`, a step of .ci/run
 
-TOML = """
-[data]
-dataset = "digits"
-[model]
-model = "vgg_tiny"
-[train]
-epochs = 2
-seed = 0
-[probes]
-probe_epochs = 2
-[afcc]
-afcc = false
-"""
+TOML = tiny_toml(probe_epochs=2)
 
 TIMEOUT = 120  # seconds per command: every command here is refused early or is tiny
 

@@ -12,25 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_toml
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "CI": "true"}
 
 # a small, fast pipeline: vgg_tiny on digits, few epochs, no AFCC (AFCC has its own tests)
-TOML = """
-[data]
-dataset = "digits"
-[model]
-model = "vgg_tiny"
-[train]
-epochs = {epochs}
-seed = 0
-[probes]
-probe_epochs = 4
-[sfp]
-threshold = 0.3
-[afcc]
-afcc = false
-"""
+TOML = tiny_toml(epochs="{epochs}", probe_epochs=4, extra="[sfp]\nthreshold = 0.3\n")
 
 
 def cli(*args, timeout=600):

@@ -21,21 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, assert_user_error, cli_env, copy_run, run_cli
+from conftest import REPO, assert_user_error, cli_env, copy_run, run_cli, tiny_toml
 
-TOML = """
-[data]
-dataset = "digits"
-[model]
-model = "vgg_tiny"
-[train]
-epochs = 2
-seed = 0
-[probes]
-probe_epochs = 3
-[afcc]
-afcc = false
-"""
+TOML = tiny_toml()
 
 
 def tree(d: Path) -> dict[str, str]:

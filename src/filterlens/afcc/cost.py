@@ -2,12 +2,12 @@
 
 * MACs: :class:`torch.utils.flop_counter.FlopCounterMode` (one MAC = 2 FLOPs), for ONE input;
   every operation it knows (convolutions, matrix products, attention) is counted; batch
-  norm, activations and pooling are not. ``macs_nonzero`` scales each conv's and linear
-  layer's MACs by the share of its weights that are not exactly zero (every weight takes part
-  in the same number of MACs): what a sparse kernel could reach.
+  norm, activations and pooling are not. ``macs_nonzero`` counts each conv's and linear
+  layer's MACs of its weights that are not exactly zero (output positions x nonzero weights):
+  what a sparse kernel could reach.
 * Latency: :class:`torch.utils.benchmark.Timer` (it sets and restores the thread count), on the
-  CPU, under inference mode, after a warm-up that also picks how many calls make one timed
-  block; the models are interleaved (alternating order) in every repeat so they share the
+  CPU, under inference mode, after a warm-up; a timed block is as many calls as last about 5 ms
+  (one call for slower models); the models are interleaved (alternating order) in every repeat so they share the
   machine's conditions, and the speed-up is the median over repeats of the paired ratio
   (first model's time / this model's time in the same repeat), which stays stable when the
   machine's load drifts.
@@ -27,14 +27,21 @@ from torch.utils.flop_counter import FlopCounterMode
 def count_macs(net: nn.Module, input_size) -> dict:
     """Parameters and multiply-accumulates of ``net`` for ONE input of ``input_size`` (C, H, W).
 
-    ``params``: parameters of the modules that ran (a hooked trunk's unused head is not
-    counted), ``params_nonzero`` those not exactly zero; ``macs`` and ``macs_nonzero`` as in
-    the module docstring. The network's train/eval mode is restored.
+    ``params``: parameters of the modules that ran (a hooked trunk's unused head is not counted),
+    ``params_nonzero`` those not exactly zero; ``macs``: the flop counter's total / 2; ``macs_nonzero``:
+    each conv's and linear layer's MACs scaled by its share of nonzero weights (output positions x
+    nonzero weights, read by a forward hook on the layer itself: the flop counter's attribution to
+    modules is unreliable when a trunk stops the forward pass with an exception). The network's
+    train/eval mode is restored.
     """
     ran: dict[int, nn.Module] = {}
+    nonzero_macs = [0]
 
     def seen(module, inputs, output):
         ran[id(module)] = module
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and torch.is_tensor(output):
+            per_weight = output.numel() // output.shape[1 if isinstance(module, nn.Conv2d) else -1]
+            nonzero_macs[0] += int(per_weight) * int(torch.count_nonzero(module.weight))
 
     was = net.training
     net.eval()
@@ -47,25 +54,16 @@ def count_macs(net: nn.Module, input_size) -> dict:
     finally:
         handle.remove()
         net.train(was)
-    root = type(net).__name__
-    per_module = counter.get_flop_counts()
-    macs_nonzero = 0.0
-    for name, module in net.named_modules():
-        flops = per_module.get(f"{root}.{name}" if name else root)
-        if not flops or list(module.children()) or getattr(module, "weight", None) is None:
-            continue
-        w = module.weight
-        macs_nonzero += sum(flops.values()) / 2 * int(torch.count_nonzero(w)) / max(w.numel(), 1)
     params = nonzero = 0
     for module in ran.values():
         for p in module.parameters(recurse=False):
             params += p.numel()
             nonzero += int(torch.count_nonzero(p))
     return {"params": params, "params_nonzero": nonzero, "macs": counter.get_total_flops() // 2,
-            "macs_nonzero": int(round(macs_nonzero))}
+            "macs_nonzero": nonzero_macs[0]}
 
 
-def measure_latency(models: dict, input_size, batch: int = 64, repeats: int = 30, warmup_s: float = 0.2,
+def measure_latency(models: dict, input_size, batch: int = 64, repeats: int = 30, block_s: float = 0.005,
                     seed: int = 0, threads: int | None = None) -> dict:
     """Inference latency (ms per batch of ``batch`` random inputs) of each model, on the CPU.
 
@@ -81,8 +79,12 @@ def measure_latency(models: dict, input_size, batch: int = 64, repeats: int = 30
               for k, m in models.items()}
     names = list(timers)
     with torch.inference_mode():
-        # warm-up: blocked_autorange picks how many calls one timed block needs
-        number = {k: max(1, int(t.blocked_autorange(min_run_time=warmup_s).number_per_run)) for k, t in timers.items()}
+        # warm-up, then as many calls per timed block as make it last about block_s (one call for slow models)
+        number = {}
+        for k, t in timers.items():
+            t.timeit(2)
+            per_call = t.timeit(3).mean
+            number[k] = max(1, int(block_s / max(per_call, 1e-9)))
         times = {k: [] for k in names}
         for r in range(repeats):
             for k in (names if r % 2 == 0 else names[::-1]):

@@ -426,7 +426,7 @@ def print_afcc(out: dict, echo=print) -> None:
     a = out["accuracy"]
     echo(f"AFCC on {', '.join(out['layers'])} at threshold {out['threshold']:g}; retraining: "
          f"{out['retrain']['epochs']} epoch(s), lr {out['retrain']['lr']:g} ({out['retrain']['engine']})")
-    echo(f"{'layer':<16}{'kind':<6}{'dilution':>9}{'kept':>10}{'total':>10}{'no-conn filters':>17}")
+    echo(f"{'layer':<16}{'kind':<6}{'dilution':>9}{'kept':>10}{'total':>10}{'no-conn units':>17}")
     for r in out["masked"]:
         echo(f"{r['layer']:<16}{r['kind']:<6}{r['dilution']:>9.4f}{r['kept']:>10}{r['total']:>10}"
              f"{r['filters_without_connection']:>17}")
@@ -437,7 +437,7 @@ def print_afcc(out: dict, echo=print) -> None:
     p = out.get("pruned") or {}
     if p.get("supported"):
         f = "; ".join(f"{k} {v['filters_before']}->{v['filters_after']}" for k, v in p["filters"].items())
-        echo(f"physical removal: filters {f}; params {p['original']['params']} -> {p['pruned']['params']}; MACs "
+        echo(f"physical removal: units {f}; params {p['original']['params']} -> {p['pruned']['params']}; MACs "
              f"{p['original']['macs']} -> {p['pruned']['macs']}; CPU latency (batch {p['latency']['batch']}) "
              f"{p['original']['latency_ms']:.2f} -> {p['pruned']['latency_ms']:.2f} ms (paired speed-up "
              f"x{p['speedup']:.2f}); accuracy pruned "

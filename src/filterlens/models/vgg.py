@@ -17,6 +17,16 @@ VGG_CONFIGS = {
 }
 
 
+def init_conv_bn(model: nn.Module) -> None:
+    """He (fan-out) initialisation of every conv, batch norms at weight 1 and bias 0 (filterlens' CNN builders)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class VGGBlock(nn.Module):
     """One analysable VGG layer: Conv3x3-BN-ReLU, plus the max-pool that follows it (if any)."""
 
@@ -52,12 +62,7 @@ class VGG(nn.Module):
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(cin * size * size, num_labels)
         self.cfg = list(cfg)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x):
         return self.classifier(self.flatten(self.features(x)))

@@ -21,6 +21,7 @@ import numpy as np
 from .. import sfp
 
 MAX_SHOWN_LABELS = 120
+UNIT_COLUMNS = ["u", "clusters", "n", "size", "noise", "vote"]  # one row per unit in the explorer's table
 
 
 def _chosen_units(rows: list[dict], heat: list[int], limit: int) -> list[int]:
@@ -66,10 +67,9 @@ def explorer_data(d: Path, res: dict, filters: list[dict]) -> dict:
     for row in res.get("layers", []):
         name = row["layer"]
         rows = [f for f in filters if f["layer"] == name]
-        units = [{"u": int(f["unit"]), "clusters": f.get("clusters") or "", "n": int(f["num_clusters"]),
-                  "noise": int(float(f["noise"])), "signal": int(float(f["signal"])),
-                  "vote": round(float(f["vote_fraction"]), 4) if f.get("vote_fraction") not in (None, "") else None}
-                 for f in rows]
+        units = [[int(f["unit"]), f.get("clusters") or "", int(f["num_clusters"]), None, int(float(f["noise"])),
+                  round(float(f["vote_fraction"]), 3) if f.get("vote_fraction") not in (None, "") else None]
+                 for f in rows]  # the columns of UNIT_COLUMNS (compact: thousands of rows on a large network)
         detail = {}
         if name in weights and name in blob["means"]:
             for u in _chosen_units(rows, heat.get(name, []), limit):
@@ -77,10 +77,10 @@ def explorer_data(d: Path, res: dict, filters: list[dict]) -> dict:
                                               normalise, k)
                 wanted.update(i for ids in detail[str(u)]["top"] for i in ids)
         for unit in units:  # mean cluster size from the saved cluster strings
-            parts = [p for p in unit["clusters"].split("|") if p]
-            unit["size"] = round(sum(len(p.split("+")) for p in parts) / len(parts), 3) if parts else None
+            parts = [p for p in unit[1].split("|") if p]
+            unit[3] = round(sum(len(p.split("+")) for p in parts) / len(parts), 2) if parts else None
         layers.append({"name": name, "kind": row.get("unit_kind", "filter"), "units": units, "detail": detail})
-    return {"labels": res.get("label_names", []), "threshold": threshold, "normalise": normalise, "k": k,
+    return {"columns": UNIT_COLUMNS, "labels": res.get("label_names", []), "threshold": threshold, "normalise": normalise, "k": k,
             "limit": limit, "max_labels": MAX_SHOWN_LABELS, "layers": layers, "images": thumbnails(cfg, sorted(wanted))}
 
 
@@ -125,7 +125,7 @@ def thumbnails(cfg: dict, indices: list[int], size: int = 48) -> dict[str, str]:
         img.thumbnail((size, size)) if max(img.size) > size else None
         buf = io.BytesIO()
         grey = img.mode in ("L", "1")
-        img.save(buf, format="PNG" if grey else "JPEG", quality=80)
+        img.save(buf, format="PNG" if grey else "JPEG", quality=70)
         out[str(i)] = f"data:image/{'png' if grey else 'jpeg'};base64," + base64.b64encode(buf.getvalue()).decode()
     return out
 
@@ -172,6 +172,7 @@ _JS = r"""
     renderTable(); document.getElementById('fl-detail').innerHTML = '';
   }
   var cols = [['u', '#'], ['clusters', 'clusters'], ['n', 'n'], ['size', 'size'], ['noise', 'noise'], ['vote', 'vote']];
+  D.layers.forEach(function (L) { L.units = L.units.map(function (r) { var o = {}; D.columns.forEach(function (c, i) { o[c] = r[i]; }); return o; }); });
   function renderTable() {
     var L = D.layers[cur], units = L.units.slice();
     units.sort(function (a, b) { var x = a[sortKey], y = b[sortKey]; if (x === null) return 1; if (y === null) return -1; return (x < y ? -1 : x > y ? 1 : 0) * sortDir; });

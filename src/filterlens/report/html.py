@@ -142,16 +142,10 @@ def _page(d: Path, res: dict, stages: dict) -> str:
     plots = [p for p in ("accuracy.png", "clusters.png") if (d / p).exists()]
     if plots:
         parts.append("<div class='grid'>" + "".join(_img(d / p, p) for p in plots) + "</div>")
-    heat = sorted((d / "heatmaps").glob("*.png")) if (d / "heatmaps").exists() else []
-    if heat:
-        parts.append(f"<h2>{unit.capitalize()} matrices</h2><p class='muted'>rows: input label, columns: output unit; labels "
-                     f"reordered so each {unit}'s clusters show as blocks (outlined).</p><div class='grid'>" +
-                     "".join(_img(p, p.stem) for p in heat) + "</div>")
     filters = _read_csv(d / "filters.csv")
     if filters and (d / "probes.pt").exists() and (d / "label_means.pt").exists():
+        # the heatmaps' units come first in the explorer; their PNGs stay in heatmaps/, every unit in filters.csv
         parts.append(explorer_html(explorer_data(d, res, filters)))
-    if filters:
-        parts.append(f"<details><summary>Every {unit} ({len(filters)} rows)</summary>{_table(filters)}</details>")
     if (d / "thresholds.csv").exists():
         parts.append("<h2>Threshold sensitivity</h2>" + _table(_read_csv(d / "thresholds.csv")))
     if (d / "bootstrap.csv").exists():
