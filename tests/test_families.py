@@ -85,7 +85,7 @@ def own_channels(model: nn.Module, name: str) -> int:
 
 @pytest.fixture(scope="module")
 def data():
-    return synthetic_data()
+    return synthetic_data(n_train=200, n_test=100)  # a few hundred samples
 
 
 @pytest.mark.slow  # about a minute on two workers: `make test-slow`, a step of .ci/run
