@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .errors import FilterlensError
 from .models import Layer
 from .models.units import reader
+from .utils import module_modes, restore_modes
 
 
 class _StopForward(Exception):
@@ -160,16 +161,6 @@ class Capture:
                 pass
         out, self._out = self._out, {}
         return out
-
-
-def module_modes(model: nn.Module) -> dict:
-    """Every module's own train/eval flag (a model in train mode may hold frozen, eval-mode parts)."""
-    return {m: m.training for m in model.modules()}
-
-
-def restore_modes(modes: dict) -> None:
-    for m, flag in modes.items():
-        m.training = flag
 
 
 def num_hooks(model: nn.Module) -> int:

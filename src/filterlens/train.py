@@ -25,7 +25,7 @@ from .files import write_csv, write_json
 from .models import ModelSpec, build_model, list_layers, load_checkpoint, read_checkpoint, save_checkpoint
 from .progress import progress_bar
 from .rundir import RunDir
-from .utils import resolve_device, seed_everything
+from .utils import eval_mode, resolve_device, seed_everything
 
 
 def load_data_for(cfg: Config) -> Data:
@@ -52,19 +52,14 @@ def evaluate(model: nn.Module, loader, device, amp: bool = False, reduce: bool =
 
     ``reduce``: the loader holds this rank's shard; sum the counts over the ranks.
     """
-    was = {m: m.training for m in model.modules()}
-    model.eval()
     correct, total, loss = 0, 0, 0.0
-    try:
+    with eval_mode(model):
         for x, y in loader:
             with _autocast(device, amp):
                 out = logits_of(model(x))
             loss += F.cross_entropy(out.float(), y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
-    finally:
-        for m, flag in was.items():
-            m.training = flag
     if reduce:
         correct, total, loss = dist_.all_reduce_sum([correct, total, loss])
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1)}

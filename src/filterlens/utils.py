@@ -6,6 +6,7 @@ import os
 import platform
 import random
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -18,6 +19,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def module_modes(model: torch.nn.Module) -> dict:
+    """Every module's own train/eval flag (a model in train mode may hold frozen, eval-mode parts)."""
+    return {m: m.training for m in model.modules()}
+
+
+def restore_modes(modes: dict) -> None:
+    for m, flag in modes.items():
+        m.training = flag
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """``model`` in eval mode inside the block; every module's own flag restored afterwards."""
+    modes = module_modes(model)
+    model.eval()
+    try:
+        yield model
+    finally:
+        restore_modes(modes)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

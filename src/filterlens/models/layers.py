@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import FilterlensError, closest
+from ..utils import eval_mode
 from .families import Discovery, discover
 from .units import reader
 
@@ -86,15 +87,13 @@ def _run_shapes(model: nn.Module, specs: dict[str, tuple[str, str, int]], input_
             shapes[name] = tuple(out.shape[1:]) if out is not None else None
         return pre, record
 
-    was_training = {m: m.training for m in model.modules()}
     try:
         for name, (path, layout, units) in specs.items():
             pre, fn = hook(name, layout, units)
             module = model.get_submodule(path)
             handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
-        model.eval()
         device = next(model.parameters()).device
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *input_size, device=device))
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
         if isinstance(exc, FilterlensError):
@@ -104,8 +103,6 @@ def _run_shapes(model: nn.Module, specs: dict[str, tuple[str, str, int]], input_
     finally:
         for h in handles:
             h.remove()
-        for m, flag in was_training.items():
-            m.training = flag
     return shapes, calls, order
 
 
@@ -115,20 +112,14 @@ SIZES = (8, 16, 24, 32, 48, 64, 75, 96, 112, 128, 160, 192, 224, 256, 299, 320, 
 def smallest_input(model: nn.Module, input_size) -> int | None:
     """The smallest square input, among :data:`SIZES` above the given one, on which ``model`` runs (None: none)."""
     c, h, _ = input_size
-    was_training = {m: m.training for m in model.modules()}
-    model.eval()
     device = next(model.parameters()).device
-    try:
+    with eval_mode(model), torch.no_grad():
         for s in (s for s in SIZES if s > h):
             try:
-                with torch.no_grad():
-                    model(torch.zeros(1, c, s, s, device=device))
+                model(torch.zeros(1, c, s, s, device=device))
                 return s
             except (RuntimeError, ValueError, AssertionError, IndexError):
                 continue
-    finally:
-        for m, flag in was_training.items():
-            m.training = flag
     return None
 
 
