@@ -100,3 +100,32 @@ def test_clicking_a_layer_then_a_unit_shows_its_matrix_and_thumbnails(run, tmp_p
         assert outside == [], outside
     finally:
         page.close()
+
+
+def test_run_unit_agrees_with_the_layer_analysis_and_refuses_bad_units(run):
+    """``load_run(path).unit(layer, i)`` analyses one unit from the saved probe weights and label means: its
+    clusters and noise are those the layer analysis wrote to filters.csv; every top image is a test index."""
+    import csv
+
+    from filterlens import load_run
+    from filterlens.errors import FilterlensError
+
+    r = load_run(run)
+    names = r.results["label_names"]
+    n_test = r.results["data"]["test_size"]
+    with open(run / "filters.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows[::7]:
+        u = r.unit(row["layer"], int(row["unit"]))
+        assert "|".join("+".join(names[i] for i in c) for c in u.clusters) == row["clusters"]
+        assert u.noise == float(row["noise"]) and u.unit_kind == row["unit_kind"]
+        assert len(u.top_images) == len(u.clusters)
+        assert all(0 <= i < n_test for ids in u.top_images for i in ids)
+        assert all(1 <= len(ids) <= 8 for ids in u.top_images)
+    layer = rows[0]["layer"]
+    units = sum(1 for row in rows if row["layer"] == layer)
+    for bad in (units, -1, True):
+        with pytest.raises(FilterlensError, match="out of range"):
+            r.unit(layer, bad)
+    with pytest.raises(FilterlensError, match="not analysed"):
+        r.unit("no.such.layer", 0)

@@ -546,3 +546,29 @@ def test_chunked_fit_equals_the_whole_layer_at_once(monkeypatch):
     assert est.summaries([0.2, 0.5]) == threshold_sweep(whole.matrices_, [0.2, 0.5])
     kept = LayerSFP(threshold=0.3, keep_matrices=True).fit(weight, means)
     np.testing.assert_array_equal(kept.matrices_, whole.matrices_)
+
+
+def test_analyze_unit_is_that_unit_of_the_layer_analysis():
+    """A unit analysed on its own (the explorer's and Run.unit's path) gives the layer analysis' matrix,
+    binary matrix, clusters and noise for that unit; its matrix is the silenced-FC mean of the brute-force
+    loop; its top samples are the k strongest fields on the cluster's output units, found here by sorting
+    all of them."""
+    from filterlens.sfp import analyze_unit
+
+    acts, labels, weight = make_layer(seed=3, c=5)
+    means = label_means_loop(acts, labels, weight.shape[0])
+    layer = LayerSFP(threshold=0.3).fit(weight, means)
+    fields = np.einsum("jchw,nchw->ncj", weight, acts)  # (N, C, L) every sample's single-unit fields
+    values = torch.from_numpy(np.sort(fields, axis=0)[::-1].transpose(1, 2, 0).copy())  # (C, L, N), all samples
+    indices = torch.from_numpy(np.argsort(-fields, axis=0, kind="stable").transpose(1, 2, 0).copy())
+    for c in range(weight.shape[1]):
+        one = analyze_unit(weight, means, c, 0.3, "max", (values, indices), k=3)
+        brute = np.stack([fields[labels == i, c].mean(0) for i in range(weight.shape[0])])
+        np.testing.assert_allclose(one.matrix, brute, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(one.binary, layer.binary_[c])
+        assert one.clusters == layer.clusters_[c] and one.noise == layer.noise_[c]
+        assert one.dead == bool(layer.dead_[c])
+        for cluster, top in zip(one.clusters, one.top):
+            strongest = fields[:, c, cluster].max(1)
+            assert top == [int(i) for i in np.argsort(-strongest, kind="stable")[:3]]
+    assert analyze_unit(weight, means, 0).top == []

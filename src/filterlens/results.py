@@ -97,16 +97,13 @@ class Run:
             raise FilterlensError(f"unit {index!r} of layer '{layer}' is out of range; valid: 0..{units - 1}")
         sfp_cfg = self.results.get("sfp", {})
         threshold, normalise = float(sfp_cfg.get("threshold", 0.3)), sfp_cfg.get("normalise", "max")
-        matrix = sfp.filter_matrices(weight[:, index : index + 1], blob["means"][layer][:, index : index + 1])[0]
-        est = sfp.LayerSFP(threshold=threshold, normalise=normalise).fit_matrices(matrix)
         top = (blob.get("top") or {}).get(layer)
-        k = int(self.config.get("top_images", 8))
-        tops = [sfp.top_samples(top["values"][index], top["indices"][index], c, k) if top else []
-                for c in est.clusters_[0]]
+        u = sfp.analyze_unit(weight, blob["means"][layer], index, threshold, normalise,
+                             (top["values"], top["indices"]) if top else None, int(self.config.get("top_images", 8)))
         kind = next((r.get("unit_kind", "filter") for r in self.results["layers"] if r["layer"] == layer), "filter")
-        return UnitView(layer, index, kind, matrix, sfp.normalise_matrices(matrix, normalise)[0], est.binary_[0],
-                        est.clusters_[0], tops, [self.results.get("label_names", [])[i] for c in est.clusters_[0]
-                                                 for i in c], float(est.noise_[0]))
+        names = self.results.get("label_names", [])
+        return UnitView(layer, index, kind, u.matrix, u.normalised, u.binary, u.clusters,
+                        u.top or [[] for _ in u.clusters], [names[i] for c in u.clusters for i in c], float(u.noise))
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, tables={self.tables()})"

@@ -87,18 +87,16 @@ def explorer_data(d: Path, res: dict, filters: list[dict]) -> dict:
 def _unit_detail(weight, means, top, u: int, threshold: float, normalise: str, k: int) -> dict:
     """A unit's matrix (normalised, cluster order, at most MAX_SHOWN_LABELS labels, as signed bytes), its
     clusters and, per cluster, its top test images."""
-    m = sfp.filter_matrices(weight[:, u : u + 1], means[:, u : u + 1])[0]
-    est = sfp.LayerSFP(threshold=threshold, normalise=normalise).fit_matrices(m)
-    clusters = est.clusters_[0]
-    norm, dead = sfp.normalise_matrices(m, normalise)
-    if dead:  # no normalisation: the raw matrix scaled to [-1, 1]
+    one = sfp.analyze_unit(weight, means, u, threshold, normalise,
+                           (top["values"], top["indices"]) if top is not None else None, k)
+    m, norm = one.matrix, one.normalised
+    if one.dead:  # no normalisation: the raw matrix scaled to [-1, 1]
         peak = float(np.abs(m).max())
         norm = m / peak if peak > 0 else m
-    order = sfp.cluster_order(clusters, m.shape[0])[:MAX_SHOWN_LABELS]
+    order = sfp.cluster_order(one.clusters, m.shape[0])[:MAX_SHOWN_LABELS]
     q = np.clip(np.round(norm[np.ix_(order, order)] * 100), -100, 100).astype(np.int8)
-    tops = [sfp.top_samples(top["values"][u], top["indices"][u], c, k) if top is not None else [] for c in clusters]
-    return {"order": order, "m": base64.b64encode(q.tobytes()).decode("ascii"), "clusters": clusters, "top": tops,
-            "dead": bool(dead)}
+    return {"order": order, "m": base64.b64encode(q.tobytes()).decode("ascii"), "clusters": one.clusters,
+            "top": one.top or [[] for _ in one.clusters], "dead": one.dead}
 
 
 def thumbnails(cfg: dict, indices: list[int], size: int = 48) -> dict[str, str]:
@@ -122,7 +120,7 @@ def thumbnails(cfg: dict, indices: list[int], size: int = 48) -> dict[str, str]:
             from torchvision.datasets.folder import default_loader
 
             img = default_loader(test.samples[i][0])
-        img.thumbnail((size, size)) if max(img.size) > size else None
+        img.thumbnail((size, size))  # shrinks only: a small image stays as it is (the page scales it)
         buf = io.BytesIO()
         grey = img.mode in ("L", "1")
         img.save(buf, format="PNG" if grey else "JPEG", quality=70)

@@ -31,7 +31,7 @@ Design choices (see METHOD.md stage 3 for the ones the method leaves open):
 """
 from .bootstrap import bootstrap_summary
 from .clusters import binarise_matrices, cluster_order, greedy_clusters, normalise_matrices, top_samples
-from .layer import LayerSFP, analyze_layer, threshold_sweep, vote_fractions
+from .layer import LayerSFP, UnitSFP, analyze_layer, analyze_unit, threshold_sweep, vote_fractions
 from .matrices import (DEFAULT_THRESHOLD, NORMALISE_CHOICES, SUMMARY_KEYS, NotFittedError, filter_matrices,
                        matrices_from_fields, sample_fields)
 
@@ -41,7 +41,9 @@ __all__ = [
     "SUMMARY_KEYS",
     "NotFittedError",
     "LayerSFP",
+    "UnitSFP",
     "analyze_layer",
+    "analyze_unit",
     "bootstrap_summary",
     "binarise_matrices",
     "cluster_order",

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .clusters import _as_matrices, _binarise, _greedy_unchecked
+from .clusters import _as_matrices, _binarise, _greedy_unchecked, normalise_matrices, top_samples
 from .matrices import (_CHUNK_ELEMENTS, DEFAULT_THRESHOLD, NotFittedError, _as_tensor, _check_dtype,
                        _check_layer_shapes, _check_normalise, _check_threshold, _nanmean, _shape, contract,
-                       sample_fields)
+                       filter_matrices, sample_fields)
 
 # LayerSFP keeps a layer's matrices (and their binarised copies) only up to this size ("auto")
 _KEEP_BYTES = 256 * 2**20
@@ -344,6 +345,33 @@ def analyze_layer(weight: Any, label_means: Any, threshold: float = DEFAULT_THRE
     """
     return LayerSFP(threshold=threshold, normalise=normalise, dtype=dtype).fit(
         weight, label_means)
+
+
+@dataclass
+class UnitSFP:
+    """One unit's single-unit analysis (:func:`analyze_unit`)."""
+
+    matrix: np.ndarray  # (L, L) raw F_c: rows input label, columns output unit
+    normalised: np.ndarray  # (L, L); all zeros for a dead unit
+    binary: np.ndarray  # (L, L) bool
+    dead: bool  # largest (normalised-basis) element <= 0: no clusters
+    clusters: list  # label lists
+    noise: int
+    top: list  # per cluster, the test samples that drive it most, strongest first ([] without top lists)
+
+
+def analyze_unit(weight: Any, label_means: Any, unit: int, threshold: float = DEFAULT_THRESHOLD,
+                 normalise: str = "max", top: Any = None, k: int = 8) -> UnitSFP:
+    """Unit ``unit`` of a layer on its own (METHOD.md stage 3): its matrix from the layer's probe weight and
+    label means (L, C, ...), normalised, binarised and clustered as :class:`LayerSFP` does, and per cluster the
+    ``k`` test samples that drive it most (:func:`top_samples`) from ``top`` = (values, indices), each
+    (C, L, k'), when the probes' test pass kept them."""
+    m = filter_matrices(weight[:, unit : unit + 1], label_means[:, unit : unit + 1])[0]
+    est = LayerSFP(threshold=threshold, normalise=normalise).fit_matrices(m[None])
+    clusters = est.clusters_[0]
+    normalised, dead = normalise_matrices(m, normalise)
+    tops = [top_samples(top[0][unit], top[1][unit], c, k) for c in clusters] if top is not None else []
+    return UnitSFP(m, normalised, est.binary_[0], bool(dead), clusters, int(est.noise_[0]), tops)
 
 
 def threshold_sweep(matrices: Any, thresholds: Iterable[float],
