@@ -279,3 +279,30 @@ def test_amp_precision_follows_the_gpu(monkeypatch):
     assert tr._amp_dtype(cpu, True) is None
     with tr._autocast(cpu, True):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_warmup_then_cosine_learning_rates():
+    """--warmup-epochs W ramps the rate linearly to --lr over W epochs (lr*(e+1)/(W+1)), then the schedule runs
+    over the remaining epochs (cosine: lr*(1+cos(pi*(e-W)/(E-W)))/2), written out here from their definitions."""
+    from filterlens.config import Config
+    from filterlens.train import _optimizer, _scheduler
+
+    model = torch.nn.Linear(3, 2)
+    for opt_name, kind in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
+        cfg = Config(epochs=7, lr=0.1, warmup_epochs=2, optimizer=opt_name)
+        opt = _optimizer(cfg, model)
+        assert type(opt) is kind
+        sched = _scheduler(cfg, opt)
+        seen = []
+        for _ in range(cfg.epochs):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        want = [0.1 * (e + 1) / 3 for e in range(2)] + [0.1 * (1 + math.cos(math.pi * (e - 2) / 5)) / 2
+                                                         for e in range(2, 7)]
+        assert seen == pytest.approx(want, rel=1e-9, abs=1e-12)
+    cfg = Config(epochs=4, lr=0.1)  # no warm-up: the plain cosine schedule
+    opt = _optimizer(cfg, model)
+    assert type(opt) is torch.optim.SGD and opt.param_groups[0]["nesterov"]
+    sched = _scheduler(cfg, opt)
+    assert type(sched) is torch.optim.lr_scheduler.CosineAnnealingLR

@@ -65,7 +65,11 @@ class Config:
     lr: float = _f(0.05, "train", "SGD learning rate", bounds="(0, 10]")
     momentum: float = _f(0.9, "train", "SGD (Nesterov) momentum", bounds="[0, 1)")
     weight_decay: float = _f(5e-4, "train", "SGD weight decay", bounds="[0, 1]")
+    optimizer: str = _f("sgd", "train", "sgd (Nesterov momentum, the papers' recipe) or adamw (--momentum unused; "
+                                        "the usual choice for vision transformers)", choices=("sgd", "adamw"))
     schedule: str = _f("cosine", "train", "learning-rate schedule", choices=("cosine", "step", "constant"))
+    warmup_epochs: int = _f(0, "train", "epochs of linear learning-rate warm-up before the schedule",
+                            bounds="[0, 100000]")
     step_epochs: int = _f(30, "train", "step schedule: epochs between decays", bounds="[1, 100000]")
     gamma: float = _f(0.1, "train", "step schedule: decay factor", bounds="(0, 1]")
     augment: bool = _f(True, "train", "training augmentation (padded random crop, flip where the dataset allows)")

@@ -1,6 +1,7 @@
 """Stage 1: train the backbone (METHOD.md).
 
-SGD with Nesterov momentum and weight decay, cosine/step/constant decay, the
+SGD with Nesterov momentum (or AdamW) and weight decay, an optional linear warm-up,
+cosine/step/constant decay, the
 dataset's training augmentation, a checkpoint written atomically after every
 epoch, ``resume`` from it (same weights as an uninterrupted run: the loader's
 order and augmentation are drawn from a generator seeded by (seed, epoch)),
@@ -86,12 +87,27 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, enabled=False)
 
 
-def _scheduler(cfg: Config, opt, steps_per_epoch: int):
+def _optimizer(cfg: Config, model: nn.Module):
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.momentum > 0)
+
+
+def _scheduler(cfg: Config, opt):
+    """The per-epoch learning-rate schedule, after ``warmup_epochs`` of linear warm-up (from lr / (w + 1))."""
+    sched = torch.optim.lr_scheduler
+    warm = min(cfg.warmup_epochs, max(cfg.epochs - 1, 0))
     if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs, gamma=cfg.gamma)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+        main = sched.CosineAnnealingLR(opt, T_max=max(cfg.epochs - warm, 1))
+    elif cfg.schedule == "step":
+        main = sched.StepLR(opt, step_size=cfg.step_epochs, gamma=cfg.gamma)
+    else:
+        main = sched.LambdaLR(opt, lambda e: 1.0)
+    if warm == 0:
+        return main
+    ramp = sched.LinearLR(opt, start_factor=1.0 / (warm + 1), total_iters=warm)
+    return sched.SequentialLR(opt, [ramp, main], milestones=[warm])
 
 
 def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
@@ -162,13 +178,12 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
                                                         else None)
     if cfg.compile:
         net = torch.compile(net)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=cfg.momentum > 0)
+    opt = _optimizer(cfg, model)
     train_loader = make_loader(data, "train", batch, train=True, seed=cfg.seed, device=device,
                                augment=cfg.augment, num_workers=cfg.num_workers, rank=rank, world_size=world)
     test_loader = make_loader(data, "test", 512, seed=cfg.seed, device=device, num_workers=cfg.num_workers,
                               rank=rank, world_size=world, pad=False)
-    sched = _scheduler(cfg, opt, len(train_loader))
+    sched = _scheduler(cfg, opt)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none
     scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device, cfg.amp) == torch.float16)
     history, start = [], 0
