@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from filterlens import afcc
-from filterlens.analyze import analyze_run
+from filterlens.analysis import analyze_run
 from filterlens.config import Config
 from filterlens.files import write_json
 from filterlens.train import train

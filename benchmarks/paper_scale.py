@@ -57,7 +57,7 @@ except ImportError:  # running from a checkout without an installed package
 
 from filterlens.cli import load_toml
 from filterlens.config import Config
-from filterlens.data import make_loader
+from filterlens.loaders import make_loader
 from filterlens.errors import FilterlensError
 from filterlens.files import read_json, write_json
 from filterlens.pipeline import run_pipeline

@@ -96,9 +96,11 @@ except ImportError:  # running from a checkout without an installed package
 
 from filterlens.capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, pooled_shape
 from filterlens.config import Config, parse_bytes, parse_pool
-from filterlens.data import FASHION_MNIST_DEBIAN_DIR, make_loader
+from filterlens.data import FASHION_MNIST_DEBIAN_DIR
+from filterlens.loaders import make_loader
 from filterlens.errors import FilterlensError
 from filterlens.models import build_model, list_layers, load_checkpoint, select_layers
+from filterlens.loaders import Feed
 from filterlens.probes import ProbeEval, ProbeRecipe, ProbeSet, train_probes
 from filterlens.train import load_data_for, model_spec_for, train
 from filterlens.utils import resolve_device
@@ -270,7 +272,7 @@ def floor_pass(model, data, device) -> None:
 
 def engine_mode(model, layers, data, cfg: Config, device):
     """(b) or (c): filterlens.probes.train_probes."""
-    return train_probes(model, layers, data, cfg, device=device, cache_dir=None, progress=False, echo=lambda s: None)
+    return train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False, echo=lambda s: None)
 
 
 def warm_up(model, layers, data, cfg: Config, device) -> None:
@@ -361,7 +363,7 @@ def memory_worker(spec: dict) -> dict:
     hwm_before = peak_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    res = train_probes(model, layers, data, cfg, device=device, cache_dir=None, progress=False, echo=lambda s: None)
+    res = train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False, echo=lambda s: None)
     sync(device)
     peak = peak_bytes()
     gpu_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -427,7 +429,7 @@ def scale_case(args) -> int:
             d.train, d.test = data.train.subset(torch.arange(subset[0])), data.test.subset(torch.arange(subset[1]))
         try:
             with Meter() as m:
-                res = train_probes(model, layers, d, cfg, device=device, cache_dir=scratch / key, progress=False,
+                res = train_probes(model, layers, Feed(d, device, seed=cfg.seed), cfg, cache_dir=scratch / key, progress=False,
                                    echo=lambda s: None)
                 sync(device)
         except FilterlensError as exc:  # e.g. groups when one layer alone is over the budget

@@ -320,7 +320,7 @@ def test_non_consecutive_layers_are_refused():
 
 @pytest.fixture(scope="module")
 def analysed_run(tmp_path_factory):
-    from filterlens.analyze import analyze_run
+    from filterlens.analysis import analyze_run
     from filterlens.config import Config
     from filterlens.train import train
 
@@ -371,7 +371,7 @@ def test_cli_run_writes_csv_results_plot_and_loadable_models(analysed_run, capsy
     # before masking = the layer's probe (float16 cache there, float32 here: at most a sample or two apart)
     assert a["accuracy"]["before"] == pytest.approx(a["accuracy"]["probe"], abs=2 / 450)
     # the exported models reproduce the reported accuracies on the test set
-    from filterlens.data import make_loader
+    from filterlens.loaders import make_loader
     from filterlens.train import load_trained
 
     _, _, data, _ = load_trained(analysed_run)
@@ -384,15 +384,17 @@ def test_cli_run_writes_csv_results_plot_and_loadable_models(analysed_run, capsy
 
 def test_bad_input_is_one_line_naming_the_value(analysed_run, tmp_path):
     cases = [
-        (dict(layers="features.9"), "features.9"),
+        (dict(afcc_layers="features.9"), "features.9"),
         (dict(retrain_epochs=-1), "-1"),
         (dict(threshold=1.5), "1.5"),
         (dict(retrain_lr=0.0), "0.0"),
-        (dict(thresholds="0.2,2"), "2"),
+        (dict(afcc_thresholds="0.2,2"), "2"),
+        (dict(retrain_batch_size=0), "0"),
+        (dict(layers_typo=3), "layers_typo"),
     ]
-    for kwargs, needle in cases:
+    for overrides, needle in cases:
         with pytest.raises(FilterlensError) as exc:
-            afcc.run_afcc(analysed_run, **kwargs)
+            afcc.run_afcc(analysed_run, overrides)
         msg = str(exc.value)
         assert needle in msg and "\n" not in msg, msg
     # a trained but not analysed run

@@ -16,16 +16,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "filterlens"
 
 # The layer order, from the ground up. A floor may import from itself and from the floors below.
 FLOORS = [
-    ["errors", "version"],
+    ["errors", "version", "names"],
     ["distributed"],
-    ["files", "config", "progress", "utils"],
+    ["files", "config", "progress", "utils", "hooks"],
     ["rundir"],
-    ["data", "models"],
+    ["data", "models", "inputs", "loaders"],
     ["capture", "engine"],
-    ["probes", "sfp"],
+    ["probes", "sfp", "probe_results"],
     ["train"],
     ["report"],
-    ["analyze", "results"],
+    ["analysis", "results"],
     ["afcc"],
     ["sweep"],
     ["pipeline"],
@@ -34,8 +34,8 @@ FLOORS = [
 ]
 # Inside a subpackage: its modules from the ground up (its __init__, the face, is on top).
 SUBFLOORS = {
-    "models": [["vgg", "resnet_cifar", "vit_tiny"], ["units"], ["families"], ["layers"], ["build", "checkpoints"]],
-    "afcc": [["masks"], ["diluted"], ["retrain", "cost"], ["removal"], ["export"], ["stage"]],
+    "models": [["vgg", "resnet_cifar", "vit_tiny", "user"], ["units"], ["families"], ["layers"], ["build", "checkpoints"]],
+    "afcc": [["masks"], ["diluted"], ["retrain", "cost"], ["removal"], ["export"], ["result"], ["apply"], ["stage"]],
     "report": [["plots"], ["explorer"], ["html", "compare"]],
     "sfp": [["matrices"], ["clusters"], ["layer"], ["bootstrap"]],
 }
@@ -184,6 +184,6 @@ def test_the_checker_sees_uphill_imports_and_circles(tmp_path):
     assert _cycle({"a": {"b"}, "b": set()}) is None
     assert _floor("errors")[0] < _floor("cli")[0]
     node = ast.parse("from . import sfp").body[0]
-    assert _resolve("analyze", False, node) == ["sfp"]
+    assert _resolve("analysis", False, node) == ["sfp"]
     node = ast.parse("from ..errors import FilterlensError").body[0]
     assert _resolve("afcc.masks", False, node) == ["errors"]

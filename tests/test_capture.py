@@ -22,7 +22,8 @@ from filterlens.capture import (
     num_hooks,
     pooled_shape,
 )
-from filterlens.data import load_data, make_loader
+from filterlens.data import load_data
+from filterlens.loaders import make_loader
 from filterlens.errors import FilterlensError
 from filterlens.models import VGG, VGG_CONFIGS, Layer, list_layers, select_layers
 

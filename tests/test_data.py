@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from filterlens.data import ArrayLoader, ArraySplit, augment_batch, load_data, make_loader, parse_labels
+from filterlens.data import ArraySplit, load_data, parse_labels
+from filterlens.loaders import ArrayLoader, augment_batch, make_loader
 from filterlens.errors import FilterlensError
 
 from conftest import (CIFAR10_NAMES, CIFAR100_NAMES, FASHION_NAMES, FOLDER_COLOURS, idx_bytes, make_idx_arrays,
@@ -546,7 +547,8 @@ def test_parse_labels_errors(spec, needles):
 def test_image_size_resizes_every_split_the_same_way():
     """--image-size N: train and test batches both come out N x N (the test split with the same transform as the
     training split without augmentation), so ImageNet-form models run on small datasets."""
-    from filterlens.data import load_data, make_loader
+    from filterlens.data import load_data
+    from filterlens.loaders import make_loader
 
     data = load_data("digits", image_size=32)
     assert data.image_size == 32

@@ -21,7 +21,7 @@ from conftest import cli_env, run_cli
 from filterlens import distributed
 from filterlens.capture import Capture, FeatureCache, capture_pass
 from filterlens.config import parse_pool
-from filterlens.data import make_loader
+from filterlens.loaders import make_loader
 from filterlens.models import list_layers, select_layers
 from filterlens.probes import ProbeEval, ProbeRecipe, ProbeSet
 from filterlens.train import load_trained
@@ -257,7 +257,8 @@ def test_a_write_from_rank_1_is_refused(tmp_path, monkeypatch):
 
 
 def test_shards_cover_every_sample_once():
-    from filterlens.data import ArrayLoader, ArraySplit
+    from filterlens.data import ArraySplit
+    from filterlens.loaders import ArrayLoader
 
     n = 11
     split = ArraySplit(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n), mean=(0.0,), std=(1.0,))

@@ -18,6 +18,7 @@ from filterlens.data import load_data
 from filterlens.engine import group_layers, open_disk_cache
 from filterlens.errors import FilterlensError
 from filterlens.models import ModelSpec, build_model, list_layers
+from filterlens.loaders import Feed
 from filterlens.probes import train_probes
 
 
@@ -34,7 +35,7 @@ def setup():
 def _train(setup, tmp_path=None, **kw):
     model, data, layers, _ = setup
     cfg = Config(probe_epochs=3, seed=0, progress=False, **kw)
-    return train_probes(model, layers, data, cfg, cache_dir=tmp_path, progress=False, echo=lambda *a: None)
+    return train_probes(model, layers, Feed(data, seed=cfg.seed), cfg, cache_dir=tmp_path, progress=False, echo=lambda *a: None)
 
 
 def _same(a, b):

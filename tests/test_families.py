@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from filterlens import afcc
-from filterlens.analyze import analyze
+from filterlens.analysis import analyze
 from filterlens.config import Config
 from filterlens.errors import FilterlensError
 from filterlens.models import ModelSpec, build_model, list_layers
@@ -104,7 +104,7 @@ def test_family_end_to_end(name, data):
         assert all(l.layout == "NHWC" for l in layers)
 
     cfg = Config(layers="all", probe_epochs=1, heatmaps="none", seed=0, progress=False)
-    result = analyze(model, data, cfg, device="cpu", echo=lambda *a: None)
+    result = analyze(model, data, config=cfg, device="cpu", echo=lambda *a: None)
     assert [r["layer"] for r in result.layers] == [l.name for l in layers]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in result.layers)
 

@@ -53,7 +53,7 @@ def test_training_on_the_gpu_matches_the_cpu(cpu_run, tmp_path, extra):
     assert gpu["test_accuracy"] > 0.85
     assert abs(gpu["test_accuracy"] - cpu["test_accuracy"]) < 0.05, (gpu["test_accuracy"], cpu["test_accuracy"])
     # model.pt holds plain CPU tensors of the unwrapped module: it loads and evaluates on the CPU
-    from filterlens.data import make_loader
+    from filterlens.loaders import make_loader
     from filterlens.train import evaluate, load_trained
 
     model, cfg, data, _ = load_trained(tmp_path / "run", device="cpu")
@@ -63,13 +63,14 @@ def test_training_on_the_gpu_matches_the_cpu(cpu_run, tmp_path, extra):
 
 def _probe(run: Path, device: str):
     from filterlens.models import list_layers, select_layers
+    from filterlens.loaders import Feed
     from filterlens.probes import train_probes
     from filterlens.train import load_trained
 
     model, cfg, data, _ = load_trained(run, device=device)
     cfg = cfg.replace(layers="all", probe_mode="fast", probe_epochs=5, progress=False)
     layers = select_layers(list_layers(model, (data.in_channels, data.image_size, data.image_size)), cfg.layers)
-    return train_probes(model, layers, data, cfg, device=device, progress=False, echo=lambda *a: None)
+    return train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, progress=False, echo=lambda *a: None)
 
 
 @pytest.mark.parametrize("placement", ["gpu_cache", "pinned_host_staging"])

@@ -16,8 +16,10 @@ import torch.nn as nn
 
 from filterlens.capture import Capture, FeatureCache, capture_pass
 from filterlens.config import Config
-from filterlens.data import load_data, make_loader
+from filterlens.data import load_data
+from filterlens.loaders import make_loader
 from filterlens.models import list_layers, select_layers
+from filterlens.loaders import Feed
 from filterlens.probes import ProbeRecipe, ProbeSet, train_probes
 from filterlens.train import load_trained, train
 
@@ -72,7 +74,7 @@ def _run(trained, echo=None, **settings):
     try:
         cfg = Config(progress=False, seed=0, **settings)
         chosen = select_layers(layers, cfg.layers)
-        res = train_probes(model, chosen, data, cfg, echo=lines.append)
+        res = train_probes(model, chosen, Feed(data, seed=cfg.seed), cfg, echo=lines.append)
     finally:
         counter.remove()
     return res, counter.samples, lines

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from filterlens import afcc
-from filterlens.analyze import analyze
+from filterlens.analysis import analyze
 from filterlens.capture import Capture, num_hooks
 from filterlens.config import Config
 from filterlens.errors import FilterlensError
@@ -73,7 +73,7 @@ def test_heads_matrices_equal_brute_force_silencing(name):
     data = synthetic_data()
     layers = list_layers(model, (3, SIZE, SIZE))
     assert all(l.unit_kind == "head" for l in layers)
-    result = analyze(model, data, Config(layers="last:2", probe_epochs=1, heatmaps="none", progress=False),
+    result = analyze(model, data, config=Config(layers="last:2", probe_epochs=1, heatmaps="none", progress=False),
                      device="cpu", echo=lambda *a: None)
     assert [r["layer"] for r in result.layers] == [l.name for l in layers[-2:]]
     deepest = result.probes.layers[-1]

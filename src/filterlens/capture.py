@@ -21,6 +21,7 @@ not with the dataset:
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,13 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import FilterlensError
+from .hooks import Tap, run, taps
 from .models import Layer
 from .models.units import reader
 from .utils import module_modes, restore_modes
-
-
-class _StopForward(Exception):
-    """Raised by the deepest layer's hook: nothing after it is computed."""
 
 
 def pooled_shape(shape: Sequence[int], pool, unit_kind: str = "filter") -> tuple[int, int, int]:
@@ -93,6 +91,7 @@ class Capture:
         self.layers = [CaptureLayer(l, pooled_shape(l.shape, pool, l.unit_kind)) for l in layers]
         self.pool = pool
         self._handles: list = []
+        self._stack: ExitStack | None = None
         self._out: dict[str, torch.Tensor] = {}
         self._deepest = max(layers, key=lambda l: l.index).name
         self._was_training = None
@@ -101,11 +100,10 @@ class Capture:
     def __enter__(self) -> "Capture":
         self._was_training = module_modes(self.model)
         self.model.eval()
+        self._stack = ExitStack()
         try:
-            for cl in self.layers:
-                module = self.model.get_submodule(cl.layer.hook_module)
-                pre, fn = self._hook(cl)
-                self._handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
+            self._handles = self._stack.enter_context(
+                taps(self.model, {cl.name: self._tap(cl) for cl in self.layers}, stop=self._deepest))
         except BaseException:
             self._remove()
             raise
@@ -115,21 +113,22 @@ class Capture:
         self._remove()
 
     def _remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        if self._stack is not None:
+            self._stack.close()  # the hooks this capture added, and only those
+            self._stack = None
+        self._handles = []
         self._out.clear()
         if self._was_training is not None:
             restore_modes(self._was_training)
             self._was_training = None
 
-    def _hook(self, cl: CaptureLayer):
-        """(pre_hook, fn): the layer's units read as :mod:`filterlens.models.units` says, detached, copied
-        (in-place ops later in the network must not change them) or pooled, in float32."""
+    def _tap(self, cl: CaptureLayer) -> Tap:
+        """The layer's units read as :mod:`filterlens.models.units` says, detached, copied (in-place ops later in
+        the network must not change them) or pooled, in float32."""
         name, target = cl.name, cl.shape[1:]
         pre, read = reader(cl.layer.layout, cl.layer.units, cl.layer.tokens)
 
-        def hook(*args):
+        def record(*args):
             x = read(*args)
             if x is None:
                 raise FilterlensError(f"layer '{name}' gives no 4-D map; only 4-D maps and attention heads can be "
@@ -140,10 +139,8 @@ class Capture:
             else:
                 x = x.clone(memory_format=torch.contiguous_format)
             self._out[name] = x.float()
-            if name == self._deepest:
-                raise _StopForward
 
-        return pre, hook
+        return Tap(cl.layer.hook_module, record, pre)
 
     # -- work ----------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -155,10 +152,7 @@ class Capture:
         # in streaming mode, which inference tensors cannot do; either way nothing is attached
         # to a graph of the frozen network.
         with torch.no_grad():
-            try:
-                self.model(x)
-            except _StopForward:
-                pass
+            run(self.model, x)
         out, self._out = self._out, {}
         return out
 

@@ -20,19 +20,21 @@ TRAIN_STAGES = ("data", "model", "train", "run")
 ANALYZE_STAGES = ("probes", "sfp", "run")
 
 
-def _add_config_flags(p: argparse.ArgumentParser, stages) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, stages, only=None, aliases: dict | None = None) -> None:
+    """One flag per field of the ``stages`` (or the fields named in ``only``); ``aliases``: field -> more flags."""
     groups = {}
-    for f in stage_fields(*stages):
+    for f in (stage_fields(*stages) if only is None else [f for f in fields(Config) if f.name in only]):
         g = groups.setdefault(f.metadata["stage"], p.add_argument_group(f"{f.metadata['stage']} settings"))
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, ())]
         base = f.type.replace(" | None", "") if isinstance(f.type, str) else "str"
+        default = f.default if f.default != "" else "''"
         if base == "bool":
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f.metadata["help"] + f" (default: {f.default})")
+            g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f.metadata["help"] + f" (default: {default})")
             continue
         conv = {"int": int, "float": float}.get(base, str)
-        g.add_argument(flag, dest=f.name, type=conv, default=None, metavar=f.name.upper(),
-                       choices=f.metadata.get("choices"), help=f.metadata["help"] + f" (default: {f.default})")
+        g.add_argument(*flags, dest=f.name, type=conv, default=None, metavar=f.name.upper(),
+                       choices=f.metadata.get("choices"), help=f.metadata["help"] + f" (default: {default})")
 
 
 _TOML_TABLES = ("data", "model", "train", "probes", "sfp", "afcc", "sweep", "run")
@@ -180,22 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "no speed-up), afcc_pruned.pt (units physically removed) and the afcc / afcc_pruned entries "
                     "of results.json.")
     f.add_argument("--run-dir", required=True, help="a run directory analysed by filterlens analyze")
-    f.add_argument("--layers", default=None,
-                   help="consecutive analysed layers: last:N, indices or dotted names; conv masks between each pair "
-                        "plus the deepest layer's FC mask (default: the deepest analysed layer, FC mask only)")
-    f.add_argument("--retrain-epochs", type=int, default=3, help="epochs of masked retraining, 0 for none")
-    f.add_argument("--retrain-lr", type=float, default=0.01,
-                   help="SGD learning rate of the retraining; momentum 0.9, batch 100, constant")
-    f.add_argument("--threshold", type=float, default=None,
-                   help="cluster threshold in (0, 1) (default: the analysis' threshold)")
-    f.add_argument("--thresholds", default="0.2,0.3,0.4",
-                   help="thresholds of the accuracy-against-dilution plot, '' for none")
-    f.add_argument("--seed", type=int, default=0, help="seed of the random control and the retraining order")
-    f.add_argument("--random-draws", type=int, default=3,
-                   help="random controls per threshold, draw k seeded seed+k; mean and sd reported")
-    f.add_argument("--retrain-augment", action="store_true",
-                   help="use the dataset's training augmentation when retraining (default: off)")
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_flags(f, (), only=[x.name for x in stage_fields("afcc") if x.name != "afcc"] + ["threshold", "seed"],
+                      aliases={"afcc_layers": ["--layers"], "afcc_thresholds": ["--thresholds"]})
 
     d = sub.add_parser("demo", help="train a small VGG on the embedded digits data and analyse it",
                        formatter_class=_HelpFormatter)
@@ -254,7 +243,7 @@ def cmd_layers(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .analyze import analyze_run, print_table
+    from .analysis import analyze_run, print_table
 
     result = analyze_run(args.run_dir, overrides=_overrides(args))
     if distributed.is_main():
@@ -323,9 +312,8 @@ def cmd_compare(args) -> int:
 def cmd_afcc(args) -> int:
     from .afcc import print_afcc, run_afcc
 
-    out = run_afcc(args.run_dir, layers=args.layers, retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
-                   threshold=args.threshold, seed=args.seed, progress=not args.no_progress,
-                   thresholds=args.thresholds, augment=args.retrain_augment, random_draws=args.random_draws)
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
+    out = run_afcc(args.run_dir, overrides, progress=not args.no_progress)
     print_afcc(out)
     return 0
 

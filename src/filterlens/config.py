@@ -54,7 +54,7 @@ class Config:
     # model
     model: str = _f("vgg_small", "model", "architecture: vgg16, vgg16_slim, vgg_small, vgg_tiny, vgg11, vgg "
                                           "(with --vgg-cfg), vgg16_imagenet, efficientnet_b0, any torchvision model, "
-                                          "timm:<name>")
+                                          "timm:<name>, or your own: path/to/file.py:factory or package.module:callable")
     width_mult: float = _f(1.0, "model", "width multiplier of our VGG models", bounds="(0, 16]")
     vgg_cfg: str | None = _f(None, "model", "explicit VGG widths for --model vgg, e.g. 16,16,M,32,M")
     weights: str | None = _f(None, "model", "torchvision pretrained weights name (DEFAULT, IMAGENET1K_V1, ...)")
@@ -112,12 +112,21 @@ class Config:
                                       "layer), none, or LAYER:FILTER,...")
     # afcc (METHOD.md stage 5)
     afcc: bool = _f(True, "afcc", "run AFCC in `filterlens run`")
-    afcc_layers: str = _f("-1", "afcc", "layers whose cluster connections are kept: one layer (FC mask) or "
-                                         "consecutive layers (conv masks between them + the deepest FC), e.g. last:3")
+    afcc_layers: str = _f("", "afcc", "layers whose cluster connections are kept: one layer (FC mask) or "
+                                       "consecutive analysed layers (conv masks between them + the deepest FC), e.g. "
+                                       "-1 or last:3 (empty: the deepest analysed layer)")
     retrain_epochs: int = _f(3, "afcc", "epochs of masked retraining (masks re-applied after every step)", bounds="[0, 100000]")
-    retrain_lr: float = _f(0.01, "afcc", "SGD learning rate of masked retraining", bounds="(0, 10]")
+    retrain_lr: float = _f(0.01, "afcc", "SGD learning rate of masked retraining (constant)", bounds="(0, 10]")
+    retrain_momentum: float = _f(0.9, "afcc", "SGD momentum of masked retraining (no Nesterov)", bounds="[0, 1)")
+    retrain_weight_decay: float = _f(0.0, "afcc", "weight decay of masked retraining", bounds="[0, 1]")
+    retrain_batch_size: int = _f(100, "afcc", "mini-batch size of masked retraining", bounds="[1, 65536]")
+    retrain_augment: bool = _f(False, "afcc", "the dataset's training augmentation during masked retraining")
     random_draws: int = _f(3, "afcc", "random-control draws per threshold (mean and sd reported)", bounds="[1, 1000]")
     afcc_thresholds: str = _f("0.2,0.3,0.4", "afcc", "thresholds of the AFCC accuracy-against-dilution plot")
+    latency_batch: int = _f(64, "afcc", "batch size of the CPU latency of the original, masked and pruned networks",
+                            bounds="[1, 65536]")
+    latency_repeats: int = _f(30, "afcc", "timed repeats of that latency (median and quartiles reported)",
+                              bounds="[1, 100000]")
     # sweep (METHOD.md stage 4)
     num_labels: str = _f("", "sweep", "label counts of the label-count study, e.g. 3,5,10,20,50,100 (empty: no "
                                       "sweep in `filterlens run`)")
@@ -251,7 +260,7 @@ def check_interval(name: str, value, bounds: str) -> None:
 
 def parse_heatmaps(text) -> str | list[tuple[str, int]]:
     """``auto``, ``none`` or ``LAYER:UNIT,...`` (unit indices >= 0); the layer names are checked once the
-    model's layers are known (:func:`filterlens.analyze.check_heatmaps`)."""
+    model's layers are known (:func:`filterlens.analysis.check_heatmaps`)."""
     s = str(text).strip()
     if s in ("auto", "none"):
         return s

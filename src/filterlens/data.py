@@ -20,7 +20,7 @@ import pickle
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -79,22 +79,30 @@ def dataset_spec(name: str) -> DatasetSpec:
 # ----------------------------------------------------------------------------- splits
 
 class ArraySplit(torch.utils.data.Dataset):
-    """An in-memory split: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """An in-memory split: images (N, C, H, W) and int64 labels (N,).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, size: int | None = None):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError("images must be a uint8 tensor of shape (N, C, H, W)")
+    uint8 images are scaled to [0, 1] and, with ``mean``/``std`` (a named dataset's), normalised;
+    floating-point images (a user's tensors) are used as they are, in float32.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean=None, std=None, size: int | None = None):
+        if images.ndim != 4 or not (images.dtype == torch.uint8 or images.is_floating_point()):
+            raise ValueError("images must be a uint8 or floating-point tensor of shape (N, C, H, W)")
         self.images = images
         self.labels = labels.long()
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) if mean is not None else None
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) if std is not None else None
         self.size = size  # every batch resized to size x size (None: as stored)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        x = images_uint8.float().div_(255.0)
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_floating_point():
+            return images.float()
+        x = images.float().div_(255.0)
+        if self.mean is None:
+            return x
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +121,26 @@ class ArraySplit(torch.utils.data.Dataset):
         out.images, out.labels = self.images[index], self.labels[index]
         out.mean, out.std, out.size = self.mean, self.std, self.size
         return out
+
+
+class DatasetSplit(torch.utils.data.Dataset):
+    """A user's map-style dataset as a split: each sample as the dataset's own ``__getitem__`` (and its
+    transforms) gives it, as (image, label); the image a float32 tensor (C, H, W) (a uint8 one scaled to
+    [0, 1], nothing else added), the label an int. ``labels``: every sample's label, read once
+    (:mod:`filterlens.inputs`). ``keys``: for samples that are dicts, the image's and the label's key."""
+
+    def __init__(self, dataset, labels: torch.Tensor, keys: tuple[str, str] | None = None):
+        self.dataset, self.labels, self.keys = dataset, labels.long(), keys
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        x, y = (item[self.keys[0]], item[self.keys[1]]) if self.keys else (item[0], item[1])
+        x = torch.as_tensor(x)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return (x.unsqueeze(0) if x.ndim == 2 else x), int(y)
 
 
 class FolderSplit(torch.utils.data.Dataset):
@@ -161,6 +189,7 @@ class Data:
     image_size: int
     source: str = ""
     extra: dict = field(default_factory=dict)
+    shape: tuple[int, int, int] | None = None  # (C, H, W) of one input, when not square (a user's data)
 
     @property
     def num_labels(self) -> int:
@@ -170,10 +199,37 @@ class Data:
     def in_channels(self) -> int:
         return self.spec.in_channels
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input as the model receives it."""
+        return self.shape or (self.in_channels, self.image_size, self.image_size)
+
     def describe(self) -> dict:
         return {"dataset": self.name, "num_labels": self.num_labels, "label_names": self.label_names,
                 "label_map": self.label_map, "train_size": len(self.train), "test_size": len(self.test),
-                "image_size": self.image_size, "in_channels": self.in_channels, "source": self.source}
+                "image_size": self.image_size, "in_channels": self.in_channels, "input_shape": list(self.input_shape),
+                "source": self.source}
+
+    def test_image(self, i: int):
+        """Test sample ``i`` as a PIL image, for thumbnails: the stored bytes of an in-memory or folder dataset;
+        a user's tensor scaled to its own range."""
+        from PIL import Image
+
+        split = self.test
+        if isinstance(split, ArraySplit) and split.images.dtype == torch.uint8:
+            arr = split.images[i].numpy()
+        elif isinstance(split, FolderSplit):
+            from torchvision.datasets.folder import default_loader
+
+            return default_loader(split.samples[i][0])
+        else:
+            x = split.images[i] if isinstance(split, ArraySplit) else split[i][0]
+            x = x.float()
+            lo, hi = float(x.min()), float(x.max())
+            arr = ((x - lo) / (hi - lo if hi > lo else 1.0) * 255).round().to(torch.uint8).numpy()
+        if arr.shape[0] not in (1, 3):  # other channel counts: the first channel, grey
+            arr = arr[:1]
+        return Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
 
 
 # ----------------------------------------------------------------------------- label subsets
@@ -498,171 +554,3 @@ def check_labels_present(data: Data) -> None:
         if empty:
             raise FilterlensError(
                 f"the {split_name} split has no sample of label(s) {', '.join(empty)}; choose labels present in both splits")
-
-
-# ----------------------------------------------------------------------------- loaders
-
-def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
-    n, c, h, w = x.shape
-    if padding > 0:
-        padded = F.pad(x, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)  # (n, h)
-        cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)  # (n, w)
-        bidx = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-        cidx = torch.arange(c, device=x.device).view(1, c, 1, 1)
-        x = padded[bidx, cidx, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
-    return x
-
-
-class ArrayLoader:
-    """Batches of an :class:`ArraySplit` without per-sample Python work.
-
-    Order and augmentation are drawn from a generator seeded by ``(seed, epoch)``:
-    call :meth:`set_epoch` before each epoch and a resumed run sees exactly the same
-    batches. ``rank``/``world_size`` shard the samples as DistributedSampler does: rank r
-    takes every N-th sample of the epoch's order from the r-th on, so the ranks' batches of
-    one step together are the single-process batch of N times their size; ``pad`` repeats
-    the first samples so every rank has as many (for training); ``pad=False`` gives each
-    sample to exactly one rank (for evaluation, where counts are summed over the ranks).
-    """
-
-    def __init__(self, split: ArraySplit, batch_size: int, shuffle: bool = False, augment: bool = False,
-                 padding: int = 0, flip: bool = False, seed: int = 0, device="cpu", drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1, pad: bool = True):
-        self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
-        self.augment, self.padding, self.flip = augment, padding, flip
-        self.seed, self.epoch, self.device, self.drop_last = seed, 0, torch.device(device), drop_last
-        self.rank, self.world_size, self.pad = rank, world_size, pad
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self, gen) -> torch.Tensor:
-        n = len(self.split)
-        idx = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:
-            if self.pad:
-                per = -(-n // self.world_size)
-                idx = torch.cat([idx, idx[: per * self.world_size - n]])  # pad like DistributedSampler
-            idx = idx[self.rank :: self.world_size]
-        return idx
-
-    def __len__(self) -> int:
-        n = len(self._indices(torch.Generator().manual_seed(0))) if self.world_size > 1 else len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        idx = self._indices(gen)
-        for start in range(0, len(idx), self.batch_size):
-            b = idx[start : start + self.batch_size]
-            if self.drop_last and len(b) < self.batch_size:
-                break
-            x = self.split.images[b].to(self.device, non_blocking=True)
-            x = self.split.normalise(x)
-            if self.augment:  # at the stored resolution, then resized like the test split
-                x = augment_batch(x, self.padding, self.flip, gen)
-            yield self.split.resize(x), self.split.labels[b].to(self.device, non_blocking=True)
-
-
-class FolderLoader:
-    """A DataLoader over a :class:`FolderSplit` with the same interface as :class:`ArrayLoader`."""
-
-    def __init__(self, split: FolderSplit, batch_size: int, shuffle: bool = False, augment: bool = False,
-                 seed: int = 0, device="cpu", num_workers: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1, pad: bool = True):
-        import copy
-
-        self.split = copy.copy(split)
-        self.split.augment = augment
-        self.seed, self.epoch, self.device = seed, 0, torch.device(device)
-        self.batch_size, self.shuffle, self.num_workers, self.drop_last = batch_size, shuffle, num_workers, drop_last
-        self.rank, self.world_size, self.pad = rank, world_size, pad
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _loader(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        sampler = None
-        if self.world_size > 1 and not self.pad and not self.shuffle:  # evaluation: each sample on one rank
-            sampler = range(self.rank, len(self.split), self.world_size)
-        elif self.world_size > 1:
-            sampler = torch.utils.data.DistributedSampler(self.split, self.world_size, self.rank,
-                                                          shuffle=self.shuffle, seed=self.seed)
-            sampler.set_epoch(self.epoch)
-        return torch.utils.data.DataLoader(
-            self.split, batch_size=self.batch_size, shuffle=self.shuffle and sampler is None, sampler=sampler,
-            num_workers=self.num_workers, generator=gen, drop_last=self.drop_last,
-            pin_memory=self.device.type == "cuda", persistent_workers=False)
-
-    def __len__(self) -> int:
-        return len(self._loader())
-
-    def __iter__(self):
-        torch.manual_seed(self.seed * 1_000_003 + self.epoch)  # the transforms draw from the global RNG
-        try:
-            for x, y in self._loader():
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        except FilterlensError as exc:  # from a worker process, the message carries the worker's traceback
-            raise FilterlensError(str(exc).strip().splitlines()[-1].removeprefix("filterlens.errors.FilterlensError: ")
-                                  ) from None
-
-
-def shard_indices(n: int, rank: int = 0, world_size: int = 1, pad: bool = True) -> torch.Tensor:
-    """The samples of ``rank`` in an unshuffled pass (what an unshuffled loader of that rank yields, in order)."""
-    idx = torch.arange(n)
-    if world_size > 1:
-        if pad:
-            per = -(-n // world_size)
-            idx = torch.cat([idx, idx[: per * world_size - n]])
-        idx = idx[rank::world_size]
-    return idx
-
-
-def batches_in_order(data: Data, split: str, order: torch.Tensor, batch_size: int, device="cpu",
-                     augment: bool = False, seed: int = 0, epoch: int = 0, num_workers: int = 0):
-    """Mini-batches of ``split`` holding exactly the samples ``order``, ``batch_size`` at a time, in that order
-    (the probes' streaming engine walks the same permutation the feature cache's rows are read in)."""
-    import copy
-
-    ds = data.train if split == "train" else data.test
-    device = torch.device(device)
-    if isinstance(ds, ArraySplit):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        for b in order.split(batch_size):
-            x = ds.normalise(ds.images[b].to(device, non_blocking=True))
-            if augment:
-                x = augment_batch(x, data.spec.crop_padding, data.spec.flip, gen)
-            yield ds.resize(x), ds.labels[b].to(device, non_blocking=True)
-        return
-    folder = copy.copy(ds)
-    folder.augment = augment
-    torch.manual_seed(seed * 1_000_003 + epoch)  # the folder transforms draw from the global RNG
-    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, sampler=order.tolist(),
-                                         num_workers=num_workers, pin_memory=device.type == "cuda")
-    for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def make_loader(data: Data, split: str, batch_size: int, train: bool = False, seed: int = 0, device="cpu",
-                augment: bool | None = None, num_workers: int = 0, rank: int = 0, world_size: int = 1,
-                pad: bool = True):
-    """A loader over ``data.train`` or ``data.test``.
-
-    ``train=True`` shuffles and (unless ``augment=False``) applies the training augmentation.
-    ``rank``/``world_size``/``pad``: this rank's shard (see :class:`ArrayLoader`).
-    """
-    ds = data.train if split == "train" else data.test
-    aug = train if augment is None else augment
-    if isinstance(ds, ArraySplit):
-        return ArrayLoader(ds, batch_size, shuffle=train, augment=aug, padding=data.spec.crop_padding,
-                           flip=data.spec.flip, seed=seed, device=device, rank=rank, world_size=world_size, pad=pad)
-    return FolderLoader(ds, batch_size, shuffle=train, augment=aug, seed=seed, device=device,
-                        num_workers=num_workers, rank=rank, world_size=world_size, pad=pad)

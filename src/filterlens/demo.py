@@ -7,11 +7,12 @@ from .config import Config
 
 # The demo's settings (also in configs/demo.toml): 15 epochs of vgg_small on digits (~5 s on 2 cores),
 # then every layer's probe from the feature cache and the single-filter analysis.
-DEMO = dict(dataset="digits", model="vgg_small", epochs=15, batch_size=64, lr=0.05, seed=0, probe_epochs=30)
+DEMO = dict(dataset="digits", model="vgg_small", epochs=15, batch_size=64, lr=0.05, seed=0, probe_epochs=30,
+            afcc_layers="last:2", retrain_epochs=3, random_draws=3)
 
 
 def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False, echo=print):
-    from .analyze import analyze_run, print_table
+    from .analysis import analyze_run, print_table
     from .train import train
 
     cfg = Config(progress=progress, **DEMO)
@@ -27,7 +28,7 @@ def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False
     from .report import build_report
 
     t2 = time.perf_counter()
-    out = run_afcc(run_dir, layers="last:2", retrain_epochs=3, seed=0, progress=progress, echo=echo, random_draws=3)
+    out = run_afcc(run_dir, progress=progress, echo=echo)
     print_afcc(out)
     echo(f"AFCC {time.perf_counter() - t2:.1f}s")
     build_report(run_dir)

@@ -11,16 +11,11 @@ import time
 
 from .config import STAGE_ORDER, Config
 from .errors import FilterlensError, closest
+from .names import LABEL_MEANS, REPORT, STAGE_FILES, SWEEP_CSV, SWEEP_JSON
 from .rundir import RunDir
 
 
 PIPELINE = STAGE_ORDER
-# the files each stage must have written (it records every file it wrote in stages.json)
-REQUIRED = {"train": ("model.pt", "train.json"), "probes": ("probes.pt", "label_means.pt", "probes.json"),
-            "sfp": ("layers.csv", "filters.csv", "results.json"), "afcc": ("afcc.csv",),
-            "sweep": ("sweep/sweep.json",), "report": ("report.html",)}
-
-
 def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite: bool = False,
                  echo=print) -> dict:
     """Train (or load), analyse every layer, AFCC, the optional sweep, and the report, into ``run_dir``.
@@ -47,7 +42,7 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
         plan, damaged = _plan(rd, wanted, hashes, from_stage, cfg, echo)
         if not plan:
             echo(f"done in 0.0s ({', '.join(f'{k} cached' for k in wanted)}; nothing read or written); report: "
-                 f"{rd.file('report.html')}")
+                 f"{rd.file(REPORT)}")
             return rd.stages()
         _check_before_work(cfg, plan)
         for name in damaged:  # never read, never kept: their stage writes them again
@@ -62,7 +57,7 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
                 rd.claim(cfg, stage="train")  # stages 2-3 accepted these settings: config.json records them
     total = sum(v for v in timeline.values() if v)
     parts = ", ".join(f"{k} {v:.1f}s" if v is not None else f"{k} cached" for k, v in timeline.items())
-    echo(f"done in {total:.1f}s ({parts}); report: {rd.file('report.html')}")
+    echo(f"done in {total:.1f}s ({parts}); report: {rd.file(REPORT)}")
     return rd.stages()
 
 
@@ -85,7 +80,7 @@ def _plan(rd: RunDir, wanted: list[str], hashes: dict, from_stage: str | None, c
         rec = stages.get(stage)
         if from_stage == stage or not rec or rec["hash"] != hashes[stage]:
             return wanted[i:], []
-        bad = rd.changed(sorted(set(rec["sha256"]) | set(REQUIRED[stage])), stages)
+        bad = rd.changed(sorted(set(rec["sha256"]) | set(STAGE_FILES[stage])), stages)
         if bad:
             shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
             echo(f"note: {shown} changed or missing since stage {stage} wrote it (checksum); it is not trusted: "
@@ -101,18 +96,18 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
     stage runs, on the architecture with its initial weights."""
     if not set(plan) & {"train", "probes", "sfp", "afcc", "sweep"}:
         return
-    from .analyze import check_heatmaps
+    from .analysis import check_heatmaps
     from .models import list_layers, resolve_layers
     from .train import load_data_for, make_model
 
     data = load_data_for(cfg)
     model, _ = make_model(cfg.replace(checkpoint=None, weights=None), data)
-    size = (data.in_channels, data.image_size, data.image_size)
+    size = data.input_shape
     analysed = resolve_layers(model, size, cfg.layers, cfg.tokens)
     layers = list_layers(model, size, "blocks", [l.name for l in analysed], cfg.tokens)
     check_heatmaps(cfg.heatmaps, analysed)
     if cfg.afcc:
-        from .afcc.stage import choose_layers
+        from .afcc.apply import choose_layers
 
         choose_layers(layers, cfg.afcc_layers, {l.name for l in analysed})
 
@@ -124,31 +119,34 @@ def _train(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
 
 
 def _probes(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
-    from . import analyze as an
+    from . import analysis as an
     from .train import load_trained
 
     model, _, data, _ = load_trained(rd.path)
     pr = an.probe_stage(model, data, cfg, echo=echo, cache_dir=cfg.cache_dir or rd.file("cache"))
-    files = an.save_probe_result(pr, rd.path, data.describe(), cfg.stage_hash("probes"))
+    files = pr.save(rd.path, cfg.stage_hash("probes"))
     rd.record("probes", cfg.stage_hash("probes"), [str(p.relative_to(rd.path)) for p in files],
               pr.timings.get("stage_s"))
 
 
 def _sfp(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
-    from . import analyze as an
+    from . import analysis as an
+    from .probe_results import ProbeResult
+    from .train import load_data_for
 
-    pr, data_meta = an.load_probe_result(rd.path)
-    result = an.sfp_stage(pr, data_meta, cfg)
-    result.probes = None  # stage 2's files are already written
+    pr = ProbeResult.load(rd.path)
+    result = an.sfp_stage(pr, pr.data, cfg)
+    result.data = load_data_for(cfg)  # the test images of the report's thumbnails
     an.write_sfp_result(rd, cfg, result)
 
 
 def _afcc(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
     from . import afcc
 
-    afcc.run_afcc(rd.path, layers=cfg.afcc_layers, retrain_epochs=cfg.retrain_epochs, retrain_lr=cfg.retrain_lr,
-                  threshold=cfg.threshold, seed=cfg.seed, progress=cfg.progress, echo=echo,
-                  thresholds=cfg.afcc_thresholds, random_draws=cfg.random_draws, settings_hash=cfg.stage_hash("afcc"))
+    overrides = {f: getattr(cfg, f) for f in ("afcc_layers", "retrain_epochs", "retrain_lr", "retrain_momentum",
+                                              "retrain_weight_decay", "retrain_batch_size", "retrain_augment",
+                                              "random_draws", "afcc_thresholds", "latency_batch", "latency_repeats")}
+    afcc.run_afcc(rd.path, overrides, progress=cfg.progress, echo=echo, settings_hash=cfg.stage_hash("afcc"))
 
 
 def _sweep(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
@@ -156,7 +154,7 @@ def _sweep(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
 
     t0 = time.perf_counter()
     run_sweep(cfg.replace(labels="all"), rd.file("sweep"), cfg.num_labels, cfg.subsets, cfg.sweep_layers, echo=echo)
-    rd.record("sweep", cfg.stage_hash("sweep"), ("sweep/sweep.json", "sweep/sweep.csv"), time.perf_counter() - t0)
+    rd.record("sweep", cfg.stage_hash("sweep"), (SWEEP_JSON, SWEEP_CSV), time.perf_counter() - t0)
 
 
 def _report(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
@@ -169,8 +167,8 @@ _RUN = {"train": _train, "probes": _probes, "sfp": _sfp, "afcc": _afcc, "sweep":
 
 
 def _has_fields(rd: RunDir) -> bool:
-    if not rd.exists("label_means.pt"):
+    if not rd.exists(LABEL_MEANS):
         return False
     import torch
 
-    return "fields" in torch.load(rd.file("label_means.pt"), map_location="cpu", weights_only=True)
+    return "fields" in torch.load(rd.file(LABEL_MEANS), map_location="cpu", weights_only=True)

@@ -27,7 +27,6 @@ import math
 import shutil
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -37,48 +36,12 @@ import torch.nn as nn
 from . import distributed as dist_
 from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture_pass, pooled_shape
 from .config import Config, parse_bytes, parse_pool
-from .data import Data, batches_in_order, make_loader, shard_indices
 from .files import torch_save
 from .engine import EnginePlan, bound_resident, cache_key, finish_disk_cache, open_disk_cache, plan_engine, remove_disk_cache
 from .models import Layer
+from .probe_results import LayerProbeResult, ProbeRecipe, ProbeResult
 from .progress import progress_bar
-
-
-@dataclass
-class ProbeRecipe:
-    """How every layer's FC is trained (recorded in the results)."""
-
-    optimizer: str  # "adam" or "sgd"
-    lr: float
-    epochs: int
-    batch_size: int = 100
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    lr_decay: str = "cosine"  # "cosine" or "exp:<factor per epoch>"
-    augment: bool = False
-
-    @classmethod
-    def paper(cls, epochs: int = 200, **kw) -> "ProbeRecipe":
-        base = dict(optimizer="sgd", lr=0.01, epochs=epochs, batch_size=100, momentum=0.975, nesterov=True,
-                    weight_decay=1e-3, lr_decay="exp:0.975", augment=True)
-        base.update({k: v for k, v in kw.items() if v is not None})
-        return cls(**base)
-
-    @classmethod
-    def fast(cls, epochs: int = 30, **kw) -> "ProbeRecipe":
-        base = dict(optimizer="adam", lr=1e-2, epochs=epochs, batch_size=100, weight_decay=0.0, lr_decay="cosine",
-                    augment=False)
-        base.update({k: v for k, v in kw.items() if v is not None})
-        return cls(**base)
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> "ProbeRecipe":
-        kw = dict(lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay, batch_size=cfg.probe_batch_size)
-        if cfg.probe_mode == "paper":
-            return cls.paper(epochs=cfg.probe_epochs if cfg.probe_epochs is not None else 200, **kw)
-        return cls.fast(epochs=cfg.probe_epochs if cfg.probe_epochs is not None else 30, augment=cfg.probe_augment,
-                        **kw)
+from .utils import derive_seed
 
 
 class ProbeSet:
@@ -99,7 +62,7 @@ class ProbeSet:
             fc = nn.Linear(cl.features, num_labels, bias=False)
             bound = 1.0 / math.sqrt(cl.features)
             # each layer's own generator: a probe starts from the same weights whichever layers share its set
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(cl.name.encode()))
+            gen = torch.Generator().manual_seed(derive_seed(seed, zlib.crc32(cl.name.encode())))
             with torch.no_grad():
                 fc.weight.uniform_(-bound, bound, generator=gen)
             fc.to(device)
@@ -255,81 +218,37 @@ class ProbeEval:
         return {n: c / max(self.total, 1) for n, c in self.correct.items()}
 
 
-@dataclass
-class LayerProbeResult:
-    name: str
-    index: int
-    filters: int
-    shape: tuple[int, int, int]  # (C, H, W) the FC sees (after probe_pool)
-    layer_shape: tuple[int, int, int]  # the layer's own output shape
-    features: int
-    accuracy: float
-    train_accuracy: float | None
-    weight: torch.Tensor  # (L, C, H, W)
-    label_means: torch.Tensor  # (L, C, H, W) float64, test set
-    votes: torch.Tensor  # (C, L) how often output unit j wins filter c's field over the test set
-    fields: torch.Tensor | None = None  # (N_test, C, L) per-sample single-filter fields (only for the bootstrap)
-    unit_kind: str = "filter"  # "filter" (conv channels) or "head" (attention heads)
-    top_values: torch.Tensor | None = None  # (C, L, k): per unit and output unit, the k largest test fields
-    top_indices: torch.Tensor | None = None  # (C, L, k): the test images they belong to
-
-    @property
-    def units(self) -> int:
-        return self.filters
-
-
-@dataclass
-class ProbeResult:
-    layers: list[LayerProbeResult]
-    mode: str  # "fast", "paper"
-    engine: str  # "cache" or "stream"
-    recipe: ProbeRecipe
-    label_counts: torch.Tensor  # test samples per label
-    timings: dict = field(default_factory=dict)
-    forward_passes: int = 0
-    note: str = ""
-    test_labels: torch.Tensor | None = None  # (N_test,) in the order of the fields
-    engine_plan: dict | None = None  # which engine and why (engine.EnginePlan.record)
-
-    def table(self) -> list[dict]:
-        return [{"layer": r.name, "filters": r.filters, "features": r.features, "accuracy": r.accuracy}
-                for r in self.layers]
-
-
-def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Config, device="cpu",
-                 cache_dir: Path | None = None, progress: bool = True, echo=print,
-                 keep_fields: bool = False) -> ProbeResult:
+def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, cache_dir: Path | None = None,
+                 progress: bool = True, echo=print, keep_fields: bool = False) -> ProbeResult:
     """Train every selected layer's probe; return accuracies, weights, label means and votes.
 
     ``cfg`` supplies ``probe_mode``, ``probe_epochs``, ``probe_lr``, ``probe_batch_size``,
     ``probe_weight_decay``, ``probe_pool``, ``probe_augment``, ``cache_budget``, ``engine`` and
-    ``seed``; ``cache_dir`` is where the disk engine keeps its cache (a temporary directory when
-    None). Under torchrun every rank captures and trains on its shard (``probe_batch_size / N`` per
-    rank and step, gradients averaged), and every rank returns the same, global, result.
+    ``seed``; ``feed`` (:class:`~filterlens.loaders.Feed`) every batch of this rank, on the model's device;
+    ``cache_dir`` is where the disk engine keeps its cache (a temporary directory when None). Under
+    torchrun every rank captures and trains on its shard (``probe_batch_size / N`` per rank and step,
+    gradients averaged), and every rank returns the same, global, result.
     """
     import tempfile
 
-    device = torch.device(device)
+    device = feed.device
     recipe = ProbeRecipe.from_config(cfg)
-    rank, world = dist_.rank(), dist_.world_size()
     batch = dist_.per_rank_batch(recipe.batch_size, "probe_batch_size")
     pool = parse_pool(cfg.probe_pool)
     t_all = time.perf_counter()
     cls = [CaptureLayer(l, pooled_shape(l.shape, pool, l.unit_kind)) for l in layers]
     # this rank's samples: the training shard padded to equal length, the test shard not
-    n_train, n_test = dist_.shard_size(len(data.train), pad=True), dist_.shard_size(len(data.test), pad=False)
+    n_train, n_test = feed.n_train, feed.n_test
     need = FeatureCache.nbytes(cls, n_train + n_test)
-    plain = make_loader(data, "train", 256, device=device, augment=False, num_workers=cfg.num_workers, rank=rank,
-                        world_size=world)
     scratch = None
     if cache_dir is None and cfg.engine in ("auto", "disk") and need > parse_bytes(cfg.cache_budget):
         scratch = cache_dir = Path(tempfile.mkdtemp(prefix="filterlens-cache-"))
     try:
         plan = plan_engine(model, cls, pool, cfg.engine, need, parse_bytes(cfg.cache_budget), n_train + n_test,
-                           recipe.epochs, n_train, recipe.augment, device, cache_dir, plain,
-                           lambda group: _training_seconds(group, data.num_labels, recipe, batch, n_train, device))
+                           recipe.epochs, n_train, recipe.augment, device, cache_dir, feed.train,
+                           lambda group: _training_seconds(group, feed.num_labels, recipe, batch, n_train, device))
         echo(f"note: {plan.note}")
-        run = _Run(model, pool, data, cfg, recipe, device, batch, progress, keep_fields, rank, world, plain)
+        run = _Run(model, pool, feed, cfg, recipe, batch, progress, keep_fields)
         if plan.engine == "stream":
             parts = [run.stream(cls)]
         else:
@@ -341,7 +260,7 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
     timings["total_s"] = time.perf_counter() - t_all
     passes = plan.record()["capture_passes"] or recipe.epochs + 1
     return ProbeResult(results, cfg.probe_mode, plan.engine, recipe, counts, timings, passes, plan.note, test_labels,
-                       plan.record())
+                       plan.record(), feed.describe())
 
 
 def _training_seconds(group: list[CaptureLayer], num_labels: int, recipe: ProbeRecipe, batch: int, rows: int,
@@ -362,27 +281,22 @@ def _training_seconds(group: list[CaptureLayer], num_labels: int, recipe: ProbeR
 class _Run:
     """One probe stage's settings, and the two ways a group of layers is trained: from a cache, or streamed."""
 
-    def __init__(self, model, pool, data, cfg, recipe, device, batch, progress, keep_fields, rank, world, plain):
-        self.model, self.pool, self.data, self.cfg, self.recipe = model, pool, data, cfg, recipe
-        self.device, self.batch, self.progress, self.keep_fields = device, batch, progress, keep_fields
-        self.rank, self.world, self.plain = rank, world, plain
+    def __init__(self, model, pool, feed, cfg, recipe, batch, progress, keep_fields):
+        self.model, self.pool, self.feed, self.cfg, self.recipe = model, pool, feed, cfg, recipe
+        self.device, self.batch, self.progress, self.keep_fields = feed.device, batch, progress, keep_fields
+        self.rank, self.world = feed.rank, feed.world_size
 
     def _bar(self, desc):
         return lambda it: progress_bar(it, self.progress, desc=desc)
 
     def _eval(self, probes: ProbeSet) -> ProbeEval:
-        index = shard_indices(len(self.data.test), self.rank, self.world, pad=False)
-        return ProbeEval(probes, keep_fields=self.keep_fields, top_k=self.cfg.top_images, test_index=index)
-
-    def _test_loader(self):
-        return make_loader(self.data, "test", 256, device=self.device, num_workers=self.cfg.num_workers,
-                           rank=self.rank, world_size=self.world, pad=False)
+        return ProbeEval(probes, keep_fields=self.keep_fields, top_k=self.cfg.top_images,
+                         test_index=self.feed.test_index)
 
     def cached(self, group: list[CaptureLayer], plan: EnginePlan) -> dict:
         """One capture pass of ``group`` into a cache (memory or disk), its probes trained from it."""
-        L, timings = self.data.num_labels, {}
-        n_train = dist_.shard_size(len(self.data.train), pad=True)
-        n_test = dist_.shard_size(len(self.data.test), pad=False)
+        L, timings = self.feed.num_labels, {}
+        n_train, n_test = self.feed.n_train, self.feed.n_test
         probes = ProbeSet(group, L, self.recipe, seed=self.cfg.seed, device=self.device)
         means = LabelMeanSink(group, L, device=self.device)
         ev = self._eval(probes)
@@ -391,7 +305,7 @@ class _Run:
         caches, fresh = {}, False
         for split, n in (("train", n_train), ("test", n_test)):
             if plan.engine == "disk":
-                key = cache_key(self.model, group, self.data.describe(), n, split + tag)
+                key = cache_key(self.model, group, self.feed.describe(), n, split + tag)
                 caches[split], done = open_disk_cache(group, n, plan.cache_dir, split + tag, key)
                 bound_resident(caches[split], parse_bytes(self.cfg.cache_budget))
                 caches[split].key, fresh = key, fresh or not done
@@ -401,9 +315,9 @@ class _Run:
         means_file = plan.cache_dir / f"test{tag}.means.pt" if plan.engine == "disk" else None
         if fresh or plan.engine != "disk":
             with Capture(self.model, [cl.layer for cl in group], self.pool) as cap:
-                capture_pass(cap, self.plain, [caches["train"]], progress=self._bar("capture train"))
+                capture_pass(cap, self.feed.train, [caches["train"]], progress=self._bar("capture train"))
                 # the label means from the float32 maps, as the other engines compute them
-                capture_pass(cap, self._test_loader(), [caches["test"], means], progress=self._bar("capture test"))
+                capture_pass(cap, self.feed.test, [caches["test"], means], progress=self._bar("capture test"))
             if plan.engine == "disk":
                 torch_save(means_file, {"sums": means.sums, "counts": means.counts})
                 for split in ("train", "test"):
@@ -413,12 +327,13 @@ class _Run:
             means.sums, means.counts = saved["sums"], saved["counts"]
         timings["capture_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        seed = self.cfg.seed if self.world == 1 else self.cfg.seed * 1_000_003 + self.rank
+        seed = self.cfg.seed if self.world == 1 else derive_seed(self.cfg.seed, self.rank)
         train_from_cache(probes, caches["train"], self.recipe, seed, self.device, batch_size=self.batch,
                          progress=self._bar("probe epochs (cache)"))
-        real = dist_.shard_size(len(self.data.train), pad=False)  # the padded rows repeat other ranks' samples
+        total = len(self.feed.data.train)
+        real = dist_.shard_size(total, pad=False)  # the padded rows repeat other ranks' samples
         correct = dist_.all_reduce_sum(_cached_correct(probes, caches["train"], real, self.device))
-        train_acc = {name: c / max(len(self.data.train), 1) for name, c in zip(probes.fcs, correct)}
+        train_acc = {name: c / max(total, 1) for name, c in zip(probes.fcs, correct)}
         timings["probe_train_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         test = caches["test"]
@@ -437,25 +352,24 @@ class _Run:
 
     def stream(self, cls: list[CaptureLayer]) -> dict:
         """Every probe updated from one forward pass per epoch (augmentation allowed), then one test pass."""
-        L, timings = self.data.num_labels, {}
+        L, timings = self.feed.num_labels, {}
         probes = ProbeSet(cls, L, self.recipe, seed=self.cfg.seed, device=self.device)
         means = LabelMeanSink(cls, L, device=self.device)
         ev = self._eval(probes)
         t0 = time.perf_counter()
         # the same mini-batches in the same order as a cache's rows are read (train_from_cache): this rank's
         # samples in an unshuffled pass, permuted each epoch by a generator seeded as there
-        local = shard_indices(len(self.data.train), self.rank, self.world, pad=True)
-        gen = torch.Generator().manual_seed(self.cfg.seed if self.world == 1 else self.cfg.seed * 1_000_003 + self.rank)
+        local = self.feed.train_index
+        gen = torch.Generator().manual_seed(self.cfg.seed if self.world == 1 else derive_seed(self.cfg.seed, self.rank))
         with Capture(self.model, [cl.layer for cl in cls], self.pool) as cap:
             for epoch in progress_bar(range(self.recipe.epochs), self.progress, desc="probe epochs (stream)"):
                 order = local[torch.randperm(len(local), generator=gen)]
-                for x, y in batches_in_order(self.data, "train", order, self.batch, self.device, self.recipe.augment,
-                                             self.cfg.seed, epoch, self.cfg.num_workers):
+                for x, y in self.feed.ordered(order, self.batch, self.recipe.augment, epoch):
                     probes.step_all(cap.forward(x), y)
                 probes.end_epoch()
             timings["probe_train_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            capture_pass(cap, self._test_loader(), [means, ev], progress=self._bar("test pass"))
+            capture_pass(cap, self.feed.test, [means, ev], progress=self._bar("test pass"))
             timings["eval_s"] = time.perf_counter() - t0
         return {"probes": probes, "means": means, "ev": ev, "train_acc": dict.fromkeys(probes.fcs), "timings": timings}
 

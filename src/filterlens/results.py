@@ -13,11 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FilterlensError
-
-TABLES = {"layers": "layers.csv", "filters": "filters.csv", "thresholds": "thresholds.csv",
-          "bootstrap": "bootstrap.csv", "afcc": "afcc.csv", "afcc_thresholds": "afcc_thresholds.csv",
-          "afcc_pruning": "afcc_pruning.csv", "train_log": "train_log.csv", "sweep": "sweep/sweep.csv"}
-
+from .names import TABLES
 
 def schema() -> dict:
     """The JSON Schema of ``results.json``."""
@@ -80,30 +76,17 @@ class Run:
         """One unit (filter or head) of an analysed layer: its matrix (raw, normalised, binarised), its clusters
         and, per cluster, the test images that drive it most (indices into the analysed test split), from the
         run's saved probe weights and label means (checked against their checksums)."""
-        import torch
+        from .probe_results import ProbeResult
 
-        from . import sfp
-        from .rundir import RunDir
-
-        rd = RunDir(self.path)
-        rd.verify("probes.pt", "label_means.pt")
         names = [r["layer"] for r in self.results.get("layers", [])]
-        if layer not in names:
-            raise FilterlensError(f"layer '{layer}' was not analysed in '{self.path}'; analysed: {', '.join(names)}")
-        weight = torch.load(self.path / "probes.pt", map_location="cpu", weights_only=True)[layer]
-        blob = torch.load(self.path / "label_means.pt", map_location="cpu", weights_only=True)
-        units = int(weight.shape[1])
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < units:
-            raise FilterlensError(f"unit {index!r} of layer '{layer}' is out of range; valid: 0..{units - 1}")
+        if not isinstance(layer, str) or layer not in names:
+            raise FilterlensError(f"layer {layer!r} was not analysed in '{self.path}'; analysed: {', '.join(names)}")
+        r = ProbeResult.load(self.path).layer(layer)
         sfp_cfg = self.results.get("sfp", {})
-        threshold, normalise = float(sfp_cfg.get("threshold", 0.3)), sfp_cfg.get("normalise", "max")
-        top = (blob.get("top") or {}).get(layer)
-        u = sfp.analyze_unit(weight, blob["means"][layer], index, threshold, normalise,
-                             (top["values"], top["indices"]) if top else None, int(self.config.get("top_images", 8)))
-        kind = next((r.get("unit_kind", "filter") for r in self.results["layers"] if r["layer"] == layer), "filter")
-        names = self.results.get("label_names", [])
-        return UnitView(layer, index, kind, u.matrix, u.normalised, u.binary, u.clusters,
-                        u.top or [[] for _ in u.clusters], [names[i] for c in u.clusters for i in c], float(u.noise))
+        return unit_view(layer, index, r.unit_kind, r.weight, r.label_means,
+                         (r.top_values, r.top_indices) if r.top_indices is not None else None,
+                         float(sfp_cfg.get("threshold", 0.3)), sfp_cfg.get("normalise", "max"),
+                         int(self.config.get("top_images", 8)), self.results.get("label_names", []))
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, tables={self.tables()})"
@@ -123,6 +106,44 @@ class UnitView:
     top_images: list  # per cluster, test indices (into the analysed test split), strongest first
     cluster_labels: list  # the clusters' label names, flattened in cluster order
     noise: float
+    threshold: float = 0.3
+    normalise: str = "max"
+    label_names: list | None = None
+
+    def plot(self):
+        """The unit's matrix, normalised and binarised, its clusters as blocks (a matplotlib figure)."""
+        from .report.plots import filter_matrix_figure
+
+        return filter_matrix_figure(self.matrix, self.threshold, self.clusters, self.label_names,
+                                    f"{self.layer} {self.unit_kind} {self.unit}", self.normalise)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        names = self.label_names or [str(i) for i in range(len(self.matrix))]
+        rows = "".join(f"<tr><td>{k + 1}</td><td>{html.escape(' + '.join(names[i] for i in c))}</td>"
+                       f"<td>{', '.join(map(str, t))}</td></tr>" for k, (c, t) in enumerate(zip(self.clusters,
+                                                                                            self.top_images)))
+        return (f"<p><b>{html.escape(self.layer)}</b> {self.unit_kind} {self.unit}: {len(self.clusters)} cluster(s), "
+                f"noise {self.noise:g} (threshold {self.threshold:g}, {self.normalise})</p><table><thead><tr>"
+                f"<th>cluster</th><th>labels</th><th>top test images</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def unit_view(layer: str, index, unit_kind: str, weight, means, top, threshold: float, normalise: str, k: int,
+              label_names: list) -> UnitView:
+    """Unit ``index`` of ``layer`` from its layer's probe weight and label means (:func:`sfp.analyze_unit`)."""
+    from . import sfp
+
+    units = int(weight.shape[1])
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise FilterlensError(f"unit index {index!r} is a {type(index).__name__}; give an integer 0..{units - 1}")
+    if not 0 <= index < units:
+        raise FilterlensError(f"unit {index} of layer '{layer}' is out of range; valid: 0..{units - 1}")
+    u = sfp.analyze_unit(weight, means, index, threshold, normalise, top, k)
+    names = list(label_names) or [str(i) for i in range(weight.shape[0])]
+    return UnitView(layer, index, unit_kind, u.matrix, u.normalised, u.binary, u.clusters,
+                    u.top or [[] for _ in u.clusters], [names[i] for c in u.clusters for i in c], float(u.noise),
+                    threshold, normalise, names)
 
 
 def load_run(path) -> Run:

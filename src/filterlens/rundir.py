@@ -27,14 +27,8 @@ from pathlib import Path
 from .config import STAGE_ORDER, Config
 from .errors import FilterlensError
 from .files import TMP_SUFFIX, read_json, sha256_file, write_json
+from .names import MANIFEST, RUN_FILES
 
-# files a run may write; --overwrite removes only these
-RUN_FILES = ("config.json", "checkpoint.pt", "model.pt", "train_log.csv", "train.json", "results.json",
-             "layers.csv", "filters.csv", "probes.pt", "label_means.pt", "probes.json", "accuracy.png", "clusters.png",
-             "thresholds.csv", "bootstrap.csv", "heatmaps", "cache", "stages.json", "units",
-             "report.html", "afcc.csv", "afcc.png", "afcc_model.pt", "afcc_pruning.csv", "afcc_thresholds.csv",
-             "afcc_pruned.pt", "sweep")
-MANIFEST = "stages.json"
 LOCK = ".filterlens.lock"
 LOCK_INFO = ".filterlens.lock.json"
 

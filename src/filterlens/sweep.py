@@ -114,7 +114,7 @@ def _run_task(args) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
-    from .analyze import analyze
+    from .analysis import analyze
     from .train import load_trained, train
 
     run_dir = Path(folder)
@@ -131,7 +131,7 @@ def _run_task(args) -> dict:
     quiet = (lambda *a, **k: None)
     summary = train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists(), echo=quiet, progress=progress)
     model, cfg, data, _ = load_trained(run_dir)
-    result = analyze(model, data, cfg.replace(layers=sweep_layers), progress=progress, echo=quiet)
+    result = analyze(model, data, config=cfg.replace(layers=sweep_layers), progress=progress, echo=quiet)
     result.save(run_dir)
     last = result.layers[-1]
     row = {"num_labels": task.num_labels, "subset": task.subset, "labels": " ".join(map(str, task.labels)),
@@ -204,7 +204,7 @@ def _check_layers(cfg: Config, data, sweep_layers: str) -> None:
 
     model = build_model(ModelSpec(cfg.model, data.num_labels, data.in_channels, data.image_size, cfg.width_mult,
                                   cfg.vgg_cfg))
-    resolve_layers(model, (data.in_channels, data.image_size, data.image_size), sweep_layers, cfg.tokens)
+    resolve_layers(model, data.input_shape, sweep_layers, cfg.tokens)
 
 
 def merge(sweep_dir, echo=print) -> dict:

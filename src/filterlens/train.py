@@ -20,9 +20,11 @@ import torch.nn.functional as F
 
 from . import distributed as dist_
 from .config import Config
-from .data import Data, check_labels_present, load_data, make_loader
+from .data import Data, check_labels_present, load_data
 from .errors import FilterlensError
 from .files import write_csv, write_json
+from .loaders import make_loader
+from .names import CONFIG, MODEL
 from .models import ModelSpec, build_model, list_layers, load_checkpoint, read_checkpoint, save_checkpoint
 from .progress import progress_bar
 from .rundir import RunDir
@@ -140,7 +142,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     data = load_data_for(cfg)
     check_labels_present(data)
     model, spec = make_model(cfg, data)
-    list_layers(model, (data.in_channels, data.image_size, data.image_size))  # it runs on this input size (one line)
+    list_layers(model, data.input_shape)  # it runs on this input size (one line)
     # only now, with every setting and input checked, is the run directory locked and written
     with rd.lock("filterlens train"):
         return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress, echo)
@@ -264,9 +266,20 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+def _analysed_in_python(rd: RunDir) -> bool:
+    try:
+        cfg = rd.read_json(CONFIG)
+    except FilterlensError:
+        return False
+    return isinstance(cfg, dict) and cfg.get("dataset") == "python"
+
+
 def load_trained(run_dir, device="cpu") -> tuple[nn.Module, Config, Data, ModelSpec]:
     """The trained model of a run directory, with its config and data."""
     rd = RunDir(run_dir)
+    if rd.exists(CONFIG) and not rd.exists(MODEL) and _analysed_in_python(rd):
+        raise FilterlensError(f"'{rd.path}' was analysed from Python (filterlens.analyze): its model and data cannot be "
+                              "rebuilt by the command line; run AFCC from Python: filterlens.afcc.apply(model, analysis)")
     if not rd.path.is_dir() or not rd.exists("config.json") or not rd.exists("model.pt"):
         raise FilterlensError(f"'{rd.path}' is not a trained run directory (no config.json/model.pt); run "
                               "filterlens train --run-dir first")

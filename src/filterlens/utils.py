@@ -21,6 +21,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def derive_seed(seed: int, k: int) -> int:
+    """The seed of stream ``k`` (an epoch, a rank, a layer) of a run seeded ``seed``: every generator of
+    filterlens draws from one of these, so two streams of one run never share a seed."""
+    return int(seed) * 1_000_003 + int(k)
+
+
 def module_modes(model: torch.nn.Module) -> dict:
     """Every module's own train/eval flag (a model in train mode may hold frozen, eval-mode parts)."""
     return {m: m.training for m in model.modules()}

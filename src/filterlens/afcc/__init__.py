@@ -10,7 +10,9 @@ One module per concern, from the ground up:
   (``torch.utils.benchmark``);
 * :mod:`.removal`: physical removal of units whose outgoing connections are all masked;
 * :mod:`.export`: one versioned file (:func:`save`, :func:`load`);
-* :mod:`.stage`: AFCC on an analysed run directory (:func:`run_afcc`), its tables and files.
+* :mod:`.result`: :class:`AfccResult`, what AFCC returns: the networks, masks, accuracies, tables, files;
+* :mod:`.apply`: AFCC in memory on a model and its analysis (:func:`apply`);
+* :mod:`.stage`: AFCC on an analysed run directory (:func:`run_afcc`: load, apply, write).
 
 A **mask** zeroes weights inside dense tensors (no speed-up by itself); a **removal** deletes
 whole units, so tensors really shrink. Every name below is importable from ``filterlens.afcc``.
@@ -21,6 +23,8 @@ from .export import FORMAT, FORMAT_VERSION, MASK_NOTE, load, save
 from .masks import LayerMask, conv_mask, connections, dilution, fc_mask, random_mask, random_masks
 from .removal import prune, prune_support
 from .retrain import TensorLoader, accuracy, retrain
+from .result import AfccResult
+from .apply import apply, choose_layers
 from .stage import print_afcc, run_afcc
 
 __all__ = [
@@ -28,4 +32,5 @@ __all__ = [
     "fc_mask", "conv_mask", "dilution", "connections", "random_mask", "random_masks",
     "build_diluted", "make_masks", "apply_masks", "trainable_parameters", "retrain", "accuracy",
     "prune", "prune_support", "count_macs", "measure_latency", "save", "load", "run_afcc", "print_afcc",
+    "AfccResult", "apply", "choose_layers",
 ]

@@ -20,16 +20,13 @@ import torch.nn.functional as F
 from ..capture import Capture, pooled_shape
 from ..config import parse_pool
 from ..errors import FilterlensError
+from ..hooks import Tap, run, taps
 from ..models import VGGBlock, list_layers
 from ..models.units import reader
 from .masks import LayerMask, conv_mask, fc_mask
 
 # modules that act on every channel separately (channel c in -> channel c out); in eval mode
 _CHANNELWISE = ("ReLU", "ReLU6", "LeakyReLU", "MaxPool2d", "AvgPool2d", "Identity", "Dropout", "Dropout2d")
-
-
-class _Stop(Exception):
-    """Raised by :class:`HookTrunk`'s hook: nothing after its layer is computed."""
 
 
 class HookTrunk(nn.Module):
@@ -49,19 +46,9 @@ class HookTrunk(nn.Module):
     def forward(self, x):
         box = {}
         pre, read = reader(self.layout, self.units, self.tokens)
-
-        def grab(*args):
-            box["out"] = read(*args)
-            raise _Stop
-
-        module = self.model.get_submodule(self.hook or self.layer)
-        handle = module.register_forward_pre_hook(grab) if pre else module.register_forward_hook(grab)
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
+        with taps(self.model, {self.layer: Tap(self.hook or self.layer, lambda *a: box.update(out=read(*a)), pre)},
+                  stop=self.layer):
+            run(self.model, x)
         if box.get("out") is None:
             raise RuntimeError(f"layer '{self.layer}' did not run in the model's forward")
         return box["out"]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import FilterlensError
 from ..progress import progress_bar
+from ..utils import derive_seed
 from .diluted import trainable_parameters
 from .masks import LayerMask
 
@@ -36,7 +37,7 @@ class TensorLoader:
     def __iter__(self):
         n = len(self.y)
         if self.shuffle:
-            idx = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+            idx = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch)))
         else:
             idx = torch.arange(n)
         for s in range(0, n, self.batch_size):

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from ..errors import FilterlensError, closest
 from .resnet_cifar import CIFAR_RESNET_DEPTHS, CifarResNet
+from .user import build_user_model, is_reference
 from .vit_tiny import VIT_CONFIGS, TinyViT
 from .vgg import VGG, VGG_CONFIGS, _parse_vgg_cfg, _scaled
 
@@ -32,7 +33,8 @@ def _torchvision_names() -> list[str]:
 
 def available_models() -> list[str]:
     return sorted(VGG_CONFIGS) + ["vgg"] + sorted(CIFAR_RESNET_DEPTHS) + [
-        "resnet18_cifar"] + sorted(VIT_CONFIGS) + ["vgg16_imagenet", "<any torchvision classification model>", "timm:<name>"]
+        "resnet18_cifar"] + sorted(VIT_CONFIGS) + ["vgg16_imagenet", "<any torchvision classification model>", "timm:<name>", "path/to/file.py:factory",
+        "package.module:callable"]
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -69,8 +71,14 @@ def _replace_head(model: nn.Module, num_labels: int) -> None:
 
 def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
     """Build an architecture. ``weights``: a torchvision weights name (e.g. ``DEFAULT``,
-    ``IMAGENET1K_V1``) for torchvision models; checkpoints are loaded by :func:`load_checkpoint`."""
+    ``IMAGENET1K_V1``) for torchvision models; checkpoints are loaded by :func:`load_checkpoint`.
+    ``path/to/file.py:factory`` or ``package.module:callable``: a user's own architecture (:mod:`.user`)."""
     name = spec.model
+    if is_reference(name):
+        if weights:
+            raise FilterlensError(f"--weights '{weights}' is for torchvision/timm models; model '{name}' is your own "
+                                  "(use --checkpoint for its weights)")
+        return build_user_model(spec)
     if name in VGG_CONFIGS or name == "vgg":
         if weights:
             raise FilterlensError(f"--weights '{weights}' is for torchvision/timm models; model '{name}' has no "

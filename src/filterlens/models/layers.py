@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import FilterlensError, closest
+from ..hooks import Tap, taps
 from ..utils import eval_mode
 from .families import Discovery, discover
 from .units import reader
@@ -74,9 +75,8 @@ def _run_shapes(model: nn.Module, specs: dict[str, tuple[str, str, int]], input_
     shapes: dict[str, tuple] = {}
     calls: dict[str, int] = {}
     order: list[str] = []
-    handles = []
 
-    def hook(name, layout, units):
+    def tap(name, layout, units, path):
         pre, read = reader(layout, units, tokens)
 
         def record(*args):
@@ -85,24 +85,18 @@ def _run_shapes(model: nn.Module, specs: dict[str, tuple[str, str, int]], input_
                 order.append(name)
             out = read(*args)
             shapes[name] = tuple(out.shape[1:]) if out is not None else None
-        return pre, record
+        return Tap(path, record, pre)
 
     try:
-        for name, (path, layout, units) in specs.items():
-            pre, fn = hook(name, layout, units)
-            module = model.get_submodule(path)
-            handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
-        device = next(model.parameters()).device
-        with eval_mode(model), torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device))
+        with taps(model, {name: tap(name, layout, units, path) for name, (path, layout, units) in specs.items()}):
+            device = next(model.parameters()).device
+            with eval_mode(model), torch.no_grad():
+                model(torch.zeros(1, *input_size, device=device))
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
         if isinstance(exc, FilterlensError):
             raise
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise _too_small(model, input_size, first) from None
-    finally:
-        for h in handles:
-            h.remove()
     return shapes, calls, order
 
 

@@ -21,7 +21,7 @@ from ..errors import FilterlensError
 from ..files import read_json, write_csv, write_text
 from ..rundir import RunDir
 from .html import _CHECK_JS, _CSS, _esc, _img, _read_csv, _table
-from .plots import _figure, _values, save_figure, unit_word
+from .plots import _new_figure, _values, save_figure, unit_word
 
 # (column of layers.csv, its name in the figures, the y-axis label, the file name)
 METRICS = (
@@ -213,8 +213,7 @@ def _csv_rows(run: _Run) -> list[dict]:
 # ------------------------------------------------------------------------------ figures
 
 def _depth_figure(runs: list[_Run], metric: str, name: str, ylabel: str, path: Path) -> Path:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = _new_figure((7.5, 4.5))
     banded = False
     for run in runs:
         x = [r["relative_depth"] for r in run.rows]
@@ -243,8 +242,7 @@ def _fit(fits: dict, key: str) -> dict | None:
 def _sweep_figure(sweeps: list[_Sweep], key: str, name: str, path: Path) -> Path:
     import numpy as np
 
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = _new_figure((7.5, 4.5))
     for s in sweeps:
         xs = np.array([c["num_labels"] for c in s.per_count], dtype=float)
         line, = ax.plot(xs, [c[key] for c in s.per_count], "o-", label=s.label)

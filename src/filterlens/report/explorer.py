@@ -51,17 +51,20 @@ def _heatmap_units(res: dict) -> dict[str, list[int]]:
 
 
 def explorer_data(d: Path, res: dict, filters: list[dict]) -> dict:
-    """Everything the explorer shows, as plain data (numbers, label names, data URIs)."""
-    import torch
+    """Everything the explorer shows, as plain data (numbers, label names), and ``wanted``: the test images
+    whose thumbnails it shows (the analysis saved them in thumbnails.json; :func:`thumbnails`)."""
+    from ..probe_results import ProbeResult
 
     cfg = res.get("config", {})
     limit = int(cfg.get("explorer_units", 32))
     k = int(cfg.get("top_images", 8))
     threshold = float(res.get("sfp", {}).get("threshold", cfg.get("threshold", 0.3)))
     normalise = res.get("sfp", {}).get("normalise", cfg.get("normalise", "max"))
-    weights = torch.load(d / "probes.pt", map_location="cpu", weights_only=True)
-    blob = torch.load(d / "label_means.pt", map_location="cpu", weights_only=True)
-    top = blob.get("top") or {}
+    probes = ProbeResult.load(d)
+    weights = {r.name: r.weight for r in probes.layers}
+    blob = {"means": {r.name: r.label_means for r in probes.layers}}
+    top = {r.name: {"values": r.top_values, "indices": r.top_indices} for r in probes.layers
+           if r.top_indices is not None}
     heat = _heatmap_units(res)
     layers, wanted = [], set()
     for row in res.get("layers", []):
@@ -81,7 +84,7 @@ def explorer_data(d: Path, res: dict, filters: list[dict]) -> dict:
             unit[3] = round(sum(len(p.split("+")) for p in parts) / len(parts), 2) if parts else None
         layers.append({"name": name, "kind": row.get("unit_kind", "filter"), "units": units, "detail": detail})
     return {"columns": UNIT_COLUMNS, "labels": res.get("label_names", []), "threshold": threshold, "normalise": normalise, "k": k,
-            "limit": limit, "max_labels": MAX_SHOWN_LABELS, "layers": layers, "images": thumbnails(cfg, sorted(wanted))}
+            "limit": limit, "max_labels": MAX_SHOWN_LABELS, "layers": layers, "wanted": sorted(wanted)}
 
 
 def _unit_detail(weight, means, top, u: int, threshold: float, normalise: str, k: int) -> dict:
@@ -99,27 +102,12 @@ def _unit_detail(weight, means, top, u: int, threshold: float, normalise: str, k
             "top": one.top or [[] for _ in one.clusters], "dead": one.dead}
 
 
-def thumbnails(cfg: dict, indices: list[int], size: int = 48) -> dict[str, str]:
-    """Data URIs of test images (by index into the analysed test split): JPEG for colour, PNG for grey."""
-    if not indices:
-        return {}
-    from PIL import Image
-
-    from ..config import Config
-    from ..data import ArraySplit
-    from ..train import load_data_for
-
-    data = load_data_for(Config.from_dict(cfg))
-    test = data.test
+def thumbnails(data, indices: list[int], size: int = 48) -> dict[str, str]:
+    """Data URIs of test images of ``data`` (a :class:`~filterlens.data.Data`; by index into its test split):
+    JPEG for colour, PNG for grey. The analysis writes them to thumbnails.json for the report."""
     out = {}
     for i in indices:
-        if isinstance(test, ArraySplit):
-            arr = test.images[i].numpy()  # (C, H, W) uint8
-            img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
-        else:
-            from torchvision.datasets.folder import default_loader
-
-            img = default_loader(test.samples[i][0])
+        img = data.test_image(int(i))
         img.thumbnail((size, size))  # shrinks only: a small image stays as it is (the page scales it)
         buf = io.BytesIO()
         grey = img.mode in ("L", "1")

@@ -6,6 +6,7 @@ from pathlib import Path
 from ..config import STAGE_ORDER
 from ..errors import FilterlensError
 from ..files import read_json, write_text
+from ..names import REPORT_READS, THUMBNAILS
 from ..rundir import RunDir
 from .explorer import EXPLORER_CSS, explorer_data, explorer_html
 from .plots import unit_word
@@ -79,10 +80,7 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-# the files the report reads (each verified against its checksum when a stage recorded it)
-READS = ("results.json", "layers.csv", "filters.csv", "thresholds.csv", "bootstrap.csv", "afcc.csv",
-         "afcc_thresholds.csv", "afcc_pruning.csv", "sweep/sweep.json", "accuracy.png", "clusters.png", "afcc.png",
-         "probes.pt", "label_means.pt")
+READS = REPORT_READS
 
 
 def build_report(run_dir, settings_hash: str | None = None) -> Path:
@@ -145,7 +143,11 @@ def _page(d: Path, res: dict, stages: dict) -> str:
     filters = _read_csv(d / "filters.csv")
     if filters and (d / "probes.pt").exists() and (d / "label_means.pt").exists():
         # the heatmaps' units come first in the explorer; their PNGs stay in heatmaps/, every unit in filters.csv
-        parts.append(explorer_html(explorer_data(d, res, filters)))
+        data = explorer_data(d, res, filters)
+        saved = read_json(d / THUMBNAILS) if (d / THUMBNAILS).exists() else {}
+        data["images"] = {str(i): saved[str(i)] for i in data.pop("wanted") if str(i) in saved} \
+            if isinstance(saved, dict) else {}
+        parts.append(explorer_html(data))
     if (d / "thresholds.csv").exists():
         parts.append("<h2>Threshold sensitivity</h2>" + _table(_read_csv(d / "thresholds.csv")))
     if (d / "bootstrap.csv").exists():

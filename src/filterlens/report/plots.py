@@ -19,23 +19,22 @@ from .. import sfp
 from ..files import write_with
 
 
-def _figure():
-    import matplotlib
+def _new_figure(figsize, nrows: int = 1, ncols: int = 1):
+    """A matplotlib Figure on its own Agg canvas: no pyplot, no global backend change, nothing to close; a
+    notebook shows it as it is."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols)
 
 
 def save_figure(fig, path: Path) -> Path:
     """Save a matplotlib figure atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    try:
-        return write_with(path, lambda fh: fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=110,
-                                                     bbox_inches="tight"))
-    finally:
-        _figure().close(fig)
+    return write_with(path, lambda fh: fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=110,
+                                                 bbox_inches="tight"))
 
 
 def _values(rows, key):
@@ -56,31 +55,29 @@ def unit_word(rows) -> str:
     return kinds.pop() if len(kinds) == 1 else "unit"
 
 
-def plot_layers(rows: list[dict], directory: Path, title: str = "") -> list[Path]:
-    """``accuracy.png`` (accuracy and SNR against layer) and ``clusters.png`` (noise per filter and
-    cluster size against layer)."""
-    plt = _figure()
+def layer_figures(rows: list[dict], title: str = "") -> dict:
+    """The analysis' figures by file name: ``accuracy.png`` (accuracy and SNR against layer) and
+    ``clusters.png`` (noise per unit, cluster size and clusters per unit against layer)."""
     x = list(range(1, len(rows) + 1))
     names = [r["layer"] for r in rows]
     unit = unit_word(rows)
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 3), 4))
+    out = {}
+    fig, ax = _new_figure((max(6, 0.5 * len(rows) + 3), 4))
     ax.plot(x, _values(rows, "accuracy"), "o-", color="tab:blue", label="layer accuracy")
     ax.set_xlabel("layer")
     ax.set_ylabel("test accuracy of the layer's FC", color="tab:blue")
     ax.set_ylim(0, 1.02)
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-    if any(k in rows[0] for k in ("snr",)) if rows else False:
+    if rows and "snr" in rows[0]:
         ax2 = ax.twinx()
         ax2.plot(x, _values(rows, "snr"), "s--", color="tab:red", label="SNR")
         ax2.set_ylabel(f"SNR (signal / noise elements per {unit})", color="tab:red")
     ax.set_title(title or "accuracy and SNR per layer")
     ax.grid(alpha=0.3)
-    paths.append(save_figure(fig, directory / "accuracy.png"))
+    out["accuracy.png"] = fig
 
     if rows and "noise_per_filter" in rows[0]:
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 3), 4))
+        fig, ax = _new_figure((max(6, 0.5 * len(rows) + 3), 4))
         ax.plot(x, _values(rows, "noise_per_filter_all"), "o-", label=f"noise elements per {unit} (all {unit}s)")
         ax.plot(x, _values(rows, "noise_per_filter"), "o:", label=f"noise per {unit} ({unit}s with a cluster)")
         ax.set_ylabel(f"noise elements per {unit}")
@@ -95,8 +92,13 @@ def plot_layers(rows: list[dict], directory: Path, title: str = "") -> list[Path
         ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
         ax.set_title(title or "noise and clusters per layer")
         ax.grid(alpha=0.3)
-        paths.append(save_figure(fig, directory / "clusters.png"))
-    return paths
+        out["clusters.png"] = fig
+    return out
+
+
+def plot_layers(rows: list[dict], directory: Path, title: str = "") -> list[Path]:
+    """Write :func:`layer_figures` into ``directory``."""
+    return [save_figure(fig, Path(directory) / name) for name, fig in layer_figures(rows, title).items()]
 
 
 def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: Path) -> list[Path]:
@@ -104,10 +106,9 @@ def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: P
     (cluster size, clusters per filter and SNR of the last layer against L)."""
     import numpy as np
 
-    plt = _figure()
     directory = Path(directory)
     xs = np.array([c["num_labels"] for c in per_count], dtype=float)
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _new_figure((6.5, 4))
     ax.scatter([r["num_labels"] for r in rows], [r["error"] for r in rows], s=14, color="0.6", label="each subset")
     for key, style, label in (("max_error", "o-", "maximal error"), ("mean_error", "s-", "mean error")):
         ys = [c[key] for c in per_count]
@@ -124,7 +125,7 @@ def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: P
     ax.set_title("error against the number of labels")
     paths = [save_figure(fig, directory / "sweep_error.png")]
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = _new_figure((12, 3.6), 1, 3)
     for ax, key, label in zip(axes, ("mean_cluster_size", "mean_clusters_per_filter", "mean_snr"),
                               ("mean cluster size", "clusters per filter", "SNR")):
         ax.plot(xs, [c[key] for c in per_count], "o-")
@@ -136,11 +137,15 @@ def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: P
 
 
 def plot_afcc(rows: list[dict], path, title: str = "", acc_before: float | None = None) -> Path:
-    """``afcc.png``: test accuracy against dilution, AFCC and the random control, at each threshold."""
-    plt = _figure()
+    """Write :func:`afcc_figure` to ``path`` (``afcc.png``)."""
+    return save_figure(afcc_figure(rows, title, acc_before), Path(path))
+
+
+def afcc_figure(rows: list[dict], title: str = "", acc_before: float | None = None):
+    """Test accuracy against dilution, AFCC and the random control, at each threshold."""
     rows = sorted(rows, key=lambda r: r["dilution"])
     x = [r["dilution"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = _new_figure((6.5, 4.2))
     ax.plot(x, [r["acc_retrained"] for r in rows], "o-", color="tab:blue", label="AFCC, retrained")
     sd = [r.get("acc_random_retrained_sd") or 0.0 for r in rows]
     draws = rows[0].get("random_draws", 1) if rows else 1
@@ -160,10 +165,10 @@ def plot_afcc(rows: list[dict], path, title: str = "", acc_before: float | None 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     ax.set_title(title or "AFCC: accuracy against dilution", fontsize=10)
-    return save_figure(fig, Path(path))
+    return fig
 
 
-def _filter_figure(matrix: Any, threshold: float, clusters: Sequence[Sequence[int]],
+def filter_matrix_figure(matrix: Any, threshold: float, clusters: Sequence[Sequence[int]],
                    label_names: Sequence[str] | None, title: str | None, normalise: str,
                    max_ticks: int = 100):
     """Build (without saving) the two-panel figure of :func:`plot_filter_matrix`."""
@@ -255,7 +260,7 @@ def plot_filter_matrix(matrix: Any, threshold: float, clusters: Sequence[Sequenc
         The written file.
     """
     path = Path(path)
-    fig = _filter_figure(matrix, threshold, clusters, label_names, title, normalise, max_ticks)
+    fig = filter_matrix_figure(matrix, threshold, clusters, label_names, title, normalise, max_ticks)
 
     fmt = path.suffix.lstrip(".").lower() or "png"
     return write_with(path, lambda fh: fig.savefig(fh, format=fmt, dpi=120))

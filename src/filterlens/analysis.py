@@ -1,10 +1,12 @@
-"""Stages 2 and 3 on a trained model: layer accuracies, then every filter's clusters, noise and SNR.
+"""Stages 2 and 3 on a trained model: layer accuracies, then every unit's clusters, noise and SNR.
 
-``analyze(model, data, cfg)`` is the library entry point; ``analyze_run(run_dir)``
-does the same for a run directory written by ``filterlens train`` and writes
-``layers.csv``, ``filters.csv``, ``results.json``, ``probes.pt`` (every layer's FC
-weight, (L, C, H, W)), ``label_means.pt`` (per-label mean maps of the test set)
-and the plots.
+``filterlens.analyze(model, train, test, **settings)`` (this module's :func:`analyze`) is the library entry point: any ``nn.Module`` and
+any data :mod:`filterlens.inputs` accepts (tensors, arrays, a torch Dataset or DataLoader, a torchvision
+dataset, or a named dataset's :class:`~filterlens.data.Data`). It returns an :class:`Analysis`: the
+tables, the stage-2 arrays (:class:`~filterlens.probe_results.ProbeResult`), the fitted unit analyses,
+one unit on demand (:meth:`Analysis.unit`), its figures (:meth:`Analysis.plot`) and
+:meth:`Analysis.save`, which writes a run directory every command reads. ``analyze_run(run_dir)`` does
+the same for a run directory written by ``filterlens train``.
 """
 from __future__ import annotations
 
@@ -20,10 +22,16 @@ from . import sfp
 from .config import Config, parse_heatmaps, parse_thresholds
 from .data import Data, check_labels_present
 from .errors import FilterlensError, closest
-from .files import read_json, torch_save, write_csv, write_json
+from .files import write_csv, write_json
+from .inputs import as_data
+from .loaders import Feed
 from .models import resolve_layers
-from .probes import ProbeResult, train_probes
-from .report.plots import plot_filter_matrix, plot_layers
+from .names import CONFIG, FILTERS, LAYERS, PROBE_FILES, RESULTS, THUMBNAILS
+from .probe_results import ProbeResult
+from .probes import train_probes
+from .report.explorer import explorer_data, thumbnails
+from .report.plots import layer_figures, plot_filter_matrix, plot_layers
+from .results import UnitView, unit_view
 from .rundir import RunDir
 from .utils import environment, resolve_device, seed_everything
 
@@ -39,48 +47,99 @@ FILTER_COLUMNS = ["layer", "unit", "unit_kind", "num_clusters", "clusters", "sig
 
 
 class Analysis:
-    """The result of :func:`analyze`: one row per layer, one per filter, and the raw arrays."""
+    """What :func:`analyze` returns: one row per layer (``layers``), one per unit (``filters``), the stage-2
+    arrays (``probes``), every layer's fitted single-unit analysis (``sfp``: layer name -> ``sfp.LayerSFP``),
+    the settings and records (``meta``) and, in memory, the data it was computed on (``data``)."""
 
     def __init__(self, layers: list[dict], filters: list[dict], probes: ProbeResult | None, sfp_layers: dict,
-                 meta: dict):
+                 meta: dict, data: Data | None = None):
         self.layers = layers
         self.filters = filters
         self.probes = probes
         self.sfp = sfp_layers  # layer name -> fitted sfp.LayerSFP
         self.meta = meta
+        self.data = data
+
+    @property
+    def config(self) -> Config:
+        return Config.from_dict(self.meta["config"])
 
     def to_frame(self, table: str = "layers"):
+        """The layers (or ``"filters"``: units) table as a pandas DataFrame."""
+        if table not in ("layers", "filters"):
+            raise FilterlensError(f"unknown table {table!r}; valid: layers, filters")
         import pandas as pd
 
         return pd.DataFrame(self.layers if table == "layers" else self.filters)
 
+    def unit(self, layer: str, index: int) -> UnitView:
+        """One unit (filter or head): its matrix (raw, normalised, binarised), clusters, noise and top test images."""
+        names = [r["layer"] for r in self.layers]
+        if not isinstance(layer, str) or layer not in names:
+            raise FilterlensError(f"layer {layer!r} was not analysed{closest(str(layer), names)}; analysed: "
+                                  f"{', '.join(names)}")
+        if self.probes is None:
+            raise FilterlensError("this analysis holds no probe weights (loaded without them); load it with "
+                                  "Analysis.load(run_dir)")
+        r = self.probes.layer(layer)
+        sfp_meta = self.meta.get("sfp", {})
+        return unit_view(layer, index, r.unit_kind, r.weight, r.label_means,
+                         (r.top_values, r.top_indices) if r.top_indices is not None else None,
+                         float(sfp_meta.get("threshold", 0.3)), sfp_meta.get("normalise", "max"),
+                         int(self.meta.get("config", {}).get("top_images", 8)), self.meta.get("label_names", []))
+
+    def plot(self) -> dict:
+        """The analysis' figures (matplotlib), by the file name ``save`` gives them: accuracy.png, clusters.png."""
+        return layer_figures(self.layers, title=self.meta.get("title", ""))
+
+    def _repr_html_(self) -> str:
+        cols = ["layer", "units", "accuracy", "clusters_per_filter", "cluster_size", "noise_per_filter",
+                "filters_without_cluster", "snr"]
+        return html_table(self.layers, cols, caption=self.meta.get("title", "filterlens analysis"))
+
+    def __repr__(self) -> str:
+        return f"<filterlens Analysis: {self.meta.get('title', '')}, {len(self.layers)} layer(s)>"
+
     def save(self, directory) -> list[str]:
-        """Write the tables, plots, heatmaps and results.json (last) into ``directory``; returns the file names
-        (relative to it) that were written."""
+        """Write the analysis as a run directory (``filterlens report``, ``compare`` and, when its model and data
+        can be rebuilt, ``afcc`` read it): the stage-2 files, the tables, the figures, the heatmaps, the thumbnails
+        and results.json (last), each recorded with its checksum; returns the file names written."""
+        rd = RunDir(RunDir.validate(directory))
+        cfg = self.config
+        with rd.lock("filterlens analysis.save"):
+            if not rd.exists(CONFIG):
+                rd.claim(cfg, stage="train")
+            if self.probes is not None:
+                rd.record("probes", cfg.stage_hash("probes"),
+                          [str(p.relative_to(rd.path)) for p in self.probes.save(rd.path, cfg.stage_hash("probes"))],
+                          self.probes.timings.get("stage_s"))
+            files = self.write(rd.path)
+            rd.record("sfp", cfg.stage_hash("sfp"), files, self.meta["timings"].get("sfp_s"))
+        return files
+
+    def write(self, directory) -> list[str]:
+        """Stage 3's files in ``directory`` (tables, figures, heatmaps, thumbnails, results.json last); returns
+        their names relative to it."""
         d = Path(directory)
-        written = [write_csv(d / "layers.csv", self.layers, LAYER_COLUMNS),
-                   write_csv(d / "filters.csv", self.filters, FILTER_COLUMNS)]
-        if self.probes is not None:
-            written += save_probe_result(self.probes, d, self.meta.get("data", {}),
-                                         Config.from_dict(self.meta["config"]).stage_hash("probes"))
+        written = [write_csv(d / LAYERS, self.layers, LAYER_COLUMNS), write_csv(d / FILTERS, self.filters, FILTER_COLUMNS)]
         # a new analysis replaces results.json whole: later stages (AFCC) add their entries again
         results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers}
-        for name in ("thresholds.csv", "bootstrap.csv"):
+        for name in ("thresholds.csv", "bootstrap.csv", THUMBNAILS):
             if (d / name).exists():  # from an earlier analysis with other settings
                 (d / name).unlink()
         if self.meta.get("thresholds"):
             written.append(write_csv(d / "thresholds.csv", self.meta["thresholds"]))
         if self.meta.get("bootstrap"):
             written.append(write_csv(d / "bootstrap.csv", self.meta["bootstrap"]["intervals"]))
-        written += self.plot(d)
+        written += plot_layers(self.layers, d, title=self.meta.get("title", ""))
         heat = self.heatmaps(d)
         written += heat
         results["heatmaps"] = [str(p.relative_to(d)) for p in heat]
-        written.append(write_json(d / "results.json", results))
+        if self.data is not None and all((d / f).exists() for f in PROBE_FILES):
+            wanted = explorer_data(d, results, self.filters)["wanted"]
+            written.append(write_json(d / THUMBNAILS, thumbnails(self.data, wanted)))
+        written.append(write_json(d / RESULTS, results))
         return [str(Path(p).relative_to(d)) for p in written]
-
-    def plot(self, directory) -> list[Path]:
-        return plot_layers(self.layers, Path(directory), title=self.meta.get("title", ""))
 
     def heatmaps(self, directory) -> list[Path]:
         """PNG heatmaps (raw normalised and binarised, labels reordered by cluster) of chosen filters."""
@@ -113,31 +172,79 @@ class Analysis:
 
     @classmethod
     def load(cls, directory) -> "Analysis":
+        """An analysis written by :meth:`save` (or by ``filterlens analyze``/``run``), every file checked against
+        the checksum its stage recorded; the stage-2 arrays with it when they are there."""
         import csv
 
-        d = Path(directory)
-        meta = read_json(d / "results.json")
-        with open(d / "filters.csv", newline="") as fh:
+        rd = RunDir(directory)
+        res = rd.read_results()
+        rd.verify(FILTERS)
+        with open(rd.file(FILTERS), newline="") as fh:
             filters = list(csv.DictReader(fh))
-        return cls(meta.pop("layers"), filters, None, {}, meta)
+        probes = ProbeResult.load(rd.path) if all(rd.exists(f) for f in PROBE_FILES) else None
+        meta = {k: v for k, v in res.items() if k not in ("layers", "version")}
+        return cls(res["layers"], filters, probes, {}, meta)
 
 
-def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, device=None, cache_dir=None,
-            progress: bool | None = None, echo=print, **settings) -> Analysis:
-    """Layer accuracies (stage 2) and single-filter performance (stage 3) of ``model`` on ``data``.
+def html_table(rows: list[dict], columns: list[str], caption: str = "") -> str:
+    """A small HTML table of ``rows`` (what a notebook shows for an analysis, a unit or an AFCC result)."""
+    import html
 
-    ``settings`` override fields of ``cfg`` (e.g. ``layers="last:3"``, ``threshold=0.4``).
-    The model is not modified; its train/eval mode is restored.
+    def cell(v):
+        if isinstance(v, float):
+            return "nan" if v != v else f"{v:.4g}"
+        return html.escape("" if v is None else str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Config | None = None, device=None,
+            cache_dir=None, progress: bool | None = None, echo=print, **settings) -> Analysis:
+    """Layer accuracies (stage 2) and single-unit performance (stage 3) of ``model`` on ``train``/``test``.
+
+    ``train``, ``test``: tensors or arrays ``(images, labels)``, a torch ``Dataset`` or ``DataLoader``, a
+    torchvision dataset (its transforms used as they are), or a named dataset's :class:`Data` alone
+    (:mod:`filterlens.inputs`). ``labels``: the label names (default: the dataset's ``classes``, else the
+    indices). ``settings`` are fields of :class:`~filterlens.config.Config` (``layers="last:3"``,
+    ``threshold=0.4``, ``probe_epochs=10``, ...), over ``config``. The model is not modified; its
+    train/eval mode is restored.
     """
-    cfg = (cfg or Config()).replace(**settings) if settings else (cfg or Config())
-    cfg.validate()
+    if not isinstance(model, torch.nn.Module):
+        raise FilterlensError(f"model is a {type(model).__name__}; give a torch.nn.Module")
+    if next(model.parameters(), None) is None:
+        raise FilterlensError("the model has no parameters; give a trained torch.nn.Module")
+    cfg = with_settings(config, settings)
+    data = as_data(train, test, labels)
     pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress, echo=echo)
-    return sfp_stage(pr, data.describe(), cfg)
+    result = sfp_stage(pr, data.describe(), cfg)
+    result.data = data
+    if data.name == "python":  # the settings record what was analysed; the data cannot be rebuilt by name
+        result.meta["config"].update(dataset="python", model=type(model).__name__)
+        result.meta["title"] = f"{type(model).__name__} on your data ({data.num_labels} labels)"
+    return result
+
+
+def with_settings(config: Config | None, settings: dict) -> Config:
+    """``config`` (default: the defaults) with ``settings`` over it, every one checked (one line)."""
+    if config is not None and not isinstance(config, Config):
+        raise FilterlensError(f"config is a {type(config).__name__}; give a filterlens.config.Config (or the settings "
+                              "as keyword arguments)")
+    base = config or Config()
+    names = list(base.to_dict())
+    for k in settings:
+        if k not in names:
+            raise FilterlensError(f"unknown setting '{k}'{closest(k, names)}; the settings are the fields of "
+                                  "filterlens.config.Config")
+    return base.replace(**settings) if settings else base.validate()
 
 
 def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, cache_dir=None,
                 progress: bool | None = None, echo=print) -> ProbeResult:
-    """Stage 2: select the layers and train every layer's FC probe (one capture pass)."""
+    """Stage 2: select the layers, build the batches once (:class:`~filterlens.loaders.Feed`) and train every
+    layer's FC probe (one capture pass)."""
     check_labels_present(data)
     seed_everything(cfg.seed)
     if device is None:  # under torchrun: this rank's device
@@ -147,12 +254,14 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     model.to(device)
     show = cfg.progress if progress is None else progress
     t0 = time.perf_counter()
-    layers = resolve_layers(model, (data.in_channels, data.image_size, data.image_size), cfg.layers, cfg.tokens)
+    layers = resolve_layers(model, data.input_shape, cfg.layers, cfg.tokens)
     check_heatmaps(cfg.heatmaps, layers)
     cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir
     if cache_dir is not None:
         cache_dir = RunDir.validate(cache_dir, "cache directory")
-    pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo,
+    feed = Feed(data, device, seed=cfg.seed, num_workers=cfg.num_workers, rank=dist_.rank(),
+                world_size=dist_.world_size())
+    pr = train_probes(model, layers, feed, cfg, cache_dir=cache_dir, progress=show, echo=echo,
                       keep_fields=cfg.bootstrap > 0)
     pr.timings["stage_s"] = time.perf_counter() - t0
     return pr
@@ -234,63 +343,6 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
     return Analysis(rows, filter_rows, pr, fitted, meta)
 
 
-def save_probe_result(pr: ProbeResult, directory, data_meta: dict, hash_: str = "") -> list[Path]:
-    """Stage 2's outputs: probes.pt (FC weights), label_means.pt (means, counts, votes[, fields]), probes.json."""
-    d = Path(directory)
-    written = [torch_save(d / "probes.pt", {r.name: r.weight for r in pr.layers})]
-    blob = {"means": {r.name: r.label_means for r in pr.layers}, "counts": pr.label_counts,
-            "votes": {r.name: r.votes for r in pr.layers}}
-    if pr.layers and pr.layers[0].fields is not None:
-        blob["fields"] = {r.name: r.fields for r in pr.layers}
-        blob["test_labels"] = pr.test_labels
-    if pr.layers and pr.layers[0].top_indices is not None:
-        blob["top"] = {r.name: {"values": r.top_values, "indices": r.top_indices} for r in pr.layers}
-    written.append(torch_save(d / "label_means.pt", blob))
-    written.append(write_json(d / "probes.json", {
-        "hash": hash_, "mode": pr.mode, "engine": pr.engine, "engine_choice": pr.engine_plan,
-        "recipe": asdict(pr.recipe), "note": pr.note,
-        "forward_passes": pr.forward_passes, "timings": pr.timings, "data": data_meta,
-        "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
-                    "shape": list(r.shape),
-                    "layer_shape": list(r.layer_shape), "features": r.features, "accuracy": r.accuracy,
-                    "train_accuracy": r.train_accuracy} for r in pr.layers]}))
-    return written
-
-
-def load_probe_result(directory) -> tuple[ProbeResult, dict]:
-    """Read stage 2's outputs back (see :func:`save_probe_result`); returns (result, data_meta)."""
-    from .probes import LayerProbeResult, ProbeRecipe
-
-    d = Path(directory)
-    RunDir(d).verify(*PROBE_FILES)
-    meta = read_json(d / "probes.json")
-    try:
-        weights = torch.load(d / "probes.pt", map_location="cpu", weights_only=True)
-        blob = torch.load(d / "label_means.pt", map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file: one line
-        raise FilterlensError(f"probes.pt/label_means.pt in '{d}' cannot be read ({type(exc).__name__}); run the "
-                              "probes stage again (filterlens analyze, or filterlens run --from probes)") from None
-    fields = blob.get("fields")
-    layers = [LayerProbeResult(m["name"], m["index"], m["filters"], tuple(m["shape"]), tuple(m["layer_shape"]),
-                               m["features"], m["accuracy"], m["train_accuracy"], weights[m["name"]],
-                               blob["means"][m["name"]], blob["votes"][m["name"]],
-                               fields[m["name"]] if fields is not None else None, m.get("unit_kind", "filter"),
-                               *_saved_top(blob, m["name"]))
-              for m in meta["layers"]]
-    pr = ProbeResult(layers, meta["mode"], meta["engine"], ProbeRecipe(**meta["recipe"]), blob["counts"],
-                     meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"),
-                     meta.get("engine_choice"))
-    return pr, meta["data"]
-
-
-PROBE_FILES = ("probes.pt", "label_means.pt", "probes.json")
-
-
-def _saved_top(blob: dict, name: str):
-    top = (blob.get("top") or {}).get(name)
-    return (top["values"], top["indices"]) if top else (None, None)
-
-
 def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
     """Analyse the trained model of ``run_dir`` and write the results there.
 
@@ -313,15 +365,13 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
         pr = probe_stage(model, data, cfg, device=device, echo=echo, cache_dir=cfg.cache_dir or rd.file("cache"))
         result = sfp_stage(pr, data.describe(), cfg)
         result.meta["processes"] = dist_.world_size()
+        result.data = data
         if dist_.is_main():
             rd.claim(cfg, stage="train")  # config.json changes only once the analysis succeeded
-            result.probes = None
             rd.record("probes", cfg.stage_hash("probes"),
-                      [str(p.relative_to(rd.path)) for p in save_probe_result(pr, rd.path, data.describe(),
-                                                                              cfg.stage_hash("probes"))],
+                      [str(p.relative_to(rd.path)) for p in pr.save(rd.path, cfg.stage_hash("probes"))],
                       pr.timings.get("stage_s"))
             write_sfp_result(rd, cfg, result)
-            result.probes = pr
         dist_.barrier()
     return result
 
@@ -332,7 +382,7 @@ def write_sfp_result(rd: RunDir, cfg: Config, result: Analysis) -> list[str]:
         rd.verify("train.json")
         train = rd.read_json("train.json")
         result.meta["train"] = {k: v for k, v in train.items() if k != "history"} if isinstance(train, dict) else None
-    files = result.save(rd.path)
+    files = result.write(rd.path)
     rd.record("sfp", cfg.stage_hash("sfp"), files, result.meta["timings"].get("sfp_s"))
     return files
 

@@ -1,0 +1,165 @@
+"""What stage 2 produces, with the only save and load of its files (METHOD.md stage 2).
+
+A :class:`ProbeResult` holds, for every analysed layer (:class:`LayerProbeResult`), the trained
+bias-free FC weight (L, C, H, W), the per-label mean maps of the test set (stage 3's input), how
+often each output unit wins each unit's field, the top test images per unit and output unit and,
+for the bootstrap, the per-sample single-unit fields; plus how the probes were trained
+(:class:`ProbeRecipe`) and by which engine. :meth:`ProbeResult.save` writes ``probes.pt`` (the
+weights), ``label_means.pt`` (means, counts, votes, top images, fields) and ``probes.json`` (the
+rest); :meth:`ProbeResult.load` reads them back, checked against the checksums their stage recorded.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .errors import FilterlensError
+from .files import read_json, torch_save, write_json
+from .names import LABEL_MEANS, PROBE_FILES, PROBES, PROBES_JSON
+from .rundir import RunDir
+
+
+@dataclass
+class ProbeRecipe:
+    """How every layer's FC is trained (recorded in the results)."""
+
+    optimizer: str  # "adam" or "sgd"
+    lr: float
+    epochs: int
+    batch_size: int = 100
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_decay: str = "cosine"  # "cosine" or "exp:<factor per epoch>"
+    augment: bool = False
+
+    @classmethod
+    def paper(cls, epochs: int = 200, **kw) -> "ProbeRecipe":
+        base = dict(optimizer="sgd", lr=0.01, epochs=epochs, batch_size=100, momentum=0.975, nesterov=True,
+                    weight_decay=1e-3, lr_decay="exp:0.975", augment=True)
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+    @classmethod
+    def fast(cls, epochs: int = 30, **kw) -> "ProbeRecipe":
+        base = dict(optimizer="adam", lr=1e-2, epochs=epochs, batch_size=100, weight_decay=0.0, lr_decay="cosine",
+                    augment=False)
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(**base)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "ProbeRecipe":
+        kw = dict(lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay, batch_size=cfg.probe_batch_size)
+        if cfg.probe_mode == "paper":
+            return cls.paper(epochs=cfg.probe_epochs if cfg.probe_epochs is not None else 200, **kw)
+        return cls.fast(epochs=cfg.probe_epochs if cfg.probe_epochs is not None else 30, augment=cfg.probe_augment,
+                        **kw)
+
+
+@dataclass
+class LayerProbeResult:
+    name: str
+    index: int
+    filters: int
+    shape: tuple[int, int, int]  # (C, H, W) the FC sees (after probe_pool)
+    layer_shape: tuple[int, int, int]  # the layer's own output shape
+    features: int
+    accuracy: float
+    train_accuracy: float | None
+    weight: torch.Tensor  # (L, C, H, W)
+    label_means: torch.Tensor  # (L, C, H, W) float64, test set
+    votes: torch.Tensor  # (C, L) how often output unit j wins filter c's field over the test set
+    fields: torch.Tensor | None = None  # (N_test, C, L) per-sample single-filter fields (only for the bootstrap)
+    unit_kind: str = "filter"  # "filter" (conv channels) or "head" (attention heads)
+    top_values: torch.Tensor | None = None  # (C, L, k): per unit and output unit, the k largest test fields
+    top_indices: torch.Tensor | None = None  # (C, L, k): the test images they belong to
+
+    @property
+    def units(self) -> int:
+        return self.filters
+
+
+@dataclass
+class ProbeResult:
+    layers: list[LayerProbeResult]
+    mode: str  # "fast", "paper"
+    engine: str  # "cache" or "stream"
+    recipe: ProbeRecipe
+    label_counts: torch.Tensor  # test samples per label
+    timings: dict = field(default_factory=dict)
+    forward_passes: int = 0
+    note: str = ""
+    test_labels: torch.Tensor | None = None  # (N_test,) in the order of the fields
+    engine_plan: dict | None = None  # which engine and why (engine.EnginePlan.record)
+    data: dict = field(default_factory=dict)  # the data analysed (Data.describe())
+
+    def table(self) -> list[dict]:
+        return [{"layer": r.name, "filters": r.filters, "features": r.features, "accuracy": r.accuracy}
+                for r in self.layers]
+
+    def layer(self, name: str) -> LayerProbeResult:
+        """One analysed layer's arrays (refused in one line when it was not analysed)."""
+        for r in self.layers:
+            if r.name == name:
+                return r
+        raise FilterlensError(f"layer {name!r} was not analysed; analysed: {', '.join(r.name for r in self.layers)}")
+
+    def save(self, directory, settings_hash: str = "") -> list[Path]:
+        """Write probes.pt (FC weights), label_means.pt (means, counts, votes[, top images][, fields]) and
+        probes.json (the rest); returns their paths."""
+        d = Path(directory)
+        written = [torch_save(d / PROBES, {r.name: r.weight for r in self.layers})]
+        blob = {"means": {r.name: r.label_means for r in self.layers}, "counts": self.label_counts,
+                "votes": {r.name: r.votes for r in self.layers}}
+        if self.layers and self.layers[0].fields is not None:
+            blob["fields"] = {r.name: r.fields for r in self.layers}
+            blob["test_labels"] = self.test_labels
+        if self.layers and self.layers[0].top_indices is not None:
+            blob["top"] = {r.name: {"values": r.top_values, "indices": r.top_indices} for r in self.layers}
+        written.append(torch_save(d / LABEL_MEANS, blob))
+        written.append(write_json(d / PROBES_JSON, {
+            "hash": settings_hash, "mode": self.mode, "engine": self.engine, "engine_choice": self.engine_plan,
+            "recipe": asdict(self.recipe), "note": self.note, "forward_passes": self.forward_passes,
+            "timings": self.timings, "data": self.data,
+            "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
+                        "shape": list(r.shape), "layer_shape": list(r.layer_shape), "features": r.features,
+                        "accuracy": r.accuracy, "train_accuracy": r.train_accuracy} for r in self.layers]}))
+        return written
+
+    @classmethod
+    def load(cls, directory) -> "ProbeResult":
+        """Read what :meth:`save` wrote, each file checked against the checksum its stage recorded."""
+        d = Path(directory)
+        RunDir(d).verify(*PROBE_FILES)
+        for name in PROBE_FILES:
+            if not (d / name).exists():
+                raise FilterlensError(f"'{d}' has no {name}; run the probes stage (filterlens analyze, or filterlens "
+                                      "run --from probes)")
+        meta = read_json(d / PROBES_JSON)
+        try:
+            weights = torch.load(d / PROBES, map_location="cpu", weights_only=True)
+            blob = torch.load(d / LABEL_MEANS, map_location="cpu", weights_only=True)
+            fields, top = blob.get("fields"), blob.get("top") or {}
+            layers = [LayerProbeResult(m["name"], m["index"], m["filters"], tuple(m["shape"]), tuple(m["layer_shape"]),
+                                       m["features"], m["accuracy"], m["train_accuracy"], weights[m["name"]],
+                                       blob["means"][m["name"]], blob["votes"][m["name"]],
+                                       fields[m["name"]] if fields is not None else None, m.get("unit_kind", "filter"),
+                                       *((top[m["name"]]["values"], top[m["name"]]["indices"]) if m["name"] in top
+                                         else (None, None)))
+                      for m in meta["layers"]]
+            for r in layers:
+                if tuple(r.weight.shape) != tuple(r.label_means.shape):
+                    raise ValueError(f"layer {r.name}: FC weight {tuple(r.weight.shape)} and label means "
+                                     f"{tuple(r.label_means.shape)} disagree")
+            return cls(layers, meta["mode"], meta["engine"], ProbeRecipe(**meta["recipe"]), blob["counts"],
+                       meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"),
+                       meta.get("engine_choice"), meta.get("data") or {})
+        except Exception as exc:  # noqa: BLE001 - any unreadable or inconsistent file: one line
+            raise FilterlensError(f"the probe files of '{d}' ({', '.join(PROBE_FILES)}) cannot be read ({type(exc).__name__}: "
+                                  f"{str(exc)[:100]}); run the probes stage again (filterlens analyze, or filterlens run "
+                                  "--from probes)") from None
+
+
