@@ -22,7 +22,7 @@ FLOORS = [
     ["rundir"],
     ["data", "models"],
     ["capture", "engine"],
-    ["probes", "sfp"],
+    ["probes", "sfp", "claims"],
     ["train"],
     ["report"],
     ["analyze", "results"],

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .claims import fit_line
 from .config import Config
 from .errors import FilterlensError
 from .files import read_json, write_csv, write_json
@@ -80,31 +81,6 @@ def draw_subsets(total: int, counts: list[int], subsets: int, seed: int) -> list
                 seen.append(pick)
         tasks += [SweepTask(k, r + 1, s) for r, s in enumerate(seen)]
     return tasks
-
-
-def fit_line(x, y, level: float = 0.95) -> dict:
-    """Least-squares ``y = a + b*x``: a, b, R^2, the standard error and a ``level`` interval for b."""
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    n = len(x)
-    if n < 2 or np.ptp(x) == 0:
-        return {"a": math.nan, "b": math.nan, "r2": math.nan, "b_low": math.nan, "b_high": math.nan, "n": n}
-    xm, ym = x.mean(), y.mean()
-    sxx = ((x - xm) ** 2).sum()
-    b = ((x - xm) * (y - ym)).sum() / sxx
-    a = ym - b * xm
-    resid = y - (a + b * x)
-    ss_res, ss_tot = (resid ** 2).sum(), ((y - ym) ** 2).sum()
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    if n > 2:
-        from scipy import stats
-
-        se = math.sqrt(ss_res / (n - 2) / sxx)
-        t = stats.t.ppf(0.5 + level / 2, n - 2)
-        lo, hi = b - t * se, b + t * se
-    else:
-        se, lo, hi = math.nan, math.nan, math.nan
-    return {"a": float(a), "b": float(b), "r2": float(r2), "b_se": se, "b_low": lo, "b_high": hi, "n": n}
 
 
 def _run_task(args) -> dict:

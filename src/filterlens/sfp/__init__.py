@@ -29,7 +29,7 @@ Design choices (see METHOD.md stage 3 for the ones the method leaves open):
 * The bootstrap resamples test inputs with replacement *within each label* (stratified), so
   every label keeps its number of samples and every matrix row stays defined.
 """
-from .bootstrap import bootstrap_summary
+from .bootstrap import bootstrap_summary, correct_from_fields, resample_counts
 from .clusters import binarise_matrices, cluster_order, greedy_clusters, normalise_matrices, top_samples
 from .layer import LayerSFP, UnitSFP, analyze_layer, analyze_unit, threshold_sweep, vote_fractions
 from .matrices import (DEFAULT_THRESHOLD, NORMALISE_CHOICES, SUMMARY_KEYS, NotFittedError, filter_matrices,
@@ -45,6 +45,8 @@ __all__ = [
     "analyze_layer",
     "analyze_unit",
     "bootstrap_summary",
+    "correct_from_fields",
+    "resample_counts",
     "binarise_matrices",
     "cluster_order",
     "filter_matrices",
