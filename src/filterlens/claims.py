@@ -314,13 +314,13 @@ def format_table(rows: Sequence[Mapping]) -> list[str]:
         out.append(f"{r['claim']:<6}{r['metric']:<20}{r['statistic']:<22}{_num(r['value']):>9}{_num(r['low']):>9}"
                    f"{_num(r['high']):>9}{r['n']:>5}  {r['verdict']}" + (f"  ({r['detail']})" if r.get("detail")
                                                                           else ""))
-        rule = _general_rule(r["rule"])
+        rule = general_rule(r["rule"])
         if rule not in rules:
             rules.append(rule)
     return out + ["rules:"] + [f"  - {rule}" for rule in rules]
 
 
-def _general_rule(rule: str) -> str:
+def general_rule(rule: str) -> str:
     """The rule without its row's "claimed: ..." prefix (printed once for every depth row)."""
     return rule.split(". ", 1)[1] if rule.startswith("claimed: ") else rule
 
@@ -336,9 +336,8 @@ def snr_sentence(rows: Sequence[Mapping]) -> str:
     if not got:
         return ""
     groups = {v: [m for m in SNR_CANDIDATES if m in got and got[m]["verdict"] == v] for v in VERDICTS}
-    parts = []
-    if groups[HOLDS]:
-        parts.append(f"{_names(groups[HOLDS])} {_verb(groups[HOLDS], 'rises', 'rise')} with depth")
+    parts = [f"{_names(groups[HOLDS])} {_verb(groups[HOLDS], 'rises', 'rise')} with depth" if groups[HOLDS]
+             else "none rises with depth"]
     if groups[FAILS]:
         parts.append(f"{_names(groups[FAILS])} {_verb(groups[FAILS], 'falls', 'fall')} with depth")
     if groups[UNCLEAR]:

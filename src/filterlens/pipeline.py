@@ -141,14 +141,20 @@ def _sfp(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
     result = an.sfp_stage(pr, data_meta, cfg)
     result.probes = None  # stage 2's files are already written
     an.write_sfp_result(rd, cfg, result)
+    an.print_table(result, echo=echo)  # the layer table and the claims it can test
 
 
 def _afcc(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
     from . import afcc
 
-    afcc.run_afcc(rd.path, layers=cfg.afcc_layers, retrain_epochs=cfg.retrain_epochs, retrain_lr=cfg.retrain_lr,
-                  threshold=cfg.threshold, seed=cfg.seed, progress=cfg.progress, echo=echo,
-                  thresholds=cfg.afcc_thresholds, random_draws=cfg.random_draws, settings_hash=cfg.stage_hash("afcc"))
+    from .claims import format_table
+
+    out = afcc.run_afcc(rd.path, layers=cfg.afcc_layers, retrain_epochs=cfg.retrain_epochs, retrain_lr=cfg.retrain_lr,
+                        threshold=cfg.threshold, seed=cfg.seed, progress=cfg.progress, echo=echo,
+                        thresholds=cfg.afcc_thresholds, random_draws=cfg.random_draws,
+                        settings_hash=cfg.stage_hash("afcc"))
+    for line in format_table(out.get("claims", [])):
+        echo(line)
 
 
 def _sweep(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:

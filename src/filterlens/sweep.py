@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import claims
 from .claims import fit_line
 from .config import Config
 from .errors import FilterlensError
@@ -30,7 +31,9 @@ from .files import read_json, write_csv, write_json
 from .rundir import RunDir
 
 SWEEP_COLUMNS = ["num_labels", "subset", "labels", "error", "last_layer_accuracy", "clusters_per_filter",
-                 "cluster_size", "noise_per_filter", "snr", "layer", "seconds"]
+                 "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field", "layer", "seconds"]
+# the last layer's metrics each model records, and their means per label count (claim 4 reads them)
+LAST_LAYER_KEYS = ("clusters_per_filter", "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field")
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def _run_task(args) -> dict:
            "label_names": " | ".join(data.label_names), "error": 1.0 - summary["test_accuracy"],
            "last_layer_accuracy": last["accuracy"], "layer": last["layer"], "layers": result.layers,
            "seconds": time.perf_counter() - t0, "hash": cfg.stage_hash("sfp")}
-    for k in ("clusters_per_filter", "cluster_size", "noise_per_filter", "snr"):
+    for k in LAST_LAYER_KEYS:
         row[k] = last.get(k)
     write_json(done, row)
     return row
@@ -207,8 +210,7 @@ def merge(sweep_dir, echo=print) -> dict:
         per_count.append({"num_labels": k, "subsets": len(errs), "max_error": max(errs), "mean_error": float(np.mean(errs)),
                           "min_error": min(errs),
                           **{f"mean_{key}": _nanmean([r.get(key) for r in sel])
-                             for key in ("last_layer_accuracy", "clusters_per_filter", "cluster_size",
-                                         "noise_per_filter", "snr")}})
+                             for key in ("last_layer_accuracy", *LAST_LAYER_KEYS)}})
     xs = [c["num_labels"] for c in per_count]
     fits = {"max_error": fit_line(xs, [c["max_error"] for c in per_count]),
             "mean_error": fit_line(xs, [c["mean_error"] for c in per_count])}
@@ -216,7 +218,8 @@ def merge(sweep_dir, echo=print) -> dict:
     write_csv(sweep_dir / "sweep_counts.csv", per_count)
     out = {"version": 1, "plan": plan, "per_count": per_count, "fits": fits,
            "rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
-           "seconds": float(sum(r.get("seconds", 0.0) for r in rows))}
+           "seconds": float(sum(r.get("seconds", 0.0) for r in rows)),
+           "claims": claims.sweep_claims(per_count, rows)}  # claims 4-5, one point per trained model
     write_json(sweep_dir / "sweep.json", out)
     from .report import plot_sweep
 
@@ -225,6 +228,8 @@ def merge(sweep_dir, echo=print) -> dict:
         f = fits[name]
         echo(f"fit {name}: error = {f['a']:.4f} + {f['b']:.5f} * L   (R^2 {f['r2']:.3f}, 95% CI of b "
              f"[{f['b_low']:.5f}, {f['b_high']:.5f}])")
+    for line in claims.format_table(out["claims"]):
+        echo(line)
     return out
 
 

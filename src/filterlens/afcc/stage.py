@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from .. import sfp
+from .. import claims, sfp
 from ..config import Config, parse_bytes, parse_thresholds
 from ..data import make_loader
 from ..errors import FilterlensError
@@ -401,11 +401,13 @@ def run_afcc(run_dir, layers=None, retrain_epochs: int = 3, retrain_lr: float = 
         results = rd.read_results()  # re-read (verified): keep every other key as it is now
         results["afcc"] = afcc
         results["afcc_pruned"] = pruned_info
+        claim_rows = claims.afcc_claims(afcc)  # claim 6, next to the analysis' claims 1-3
+        results["claims"] = claims.merge(results.get("claims") or [], claim_rows)
         write_json(rd.file("results.json"), results)
         rd.record("afcc", settings_hash or _standalone_hash(cfg, layer_text, retrain_epochs, retrain_lr, random_draws,
                                                             sweep_text, seed, threshold, augment),
                   files + ["results.json"], time.perf_counter() - t_start)
-        return {**afcc, "pruned": pruned_info, "run_dir": str(rd.path)}
+        return {**afcc, "pruned": pruned_info, "run_dir": str(rd.path), "claims": claim_rows}
 
 
 def _standalone_hash(cfg: Config, layers, epochs, lr, draws, thresholds, seed, threshold, augment) -> str:
@@ -447,6 +449,8 @@ def print_afcc(out: dict, echo=print) -> None:
     echo(f"{'threshold':>9}{'dilution':>10}{'AFCC':>8}{'random':>8}   (accuracy after retraining)")
     for r in out["thresholds"]:
         echo(f"{r['threshold']:>9g}{r['dilution']:>10.4f}{r['acc_retrained']:>8.4f}{r['acc_random_retrained']:>8.4f}")
-    echo(f"files in {out.get('run_dir', '.')}: {', '.join(out['files'])} (results.json: afcc, afcc_pruned)")
+    for line in claims.format_table(out.get("claims") or []):
+        echo(line)
+    echo(f"files in {out.get('run_dir', '.')}: {', '.join(out['files'])} (results.json: afcc, afcc_pruned, claims)")
 
 
