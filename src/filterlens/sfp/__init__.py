@@ -15,7 +15,8 @@ A(x)[c,p,q]``, i.e. the probe's output when every FC weight except those leaving
 ``c`` is silenced. Each matrix is normalised by its largest element, binarised with a
 strict threshold (default 0.3), and the labels on its diagonal are partitioned greedily into
 clusters whose square blocks are all ones. The per-layer summary reports clusters per filter,
-cluster size, noise per filter, the fraction of filters without a cluster and the SNR.
+cluster size, noise per filter, the fraction of filters without a cluster and the SNR candidates of
+METHOD.md ("SNR candidates": ``snr``, ``snr_median``, ``snr_field``, with their parts).
 
 Design choices (see METHOD.md stage 3 for the ones the method leaves open):
 
