@@ -192,7 +192,9 @@ def test_afcc_apply_in_memory_equals_the_command_line(analyses, cli_run, world):
 def test_notebook_displays_and_figures(analyses):
     a = analyses["torchvision"]
     html = a._repr_html_()
-    assert html.count("<tr>") == len(a.layers) + 1 and ">4<" in html
+    layers_table, claims_table = html.split("</table>")[:2]
+    assert layers_table.count("<tr>") == len(a.layers) + 1 and ">4<" in layers_table
+    assert claims_table.count("<tr>") == len(a.claims) + 1 and "accuracy" in claims_table and a.claims
     figs = a.plot()
     assert sorted(figs) == ["accuracy.png", "clusters.png"]
     assert all(type(f).__name__ == "Figure" for f in figs.values())

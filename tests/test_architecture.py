@@ -22,7 +22,7 @@ FLOORS = [
     ["rundir"],
     ["data", "models", "inputs", "loaders"],
     ["capture", "engine"],
-    ["probes", "sfp", "probe_results"],
+    ["probes", "sfp", "probe_results", "claims"],
     ["train"],
     ["report"],
     ["analysis", "results"],

@@ -18,8 +18,9 @@ TINY = ["--epochs", "1", "--probe-epochs", "2", "--seed", "0", "--no-progress"]
 # name -> flags over the TOML: every unit kind and a bootstrap band
 RUNS = {"vgg": ["--bootstrap", "20"], "resnet": ["--model", "resnet20", "--image-size", "16"],
         "vit": ["--model", "vit_tiny_cifar"]}
-FIGURES = ("depth_accuracy.png", "depth_snr.png", "depth_noise.png", "depth_cluster_size.png", "depth_clusters.png",
-           "depth_no_cluster.png", "sweep_max_error.png", "sweep_mean_error.png")
+FIGURES = ("depth_accuracy.png", "depth_snr.png", "depth_snr_median.png", "depth_snr_field.png", "depth_noise.png",
+           "depth_cluster_size.png", "depth_clusters.png", "depth_no_cluster.png", "sweep_max_error.png",
+           "sweep_mean_error.png")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,23 @@ def test_one_row_per_run_and_layer_with_relative_depth(compared):
     sweeps = _csv(compared / "out" / "compare_sweeps.csv")
     assert [int(r["num_labels"]) for r in sweeps] == [3, 5]
     assert all(float(r["min_error"]) <= float(r["mean_error"]) <= float(r["max_error"]) for r in sweeps)
+
+
+
+def test_one_claims_row_per_run_or_sweep_and_claim(compared):
+    import json
+
+    rows = _csv(compared / "out" / "compare_claims.csv")
+    for name in RUNS:
+        saved = json.loads((compared / name / "results.json").read_text())["claims"]
+        mine = [r for r in rows if Path(r["run"]).name == name]
+        assert [(int(r["claim"]), r["metric"], r["verdict"]) for r in mine] == [
+            (c["claim"], c["metric"], c["verdict"]) for c in saved]
+        assert [int(r["claim"]) for r in mine] == [1, 2, 2, 2, 3]
+    sweep = [r for r in rows if Path(r["run"]).name == "sweep"]
+    assert sorted({int(r["claim"]) for r in sweep}) == [4, 5]
+    assert {r["verdict"] for r in sweep} == {"cannot tell"}  # two label counts: too few for a sweep claim
+    assert len(rows) == 3 * 5 + len(sweep)
 
 
 def test_every_figure_is_a_png(compared):

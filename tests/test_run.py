@@ -251,6 +251,11 @@ def test_results_follow_the_schema_and_load_back(tmp_path):
     results = json.loads((d / "results.json").read_text())
     jsonschema.validate(results, schema())  # raises on any violation
     assert "afcc" in results and "afcc_pruned" in results
+    # the claims: 1-3 from the sfp stage, 6 added by the AFCC stage (one random draw: no interval), all printed
+    assert [c["claim"] for c in results["claims"]] == [1, 2, 2, 2, 3, 6]
+    assert results["claims"][-1]["verdict"] in ("does not hold", "cannot tell") and "one draw" in \
+        results["claims"][-1]["detail"]
+    assert r.stdout.count("the papers' claims") == 2 and "afcc_minus_random" in r.stdout
     bad = dict(results, version=2)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema())

@@ -460,7 +460,7 @@ def test_bootstrap_contains_point_and_is_reproducible():
                                     return_samples=True)
     for key in ("clusters_per_filter", "clusters_per_filter_all", "cluster_size",
                 "noise_per_filter", "noise_per_filter_all", "filters_without_cluster",
-                "snr", "signal_per_filter_all"):
+                "snr", "signal_per_filter_all", "snr_median", "snr_field"):
         lo, hi = iv[key]
         assert lo <= point[key] <= hi, (key, lo, point[key], hi)
         assert samples[key].shape == (60,)
@@ -572,3 +572,204 @@ def test_analyze_unit_is_that_unit_of_the_layer_analysis():
             strongest = fields[:, c, cluster].max(1)
             assert top == [int(i) for i in np.argsort(-strongest, kind="stable")[:3]]
     assert analyze_unit(weight, means, 0).top == []
+
+
+# ------------------------------------------------------------------------------------------
+# SNR candidates (METHOD.md, "SNR candidates"), against a brute force written from its words
+# ------------------------------------------------------------------------------------------
+def reference_snr_candidates(mats, threshold=0.3, normalise="max"):
+    """``snr``, ``snr_median`` and ``snr_field`` of a layer, literally: loops over filters and elements.
+
+    M_c = F_c / max(F_c) (after subtracting each column's mean over input labels for "column-centred"); a
+    filter whose largest element is <= 0 has no cluster and no ones. Signal elements: the elements of the
+    cluster blocks; noise elements: the ones outside them."""
+    C, L, _ = mats.shape
+    signals, noises, S, N, with_cluster = [], [], [], [], []
+    for c in range(C):
+        F = np.array(mats[c], dtype=np.float64)
+        if normalise == "column-centred":
+            F = F - np.array([[F[:, j].mean() for j in range(L)]] * L)
+        top = max(F[i, j] for i in range(L) for j in range(L))
+        if top <= 0:
+            signals.append(0)
+            noises.append(0)
+            continue
+        M = F / top
+        ones = [[M[i, j] > threshold for j in range(L)] for i in range(L)]
+        clusters = reference_greedy(np.array(ones))
+        in_block = [[False] * L for _ in range(L)]
+        for k in clusters:
+            for a in k:
+                for b in k:
+                    in_block[a][b] = True
+        signal = sum(in_block[i][j] for i in range(L) for j in range(L))
+        noise = sum(ones[i][j] and not in_block[i][j] for i in range(L) for j in range(L))
+        signals.append(signal)
+        noises.append(noise)
+        if clusters:
+            with_cluster.append(c)
+            block_values = [M[i, j] for i in range(L) for j in range(L) if in_block[i][j]]
+            rest_values = [max(M[i, j], 0.0) for i in range(L) for j in range(L) if not in_block[i][j]]
+            S.append(sum(block_values) / len(block_values))
+            N.append(sum(rest_values) / len(rest_values) if rest_values else 0.0)
+    mean_signal, mean_noise = sum(signals) / C, sum(noises) / C
+    snr = mean_signal / mean_noise if mean_noise > 0 else (math.inf if mean_signal > 0 else math.nan)
+    if not with_cluster:
+        return {"snr": snr, "snr_median": math.nan, "snr_field": math.nan, "S": S, "N": N}
+    ratios = sorted(signals[c] / max(noises[c], 1) for c in with_cluster)
+    k = len(ratios)
+    median = ratios[k // 2] if k % 2 else (ratios[k // 2 - 1] + ratios[k // 2]) / 2
+    mean_S, mean_N = sum(S) / len(S), sum(N) / len(N)
+    return {"snr": snr, "snr_median": median, "snr_field": mean_S / mean_N if mean_N > 0 else math.nan,
+            "S": S, "N": N, "with_cluster": with_cluster}
+
+
+def planted_layer(seed, c=7, L=6):
+    """Random filter matrices with planted blocks, a dead filter (all negative), an all-zero one, one whose
+    only block covers the whole matrix, and one with ones but no diagonal (no cluster)."""
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(-0.6, 0.45, size=(c, L, L))
+    for k in range(c - 4):
+        members = rng.choice(L, size=int(rng.integers(1, 4)), replace=False)
+        m[k][np.ix_(members, members)] = rng.uniform(0.6, 1.0, size=(len(members), len(members)))
+    m[c - 4] = -rng.uniform(0.1, 1.0, size=(L, L))  # dead: largest element < 0
+    m[c - 3] = 0.0  # dead: largest element 0
+    m[c - 2] = rng.uniform(0.5, 1.0, size=(L, L))  # every element above 0.3 of the max: one block of L
+    m[c - 1] = rng.uniform(-0.5, 0.2, size=(L, L))
+    m[c - 1][np.arange(L), (np.arange(L) + 1) % L] = 1.0  # ones off the diagonal only
+    np.fill_diagonal(m[c - 1], -0.5)
+    return m
+
+
+def _same_or_nan(a, b):
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("normalise", ["max", "column-centred"])
+def test_snr_candidates_match_brute_force(seed, normalise):
+    m = planted_layer(seed)
+    ref = reference_snr_candidates(m, 0.3, normalise)
+    s = LayerSFP.from_matrices(m, threshold=0.3, normalise=normalise)
+    summ = s.summary()
+    for key in ("snr", "snr_median", "snr_field"):
+        assert _same_or_nan(summ[key], ref[key]), (key, summ[key], ref[key])
+    has = np.flatnonzero(s.num_clusters_ > 0)
+    assert has.tolist() == ref["with_cluster"]
+    np.testing.assert_allclose(s.field_signal_[has], ref["S"], rtol=1e-12)
+    np.testing.assert_allclose(s.field_noise_[has], ref["N"], rtol=1e-12, atol=1e-15)
+    assert np.isnan(s.field_signal_[s.num_clusters_ == 0]).all()
+    if normalise == "max":  # the filter whose block is the whole matrix: N_c = 0, S_c its mean
+        whole = m.shape[0] - 2
+        assert s.clusters_[whole] == [list(range(m.shape[1]))]
+        assert s.field_noise_[whole] == 0.0
+        assert s.field_signal_[whole] == pytest.approx((m[whole] / m[whole].max()).mean(), rel=1e-12)
+
+
+def test_snr_candidates_edge_cases():
+    # no filter with a cluster (dead, all-zero, ones off the diagonal only): nan, without warnings
+    off = np.full((3, 3), -0.2)
+    off[0, 1] = off[1, 2] = 1.0
+    none = np.stack([-np.ones((3, 3)), np.zeros((3, 3)), off])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summ = LayerSFP.from_matrices(none).summary()
+    assert math.isnan(summ["snr_median"]) and math.isnan(summ["snr_field"])
+    assert summ["snr"] == 0.0  # no signal, noise 2/3 per filter (the count SNR is defined)
+    # every clustered filter's blocks cover the whole matrix: N_c = 0 for all -> snr_field nan, S_c still there
+    cover = np.stack([np.ones((3, 3)), 0.5 + np.eye(3) / 2, -np.ones((3, 3))])
+    s = LayerSFP.from_matrices(cover)
+    summ = s.summary()
+    assert s.field_noise_[:2].tolist() == [0.0, 0.0]
+    assert summ["noise_field"] == 0.0 and math.isnan(summ["snr_field"])
+    assert summ["signal_field"] == pytest.approx((1.0 + (3 * 1.0 + 6 * 0.5) / 9) / 2)
+    assert summ["snr_median"] == pytest.approx(9.0)  # 9 / max(0, 1) for both
+    assert summ["snr"] == math.inf
+    # a hand example: block {0, 1} of 0.8 (max 1 at (0, 0)), one noise one 0.5, a negative and 0.1s elsewhere
+    h = np.full((3, 3), 0.1)
+    h[np.ix_([0, 1], [0, 1])] = 0.8
+    h[0, 0], h[2, 0], h[2, 1] = 1.0, 0.5, -0.4
+    s = LayerSFP.from_matrices(h[None])
+    assert s.clusters_[0] == [[0, 1]] and s.noise_[0] == 1
+    assert s.field_signal_[0] == pytest.approx((1.0 + 3 * 0.8) / 4)
+    assert s.field_noise_[0] == pytest.approx((0.5 + 0 + 3 * 0.1) / 5)
+    assert s.summary()["snr_median"] == pytest.approx(4.0)
+
+
+def test_snr_candidates_chunked_equal_whole(monkeypatch):
+    """The field parts come from each chunk's normalised matrices: chunk by chunk (fit and fit_matrices) gives
+    the values of the whole layer at once."""
+    import filterlens.sfp.layer as layer_module
+
+    m = np.concatenate([planted_layer(s) for s in range(3)])
+    whole = LayerSFP.from_matrices(m)
+    w = np.random.default_rng(0).normal(size=(6, 5, 2, 2))
+    means = np.random.default_rng(1).normal(size=(6, 5, 2, 2))
+    whole_fit = LayerSFP(keep_matrices=False).fit(w, means)
+    L = m.shape[1]
+    monkeypatch.setattr(layer_module, "_CHUNK_ELEMENTS", 2 * L * L + 1)  # two units per chunk
+    chunked = LayerSFP.from_matrices(m)
+    chunked_fit = LayerSFP(keep_matrices=False).fit(w, means)
+    for a, b in ((whole, chunked), (whole_fit, chunked_fit)):
+        np.testing.assert_array_equal(a.field_signal_, b.field_signal_)
+        np.testing.assert_array_equal(a.field_noise_, b.field_noise_)
+        sa, sb = a.summary(), b.summary()
+        for key in ("snr", "snr_median", "snr_field", "signal_field", "noise_field"):
+            assert _same_or_nan(sa[key], sb[key]), key
+    assert np.isfinite(whole.summary()["snr_field"])
+
+
+# ------------------------------------------------------------------------------------------
+# bootstrap replicates for depth trends: the same resample in every layer, and the accuracy
+# ------------------------------------------------------------------------------------------
+def test_resamples_are_stratified_seeded_and_shared_by_layers():
+    from filterlens.sfp import resample_counts
+
+    labels = np.array([2, 0, 1, 1, 0, 2, 2, 0, 1, 0])
+    a = list(resample_counts(labels, 3, 5, seed=11))
+    b = list(resample_counts(labels, 3, 5, seed=11))
+    assert len(a) == 5 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, resample_counts(labels, 3, 5, seed=12)))
+    for counts in a:
+        assert counts.shape == (10,) and counts.sum() == 10
+        for i in range(3):  # stratified: each label keeps its number of draws
+            assert counts[labels == i].sum() == (labels == i).sum()
+    # two layers (different unit counts) of one run: replicate b re-averages the same resample in both, so
+    # each layer's replicate b equals the summary of its fields' weighted label means with that resample's
+    # counts (weighted means by a plain loop here)
+    rng = np.random.default_rng(3)
+    layers = [rng.normal(size=(10, c, 3)) for c in (2, 5)]
+    for fields in layers:
+        _, samples = bootstrap_summary(fields, labels, 3, n_boot=5, seed=11, return_samples=True)
+        for rep, counts in enumerate(a):
+            mats = np.zeros((fields.shape[1], 3, 3))
+            for k in range(fields.shape[1]):
+                for i in range(3):
+                    w = counts * (labels == i)
+                    mats[k, i] = (w[:, None] * fields[:, k, :]).sum(0) / w.sum()
+            expected = LayerSFP.from_matrices(mats).summary()
+            for key in ("ones_per_filter_all", "noise_per_filter_all", "signal_per_filter_all"):
+                assert samples[key][rep] == pytest.approx(expected[key]), (key, rep)
+
+
+def test_accuracy_from_fields_equals_the_fc_and_is_resampled():
+    """The probe is bias-free: its logits are the single-unit fields summed over units, so the per-sample
+    correctness (and so the accuracy) follows from the kept fields; each replicate's accuracy is the mean
+    correctness over its resample."""
+    from filterlens.sfp import correct_from_fields, resample_counts
+
+    acts, labels, weight = make_layer(seed=9, n_per_label=6, num_labels=4, c=3)
+    fc = torch.nn.Linear(acts[0].size, 4, bias=False)
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(weight.reshape(4, -1)))
+        pred = fc(torch.from_numpy(acts.reshape(len(acts), -1)).float()).argmax(1).numpy()
+    fields = sample_fields(weight, acts)
+    correct = correct_from_fields(fields, labels)
+    np.testing.assert_array_equal(correct, pred == labels)
+    assert 0 < correct.mean() < 1  # the check is not trivial
+    iv, samples = bootstrap_summary(fields, labels, 4, n_boot=30, seed=2, return_samples=True, accuracy=True)
+    draws = list(resample_counts(labels, 4, 30, seed=2))
+    expected = [sum(c * ok for c, ok in zip(counts, pred == labels)) / len(labels) for counts in draws]
+    np.testing.assert_allclose(samples["accuracy"], expected, rtol=1e-12)
+    assert iv["accuracy"][0] <= correct.mean() <= iv["accuracy"][1]
+    assert "accuracy" not in bootstrap_summary(fields, labels, 4, n_boot=2, seed=2)

@@ -110,6 +110,14 @@ def test_sweep_interrupted_after_first_model_resumes_without_retraining(tmp_path
     xs = [3, 5, 10]
     b, a = np.polyfit(xs, [per[k]["max_error"] for k in xs], 1)
     assert out["fits"]["max_error"]["b"] == pytest.approx(b, abs=1e-9)
+    # claims 4-5 (three label counts: enough for a verdict), printed after the fit
+    got = {(c["claim"], c["metric"]): c for c in out["claims"]}
+    assert set(got) == {(4, "cluster_size"), (4, "clusters_per_filter"), (4, "snr"), (4, "snr_median"),
+                        (4, "snr_field"), (5, "max_error")}
+    assert got[(5, "max_error")]["value"] == pytest.approx(b, abs=1e-9) and got[(5, "max_error")]["n"] == 3
+    assert r.stdout.index("the papers' claims") > r.stdout.index("fit max_error")
+    for col in ("snr_median", "snr_field"):
+        assert col in header
     assert (d / "sweep_error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a third start finds everything done
     r = _cli(*SWEEP, "--run-dir", str(d))

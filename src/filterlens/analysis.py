@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist_
-from . import sfp
+from . import claims, sfp
 from .config import Config, parse_heatmaps, parse_thresholds
 from .data import Data, check_labels_present
 from .errors import FilterlensError, closest
@@ -39,9 +39,10 @@ RESULTS_VERSION = 1
 LAYER_COLUMNS = ["layer", "index", "unit_kind", "units", "features", "accuracy", "train_accuracy",
                  "clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
                  "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr",
-                 "vote_fraction"]
+                 "snr_median", "snr_field", "signal_field", "noise_field", "vote_fraction"]
 SUMMARY_KEYS = ["clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
-                "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr"]
+                "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr", "snr_median",
+                "snr_field"]
 FILTER_COLUMNS = ["layer", "unit", "unit_kind", "num_clusters", "clusters", "signal", "noise", "preferred_label",
                   "vote_fraction"]  # one row per unit (filter or head); the file keeps its name, filters.csv
 
@@ -88,6 +89,11 @@ class Analysis:
                          float(sfp_meta.get("threshold", 0.3)), sfp_meta.get("normalise", "max"),
                          int(self.meta.get("config", {}).get("top_images", 8)), self.meta.get("label_names", []))
 
+    @property
+    def claims(self) -> list[dict]:
+        """The papers' claims as this analysis can test them (:mod:`filterlens.claims`): one row per claim."""
+        return list(self.meta.get("claims") or [])
+
     def plot(self) -> dict:
         """The analysis' figures (matplotlib), by the file name ``save`` gives them: accuracy.png, clusters.png."""
         return layer_figures(self.layers, title=self.meta.get("title", ""))
@@ -95,7 +101,11 @@ class Analysis:
     def _repr_html_(self) -> str:
         cols = ["layer", "units", "accuracy", "clusters_per_filter", "cluster_size", "noise_per_filter",
                 "filters_without_cluster", "snr"]
-        return html_table(self.layers, cols, caption=self.meta.get("title", "filterlens analysis"))
+        out = html_table(self.layers, cols, caption=self.meta.get("title", "filterlens analysis"))
+        if self.claims:
+            out += html_table(self.claims, ["claim", "metric", "statistic", "value", "low", "high", "verdict"],
+                              caption="the papers' claims")
+        return out
 
     def __repr__(self) -> str:
         return f"<filterlens Analysis: {self.meta.get('title', '')}, {len(self.layers)} layer(s)>"
@@ -285,7 +295,7 @@ def check_heatmaps(spec: str, layers) -> None:
 def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
     """Stage 3 from stage 2's outputs: every filter's matrix, clusters, noise; every layer's SNR."""
     t0 = time.perf_counter()
-    rows, filter_rows, fitted, sweep_rows, boot_rows = [], [], {}, [], []
+    rows, filter_rows, fitted, sweep_rows, boot_rows, replicates = [], [], {}, [], [], {}
     thresholds = parse_thresholds(cfg.thresholds)
     label_names = data_meta["label_names"]
     n_test = float(pr.label_counts.sum())
@@ -305,19 +315,7 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
             for srow in est.summaries(thresholds):
                 sweep_rows.append({"layer": r.name, **{k: srow[k] for k in ["threshold"] + SUMMARY_KEYS if k in srow}})
         if cfg.bootstrap > 0:
-            if r.fields is None:
-                from .errors import FilterlensError
-
-                raise FilterlensError("bootstrap needs the per-sample test fields; rerun the probes stage with "
-                                      f"bootstrap = {cfg.bootstrap}")
-            intervals = sfp.bootstrap_summary(r.fields.double().numpy(), pr.test_labels.numpy(),
-                                              len(label_names), cfg.bootstrap, cfg.seed, threshold=cfg.threshold,
-                                              normalise=cfg.normalise)
-            for key in SUMMARY_KEYS:
-                if key in intervals:
-                    lo, hi = intervals[key]
-                    boot_rows.append({"layer": r.name, "metric": key, "estimate": row.get(key, summary.get(key)),
-                                      "low": lo, "high": hi})
+            boot_rows += _bootstrap_layer(r, pr, cfg, {**summary, **row}, replicates)
         for fr, vf in zip(est.filter_table(r.name, label_names), frac):
             fr["unit"] = fr.pop("filter")
             fr["unit_kind"] = r.unit_kind
@@ -339,8 +337,27 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         "title": f"{cfg.model} on {data_meta.get('dataset', '?')} ({len(label_names)} labels)",
         "thresholds": sweep_rows,
         "bootstrap": {"n": cfg.bootstrap, "level": 0.95, "intervals": boot_rows} if cfg.bootstrap else None,
+        # claims 1-3 (depth trends): replicate b of every layer is the same resample of the test images
+        "claims": claims.depth_claims(rows, {k: np.stack(v, axis=1) for k, v in replicates.items()
+                                             if len(v) == len(rows)} or None),
     }
     return Analysis(rows, filter_rows, pr, fitted, meta)
+
+
+def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicates: dict) -> list[dict]:
+    """One layer's bootstrap (``cfg.bootstrap`` stratified resamples of the test images, the same in every layer):
+    its rows of bootstrap.csv, and each metric's replicates appended to ``replicates[metric]`` (a list per
+    layer)."""
+    if r.fields is None:
+        raise FilterlensError("bootstrap needs the per-sample test fields; rerun the probes stage with "
+                              f"bootstrap = {cfg.bootstrap}")
+    intervals, samples = sfp.bootstrap_summary(r.fields.double().numpy(), pr.test_labels.numpy(), r.fields.shape[2],
+                                               cfg.bootstrap, cfg.seed, threshold=cfg.threshold,
+                                               normalise=cfg.normalise, return_samples=True, accuracy=True)
+    for key, values in samples.items():
+        replicates.setdefault(key, []).append(values)
+    return [{"layer": r.name, "metric": key, "estimate": estimates.get(key), "low": intervals[key][0],
+             "high": intervals[key][1]} for key in ["accuracy", *SUMMARY_KEYS] if key in intervals]
 
 
 def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
@@ -407,6 +424,8 @@ def print_table(result: Analysis, echo=print) -> None:
              f"{_fmt(r.get('clusters_per_filter')):>8}{_fmt(r.get('cluster_size')):>6}"
              f"{_fmt(r.get('noise_per_filter')):>9}{_fmt(r.get('filters_without_cluster')):>8}"
              f"{_fmt(r.get('snr')):>8}")
+    for line in claims.format_table(result.meta.get("claims") or []):
+        echo(line)
 
 
 def _fmt(v) -> str:

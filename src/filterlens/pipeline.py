@@ -138,15 +138,20 @@ def _sfp(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
     result = an.sfp_stage(pr, pr.data, cfg)
     result.data = load_data_for(cfg)  # the test images of the report's thumbnails
     an.write_sfp_result(rd, cfg, result)
+    an.print_table(result, echo=echo)  # the layer table and the claims it can test
 
 
 def _afcc(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
     from . import afcc
 
+    from .claims import format_table
+
     overrides = {f: getattr(cfg, f) for f in ("afcc_layers", "retrain_epochs", "retrain_lr", "retrain_momentum",
                                               "retrain_weight_decay", "retrain_batch_size", "retrain_augment",
                                               "random_draws", "afcc_thresholds", "latency_batch", "latency_repeats")}
-    afcc.run_afcc(rd.path, overrides, progress=cfg.progress, echo=echo, settings_hash=cfg.stage_hash("afcc"))
+    out = afcc.run_afcc(rd.path, overrides, progress=cfg.progress, echo=echo, settings_hash=cfg.stage_hash("afcc"))
+    for line in format_table(out.get("claims", [])):
+        echo(line)
 
 
 def _sweep(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:

@@ -37,7 +37,7 @@ _held: dict[Path, int] = {}
 _RESULT_KEYS = {"config": dict, "environment": dict, "data": dict, "probes": dict, "sfp": dict, "timings": dict,
                 "layers": list, "label_names": list, "thresholds": list, "heatmaps": list, "title": str,
                 "train": (dict, type(None)), "bootstrap": (dict, type(None)), "afcc": (dict, type(None)),
-                "afcc_pruned": (dict, type(None))}  # run directories this process holds the lock of (nested lock() calls)
+                "afcc_pruned": (dict, type(None)), "claims": list}  # run directories this process holds the lock of (nested lock() calls)
 
 
 class RunDir:

@@ -23,13 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from . import claims
+from .claims import fit_line
 from .config import Config
 from .errors import FilterlensError
 from .files import read_json, write_csv, write_json
 from .rundir import RunDir
 
 SWEEP_COLUMNS = ["num_labels", "subset", "labels", "error", "last_layer_accuracy", "clusters_per_filter",
-                 "cluster_size", "noise_per_filter", "snr", "layer", "seconds"]
+                 "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field", "layer", "seconds"]
+# the last layer's metrics each model records, and their means per label count (claim 4 reads them)
+LAST_LAYER_KEYS = ("clusters_per_filter", "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field")
 
 
 @dataclass(frozen=True)
@@ -82,31 +86,6 @@ def draw_subsets(total: int, counts: list[int], subsets: int, seed: int) -> list
     return tasks
 
 
-def fit_line(x, y, level: float = 0.95) -> dict:
-    """Least-squares ``y = a + b*x``: a, b, R^2, the standard error and a ``level`` interval for b."""
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    n = len(x)
-    if n < 2 or np.ptp(x) == 0:
-        return {"a": math.nan, "b": math.nan, "r2": math.nan, "b_low": math.nan, "b_high": math.nan, "n": n}
-    xm, ym = x.mean(), y.mean()
-    sxx = ((x - xm) ** 2).sum()
-    b = ((x - xm) * (y - ym)).sum() / sxx
-    a = ym - b * xm
-    resid = y - (a + b * x)
-    ss_res, ss_tot = (resid ** 2).sum(), ((y - ym) ** 2).sum()
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    if n > 2:
-        from scipy import stats
-
-        se = math.sqrt(ss_res / (n - 2) / sxx)
-        t = stats.t.ppf(0.5 + level / 2, n - 2)
-        lo, hi = b - t * se, b + t * se
-    else:
-        se, lo, hi = math.nan, math.nan, math.nan
-    return {"a": float(a), "b": float(b), "r2": float(r2), "b_se": se, "b_low": lo, "b_high": hi, "n": n}
-
-
 def _run_task(args) -> dict:
     """Train one subset and analyse its layers; write ``task.json`` last (its presence means done)."""
     cfg_dict, folder, task, sweep_layers, progress, threads = args
@@ -138,7 +117,7 @@ def _run_task(args) -> dict:
            "label_names": " | ".join(data.label_names), "error": 1.0 - summary["test_accuracy"],
            "last_layer_accuracy": last["accuracy"], "layer": last["layer"], "layers": result.layers,
            "seconds": time.perf_counter() - t0, "hash": cfg.stage_hash("sfp")}
-    for k in ("clusters_per_filter", "cluster_size", "noise_per_filter", "snr"):
+    for k in LAST_LAYER_KEYS:
         row[k] = last.get(k)
     write_json(done, row)
     return row
@@ -231,8 +210,7 @@ def merge(sweep_dir, echo=print) -> dict:
         per_count.append({"num_labels": k, "subsets": len(errs), "max_error": max(errs), "mean_error": float(np.mean(errs)),
                           "min_error": min(errs),
                           **{f"mean_{key}": _nanmean([r.get(key) for r in sel])
-                             for key in ("last_layer_accuracy", "clusters_per_filter", "cluster_size",
-                                         "noise_per_filter", "snr")}})
+                             for key in ("last_layer_accuracy", *LAST_LAYER_KEYS)}})
     xs = [c["num_labels"] for c in per_count]
     fits = {"max_error": fit_line(xs, [c["max_error"] for c in per_count]),
             "mean_error": fit_line(xs, [c["mean_error"] for c in per_count])}
@@ -240,7 +218,8 @@ def merge(sweep_dir, echo=print) -> dict:
     write_csv(sweep_dir / "sweep_counts.csv", per_count)
     out = {"version": 1, "plan": plan, "per_count": per_count, "fits": fits,
            "rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
-           "seconds": float(sum(r.get("seconds", 0.0) for r in rows))}
+           "seconds": float(sum(r.get("seconds", 0.0) for r in rows)),
+           "claims": claims.sweep_claims(per_count, rows)}  # claims 4-5, one point per trained model
     write_json(sweep_dir / "sweep.json", out)
     from .report import plot_sweep
 
@@ -249,6 +228,8 @@ def merge(sweep_dir, echo=print) -> dict:
         f = fits[name]
         echo(f"fit {name}: error = {f['a']:.4f} + {f['b']:.5f} * L   (R^2 {f['r2']:.3f}, 95% CI of b "
              f"[{f['b_low']:.5f}, {f['b_high']:.5f}])")
+    for line in claims.format_table(out["claims"]):
+        echo(line)
     return out
 
 

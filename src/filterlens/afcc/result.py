@@ -58,6 +58,13 @@ class AfccResult:
     def dilution_total(self) -> float | None:
         return total_dilution(self.masks)
 
+    @property
+    def claims(self) -> list[dict]:
+        """Claim 6 of the papers (AFCC dilutes strongly with little loss and beats the random control), tested."""
+        from ..claims import afcc_claims
+
+        return afcc_claims(self.to_dict())
+
     def rows(self) -> list[dict]:
         """afcc.csv: one row per masked tensor."""
         a = self.accuracy

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 
+from .. import claims
 from ..config import Config
 from ..errors import FilterlensError
 from ..files import write_json
@@ -53,10 +54,12 @@ def run_afcc(run_dir, overrides: dict | None = None, progress: bool | None = Non
         results = rd.read_results()  # re-read (verified): keep every other key as it is now
         results["afcc"] = afcc
         results["afcc_pruned"] = result.pruned
+        claim_rows = claims.afcc_claims(afcc)  # claim 6, next to the analysis' claims 1-3
+        results["claims"] = claims.merge(results.get("claims") or [], claim_rows)
         write_json(rd.file(RESULTS), results)
         rd.record("afcc", settings_hash or _standalone_hash(run_cfg, cfg), files + [RESULTS],
                   time.perf_counter() - t0)
-        return {**afcc, "pruned": result.pruned, "run_dir": str(rd.path)}
+        return {**afcc, "pruned": result.pruned, "run_dir": str(rd.path), "claims": claim_rows}
 
 
 def _standalone_hash(run_cfg: Config, cfg: Config) -> str:
@@ -94,6 +97,8 @@ def print_afcc(out: dict, echo=print) -> None:
     echo(f"{'threshold':>9}{'dilution':>10}{'AFCC':>8}{'random':>8}   (accuracy after retraining)")
     for r in out["thresholds"]:
         echo(f"{r['threshold']:>9g}{r['dilution']:>10.4f}{r['acc_retrained']:>8.4f}{r['acc_random_retrained']:>8.4f}")
-    echo(f"files in {out.get('run_dir', '.')}: {', '.join(out['files'])} (results.json: afcc, afcc_pruned)")
+    for line in claims.format_table(out.get("claims") or []):
+        echo(line)
+    echo(f"files in {out.get('run_dir', '.')}: {', '.join(out['files'])} (results.json: afcc, afcc_pruned, claims)")
 
 

@@ -6,8 +6,10 @@
   run, with the 95% bootstrap band where the run has ``bootstrap.csv``;
 * the maximal and the mean error against the number of labels, one line per sweep with its
   least-squares fit (``sweep.json``);
+* the papers' claims as each run and sweep tested them (``claims`` of results.json and sweep.json);
 * ``compare.csv`` (one row per run and layer), ``compare_sweeps.csv`` (one row per sweep and label
-  count) and ``compare.html`` (one self-contained page: images embedded, no external resource).
+  count), ``compare_claims.csv`` (one row per run or sweep and claim row) and ``compare.html`` (one
+  self-contained page: images embedded, no external resource).
 
 Every input is checked before anything is written; a bad one is one line naming it.
 """
@@ -19,14 +21,18 @@ from pathlib import Path
 
 from ..errors import FilterlensError
 from ..files import read_json, write_csv, write_text
+from ..claims import snr_sentence
 from ..rundir import RunDir
-from .html import _CHECK_JS, _CSS, _esc, _img, _read_csv, _table
+from .html import _CHECK_JS, _CSS, _esc, _img, _read_csv, _table, claims_table
 from .plots import _new_figure, _values, save_figure, unit_word
 
 # (column of layers.csv, its name in the figures, the y-axis label, the file name)
 METRICS = (
     ("accuracy", "layer accuracy", "test accuracy of the layer's FC", "depth_accuracy.png"),
     ("snr", "SNR", "SNR (mean signal / mean noise elements per unit)", "depth_snr.png"),
+    ("snr_median", "SNR (median per unit)", "median over units with a cluster of signal / max(noise, 1)",
+     "depth_snr_median.png"),
+    ("snr_field", "SNR (fields)", "mean block field / mean positive field outside the blocks", "depth_snr_field.png"),
     ("noise_per_filter", "noise per unit", "noise elements per unit (units with a cluster)", "depth_noise.png"),
     ("cluster_size", "cluster size", "mean cluster size (labels)", "depth_cluster_size.png"),
     ("clusters_per_filter", "clusters per unit", "clusters per unit (units with a cluster)", "depth_clusters.png"),
@@ -35,10 +41,13 @@ METRICS = (
 )
 SWEEP_METRICS = (("max_error", "maximal error", "sweep_max_error.png"),
                  ("mean_error", "mean error", "sweep_mean_error.png"))
+# the columns a run's layers.csv must have (the other SNR candidates are newer: an older run's lines leave them out)
+REQUIRED = ("accuracy", "snr", "noise_per_filter", "cluster_size", "clusters_per_filter", "filters_without_cluster")
 CSV_COLUMNS = ["run", "model", "dataset", "num_labels", "unit_kind", "layer", "position", "relative_depth",
                *(m[0] for m in METRICS)]
 SWEEP_COLUMNS = ["sweep", "num_labels", "max_error", "mean_error", "min_error"]
-OUTPUTS = ("compare.html", "compare.csv", "compare_sweeps.csv", *(m[3] for m in METRICS),
+CLAIM_COLUMNS = ["run", "claim", "metric", "statistic", "value", "low", "high", "n", "verdict"]
+OUTPUTS = ("compare.html", "compare.csv", "compare_sweeps.csv", "compare_claims.csv", *(m[3] for m in METRICS),
            *(m[2] for m in SWEEP_METRICS))
 _VALID = ("a finished run directory (results.json and layers.csv: filterlens run or analyze) or a finished sweep "
           "directory (sweep.json or sweep/sweep.json: filterlens sweep, or filterlens run with num_labels)")
@@ -65,6 +74,7 @@ class _Sweep:
     per_count: list[dict]
     fits: dict
     label: str = ""
+    claims: list = field(default_factory=list)  # claims 4-5 of sweep.json
 
 
 def build_compare(dirs, out) -> Path:
@@ -105,6 +115,7 @@ def build_compare(dirs, out) -> Path:
     if runs:
         written += [_depth_figure(runs, metric, name, ylabel, out / png) for metric, name, ylabel, png in METRICS]
     written.append(write_csv(out / "compare.csv", [r for run in runs for r in _csv_rows(run)], CSV_COLUMNS))
+    written.append(write_csv(out / "compare_claims.csv", _claim_rows(runs, sweeps), CLAIM_COLUMNS))
     if sweeps:
         written += [_sweep_figure(sweeps, key, name, out / png) for key, name, png in SWEEP_METRICS]
         written.append(write_csv(out / "compare_sweeps.csv", [
@@ -131,8 +142,8 @@ def _read_run(p: Path) -> _Run | None:
                               "run filterlens analyze (or filterlens run) on it again")
     rd.verify("layers.csv", "bootstrap.csv")
     rows = _csv_file(rd.file("layers.csv"))
-    if not rows or any(m not in rows[0] for m, *_ in METRICS):
-        missing = [m for m, *_ in METRICS if not rows or m not in rows[0]]
+    if not rows or any(m not in rows[0] for m in REQUIRED):
+        missing = [m for m in REQUIRED if not rows or m not in rows[0]]
         raise FilterlensError(f"'{rd.file('layers.csv')}' is damaged or from another filterlens: no "
                               f"{'layer rows' if not rows else 'column ' + ', '.join(missing)}")
     n = len(rows)
@@ -184,8 +195,10 @@ def _read_sweep(p: Path) -> _Sweep | None:
                               "one entry per label count with num_labels, max_error, mean_error and min_error; run "
                               "filterlens sweep --merge on it again")
     cfg = (sj.get("plan") or {}).get("config") or {}
+    claims = sj.get("claims") if isinstance(sj.get("claims"), list) else []
     return _Sweep(path.parent, str(cfg.get("model", "?")), str(cfg.get("dataset", "?")),
-                  sorted(sj["per_count"], key=lambda c: c["num_labels"]), sj.get("fits") or {})
+                  sorted(sj["per_count"], key=lambda c: c["num_labels"]), sj.get("fits") or {},
+                  claims=[c for c in claims if isinstance(c, dict)])
 
 
 def _number(v) -> bool:
@@ -203,6 +216,14 @@ def _unique_labels(items) -> None:
     for it in items:
         if names.count(it.label) > 1:
             it.label += f" [{it.path}]"
+
+
+def _claim_rows(runs: list[_Run], sweeps: list[_Sweep]) -> list[dict]:
+    """One row per run (or sweep) and claim row: claims 1-3 and 6 of each run's results.json, 4-5 of each
+    sweep's sweep.json (a run analysed before the claims existed has none)."""
+    items = [(str(r.path), r.res.get("claims")) for r in runs] + [(str(s.path), s.claims) for s in sweeps]
+    return [{"run": where, **c} for where, rows in items for c in (rows if isinstance(rows, list) else [])
+            if isinstance(c, dict)]
 
 
 def _csv_rows(run: _Run) -> list[dict]:
@@ -290,6 +311,15 @@ def _page(runs: list[_Run], sweeps: list[_Sweep], pngs: list[Path]) -> str:
                 for s in sweeps for key, *_ in SWEEP_METRICS]
         parts.append("<h2>Error against the number of labels</h2><p class='muted'>least-squares fits error = a + b L "
                      "(b_low, b_high: 95% interval of b)</p>" + _table(fits, left=("sweep", "line", "fit")))
+    claims = _claim_rows(runs, sweeps)
+    if runs or sweeps:
+        sentences = [f"{r.label}: {snr_sentence(r.res.get('claims') or [])}" for r in runs
+                     if snr_sentence(r.res.get("claims") or [])]
+        parts.append("<h2>The papers' claims</h2><p class='muted'>one row per run (or sweep) and claim: the "
+                     "statistic, its 95% interval and the verdict of the rule written under the table "
+                     "(compare_claims.csv)</p>" + "".join(f"<p>{_esc(t)}</p>" for t in sentences)
+                     + (claims_table(claims, ["run", *CLAIM_COLUMNS[1:], "detail"]) if claims else "<p class='muted'>(no run or sweep here has a claims "
+                        "table: analyse it again with this filterlens)</p>"))
     if pngs:
         parts.append("<h2>Figures</h2><div class='grid'>" + "".join(_img(p, p.stem) for p in pngs) + "</div>")
     if runs:

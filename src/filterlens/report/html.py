@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..claims import general_rule, snr_sentence
 from ..config import STAGE_ORDER
 from ..errors import FilterlensError
 from ..files import read_json, write_text
@@ -108,6 +109,35 @@ def build_report(run_dir, settings_hash: str | None = None) -> Path:
     return path
 
 
+CLAIM_COLUMNS = ["claim", "metric", "statistic", "value", "low", "high", "n", "verdict", "detail"]
+
+
+def claims_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """The claims as an HTML table (the claims' texts and each rule once, below it)."""
+    rules = list(dict.fromkeys(general_rule(str(r.get("rule", ""))) for r in rows))
+    text = {r.get("claim"): r.get("text", "") for r in rows}
+    return (_table(rows, columns or CLAIM_COLUMNS, left=("run", "metric", "statistic", "verdict", "detail"))
+            + "<details><summary>the claims and the rules</summary><ul>"
+            + "".join(f"<li>claim {k}: {_esc(v)}</li>" for k, v in sorted(text.items()))
+            + "</ul><ul>" + "".join(f"<li>{_esc(r)}</li>" for r in rules if r) + "</ul></details>")
+
+
+def _claims_section(d: Path, res: dict) -> str:
+    """The papers' claims this run (and its sweep) can test, with one sentence on the SNR candidates."""
+    rows = list(res.get("claims") or [])
+    if (d / "sweep" / "sweep.json").exists():
+        rows += read_json(d / "sweep" / "sweep.json").get("claims") or []
+    if not rows:
+        return ("<h2>The papers' claims</h2><p class='muted'>not tested here: this run was analysed by a filterlens "
+                "without the claims table (run filterlens analyze again)</p>")
+    rows = sorted(rows, key=lambda r: r.get("claim", 0))
+    sentence = snr_sentence(rows)
+    return ("<h2>The papers' claims</h2><p class='muted'>what this run says about each claim of Meir et al. "
+            "(METHOD.md, \"The papers' claims\"): the statistic, its 95% interval, and the verdict of the rule "
+            "written under the table (holds / does not hold / cannot tell).</p>"
+            + (f"<p class='snr-sentence'>{_esc(sentence)}</p>" if sentence else "") + claims_table(rows))
+
+
 def _page(d: Path, res: dict, stages: dict) -> str:
     import json
     import time
@@ -129,13 +159,17 @@ def _page(d: Path, res: dict, stages: dict) -> str:
                ("threshold / normalise", f"{res.get('sfp', {}).get('threshold')} / {res.get('sfp', {}).get('normalise')}")]
     parts.append("<h2>Summary</h2>" + _table([{"item": k, "value": v} for k, v in summary], ["item", "value"],
                                            left=("item", "value")))
+    parts.append(_claims_section(d, res))
     # layers
     layers = _read_csv(d / "layers.csv")
     unit = unit_word(layers)
     parts.append("<h2>Layers</h2><p class='muted'>accuracy: test accuracy of a new bias-free FC trained on the frozen "
                  f"layer's output; clusters/noise per {unit} averaged over {unit}s with a cluster (<code>_all</code>: "
                  f"over all {unit}s; the columns keep the method's name, <code>per_filter</code>); SNR = mean signal "
-                 f"elements / mean noise elements per {unit}.</p>")
+                 f"elements / mean noise elements per {unit}; the other SNR candidates, over the {unit}s with a "
+                 f"cluster: <code>snr_median</code>, the median of signal / max(noise, 1), and <code>snr_field</code> "
+                 f"= <code>signal_field</code> / <code>noise_field</code>, the mean normalised field inside the "
+                 "cluster blocks over the mean positive field outside them.</p>")
     parts.append(_table(layers))
     plots = [p for p in ("accuracy.png", "clusters.png") if (d / p).exists()]
     if plots:

@@ -15,7 +15,8 @@ A(x)[c,p,q]``, i.e. the probe's output when every FC weight except those leaving
 ``c`` is silenced. Each matrix is normalised by its largest element, binarised with a
 strict threshold (default 0.3), and the labels on its diagonal are partitioned greedily into
 clusters whose square blocks are all ones. The per-layer summary reports clusters per filter,
-cluster size, noise per filter, the fraction of filters without a cluster and the SNR.
+cluster size, noise per filter, the fraction of filters without a cluster and the SNR candidates of
+METHOD.md ("SNR candidates": ``snr``, ``snr_median``, ``snr_field``, with their parts).
 
 Design choices (see METHOD.md stage 3 for the ones the method leaves open):
 
@@ -29,7 +30,7 @@ Design choices (see METHOD.md stage 3 for the ones the method leaves open):
 * The bootstrap resamples test inputs with replacement *within each label* (stratified), so
   every label keeps its number of samples and every matrix row stays defined.
 """
-from .bootstrap import bootstrap_summary
+from .bootstrap import bootstrap_summary, correct_from_fields, resample_counts
 from .clusters import binarise_matrices, cluster_order, greedy_clusters, normalise_matrices, top_samples
 from .layer import LayerSFP, UnitSFP, analyze_layer, analyze_unit, threshold_sweep, vote_fractions
 from .matrices import (DEFAULT_THRESHOLD, NORMALISE_CHOICES, SUMMARY_KEYS, NotFittedError, filter_matrices,
@@ -45,6 +46,8 @@ __all__ = [
     "analyze_layer",
     "analyze_unit",
     "bootstrap_summary",
+    "correct_from_fields",
+    "resample_counts",
     "binarise_matrices",
     "cluster_order",
     "filter_matrices",

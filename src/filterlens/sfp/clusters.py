@@ -104,10 +104,11 @@ def _binarise(m: np.ndarray, threshold: float, normalise: str, buffers: tuple | 
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Chunked normalise + binarise; also returns basis maxima and preferred output units.
 
-    ``buffers``: (normalised, binary) torch tensors of at least the chunk's size, reused across calls (fresh
-    large buffers cost more in page faults than the arithmetic)."""
+    ``buffers``: (normalised, binary) torch tensors, reused across calls (fresh large buffers cost more in page
+    faults than the arithmetic); their length is the chunk, so with ``len(m) <= len(buffers[0])`` the normalised
+    matrices of all of ``m`` are in ``buffers[0][:len(m)]`` afterwards."""
     c, L, _ = m.shape
-    step = max(1, min(c, _CHUNK_ELEMENTS // (L * L)))
+    step = max(1, min(c, _CHUNK_ELEMENTS // (L * L))) if buffers is None else len(buffers[0])
     mt = torch.from_numpy(m)  # a view: no copy
     if buffers is None:
         buffers = (torch.empty((step, L, L), dtype=mt.dtype), torch.empty((step, L, L), dtype=torch.bool))

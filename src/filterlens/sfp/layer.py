@@ -57,6 +57,10 @@ class LayerSFP:
         Number of ones in the binary matrix.
     noise_ : numpy.ndarray of int, shape (C,)
         ``ones_ - signal_``.
+    field_signal_, field_noise_ : numpy.ndarray, shape (C,)
+        For a filter with a cluster: the mean of its normalised matrix over its cluster-block elements, and
+        the mean of its positive part over every other element (0 when the blocks cover the matrix); nan
+        for a filter without a cluster (METHOD.md, "SNR candidates": ``snr_field``).
     dead_ : numpy.ndarray of bool, shape (C,)
         Filters whose normalisation basis has largest element <= 0 (no clusters, noise 0).
     max_ : numpy.ndarray, shape (C,)
@@ -147,9 +151,14 @@ class LayerSFP:
         normalise = _check_normalise(self.normalise)
         m = _as_matrices(matrices)
         self._weight = self._means = None
-        self._reset(m.shape[0], m.shape[1], True, m.dtype)
+        n_units, n_labels = m.shape[0], m.shape[1]
+        self._reset(n_units, n_labels, True, m.dtype)
         self.matrices_ = m
-        self._fit_block(0, m, threshold, normalise)
+        step = max(1, min(n_units, _CHUNK_ELEMENTS // (n_labels * n_labels)))
+        work = (torch.empty((step, n_labels, n_labels), dtype=torch.from_numpy(m[:0]).dtype),
+                torch.empty((step, n_labels, n_labels), dtype=torch.bool))
+        for s in range(0, n_units, step):
+            self._fit_block(s, m[s:s + step], threshold, normalise, work)
         self._finish()
         return self
 
@@ -159,6 +168,8 @@ class LayerSFP:
         self.max_ = np.empty(n_units, dtype=np.float64)
         self.preferred_label_ = np.empty(n_units, dtype=np.int64)
         self.ones_ = np.empty(n_units, dtype=np.int64)
+        self.field_signal_ = np.full(n_units, np.nan)
+        self.field_noise_ = np.full(n_units, np.nan)
         self.clusters_ = [None] * n_units
         for name in ("matrices_", "binary_", "vote_fraction_"):
             if hasattr(self, name):
@@ -167,19 +178,48 @@ class LayerSFP:
             self.matrices_ = np.empty((n_units, n_labels, n_labels), dtype=dtype)
             self.binary_ = np.empty((n_units, n_labels, n_labels), dtype=bool)
 
-    def _fit_block(self, start: int, block: np.ndarray, threshold: float, normalise: str,
-                   work: tuple | None = None) -> None:
-        """Normalise, binarise and cluster the units ``start..start+len(block)`` (``work``: reused buffers)."""
+    def _fit_block(self, start: int, block: np.ndarray, threshold: float, normalise: str, work: tuple) -> None:
+        """Normalise, binarise and cluster the units ``start..start+len(block)``; ``work``: reused buffers
+        (normalised, binary) of at least ``len(block)`` units, so the block's normalised matrices are in
+        ``work[0]`` afterwards (the field SNR reads them)."""
         stop = start + len(block)
+        if len(block) > len(work[0]):
+            raise ValueError("a block larger than its work buffers")  # internal: fit/fit_matrices chunk first
         binary, dead, maxima, preferred = _binarise(block, threshold, normalise, work)
         self.dead_[start:stop], self.max_[start:stop], self.preferred_label_[start:stop] = dead, maxima, preferred
         self.ones_[start:stop] = np.count_nonzero(binary.reshape(len(block), -1), axis=1)
         for i in range(len(block)):
             self.clusters_[start + i] = _greedy_unchecked(binary[i])
+        self._field_parts(start, work[0][: len(block)], torch.from_numpy(binary))
         if hasattr(self, "binary_"):
             self.binary_[start:stop] = binary
-            if self.matrices_ is not block:
+            if not np.may_share_memory(self.matrices_, block):
                 self.matrices_[start:stop] = block
+
+    def _field_parts(self, start: int, norm: torch.Tensor, binary: torch.Tensor) -> None:
+        """``field_signal_`` S_c and ``field_noise_`` N_c of the units ``start..start+len(norm)`` that have a
+        cluster (METHOD.md, "SNR candidates", ``snr_field``): S_c the mean of the normalised matrix M_c over its
+        cluster-block elements, N_c the mean of max(M_c, 0) over every other element (0 when the blocks cover
+        the matrix). Outside the blocks, an element below the threshold adds max(M, 0) and a one (noise) adds M.
+        ``norm`` (a work buffer) is overwritten: in place, no temporary of the chunk's size."""
+        n, L = len(norm), norm.shape[1]
+        values = norm.numpy()
+        inside = np.zeros(n)
+        for i in range(n):
+            for k in self.clusters_[start + i]:
+                inside[i] += float(values[i][np.ix_(k, k)].sum())
+        total = norm.sum(dim=(1, 2)).numpy().astype(np.float64)
+        norm.masked_fill_(binary, 0)
+        ones = total - norm.sum(dim=(1, 2)).numpy()  # the mass of the ones (blocks and noise)
+        low = norm.clamp_(min=0).sum(dim=(1, 2)).numpy().astype(np.float64)  # the positive mass of the zeros
+        for i in range(n):
+            clusters = self.clusters_[start + i]
+            if not clusters:
+                continue
+            signal = sum(len(k) ** 2 for k in clusters)
+            noise_mass = ones[i] - inside[i] if int(self.ones_[start + i]) > signal else 0.0
+            self.field_signal_[start + i] = inside[i] / signal
+            self.field_noise_[start + i] = (low[i] + noise_mass) / (L * L - signal) if L * L > signal else 0.0
 
     def _finish(self) -> None:
         sizes = [np.fromiter((len(k) for k in cl), dtype=np.int64, count=len(cl)) for cl in self.clusters_]
@@ -247,6 +287,10 @@ class LayerSFP:
             ``dead_filters`` (fraction), ``num_filters``, ``num_labels``, ``num_clusters``
             (total), ``threshold``, ``normalise`` and, after :meth:`score_votes`,
             ``vote_fraction`` (mean over filters). Means over empty sets are nan.
+            The other SNR candidates (METHOD.md, "SNR candidates"), over the filters with a cluster:
+            ``snr_median``, the median of ``signal_c / max(noise_c, 1)``; ``snr_field`` =
+            ``signal_field / noise_field``, the means of ``field_signal_`` and ``field_noise_`` (nan when
+            ``noise_field`` is 0); both nan when no filter has a cluster.
         """
         self._check_fitted()
         has = self.num_clusters_ > 0
@@ -260,6 +304,7 @@ class LayerSFP:
             snr = signal_all / noise_all
         else:
             snr = math.inf if signal_all > 0 else math.nan
+        signal_field, noise_field = _nanmean(self.field_signal_[has]), _nanmean(self.field_noise_[has])
         out: dict[str, Any] = {
             "clusters_per_filter": _nanmean(self.num_clusters_[has]),
             "clusters_per_filter_all": _nanmean(self.num_clusters_),
@@ -268,6 +313,11 @@ class LayerSFP:
             "noise_per_filter_all": noise_all,
             "filters_without_cluster": _nanmean(~has),
             "snr": snr,
+            "snr_median": (float(np.median(self.signal_[has] / np.maximum(self.noise_[has], 1))) if has.any()
+                           else math.nan),
+            "snr_field": signal_field / noise_field if noise_field > 0 else math.nan,  # nan > 0 is False
+            "signal_field": signal_field,
+            "noise_field": noise_field,
             "signal_per_filter": _nanmean(self.signal_[has]),
             "signal_per_filter_all": signal_all,
             "ones_per_filter_all": _nanmean(self.ones_),

@@ -24,6 +24,8 @@ SUMMARY_KEYS = (
     "noise_per_filter_all",
     "filters_without_cluster",
     "snr",
+    "snr_median",
+    "snr_field",
 )
 # Summary entries that are settings or fixed sizes, not estimates (skipped by the bootstrap).
 _SETTING_KEYS = ("threshold", "normalise", "num_filters", "num_labels")

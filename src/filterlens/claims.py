@@ -1,0 +1,356 @@
+"""The papers' claims as a run can test them (METHOD.md, "The papers' claims").
+
+One row per claim and metric: the statistic, its 95% interval, a verdict (``holds``, ``does not hold``,
+``cannot tell``) and the rule that gave it, written out. Pure: numbers in, rows out; no plotting, no files.
+
+1. The accuracy of the layers rises with depth.             -> :func:`depth_claims`
+2. The SNR rises with depth (one row per SNR candidate).     -> :func:`depth_claims`
+3. Noise per filter falls with depth.                        -> :func:`depth_claims`
+4. At the last layer, cluster size and clusters per filter hardly depend on the number of labels L, and
+   the SNR stays high.                                       -> :func:`sweep_claims`
+5. The maximal error rate grows about linearly with L.      -> :func:`sweep_claims`
+6. AFCC dilutes strongly with little loss of accuracy and beats a random dilution of the same size.
+                                                             -> :func:`afcc_claims`
+
+Every threshold of these rules is a constant below, fixed before any run was judged by it; a rule is
+never tuned to make a claim hold.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+HOLDS, FAILS, UNCLEAR = "holds", "does not hold", "cannot tell"
+VERDICTS = (HOLDS, FAILS, UNCLEAR)
+
+#: Confidence level of every interval in the table.
+LEVEL = 0.95
+#: A depth trend needs at least this many layers with a value (METHOD.md).
+MIN_LAYERS = 3
+#: A sweep claim needs at least this many label counts.
+MIN_LABEL_COUNTS = 3
+#: Claim 5: "about linearly" needs a least-squares line of the maximal error against L with R^2 >= this.
+LINEAR_R2 = 0.9
+#: Claim 4: "hardly depends on L" allows the fitted line to change by at most this fraction of the metric's
+#: mean over the whole range of L in the sweep.
+FLAT_MAX_CHANGE = 0.25
+#: Claim 4: a "high" SNR is above this value: signal exceeds noise (for the count SNR: more signal elements
+#: than noise elements per filter).
+HIGH_SNR = 1.0
+#: Claim 6: "strongly diluted" means at least this fraction of the masked weights removed.
+AFCC_MIN_DILUTION = 0.5
+#: Claim 6: "without affecting accuracy" allows at most this accuracy loss (before - retrained; 0.01 = 1 point).
+AFCC_MAX_LOSS = 0.01
+#: Claim 6: a loss above this (5 points) is a large loss: the claim does not hold.
+AFCC_LARGE_LOSS = 0.05
+
+CLAIMS = {
+    1: "The accuracy of the layers rises with depth.",
+    2: "The SNR rises with depth.",
+    3: "Noise per filter falls with depth.",
+    4: "At the last layer, mean cluster size and clusters per filter hardly depend on the number of labels L, "
+       "and the SNR stays high.",
+    5: "The maximal error rate grows about linearly with L.",
+    6: "AFCC dilutes the network strongly with little loss of accuracy, and beats a random dilution of the same "
+       "size.",
+}
+#: The SNR candidates of METHOD.md ("SNR candidates"), the default first.
+SNR_CANDIDATES = ("snr", "snr_median", "snr_field")
+#: (claim, layers.csv column, claimed direction: +1 rises, -1 falls with depth).
+DEPTH_METRICS = ((1, "accuracy", 1), *((2, m, 1) for m in SNR_CANDIDATES), (3, "noise_per_filter", -1))
+#: The columns of a claims row, in order.
+COLUMNS = ["claim", "text", "metric", "statistic", "value", "low", "high", "n", "verdict", "rule", "detail"]
+
+DEPTH_RULE = ("Spearman rank correlation of the metric with relative depth (layer position / (n - 1)) over the "
+              f"layers where it is defined; {LEVEL:.0%} percentile interval over the bootstrap replicates (each "
+              "replicate resamples the same test images in every layer; a replicate where the correlation is "
+              "undefined counts as 0). Holds when the whole interval is on the claimed side of 0, does not hold "
+              "when it is wholly on the other side, cannot tell otherwise, with fewer than "
+              f"{MIN_LAYERS} layers, or without bootstrap replicates.")
+FLAT_RULE = ("Least-squares line of the metric against L over the sweep's models (one point per trained model), "
+             f"{LEVEL:.0%} t interval of its slope b; relative change = b (L_max - L_min) / mean of the metric. "
+             f"Holds when the whole interval of the relative change lies within +-{FLAT_MAX_CHANGE:g}, does not "
+             f"hold when it lies wholly outside, cannot tell otherwise or with fewer than {MIN_LABEL_COUNTS} "
+             "label counts.")
+HIGH_SNR_RULE = (f"SNR of the last layer of every model of the sweep. Holds when every model's SNR is above "
+                 f"{HIGH_SNR:g}, does not hold when the mean SNR at some label count is below {HIGH_SNR:g}, cannot "
+                 f"tell otherwise (e.g. an undefined SNR) or with fewer than {MIN_LABEL_COUNTS} label counts.")
+LINEAR_RULE = (f"Least-squares line of the maximal error (over each count's label subsets) against L, {LEVEL:.0%} "
+               f"t interval of its slope b. Holds when the interval is above 0 and R^2 >= {LINEAR_R2:g}, does not "
+               "hold when the interval is below 0 (the maximal error falls with L), cannot tell otherwise or with "
+               f"fewer than {MIN_LABEL_COUNTS} label counts.")
+AFCC_RULE = ("Difference of the retrained accuracy of AFCC and of the random control (same number of kept "
+             f"connections), {LEVEL:.0%} t interval over the random draws. Holds when the dilution is >= "
+             f"{AFCC_MIN_DILUTION:g}, the loss (accuracy before - retrained) is <= {AFCC_MAX_LOSS:g} and the "
+             f"interval is above 0; does not hold when the interval is below 0, the loss is > {AFCC_LARGE_LOSS:g} "
+             f"or the dilution is < {AFCC_MIN_DILUTION:g}; cannot tell otherwise (or with one random draw, no "
+             "interval).")
+
+
+def _row(claim: int, metric: str, statistic: str, value: float, low: float, high: float, n: int, verdict: str,
+         rule: str, detail: str = "") -> dict[str, Any]:
+    return {"claim": claim, "text": CLAIMS[claim], "metric": metric, "statistic": statistic, "value": _f(value),
+            "low": _f(low), "high": _f(high), "n": int(n), "verdict": verdict, "rule": rule, "detail": detail}
+
+
+def _f(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ------------------------------------------------------------------------------ statistics
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties) of the pairs where both are not nan (inf ranks
+    last); nan with fewer than 2 such pairs or when either side is constant."""
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = ~(np.isnan(a) | np.isnan(b))
+    if ok.sum() < 2:
+        return math.nan
+    ra, rb = rankdata(a[ok]), rankdata(b[ok])
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / den) if den > 0 else math.nan
+
+
+def percentile_interval(values: Iterable[float], level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval: the (1 - level)/2 quantile (method "lower") and the (1 + level)/2 quantile (method
+    "higher") of the values that are not nan; (nan, nan) when none is."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return (math.nan, math.nan)
+    alpha = (1.0 - level) / 2.0
+    return (float(np.percentile(arr, 100 * alpha, method="lower")),
+            float(np.percentile(arr, 100 * (1 - alpha), method="higher")))
+
+
+def fit_line(x, y, level: float = LEVEL) -> dict:
+    """Least-squares ``y = a + b*x``: a, b, R^2, the standard error and a ``level`` t interval for b."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n = len(x)
+    if n < 2 or np.ptp(x) == 0:
+        return {"a": math.nan, "b": math.nan, "r2": math.nan, "b_low": math.nan, "b_high": math.nan, "n": n}
+    xm, ym = x.mean(), y.mean()
+    sxx = ((x - xm) ** 2).sum()
+    b = ((x - xm) * (y - ym)).sum() / sxx
+    a = ym - b * xm
+    resid = y - (a + b * x)
+    ss_res, ss_tot = (resid ** 2).sum(), ((y - ym) ** 2).sum()
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
+    if n > 2:
+        from scipy import stats
+
+        se = math.sqrt(ss_res / (n - 2) / sxx)
+        t = stats.t.ppf(0.5 + level / 2, n - 2)
+        lo, hi = b - t * se, b + t * se
+    else:
+        se, lo, hi = math.nan, math.nan, math.nan
+    return {"a": float(a), "b": float(b), "r2": float(r2), "b_se": se, "b_low": lo, "b_high": hi, "n": n}
+
+
+def side_verdict(low: float, high: float, direction: int) -> str:
+    """Holds when the whole interval [low, high] is strictly on the claimed side of 0 (``direction`` +1: above,
+    -1: below), does not hold when it is strictly on the other side, cannot tell otherwise (or nan)."""
+    lo, hi = direction * low, direction * high
+    if math.isnan(lo) or math.isnan(hi):
+        return UNCLEAR
+    lo, hi = min(lo, hi), max(lo, hi)
+    return HOLDS if lo > 0 else FAILS if hi < 0 else UNCLEAR
+
+
+# ------------------------------------------------------------------------------ claims 1-3: depth
+
+def depth_claims(layers: Sequence[Mapping], replicates: Mapping[str, Any] | None = None,
+                 level: float = LEVEL) -> list[dict]:
+    """Claims 1-3 from a run's layer rows (in depth order) and, when the analysis bootstrapped, the replicates:
+    ``replicates[metric]`` an array (n_boot, n_layers), replicate b computed on the same resample of the test
+    images in every layer (:func:`filterlens.sfp.resample_counts`)."""
+    n_layers = len(layers)
+    depth = np.arange(n_layers) / max(n_layers - 1, 1)
+    rows = []
+    for claim, metric, direction in DEPTH_METRICS:
+        values = np.array([_f(r.get(metric)) for r in layers], dtype=np.float64)
+        n = int((~np.isnan(values)).sum())
+        rho = spearman(depth, values) if n >= MIN_LAYERS else math.nan
+        reps = None if replicates is None else replicates.get(metric)
+        low = high = math.nan
+        detail = ""
+        if n < MIN_LAYERS:
+            verdict, detail = UNCLEAR, f"{n} layer(s) with a value; a trend needs {MIN_LAYERS}"
+        elif reps is None or np.size(reps) == 0:
+            verdict, detail = UNCLEAR, "needs --bootstrap N (no bootstrap replicates: no interval)"
+        else:
+            reps = np.asarray(reps, dtype=np.float64).reshape(-1, n_layers)
+            per = np.array([spearman(depth, rep) if (~np.isnan(rep)).sum() >= MIN_LAYERS else math.nan
+                            for rep in reps])
+            undefined = int(np.isnan(per).sum())
+            low, high = percentile_interval(np.nan_to_num(per, nan=0.0), level)
+            verdict = side_verdict(low, high, direction) if not math.isnan(rho) else UNCLEAR
+            detail = (f"{len(reps)} bootstrap replicates" + (f", {undefined} undefined (counted as 0)" if undefined
+                                                             else "")
+                      + ("" if not math.isnan(rho) else "; the metric is constant over the layers"))
+        side = "rises" if direction > 0 else "falls"
+        rows.append(_row(claim, metric, "spearman_rho", rho, low, high, n, verdict,
+                         f"claimed: {metric} {side} with depth. " + DEPTH_RULE, detail))
+    return rows
+
+
+# ------------------------------------------------------------------------------ claims 4-5: the sweep
+
+def sweep_claims(per_count: Sequence[Mapping], models: Sequence[Mapping] | None = None,
+                 level: float = LEVEL) -> list[dict]:
+    """Claims 4 and 5 from a label-count sweep: ``per_count`` (one row per L: ``num_labels``, ``max_error``,
+    ``mean_<metric>``) and ``models`` (one row per trained model: ``num_labels`` and the last layer's
+    ``cluster_size``, ``clusters_per_filter`` and SNR candidates); the per-count means stand in for the models
+    when ``models`` is None."""
+    per_count = sorted(per_count, key=lambda c: c["num_labels"])
+    counts = [int(c["num_labels"]) for c in per_count]
+    if models is None:
+        models = [{"num_labels": c["num_labels"], **{k[5:]: v for k, v in c.items() if k.startswith("mean_")}}
+                  for c in per_count]
+    few = len(counts) < MIN_LABEL_COUNTS
+    why = f"{len(counts)} label count(s); a sweep claim needs {MIN_LABEL_COUNTS}"
+    rows = [_flat_row(metric, models, counts, few, why, level) for metric in ("cluster_size", "clusters_per_filter")]
+    rows += [_high_snr_row(metric, models, per_count, few, why) for metric in SNR_CANDIDATES]
+    fit = fit_line(counts, [_f(c.get("max_error")) for c in per_count], level)
+    if few or any(math.isnan(_f(fit.get(k))) for k in ("b", "b_low", "b_high")):
+        verdict = UNCLEAR
+    elif fit["b_low"] > 0 and _f(fit["r2"]) >= LINEAR_R2:
+        verdict = HOLDS
+    else:
+        verdict = FAILS if fit["b_high"] < 0 else UNCLEAR
+    detail = why if few else f"R^2 {_f(fit['r2']):.3f}, a = {_f(fit['a']):.4f}, L {counts[0]}..{counts[-1]}"
+    rows.append(_row(5, "max_error", "slope_per_label", fit["b"], fit["b_low"], fit["b_high"], len(counts), verdict,
+                     LINEAR_RULE, detail))
+    return rows
+
+
+def _flat_row(metric: str, models: Sequence[Mapping], counts: list[int], few: bool, why: str, level: float) -> dict:
+    pts = [(float(m["num_labels"]), _f(m.get(metric))) for m in models]
+    pts = [(x, y) for x, y in pts if math.isfinite(y)]
+    fit = fit_line([p[0] for p in pts], [p[1] for p in pts], level)
+    mean = float(np.mean([p[1] for p in pts])) if pts else math.nan
+    span = (counts[-1] - counts[0]) if counts else 0
+    scale = span / mean if mean > 0 else math.nan
+    value, low, high = (_f(fit[k]) * scale for k in ("b", "b_low", "b_high"))
+    if few or any(math.isnan(v) for v in (low, high)):
+        verdict = UNCLEAR
+    elif -FLAT_MAX_CHANGE <= low and high <= FLAT_MAX_CHANGE:
+        verdict = HOLDS
+    else:
+        verdict = FAILS if (low > FLAT_MAX_CHANGE or high < -FLAT_MAX_CHANGE) else UNCLEAR
+    detail = why if few else (f"slope {_f(fit['b']):.4g} per label [{_f(fit['b_low']):.4g}, "
+                              f"{_f(fit['b_high']):.4g}], mean {mean:.4g}, L {counts[0]}..{counts[-1]}")
+    return _row(4, metric, "relative_change", value, low, high, len(pts), verdict, FLAT_RULE, detail)
+
+
+def _high_snr_row(metric: str, models: Sequence[Mapping], per_count: Sequence[Mapping], few: bool, why: str) -> dict:
+    vals = [_f(m.get(metric)) for m in models]
+    means = {int(c["num_labels"]): _f(c.get(f"mean_{metric}")) for c in per_count}
+    lowest = min(vals) if vals and not any(math.isnan(v) for v in vals) else math.nan
+    if few or not vals:
+        verdict = UNCLEAR
+    elif any(v < HIGH_SNR for v in means.values()):  # nan < x is False
+        verdict = FAILS
+    else:
+        verdict = HOLDS if (not math.isnan(lowest) and lowest > HIGH_SNR) else UNCLEAR
+    detail = why if few else "mean per L: " + ", ".join(f"{k}: {v:.3g}" for k, v in means.items())
+    return _row(4, metric, "lowest_model_snr", lowest, math.nan, math.nan, len(vals), verdict, HIGH_SNR_RULE, detail)
+
+
+# ------------------------------------------------------------------------------ claim 6: AFCC
+
+def afcc_claims(afcc: Mapping, level: float = LEVEL) -> list[dict]:
+    """Claim 6 from results.json's ``afcc`` entry: ``accuracy`` (``before``, ``retrained``,
+    ``random_retrained_draws`` or ``random_retrained``) and ``dilution_total``."""
+    acc = afcc.get("accuracy") or {}
+    draws = [_f(v) for v in (acc.get("random_retrained_draws") or [acc.get("random_retrained")])]
+    draws = [v for v in draws if not math.isnan(v)]
+    retrained, before = _f(acc.get("retrained")), _f(acc.get("before"))
+    dilution, loss = _f(afcc.get("dilution_total")), before - retrained
+    n = len(draws)
+    diff = retrained - float(np.mean(draws)) if n else math.nan
+    low = high = math.nan
+    if n >= 2:
+        from scipy import stats
+
+        half = stats.t.ppf(0.5 + level / 2, n - 1) * float(np.std(draws, ddof=1)) / math.sqrt(n)
+        low, high = diff - half, diff + half
+    if high < 0 or loss > AFCC_LARGE_LOSS or dilution < AFCC_MIN_DILUTION:
+        verdict = FAILS
+    elif low > 0 and loss <= AFCC_MAX_LOSS and dilution >= AFCC_MIN_DILUTION:
+        verdict = HOLDS
+    else:
+        verdict = UNCLEAR
+    detail = (f"dilution {dilution:.3f}, loss {loss:.4f} (before {before:.4f}, retrained {retrained:.4f}), "
+              f"{n} random draw(s)" + ("; one draw: no interval" if n == 1 else ""))
+    return [_row(6, "afcc_minus_random", "accuracy_difference", diff, low, high, n, verdict, AFCC_RULE, detail)]
+
+
+def merge(rows: Sequence[Mapping], new: Sequence[Mapping]) -> list[dict]:
+    """``rows`` without the claims that ``new`` answers, then ``new`` (a stage that runs again replaces its rows)."""
+    answered = {r["claim"] for r in new}
+    return [dict(r) for r in rows if r.get("claim") not in answered] + [dict(r) for r in new]
+
+
+# ------------------------------------------------------------------------------ words
+
+def format_table(rows: Sequence[Mapping]) -> list[str]:
+    """The claims as terminal lines: a table, then each rule once."""
+    if not rows:
+        return []
+    out = [f"the papers' claims ({LEVEL:.0%} intervals; METHOD.md, \"The papers' claims\")",
+           f"{'claim':<6}{'metric':<20}{'statistic':<22}{'value':>9}{'low':>9}{'high':>9}{'n':>5}  verdict"]
+    rules: list[str] = []
+    for r in rows:
+        out.append(f"{r['claim']:<6}{r['metric']:<20}{r['statistic']:<22}{_num(r['value']):>9}{_num(r['low']):>9}"
+                   f"{_num(r['high']):>9}{r['n']:>5}  {r['verdict']}" + (f"  ({r['detail']})" if r.get("detail")
+                                                                          else ""))
+        rule = general_rule(r["rule"])
+        if rule not in rules:
+            rules.append(rule)
+    return out + ["rules:"] + [f"  - {rule}" for rule in rules]
+
+
+def general_rule(rule: str) -> str:
+    """The rule without its row's "claimed: ..." prefix (printed once for every depth row)."""
+    return rule.split(". ", 1)[1] if rule.startswith("claimed: ") else rule
+
+
+def _num(v: Any) -> str:
+    v = _f(v)
+    return "nan" if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:.4g}")
+
+
+def snr_sentence(rows: Sequence[Mapping]) -> str:
+    """One plain sentence: which SNR candidates rise with depth and which do not (from claim 2's verdicts)."""
+    got = {r["metric"]: r for r in rows if r.get("claim") == 2}
+    if not got:
+        return ""
+    groups = {v: [m for m in SNR_CANDIDATES if m in got and got[m]["verdict"] == v] for v in VERDICTS}
+    parts = [f"{_names(groups[HOLDS])} {_verb(groups[HOLDS], 'rises', 'rise')} with depth" if groups[HOLDS]
+             else "none rises with depth"]
+    if groups[FAILS]:
+        parts.append(f"{_names(groups[FAILS])} {_verb(groups[FAILS], 'falls', 'fall')} with depth")
+    if groups[UNCLEAR]:
+        why = ("no bootstrap replicates" if any("bootstrap" in got[m]["detail"] for m in groups[UNCLEAR])
+               else "the interval includes 0 or too few layers")
+        parts.append(f"for {_names(groups[UNCLEAR])} the run cannot tell ({why})")
+    return ("Of the SNR candidates, " + "; ".join(parts) + f" ({LEVEL:.0%} bootstrap interval of the rank "
+            "correlation with depth).")
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _verb(names: list[str], one: str, many: str) -> str:
+    return one if len(names) == 1 else many
