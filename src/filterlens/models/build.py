@@ -116,29 +116,38 @@ def build_model(spec: ModelSpec, weights: str | None = None) -> nn.Module:
         return TinyViT(spec.image_size, spec.num_labels, spec.in_channels, **c)
 
     if name.startswith("timm:"):
-        try:
-            import timm
-        except ImportError:
-            raise FilterlensError(f"model '{name}' needs timm: pip install 'filterlens[timm]'") from None
-        tname = name[5:]
-        if tname not in timm.list_models():
-            raise FilterlensError(f"unknown timm model '{tname}'{closest(tname, timm.list_models())}")
-        kw = dict(pretrained=bool(weights), num_classes=spec.num_labels, in_chans=spec.in_channels)
-        try:
-            try:  # transformers take the input size at construction; CNNs do not know the argument
-                return timm.create_model(tname, img_size=spec.image_size, **kw)
-            except TypeError:
-                return timm.create_model(tname, **kw)
-        except Exception as exc:  # noqa: BLE001 - the hub's errors differ by version; offline is the usual one
-            if not weights:
-                raise
-            raise FilterlensError(f"the pretrained weights of timm model '{tname}' could not be loaded "
-                                  f"({type(exc).__name__}: {str(exc)[:100]}); without internet, copy the Hugging Face "
-                                  "cache (~/.cache/huggingface) from a machine that has them, or use --checkpoint "
-                                  "with a state_dict") from None
+        return _timm_model(spec, weights)
+    return _torchvision_model(spec, weights)
 
+
+def _timm_model(spec: ModelSpec, weights: str | None) -> nn.Module:
+    name = spec.model
+    try:
+        import timm
+    except ImportError:
+        raise FilterlensError(f"model '{name}' needs timm: pip install 'filterlens[timm]'") from None
+    tname = name[5:]
+    if tname not in timm.list_models():
+        raise FilterlensError(f"unknown timm model '{tname}'{closest(tname, timm.list_models())}")
+    kw = dict(pretrained=bool(weights), num_classes=spec.num_labels, in_chans=spec.in_channels)
+    try:
+        try:  # transformers take the input size at construction; CNNs do not know the argument
+            return timm.create_model(tname, img_size=spec.image_size, **kw)
+        except TypeError:
+            return timm.create_model(tname, **kw)
+    except Exception as exc:  # noqa: BLE001 - the hub's errors differ by version; offline is the usual one
+        if not weights:
+            raise
+        raise FilterlensError(f"the pretrained weights of timm model '{tname}' could not be loaded "
+                              f"({type(exc).__name__}: {str(exc)[:100]}); without internet, copy the Hugging Face "
+                              "cache (~/.cache/huggingface) from a machine that has them, or use --checkpoint "
+                              "with a state_dict") from None
+
+
+def _torchvision_model(spec: ModelSpec, weights: str | None) -> nn.Module:
     import torchvision
 
+    name = spec.model
     tv_name = {"vgg16_imagenet": "vgg16_bn"}.get(name, name)
     valid = _torchvision_names()
     if tv_name not in valid:
