@@ -16,9 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "filterlens"
 
 # The layer order, from the ground up. A floor may import from itself and from the floors below.
 FLOORS = [
-    ["errors", "version"],
+    ["errors", "version", "checks"],
     ["distributed"],
-    ["files", "config", "progress", "utils"],
+    ["files", "config", "progress", "utils", "folders"],
     ["rundir"],
     ["data", "models"],
     ["capture", "engine"],
