@@ -31,7 +31,10 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
     with a changed or missing file is run again, and so is everything after a stage that runs.
     ``from_stage`` forces that stage and the later ones. Returns the per-stage records.
     """
-    if from_stage is not None and from_stage not in PIPELINE:
+    from .checks import of_type
+
+    of_type(cfg, Config, "cfg", "a filterlens.config.Config")
+    if from_stage is not None and (not isinstance(from_stage, str) or from_stage not in PIPELINE):
         raise FilterlensError(f"unknown stage '{from_stage}'{closest(from_stage, PIPELINE)}; valid: "
                               f"{', '.join(PIPELINE)}")
     cfg.validate()
@@ -115,11 +118,20 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
         from .afcc.stage import choose_layers
 
         choose_layers(layers, cfg.afcc_layers, {l.name for l in analysed})
+    if "sweep" in plan:
+        from .data import dataset_spec
+        from .sweep import parse_counts
+
+        parse_counts(cfg.num_labels, dataset_spec(cfg.dataset).num_labels)
 
 
 def _train(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
-    from .train import train
+    from .train import checkpoint_damage, train
 
+    damage = checkpoint_damage(rd) if rd.exists("checkpoint.pt") and not fresh else None
+    if damage:  # nothing to resume from: the training starts again (and writes a new checkpoint)
+        echo(f"note: {rd.file('checkpoint.pt')} is damaged ({damage}); it cannot be resumed: training starts again")
+        fresh = True
     train(cfg, rd.path, resume=rd.exists("checkpoint.pt") and not fresh, overwrite=fresh, echo=echo)
 
 
