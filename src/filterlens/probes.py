@@ -38,8 +38,7 @@ from . import distributed as dist_
 from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture_pass, pooled_shape
 from .config import Config, parse_bytes, parse_pool
 from .data import Data, batches_in_order, make_loader, shard_indices
-from .files import torch_save
-from .engine import EnginePlan, bound_resident, cache_key, finish_disk_cache, open_disk_cache, plan_engine, remove_disk_cache
+from .engine import CACHE_FOLDER, DiskCache, EnginePlan, bound_resident, cache_home, cache_key, plan_engine
 from .models import Layer
 from .progress import progress_bar
 
@@ -321,15 +320,16 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], data: Data, cfg: Con
     need = FeatureCache.nbytes(cls, n_train + n_test)
     plain = make_loader(data, "train", 256, device=device, augment=False, num_workers=cfg.num_workers, rank=rank,
                         world_size=world)
-    scratch = None
-    if cache_dir is None and cfg.engine in ("auto", "disk") and need > parse_bytes(cfg.cache_budget):
-        scratch = cache_dir = Path(tempfile.mkdtemp(prefix="filterlens-cache-"))
+    scratch, home = None, cache_home(cache_dir)  # the disk cache's own folder inside cache_dir (checked here)
+    if home is None and cfg.engine in ("auto", "disk") and need > parse_bytes(cfg.cache_budget):
+        scratch = Path(tempfile.mkdtemp(prefix="filterlens-cache-"))
+        home = scratch / CACHE_FOLDER
     try:
         plan = plan_engine(model, cls, pool, cfg.engine, need, parse_bytes(cfg.cache_budget), n_train + n_test,
-                           recipe.epochs, n_train, recipe.augment, device, cache_dir, plain,
+                           recipe.epochs, n_train, recipe.augment, device, home, plain,
                            lambda group: _training_seconds(group, data.num_labels, recipe, batch, n_train, device))
         echo(f"note: {plan.note}")
-        run = _Run(model, pool, data, cfg, recipe, device, batch, progress, keep_fields, rank, world, plain)
+        run = _Run(model, pool, data, cfg, recipe, device, batch, progress, keep_fields, rank, world, plain, echo)
         if plan.engine == "stream":
             parts = [run.stream(cls)]
         else:
@@ -362,10 +362,11 @@ def _training_seconds(group: list[CaptureLayer], num_labels: int, recipe: ProbeR
 class _Run:
     """One probe stage's settings, and the two ways a group of layers is trained: from a cache, or streamed."""
 
-    def __init__(self, model, pool, data, cfg, recipe, device, batch, progress, keep_fields, rank, world, plain):
+    def __init__(self, model, pool, data, cfg, recipe, device, batch, progress, keep_fields, rank, world, plain,
+                 echo=print):
         self.model, self.pool, self.data, self.cfg, self.recipe = model, pool, data, cfg, recipe
         self.device, self.batch, self.progress, self.keep_fields = device, batch, progress, keep_fields
-        self.rank, self.world, self.plain = rank, world, plain
+        self.rank, self.world, self.plain, self.echo = rank, world, plain, echo
 
     def _bar(self, desc):
         return lambda it: progress_bar(it, self.progress, desc=desc)
@@ -379,38 +380,48 @@ class _Run:
                            rank=self.rank, world_size=self.world, pad=False)
 
     def cached(self, group: list[CaptureLayer], plan: EnginePlan) -> dict:
-        """One capture pass of ``group`` into a cache (memory or disk), its probes trained from it."""
-        L, timings = self.data.num_labels, {}
+        """One capture pass of ``group`` into a cache (memory or disk), its probes trained from it. A disk cache
+        is deleted once the probes are trained; an interrupted run leaves it for the next (engine.DiskCache)."""
         n_train = dist_.shard_size(len(self.data.train), pad=True)
         n_test = dist_.shard_size(len(self.data.test), pad=False)
+        disk = None
+        if plan.engine == "disk":
+            tag = f"-rank{self.rank}" if self.world > 1 else ""
+            rows = {"train": n_train, "test": n_test}
+            disk = DiskCache(plan.cache_dir, group, rows, cache_key(self.model, group, self.data.describe(), rows, tag),
+                             self.echo)
+        try:
+            out = self._from_cache(group, plan, n_train, n_test, disk)
+        except BaseException:
+            if disk is not None:
+                disk.release()
+            raise
+        if disk is not None:
+            disk.remove()
+        return out
+
+    def _from_cache(self, group, plan, n_train, n_test, disk) -> dict:
+        L, timings = self.data.num_labels, {}
         probes = ProbeSet(group, L, self.recipe, seed=self.cfg.seed, device=self.device)
         means = LabelMeanSink(group, L, device=self.device)
         ev = self._eval(probes)
         t0 = time.perf_counter()
-        tag = f"-rank{self.rank}" if self.world > 1 else ""
-        caches, fresh = {}, False
-        for split, n in (("train", n_train), ("test", n_test)):
-            if plan.engine == "disk":
-                key = cache_key(self.model, group, self.data.describe(), n, split + tag)
-                caches[split], done = open_disk_cache(group, n, plan.cache_dir, split + tag, key)
-                bound_resident(caches[split], parse_bytes(self.cfg.cache_budget))
-                caches[split].key, fresh = key, fresh or not done
-            else:
-                caches[split] = FeatureCache(group, n, None, split + tag, device=plan.cache_device)
-                fresh = True
-        means_file = plan.cache_dir / f"test{tag}.means.pt" if plan.engine == "disk" else None
-        if fresh or plan.engine != "disk":
+        fresh = disk is None or not disk.open()
+        if disk is not None:
+            caches = {s: bound_resident(c, parse_bytes(self.cfg.cache_budget)) for s, c in disk.caches.items()}
+        else:
+            caches = {s: FeatureCache(group, n, None, s, device=plan.cache_device)
+                      for s, n in (("train", n_train), ("test", n_test))}
+        if fresh:
             with Capture(self.model, [cl.layer for cl in group], self.pool) as cap:
                 capture_pass(cap, self.plain, [caches["train"]], progress=self._bar("capture train"))
                 # the label means from the float32 maps, as the other engines compute them
                 capture_pass(cap, self._test_loader(), [caches["test"], means], progress=self._bar("capture test"))
-            if plan.engine == "disk":
-                torch_save(means_file, {"sums": means.sums, "counts": means.counts})
-                for split in ("train", "test"):
-                    finish_disk_cache(caches[split], plan.cache_dir, split + tag, caches[split].key)
-        else:  # a complete disk cache of an interrupted analysis: its label means were saved with it
-            saved = torch.load(means_file, map_location=self.device, weights_only=True)
-            means.sums, means.counts = saved["sums"], saved["counts"]
+            if disk is not None:
+                disk.finish({"sums": means.sums, "counts": means.counts})
+        else:  # a complete, verified disk cache of an interrupted analysis: its label means were saved with it
+            means.sums = {k: v.to(self.device) for k, v in disk.means["sums"].items()}
+            means.counts = disk.means["counts"].to(self.device)
         timings["capture_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         seed = self.cfg.seed if self.world == 1 else self.cfg.seed * 1_000_003 + self.rank
@@ -429,10 +440,6 @@ class _Run:
                        .reshape(len(y), *cl.shape) for cl in group}, y)
             test.touch(2 * len(y) * test.data.shape[1])
         timings["eval_s"] = time.perf_counter() - t0
-        if plan.engine == "disk":
-            del caches, test
-            means_file.unlink(missing_ok=True)
-            remove_disk_cache(plan.cache_dir, ["train" + tag, "test" + tag])
         return {"probes": probes, "means": means, "ev": ev, "train_acc": train_acc, "timings": timings}
 
     def stream(self, cls: list[CaptureLayer]) -> dict:
