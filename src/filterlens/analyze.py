@@ -24,7 +24,8 @@ from .files import read_json, torch_save, write_csv, write_json
 from .models import resolve_layers
 from .probes import ProbeResult, train_probes
 from .report.plots import plot_filter_matrix, plot_layers
-from .rundir import RunDir
+from .folders import make_dirs, mark
+from .rundir import HEATMAP, RunDir
 from .utils import environment, resolve_device, seed_everything
 
 RESULTS_VERSION = 1
@@ -57,7 +58,10 @@ class Analysis:
     def save(self, directory) -> list[str]:
         """Write the tables, plots, heatmaps and results.json (last) into ``directory``; returns the file names
         (relative to it) that were written."""
-        d = Path(directory)
+        d = RunDir.validate(directory)
+        RunDir(d).check_folder()  # a folder filterlens made, or a new or empty one: nothing of the user's is replaced
+        make_dirs(d)
+        mark(d, "run")
         written = [write_csv(d / "layers.csv", self.layers, LAYER_COLUMNS),
                    write_csv(d / "filters.csv", self.filters, FILTER_COLUMNS)]
         if self.probes is not None:
@@ -98,9 +102,10 @@ class Analysis:
             picks = parse_heatmaps(spec)
         labels = self.meta.get("label_names")
         folder = Path(directory) / "heatmaps"
-        if folder.is_dir():  # drop the previous analysis' pictures: they may show other filters or thresholds
-            for old in folder.glob("*.png"):
-                old.unlink()
+        if folder.is_dir():  # drop the previous analysis' pictures (they may show other filters or thresholds), not
+            for old in folder.glob("*.png"):  # the user's: only filterlens' names, <layer>-filter3.png
+                if HEATMAP.match(old.name):
+                    old.unlink()
         out = []
         for layer, c in picks:
             est = self.sfp[layer]
@@ -115,11 +120,11 @@ class Analysis:
     def load(cls, directory) -> "Analysis":
         import csv
 
-        d = Path(directory)
-        meta = read_json(d / "results.json")
-        with open(d / "filters.csv", newline="") as fh:
-            filters = list(csv.DictReader(fh))
-        return cls(meta.pop("layers"), filters, None, {}, meta)
+        from .results import load_run
+
+        run = load_run(directory)  # the checks of filterlens report: checksums, shapes
+        meta = dict(run.results)
+        return cls(meta.pop("layers", []), run.table("filters"), None, {}, meta)
 
 
 def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, device=None, cache_dir=None,
@@ -129,10 +134,20 @@ def analyze(model: torch.nn.Module, data: Data, cfg: Config | None = None, devic
     ``settings`` override fields of ``cfg`` (e.g. ``layers="last:3"``, ``threshold=0.4``).
     The model is not modified; its train/eval mode is restored.
     """
+    check_analysis_inputs(model, data, cfg)
     cfg = (cfg or Config()).replace(**settings) if settings else (cfg or Config())
     cfg.validate()
     pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress, echo=echo)
     return sfp_stage(pr, data.describe(), cfg)
+
+
+def check_analysis_inputs(model, data, cfg) -> None:
+    """The types :func:`analyze` takes, refused in one line before any work."""
+    from .checks import of_type
+
+    of_type(model, torch.nn.Module, "model", "a torch.nn.Module (the network to analyse)")
+    of_type(data, Data, "data", "a filterlens.data.Data (e.g. load_data('digits'))")
+    of_type(cfg, (Config, type(None)), "cfg", "a filterlens.config.Config or None (settings may also be keywords)")
 
 
 def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, cache_dir=None,
@@ -149,9 +164,7 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     t0 = time.perf_counter()
     layers = resolve_layers(model, (data.in_channels, data.image_size, data.image_size), cfg.layers, cfg.tokens)
     check_heatmaps(cfg.heatmaps, layers)
-    cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir
-    if cache_dir is not None:
-        cache_dir = RunDir.validate(cache_dir, "cache directory")
+    cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir  # checked by train_probes before any work
     pr = train_probes(model, layers, data, cfg, device=device, cache_dir=cache_dir, progress=show, echo=echo,
                       keep_fields=cfg.bootstrap > 0)
     pr.timings["stage_s"] = time.perf_counter() - t0
@@ -297,9 +310,11 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
     Every setting and input is checked before any work; the run directory is locked for the
     command. Under torchrun every rank computes its shard and the same global result; rank 0 writes it.
     """
+    from .checks import of_type
     from .train import load_trained
 
     rd = RunDir(RunDir.validate(run_dir))
+    of_type(overrides, (dict, type(None)), "overrides", "a dict of settings, e.g. {'threshold': 0.4}")
     if not rd.path.is_dir():
         raise FilterlensError(f"'{rd.path}' is not a trained run directory; run filterlens train --run-dir first")
     with rd.lock("filterlens analyze"):

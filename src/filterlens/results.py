@@ -39,38 +39,61 @@ class Run:
     """A finished run directory: ``results`` (the parsed results.json), ``config``, and its tables.
 
     ``run.table("layers")`` is a list of dicts (numbers converted); ``run.frame("layers")`` the same as a
-    pandas DataFrame (pandas needed); ``run.tables()`` lists those present.
+    pandas DataFrame (pandas needed); ``run.tables()`` lists those present. Every file is read through the
+    checks of ``filterlens report``: a file whose content changed since its stage recorded it
+    (``stages.json``), or of the wrong shape, is refused with one line (FilterlensError).
     """
 
     def __init__(self, path):
-        self.path = Path(path)
-        f = self.path / "results.json"
-        if not f.exists():
-            raise FilterlensError(f"'{self.path}' holds no results.json; run filterlens analyze or filterlens run first")
-        try:
-            self.results = json.loads(f.read_text())
-        except ValueError:
-            raise FilterlensError(f"'{f}' is not valid JSON (damaged?)") from None
-        if self.results.get("version") != 1:
-            raise FilterlensError(f"'{f}' has format version {self.results.get('version')!r}; this filterlens reads 1")
+        from .checks import path_arg
+        from .rundir import RunDir
+
+        self.path = path_arg(path, "run directory")
+        if not self.path.is_dir():
+            what = "does not exist" if not self.path.exists() else "is not a directory"
+            raise FilterlensError(f"run directory '{self.path}' {what}; give a run directory written by filterlens "
+                                  "analyze or filterlens run")
+        self._rd = RunDir(self.path)
+        self.results = self._rd.read_results()
         self.config = self.results.get("config", {})
 
     def tables(self) -> list[str]:
         return [name for name, file in TABLES.items() if (self.path / file).exists()]
 
-    def table(self, name: str) -> list[dict]:
-        if name not in TABLES:
-            raise FilterlensError(f"unknown table '{name}'; valid: {', '.join(TABLES)}")
+    def _table_file(self, name) -> Path:
+        """The checked file of table ``name``: a known table, present, unchanged since its stage wrote it."""
+        if not isinstance(name, str) or name not in TABLES:
+            raise FilterlensError(f"unknown table {name!r}; valid: {', '.join(TABLES)}")
         p = self.path / TABLES[name]
-        if not p.exists():
-            raise FilterlensError(f"this run has no {name} table ({p.name}); present: {', '.join(self.tables())}")
-        with open(p, newline="") as fh:
-            return [{k: _convert(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        if not p.is_file():
+            raise FilterlensError(f"this run has no {name} table ({TABLES[name]}); present: {', '.join(self.tables())}")
+        self._rd.verify(TABLES[name])
+        return p
+
+    def table(self, name: str) -> list[dict]:
+        p = self._table_file(name)
+        try:
+            with open(p, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise FilterlensError(f"'{p}' is damaged: not a CSV table ({type(exc).__name__})") from None
+        if not reader.fieldnames:
+            raise FilterlensError(f"'{p}' is damaged: it has no header row")
+        for i, row in enumerate(rows, start=2):
+            if None in row or None in row.values():
+                raise FilterlensError(f"'{p}' is damaged: line {i} has {'more' if None in row else 'fewer'} fields "
+                                      "than its header")
+        return [{k: _convert(v) for k, v in row.items()} for row in rows]
 
     def frame(self, name: str = "layers"):
-        import pandas as pd
-
-        return pd.read_csv(self.path / TABLES[name])
+        self.table(name)  # the same checks
+        try:
+            import pandas as pd
+        except ImportError:
+            raise FilterlensError("Run.frame needs pandas (pip install pandas); Run.table gives the same rows as "
+                                  "dicts") from None
+        return pd.read_csv(self._table_file(name))
 
     @property
     def layers(self) -> list[dict]:
@@ -80,29 +103,32 @@ class Run:
         """One unit (filter or head) of an analysed layer: its matrix (raw, normalised, binarised), its clusters
         and, per cluster, the test images that drive it most (indices into the analysed test split), from the
         run's saved probe weights and label means (checked against their checksums)."""
-        import torch
+        import numpy as np
 
         from . import sfp
-        from .rundir import RunDir
 
-        rd = RunDir(self.path)
-        rd.verify("probes.pt", "label_means.pt")
         names = [r["layer"] for r in self.results.get("layers", [])]
+        if not isinstance(layer, str):
+            raise FilterlensError(f"layer {layer!r} is a {type(layer).__name__}; give the name of an analysed layer "
+                                  f"(a str): {', '.join(names)}")
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise FilterlensError(f"unit {index!r} is a {type(index).__name__}; give the unit's index as an int, "
+                                  "e.g. 3")
         if layer not in names:
             raise FilterlensError(f"layer '{layer}' was not analysed in '{self.path}'; analysed: {', '.join(names)}")
-        weight = torch.load(self.path / "probes.pt", map_location="cpu", weights_only=True)[layer]
-        blob = torch.load(self.path / "label_means.pt", map_location="cpu", weights_only=True)
+        self._rd.verify("probes.pt", "label_means.pt")
+        weight, means, blob = _unit_arrays(self.path, layer)
         units = int(weight.shape[1])
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < units:
-            raise FilterlensError(f"unit {index!r} of layer '{layer}' is out of range; valid: 0..{units - 1}")
+        if not 0 <= index < units:
+            raise FilterlensError(f"unit {index} of layer '{layer}' is out of range; valid: 0..{units - 1}")
         sfp_cfg = self.results.get("sfp", {})
         threshold, normalise = float(sfp_cfg.get("threshold", 0.3)), sfp_cfg.get("normalise", "max")
         top = (blob.get("top") or {}).get(layer)
-        u = sfp.analyze_unit(weight, blob["means"][layer], index, threshold, normalise,
+        u = sfp.analyze_unit(weight, means, int(index), threshold, normalise,
                              (top["values"], top["indices"]) if top else None, int(self.config.get("top_images", 8)))
         kind = next((r.get("unit_kind", "filter") for r in self.results["layers"] if r["layer"] == layer), "filter")
         names = self.results.get("label_names", [])
-        return UnitView(layer, index, kind, u.matrix, u.normalised, u.binary, u.clusters,
+        return UnitView(layer, int(index), kind, u.matrix, u.normalised, u.binary, u.clusters,
                         u.top or [[] for _ in u.clusters], [names[i] for c in u.clusters for i in c], float(u.noise))
 
     def __repr__(self) -> str:
@@ -123,6 +149,25 @@ class UnitView:
     top_images: list  # per cluster, test indices (into the analysed test split), strongest first
     cluster_labels: list  # the clusters' label names, flattened in cluster order
     noise: float
+
+
+def _unit_arrays(path: Path, layer: str):
+    """A layer's probe weight (L, U, H, W), its label means (the same shape) and the label-means file."""
+    import torch
+
+    try:
+        weights = torch.load(path / "probes.pt", map_location="cpu", weights_only=True)
+        blob = torch.load(path / "label_means.pt", map_location="cpu", weights_only=True)
+        weight, means = weights[layer], blob["means"][layer]
+    except Exception as exc:  # noqa: BLE001 - any unreadable or misshapen file: one line
+        raise FilterlensError(f"probes.pt/label_means.pt in '{path}' cannot be read for layer '{layer}' "
+                              f"({type(exc).__name__}); run filterlens analyze again") from None
+    if not (torch.is_tensor(weight) and torch.is_tensor(means) and weight.dim() == 4
+            and tuple(weight.shape) == tuple(means.shape)):
+        raise FilterlensError(f"probes.pt and label_means.pt in '{path}' disagree for layer '{layer}' (shapes "
+                              f"{tuple(getattr(weight, 'shape', ()))} and {tuple(getattr(means, 'shape', ()))}); run "
+                              "filterlens analyze again")
+    return weight, means, blob
 
 
 def load_run(path) -> Run:
