@@ -306,8 +306,13 @@ def run_afcc(run_dir, layers=None, retrain_epochs: int = 3, retrain_lr: float = 
         pruning_rows = []
         pruned_net = None
         if ok:
-            pruned0, _, filt = prune(main["masked_net"], main["masks"])
-            pruned_net, pruned_masks, _ = prune(main["net"], main["masks"])
+            try:  # a removal that fails after the work (a traced residual reader) is reported, not a refusal
+                pruned0, _, filt = prune(main["masked_net"], main["masks"])
+                pruned_net, pruned_masks, _ = prune(main["net"], main["masks"])
+            except FilterlensError as exc:
+                ok, reason, pruned_net = False, str(exc).removeprefix("physical removal is not supported here: "), None
+            pruned_info["supported"] = ok
+        if ok:
             x = torch.randn(8, *input_size, generator=torch.Generator().manual_seed(seed)).to(device)
             with torch.no_grad():
                 diff = float((main["masked_net"](x) - pruned0(x)).abs().max())
