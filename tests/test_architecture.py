@@ -16,9 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "filterlens"
 
 # The layer order, from the ground up. A floor may import from itself and from the floors below.
 FLOORS = [
-    ["errors", "version", "names"],
+    ["errors", "version", "names", "checks"],
     ["distributed"],
-    ["files", "config", "progress", "utils", "hooks"],
+    ["files", "config", "progress", "utils", "hooks", "folders"],
     ["rundir"],
     ["data", "models", "inputs", "loaders"],
     ["capture", "engine"],

@@ -8,6 +8,7 @@ says what it chose otherwise, with its estimates.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from filterlens import engine as engine_module
 from filterlens.capture import CaptureLayer, FeatureCache
 from filterlens.config import Config
 from filterlens.data import load_data
-from filterlens.engine import group_layers, open_disk_cache
+from filterlens.engine import DiskCache, group_layers
 from filterlens.errors import FilterlensError
 from filterlens.models import ModelSpec, build_model, list_layers
 from filterlens.loaders import Feed
@@ -82,21 +83,24 @@ def test_an_interrupted_disk_fill_is_never_read_as_complete(setup, tmp_path, mon
     model, data, layers, need = setup
     cache = tmp_path / "cache"
     calls = {"n": 0}
-    real = engine_module.finish_disk_cache
+    real = DiskCache.finish
 
     def crash(*args, **kw):  # the fill of both splits done, the marker never written: a kill at that moment
         calls["n"] += 1
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("filterlens.probes.finish_disk_cache", crash)
+    monkeypatch.setattr(DiskCache, "finish", crash)
     with pytest.raises(KeyboardInterrupt):
         _train(setup, cache, engine="disk", cache_budget=str(need // 2))
-    assert calls["n"] == 1 and (cache / "train.f16").exists() and not (cache / "train.json").exists()
+    home = cache / "filterlens-cache"
+    assert calls["n"] == 1 and list(home.glob("*.train.f16")) and not list(home.glob("*[0-9a-f].json"))
     cls = [CaptureLayer(l, l.shape) for l in layers]
-    _, complete = open_disk_cache(cls, len(data.train), cache, "train", "any key")
-    assert not complete  # no marker: it is filled again
+    key = list(home.glob("*.train.f16"))[0].name.split(".")[0]
+    store = DiskCache(home, cls, {"train": len(data.train), "test": len(data.test)}, key)
+    assert not store.open()  # no marker: it is filled again
+    store.release()
 
-    monkeypatch.setattr("filterlens.probes.finish_disk_cache", real)
+    monkeypatch.setattr(DiskCache, "finish", real)
     passes = {"n": 0}
     original = engine_module.FeatureCache.update
 
@@ -108,21 +112,31 @@ def test_an_interrupted_disk_fill_is_never_read_as_complete(setup, tmp_path, mon
     resumed = _train(setup, cache, engine="disk", cache_budget=str(need // 2))
     assert passes["n"] == len(data.train) + len(data.test)  # captured again, in full
     _same(resumed, _train(setup, engine="memory"))
+    assert not cache.exists()  # made by filterlens for the cache, removed with it
 
 
 def test_a_complete_disk_cache_is_reused_with_the_same_key_only(setup, tmp_path):
     _, data, layers, _ = setup
     cls = [CaptureLayer(l, l.shape) for l in layers]
     n = 8
-    cache, complete = open_disk_cache(cls, n, tmp_path, "train", "k1")
-    assert not complete
-    cache.update({cl.name: torch.ones(n, *cl.shape) for cl in cls}, torch.arange(n) % 10)
-    engine_module.finish_disk_cache(cache, tmp_path, "train", "k1")
-    again, complete = open_disk_cache(cls, n, tmp_path, "train", "k1")
-    assert complete and torch.equal(again.labels, torch.arange(n) % 10)
-    assert float(again.data.float().sum()) == n * sum(cl.features for cl in cls)
-    _, complete = open_disk_cache(cls, n, tmp_path, "train", "another model")
-    assert not complete
+    home = tmp_path / "filterlens-cache"
+    rows = {"train": n, "test": n}
+    store = DiskCache(home, cls, rows, "a" * 24)
+    assert not store.open()
+    for c in store.caches.values():
+        c.update({cl.name: torch.ones(n, *cl.shape) for cl in cls}, torch.arange(n) % 10)
+    store.finish({"sums": {}, "counts": torch.ones(10)})
+    store.release()
+    again = DiskCache(home, cls, rows, "a" * 24)
+    assert again.open() and torch.equal(again.caches["train"].labels, torch.arange(n) % 10)
+    assert float(again.caches["test"].data.float().sum()) == n * sum(cl.features for cl in cls)
+    assert torch.equal(again.means["counts"], torch.ones(10))
+    again.release()
+    other = DiskCache(home, cls, rows, "b" * 24)
+    assert not other.open()  # another model: its own files, filled
+    other.remove()
+    assert sorted(p.name for p in home.iterdir()) == [".filterlens"] + sorted(f"{'a' * 24}.{x}" for x in (
+        "json", "lock", "means.pt", "test.f16", "test.labels", "train.f16", "train.labels"))
 
 
 def test_auto_takes_memory_when_it_fits_and_says_why_otherwise(setup, tmp_path):
@@ -143,3 +157,110 @@ def test_forced_engines_that_cannot_work_are_refused_in_one_line(setup):
         _train(setup, engine="groups", cache_budget="1K")
     with pytest.raises(FilterlensError, match="probe augmentation"):
         _train(setup, engine="memory", probe_augment=True)
+
+
+# ------------------------------------------------------------------ issue 24: a disk cache that owns its folder
+
+def _disk(setup, cache_dir, lines=None, **kw):
+    """Probes from the disk engine with ``cache_dir``; the notes it prints are appended to ``lines``."""
+    model, data, layers, need = setup
+    cfg = Config(probe_epochs=3, seed=0, progress=False, engine="disk", cache_budget=str(need // 2), **kw)
+    echo = (lambda *a: lines.append(" ".join(map(str, a)))) if lines is not None else (lambda *a: None)
+    return train_probes(model, layers, Feed(data, seed=cfg.seed), cfg, cache_dir=cache_dir, progress=False, echo=echo)
+
+
+def _killed_after_fill(setup, cache_dir, monkeypatch):
+    """A disk-engine run stopped (as by kill -9) once the cache is complete, while the probes train."""
+    def stop(*args, **kw):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("filterlens.probes.train_from_cache", stop)
+        with pytest.raises(KeyboardInterrupt):
+            _disk(setup, cache_dir)
+
+
+def _files(folder, pattern):
+    return sorted(p for p in folder.rglob(pattern) if p.is_file())
+
+
+def test_disk_engine_leaves_the_users_files_and_folders(setup, tmp_path):
+    """Item 1: its clean-up removed {train,test}{.f16,.labels,.json} whoever wrote them, and the folder itself."""
+    u = tmp_path / "u"
+    u.mkdir()
+    (u / "train.json").write_text('{"mine": 1}')
+    (u / "test.labels").write_text("keep")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    memory = _train(setup, engine="memory")
+    for folder in (u, empty):
+        _same(_disk(setup, folder), memory)
+    assert sorted(p.name for p in u.iterdir()) == ["test.labels", "train.json"]
+    assert (u / "train.json").read_text() == '{"mine": 1}' and (u / "test.labels").read_text() == "keep"
+    assert empty.is_dir() and list(empty.iterdir()) == []
+
+
+def test_disk_cache_under_missing_folders_leaves_none_behind(setup, tmp_path):
+    """Item 7: --cache-dir /nonexistent/deep/cache left /nonexistent/deep behind."""
+    _disk(setup, tmp_path / "missing" / "deep" / "cache")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_disk_cache_is_rebuilt_and_says_so(setup, tmp_path, monkeypatch):
+    """Items 3 and 4: a complete cache whose features were overwritten was reused unchecked (wrong accuracies
+    recorded as good); one with a damaged header failed with 'the magic string is not correct'."""
+    memory = _train(setup, engine="memory")
+    for damage in ("features", "header", "labels", "marker"):
+        cache = tmp_path / damage
+        _killed_after_fill(setup, cache, monkeypatch)
+        if damage == "features":
+            f16 = _files(cache, "*train*.f16")[0]
+            with open(f16, "r+b") as fh:
+                fh.seek(4096)
+                fh.write(np.full(2000, 30000, dtype=np.float16).tobytes())
+        elif damage == "header":
+            f16 = _files(cache, "*test*.f16")[0]
+            with open(f16, "r+b") as fh:
+                fh.write(b"\xff" * 16)
+        elif damage == "labels":
+            labels = _files(cache, "*train*.labels")[0]
+            labels.write_bytes(labels.read_bytes()[:-64])
+        else:
+            for marker in _files(cache, "*.json"):
+                if "key" in marker.read_text():
+                    marker.write_text("{not json")
+        lines = []
+        _same(_disk(setup, cache, lines), memory)
+        notes = [line for line in lines if "rebuilt" in line]
+        assert len(notes) == 1, (damage, lines)
+        assert not _files(cache, "*.f16")  # removed once trained
+
+
+def test_a_complete_disk_cache_is_reused_after_its_checksums(setup, tmp_path, monkeypatch):
+    memory = _train(setup, engine="memory")
+    cache = tmp_path / "cache"
+    _killed_after_fill(setup, cache, monkeypatch)
+    passes = {"n": 0}
+    original = FeatureCache.update
+
+    def counting(self, feats, y):
+        passes["n"] += len(y)
+        return original(self, feats, y)
+
+    monkeypatch.setattr(FeatureCache, "update", counting)
+    lines = []
+    _same(_disk(setup, cache, lines), memory)
+    assert passes["n"] == 0 and not any("rebuilt" in line for line in lines)  # reused, not captured again
+
+
+def test_groups_budget_message_does_not_contradict_itself(setup):
+    """Item 9: "layer 'features.0' alone needs 0 MiB, over the cache budget 0 MiB"."""
+    import re
+
+    with pytest.raises(FilterlensError) as info:
+        _train(setup, engine="groups", cache_budget="1K")
+    sizes = re.findall(r"([0-9.]+) (B|KiB|MiB|GiB)", str(info.value))
+    unit = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    (need, u1), (budget, u2) = sizes[:2]
+    assert float(need) * unit[u1] > float(budget) * unit[u2], str(info.value)
+    assert "1.0 KiB" in str(info.value)

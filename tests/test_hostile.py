@@ -7,8 +7,9 @@ afcc, demo) given a bad number, a bad name, a bad file or a damaged run director
 - a refusal is exactly ONE line on stderr starting ``filterlens: error:`` that names the bad value
   (or the setting, where the value is printed in another form, e.g. 1e308 -> 1e+308);
 - no ``Traceback`` anywhere in stdout or stderr;
-- a refused command changes no file: every file of the case's folder (the run directory copied into
-  it, the TOML, the dataset files) has the same sha256 before and after.
+- a refused command changes nothing: every file of the case's folder (the run directory copied into
+  it, the TOML, the dataset files) has the same sha256 before and after, and no file or folder is
+  added (no lock file: the copied run directory's ``.filterlens.lock`` is removed before the command).
 
 A row failing here means the product misbehaves on that input: keep its expectation.
 """
@@ -18,15 +19,17 @@ import hashlib
 import json
 import pickle
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (tiny_toml, 
+from conftest import (TINY_TRAIN_ARGS, tiny_toml,
     assert_user_error,
     cifar_row,
+    cli_env,
     copy_run,
     idx_bytes,
     make_idx_arrays,
@@ -41,9 +44,9 @@ TIMEOUT = 120  # seconds per command: every command here is refused early or is 
 
 
 def tree(d: Path) -> dict[str, str]:
-    """Every file under ``d`` (relative path -> sha256 of its bytes)."""
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file()}
+    """Every file and folder under ``d`` (relative path -> sha256 of a file's bytes, "folder" for a folder)."""
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(d.rglob("*"))}
 
 
 # ------------------------------------------------------------------------------ module fixture
@@ -94,6 +97,29 @@ def mkdir(rel: str) -> Setup:
     def run(ws: Path) -> None:
         (ws / rel).mkdir(parents=True, exist_ok=True)
     return run
+
+
+def both(*setups: Setup) -> Setup:
+    def run(ws: Path) -> None:
+        for setup in setups:
+            setup(ws)
+    return run
+
+
+def copy_dir(src: str, dst: str) -> Setup:
+    def run(ws: Path) -> None:
+        copy_run(ws / src, ws / dst)
+    return run
+
+
+def damaged_checkpoint(ws: Path) -> None:
+    """An unfinished training whose checkpoint.pt was cut short (a disk failure, a copy interrupted): the final
+    model.pt and train.json are gone, checkpoint.pt is half of a real checkpoint."""
+    run = ws / "run"
+    data = (run / "model.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    (run / "model.pt").unlink()
+    (run / "train.json").unlink()
 
 
 GARBAGE = bytes(np.random.default_rng(7).integers(0, 256, 3000, dtype=np.uint8))  # not UTF-8, not a pickle
@@ -219,13 +245,14 @@ class Case:
 
 
 RUN = "{run}"
+HOME = str(Path.home())
 # train a fresh run: the bad flag comes last and overrides these
 TR = ["train", "--run-dir", RUN, "--no-progress", "--dataset", "digits", "--model", "vgg_tiny", "--epochs", "1"]
 AN = ["analyze", "--run-dir", RUN, "--no-progress", "--probe-epochs", "1"]
 # (the cheapest AFCC where a bad row is wrongly accepted; a flag given again later wins)
 AF = ["afcc", "--run-dir", RUN, "--no-progress", "--retrain-epochs", "0", "--random-draws", "1", "--thresholds", ""]
 SW = ["sweep", "--run-dir", RUN, "--no-progress", "--dataset", "digits", "--model", "vgg_tiny", "--epochs", "1",
-      "--num-labels", "3", "--subsets", "1", "--probe-epochs", "1"]
+      "--num-labels", "3,5", "--subsets", "1", "--probe-epochs", "1"]
 RU = ["run", "{toml}", "--run-dir", RUN, "--no-progress"]
 LA = ["layers", "--model", "vgg_tiny", "--dataset", "digits"]
 
@@ -429,6 +456,53 @@ CASES = [
     # the right answer here is to recompute (exit 0); few rows, they train again
     R("stages-empty-list-recomputes", base="analysed", setup=write("run/stages.json", "[]"), rc=0),
     R("stages-garbage-recomputes", base="analysed", setup=write("run/stages.json", GARBAGE), rc=0),
+    # ================================================================ issue 24: files filterlens did not write
+    T("run-dir-holds-user-files", needles=["results.json", "heatmaps/mine.png", "not a run directory"],
+      setup=both(write("run/results.json", '{"mine": 1}'), write("run/heatmaps/mine.png", b"my picture"))),
+    T("run-dir-holds-user-files-overwrite", "--overwrite", needles=["results.json", "heatmaps/mine.png"],
+      setup=both(write("run/results.json", '{"mine": 1}'), write("run/heatmaps/mine.png", b"my picture"))),
+    Case("train-run-dir-root", TR[:2] + ["/"] + TR[3:], ("'/'", "root")),
+    Case("train-run-dir-home", TR[:2] + [HOME] + TR[3:], (HOME, "home")),
+    Case("run-run-dir-root", ["run", "{toml}", "--run-dir", "/", "--no-progress"], ("'/'", "root")),
+    Case("demo-run-dir-home", ["demo", "--run-dir", HOME, "--no-progress"], (HOME, "home")),
+    Case("run-into-user-folder", RU, ("notes.txt", "not a run directory"), setup=write("run/notes.txt", "mine")),
+    Case("demo-into-user-folder", ["demo", "--run-dir", RUN, "--no-progress"], ("notes.txt",),
+         setup=write("run/notes.txt", "mine")),
+    Case("analyze-user-folder", AN, ("data.csv", "not a run directory"), setup=write("run/data.csv", "1,2\n")),
+    Case("afcc-user-folder", AF, ("data.csv", "not a run directory"), setup=write("run/data.csv", "1,2\n")),
+    Case("report-user-folder", ["report", RUN], ("results.json", "not a run directory"),
+         setup=write("run/results.json", '{"version": 1, "layers": []}')),
+    Case("report-sweep-folder", ["report", RUN], ("sweep directory",),
+         setup=write("run/sweep_plan.json", '{"tasks": ["L003-s1"], "config": {"model": "vgg_tiny"}}')),
+    A("cache-dir-is-the-run-dir", "--engine", "disk", "--cache-dir", RUN, needles=["cache directory", "run directory"]),
+    A("cache-dir-is-another-run", "--engine", "disk", "--cache-dir", "{ws}/other",
+      needles=["cache directory", "run directory"], setup=copy_dir("run", "other")),
+    A("cache-folder-not-made-by-filterlens", "--engine", "disk", "--cache-dir", "{ws}/c",
+      needles=["filterlens-cache", "mine.txt"], setup=write("c/filterlens-cache/mine.txt", "mine")),
+    A("refused-setting-under-missing-cache-dir", "--engine", "disk", "--cache-dir", "{ws}/no/such/cache",
+      "--probe-lr", "-1", needles=["probe_lr"]),
+    # ================================================================ issue 24: wrong exit codes, unclear lines
+    T("labels-random-negative-seed", "--labels", "random:3:-1", needles=["random:3:-1", "seed"]),
+    A("engine-groups-budget-below-one-layer", "--engine", "groups", "--cache-budget", "1K",
+      needles=["features.0", "KiB", "1.0 KiB"]),
+    L("vgg-cfg-pools-in-a-row", "--model", "vgg", "--vgg-cfg", "16,M,M,M,M,M", "--dataset", "cifar10",
+      needles=["16,M,M,M,M,M", "M"]),
+    L("vgg-cfg-pool-first", "--model", "vgg", "--vgg-cfg", "M,16", needles=["M,16"]),
+    S("num-labels-one-distinct", "--num-labels", "3,3", needles=["3,3", "two"]),
+    S("num-labels-one", "--num-labels", "5", needles=["'5'", "two"]),
+    S("num-labels-empty", "--num-labels", "", needles=["''", "num-labels"]),
+    Case("sweep-merge-missing-folder", SW + ["--merge"], ("--merge", "sweep")),
+    Case("sweep-merge-run-folder", SW + ["--merge"], ("sweep",), base="trained"),
+    Case("sweep-into-user-folder", SW, ("notes.txt",), setup=write("run/notes.txt", "mine")),
+    Case("train-damaged-checkpoint", ["train", "--run-dir", RUN, *TINY_TRAIN_ARGS],
+         ("checkpoint.pt", "damaged", "--overwrite"), base="trained", setup=damaged_checkpoint),
+    Case("train-resume-damaged-checkpoint", ["train", "--run-dir", RUN, *TINY_TRAIN_ARGS, "--resume"],
+         ("checkpoint.pt", "damaged", "--overwrite"), base="trained", setup=damaged_checkpoint),
+    R("damaged-checkpoint-trains-again", base="analysed", setup=damaged_checkpoint, rc=0),
+    Case("compare-out-user-folder", ["compare", RUN, "--out", "{ws}/out"], ("notes.txt", "--out"), base="analysed",
+         setup=write("out/notes.txt", "mine")),
+    Case("compare-out-is-a-run", ["compare", RUN, "--out", "{ws}/other"], ("other", "--out"), base="analysed",
+         setup=copy_dir("run", "other")),
 ]
 
 
@@ -436,7 +510,8 @@ def test_the_table_is_big_and_ids_are_unique():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
     assert len(CASES) >= 85
-    assert {c.argv[0] for c in CASES} == {"train", "analyze", "layers", "sweep", "run", "report", "afcc", "demo"}
+    assert {c.argv[0] for c in CASES} == {"train", "analyze", "layers", "sweep", "run", "report", "afcc", "demo",
+                                          "compare"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -449,6 +524,7 @@ def test_hostile(case: Case, request, tmp_path):
         copy_run(request.getfixturevalue("tiny_run"), run)
     elif case.base == "analysed":
         copy_run(request.getfixturevalue("analysed_run"), run)
+    (run / ".filterlens.lock").unlink(missing_ok=True)  # a lock file made by a refused command shows
     if case.setup:
         case.setup(ws)
     argv = [a.format(ws=ws, run=run, toml=ws / "tiny.toml") for a in case.argv]
@@ -471,3 +547,193 @@ def test_hostile(case: Case, request, tmp_path):
         after = tree(ws)
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         assert after == before, f"a refused command changed files: {changed}"
+
+
+# ------------------------------------------------------------------------------ issue 24: the disk engine
+# Its cache owns a folder of its own inside --cache-dir (made and marked by filterlens), deletes only what it
+# wrote, and verifies what it reuses (checksums written with its completion marker).
+
+DISK = ["--engine", "disk", "--probe-epochs", "2", "--cache-budget", "64K"]
+
+
+def _accuracies(run: Path) -> list[float]:
+    lines = (run / "layers.csv").read_text().splitlines()
+    head = lines[0].split(",")
+    return [float(line.split(",")[head.index("accuracy")]) for line in lines[1:]]
+
+
+def _recorded_as_good(run: Path) -> bool:
+    stages = json.loads((run / "stages.json").read_text())
+    want = stages.get("sfp", {}).get("sha256", {}).get("layers.csv")
+    return want == hashlib.sha256((run / "layers.csv").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def memory_accuracies(tiny_run, tmp_path_factory) -> list[float]:
+    """The layer accuracies of the memory engine on the shared tiny run (the disk engine must give these)."""
+    run = copy_run(tiny_run, tmp_path_factory.mktemp("memory") / "run")
+    rc, out, err = run_cli("analyze", "--run-dir", run, "--no-progress", "--engine", "memory", "--probe-epochs", "2",
+                           cwd=run.parent)
+    assert rc == 0, err
+    return _accuracies(run)
+
+
+def test_disk_engine_keeps_the_users_files_in_its_cache_dir(tiny_run, memory_accuracies, tmp_path):
+    """Item 1: `--cache-dir u` with the user's train.json and test.labels: both were deleted, and u itself."""
+    u, empty = tmp_path / "u", tmp_path / "empty"
+    u.mkdir()
+    empty.mkdir()
+    (u / "train.json").write_text('{"mine":1}\n')
+    (u / "test.labels").write_text("keep\n")
+    before = tree(u)
+    for i, cache in enumerate((u, empty, tmp_path / "no" / "deep" / "cache")):
+        run = copy_run(tiny_run, tmp_path / f"w{i}")
+        rc, out, err = run_cli("analyze", "--run-dir", run, "--no-progress", *DISK, "--cache-dir", cache, cwd=tmp_path)
+        assert rc == 0, err
+        assert "disk" in out and _accuracies(run) == memory_accuracies
+    assert tree(u) == before and empty.is_dir() and list(empty.iterdir()) == []
+    assert not (tmp_path / "no").exists()  # item 7: the folders it made for the cache are gone with it
+
+
+# kill points: (name, Python run before the command; it kills the process with SIGKILL at that point)
+KILL_POINTS = {
+    # during the capture of the training split (its second batch)
+    "train-capture": "patch(capture.FeatureCache, 'update', lambda n, *a, **k: n == 2)",
+    # during the capture of the test split (the first batch written to a cache of another size)
+    "test-capture": "sizes = []\n"
+                    "patch(capture.FeatureCache, 'update', lambda n, self, *a, **k: sizes.append(self.num_samples) "
+                    "or len(set(sizes)) > 1)",
+    # both splits captured, nothing written after: no checksum, no completion marker
+    "after-fill": "patch(probes, 'capture_pass', lambda n, *a, **k: False, after=lambda n: n == 2)",
+    # while the probes train from the complete cache (second epoch)
+    "training": "patch(probes.ProbeSet, 'end_epoch', lambda n, *a, **k: n == 2)",
+    # probes trained, the first result file about to be renamed into place
+    "writing-results": "patch(os, 'replace', lambda n, src, dst, *a, **k: str(dst).endswith('probes.pt'))",
+}
+
+KILLER = """
+import os, signal, sys
+from filterlens import capture, probes
+
+def patch(owner, name, before, after=None):
+    real, calls = getattr(owner, name), [0]
+    def wrapper(*args, **kw):
+        calls[0] += 1
+        if before(calls[0], *args, **kw):
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = real(*args, **kw)
+        if after is not None and after(calls[0]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    setattr(owner, name, wrapper)
+
+exec(sys.argv[1])
+from filterlens.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _kill_at(point: str, args: list, cwd: Path) -> int:
+    env = cli_env()
+    proc = subprocess.run([sys.executable, "-c", KILLER, KILL_POINTS[point], *map(str, args)], cwd=cwd, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT)
+    return proc.returncode
+
+
+def _damage(cache: Path, how: str) -> list[str]:
+    """Damage what the killed command left in its cache folder; returns the files damaged."""
+    done = []
+    for f in sorted(p for p in cache.rglob("*") if p.is_file()):
+        if how == "features" and f.suffix == ".f16" and f.stat().st_size > 4096:
+            with open(f, "r+b") as fh:  # float16 30000s from byte 4096 on (the header stays valid)
+                fh.seek(4096)
+                fh.write(np.full((f.stat().st_size - 4096) // 2, 30000, dtype=np.float16).tobytes())
+            done.append(f.name)
+        elif how == "header" and f.suffix == ".f16":
+            with open(f, "r+b") as fh:
+                fh.write(b"\xff" * 32)
+            done.append(f.name)
+        elif how == "labels-and-marker" and (f.suffix == ".labels" or (f.suffix == ".json" and f.name != "stages.json")):
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+            done.append(f.name)
+    return done
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_disk_engine_killed_then_damaged_never_records_wrong_numbers(point, tiny_run, memory_accuracies, tmp_path):
+    """Acceptance: `analyze --engine disk` killed (SIGKILL) at five points of its fill and training, its cache then
+    damaged in three ways: the next analyze ends with the memory engine's accuracies, or one line and exit 2;
+    never wrong numbers recorded as good."""
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    run, cache = killed / "run", killed / "cache"
+    copy_run(tiny_run, run)
+    args = ["analyze", "--run-dir", run, "--no-progress", *DISK, "--cache-dir", cache]
+    assert _kill_at(point, args, killed) == -9, point
+    cached = any(p.suffix == ".f16" for p in cache.rglob("*"))
+    # the cache is deleted once the probes are trained, before their results are written
+    assert cached == (point != "writing-results"), (point, sorted(cache.rglob("*")))
+    for how in ("features", "header", "labels-and-marker"):
+        ws = tmp_path / how
+        copy_run(killed, ws)
+        damaged = _damage(ws / "cache", how)
+        rc, out, err = run_cli("analyze", "--run-dir", ws / "run", "--no-progress", *DISK, "--cache-dir",
+                               ws / "cache", cwd=ws)
+        assert "Traceback" not in out + err, err
+        if rc == 2:
+            assert_user_error(rc, out, err, "cache")
+            assert not (ws / "run" / "layers.csv").exists() or not _recorded_as_good(ws / "run")
+            continue
+        assert rc == 0, f"{point}/{how} (damaged {damaged}): exit {rc}\n{out}\n{err}"
+        assert _accuracies(ws / "run") == memory_accuracies, (point, how, damaged, out)
+        assert _recorded_as_good(ws / "run")
+        if damaged and point == "training":  # a complete cache was damaged: it says so
+            assert "rebuilt" in out, (point, how, out)
+        assert not any(p.suffix == ".f16" for p in (ws / "cache").rglob("*"))  # gone once the probes trained
+
+
+def test_two_commands_sharing_a_cache_dir(tiny_run, memory_accuracies, tmp_path):
+    """Two analyses at once with the same --cache-dir: the same model and data (the same cache), and other layers
+    (another cache). Each ends with the memory engine's accuracies or one line saying the cache is in use; the
+    folder keeps the user's file and nothing of filterlens' once both are done."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "keep.txt").write_text("mine\n")
+    runs = [copy_run(tiny_run, tmp_path / f"r{i}") for i in range(3)]
+    extra = [[], [], ["--layers", "last:1"]]
+    procs = [subprocess.Popen([sys.executable, "-m", "filterlens", "analyze", "--run-dir", str(r), "--no-progress",
+                               *DISK, "--cache-dir", str(shared), *x], cwd=tmp_path, env=cli_env(),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r, x in zip(runs, extra)]
+    results = [(p.wait(timeout=TIMEOUT), p.stdout.read(), p.stderr.read()) for p in procs]
+    ok = 0
+    for run, x, (rc, out, err) in zip(runs, extra, results):
+        assert "Traceback" not in out + err, err
+        if rc == 2:
+            assert_user_error(rc, out, err, "in use")
+            continue
+        assert rc == 0, err
+        ok += 1
+        assert _accuracies(run) == (memory_accuracies[-1:] if x else memory_accuracies)
+    assert ok >= 2
+    assert sorted(p.name for p in shared.iterdir()) == ["keep.txt"]
+
+
+def test_afcc_on_a_torchvision_vit_does_not_throw_its_work_away(tmp_path):
+    """Item 14: afcc on torchvision's ViT refused only after its work (physical removal of heads packed in an
+    nn.MultiheadAttention is not supported). The masks, retraining and controls are written; removal is reported
+    as not supported."""
+    run = tmp_path / "vit"
+    rc, out, err = run_cli("train", "--run-dir", run, "--dataset", "digits", "--model", "vit_b_16", "--image-size",
+                           "16", "--epochs", "0", "--train-samples", "40", "--test-samples", "40", "--no-progress",
+                           cwd=tmp_path, timeout=300)
+    assert rc == 0, err
+    rc, out, err = run_cli("analyze", "--run-dir", run, "--no-progress", "--probe-epochs", "1", "--layers", "last:1",
+                           cwd=tmp_path, timeout=300)
+    assert rc == 0, err
+    rc, out, err = run_cli("afcc", "--run-dir", run, "--no-progress", "--retrain-epochs", "0", "--random-draws", "1",
+                           "--thresholds", "", cwd=tmp_path, timeout=300)
+    assert rc == 0, err
+    res = json.loads((run / "results.json").read_text())
+    assert res["afcc_pruned"]["supported"] is False and "MultiheadAttention" in res["afcc_pruned"]["reason"]
+    assert (run / "afcc.csv").exists() and not (run / "afcc_pruned.pt").exists()

@@ -210,10 +210,60 @@ def test_a_lock_left_by_a_killed_process_blocks_nothing(pipeline_run, tmp_path):
 
 def test_temporary_files_of_a_killed_command_are_removed(pipeline_run, tmp_path):
     run = copy_run(pipeline_run, tmp_path / "run")
-    left = [run / ".layers.csv.x1y2z3.tmp", run / "heatmaps" / ".features.0-filter1.png.abcd.tmp"]
+    # the names files._atomic gives them (tempfile.mkstemp: 8 random characters); the user's own ".draft.tmp" stays
+    left = [run / ".layers.csv.x1y2z3ab.tmp", run / "heatmaps" / ".features.0-filter1.png.abcd_123.tmp"]
+    (run / ".draft.tmp").write_bytes(b"mine")
     for p in left:
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(b"half a file")
     rc, out, err = run_cli("report", run, cwd=tmp_path)
     assert rc == 0, err
     assert not any(p.exists() for p in left)
+    assert (run / ".draft.tmp").read_bytes() == b"mine"
+
+
+# ------------------------------------------------------------------------------------------ issue 24, item 6
+# A run directory is a folder filterlens made (marked) or an empty one; --overwrite deletes only what filterlens
+# wrote. (The refusals, and --run-dir / or the home folder, are rows of tests/test_hostile.py.)
+
+def test_overwrite_deletes_only_what_filterlens_wrote(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    mine = {"notes.txt": b"my notes", "heatmaps/mine.png": b"my picture", "cache/mine.bin": b"my bytes",
+            ".notes.tmp": b"my temporary notes", "sub/results.json": b'{"mine": 1}'}
+    for rel, data in mine.items():
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(data)
+    rc, out, err = run_cli("train", "--run-dir", run, "--dataset", "digits", "--model", "vgg_tiny", "--epochs", "1",
+                           "--seed", "3", "--no-progress", "--overwrite", cwd=tmp_path)
+    assert rc == 0, err
+    for rel, data in mine.items():
+        assert (run / rel).read_bytes() == data, rel
+    assert json.loads((run / "config.json").read_text())["seed"] == 3
+
+
+def test_analyze_keeps_the_users_pictures_and_temporary_files(pipeline_run, tmp_path):
+    run = copy_run(pipeline_run, tmp_path / "run")
+    (run / "heatmaps" / "mine.png").write_bytes(b"my picture")
+    (run / ".draft.tmp").write_bytes(b"my draft")
+    ours = sorted(p.name for p in (run / "heatmaps").glob("*-filter*.png"))
+    rc, out, err = run_cli("analyze", "--run-dir", run, "--no-progress", "--threshold", "0.4", cwd=tmp_path)
+    assert rc == 0, err
+    assert (run / "heatmaps" / "mine.png").read_bytes() == b"my picture"
+    assert (run / ".draft.tmp").read_bytes() == b"my draft"
+    assert ours and sorted(p.name for p in (run / "heatmaps").glob("*-filter*.png"))  # filterlens' own, redrawn
+
+
+def test_run_directories_of_earlier_versions_keep_working(pipeline_run, tmp_path):
+    """A run directory without the marker: config.json + stages.json (this version before the marker), or
+    config.json alone (an earlier filterlens, before stages.json): recognised, read, and marked once written."""
+    recorded = copy_run(pipeline_run, tmp_path / "recorded")
+    older = copy_run(pipeline_run, tmp_path / "older")
+    for run in (recorded, older):
+        (run / ".filterlens").unlink(missing_ok=True)
+    (older / "stages.json").unlink()
+    for run in (recorded, older):
+        rc, out, err = run_cli("report", run, cwd=tmp_path)
+        assert rc == 0, err
+        rc, out, err = run_cli("analyze", "--run-dir", run, "--no-progress", "--threshold", "0.4", cwd=tmp_path)
+        assert rc == 0, err
+        assert json.loads((run / ".filterlens").read_text())["kind"] == "run"

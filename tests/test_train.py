@@ -155,9 +155,10 @@ def test_run_files_are_consistent(tiny_run):
     """vgg_tiny on digits, 2 epochs, lr 0.05 with cosine decay (the defaults)."""
     import json
 
-    # the lock file stays (an OS lock on it, released when the process ends); no checkpoint, no temporary file
-    assert sorted(p.name for p in tiny_run.iterdir()) == [".filterlens.lock", "config.json", "model.pt",
-                                                          "stages.json", "train.json", "train_log.csv"]
+    # the marker of a folder filterlens made; the lock file stays (an OS lock on it, released when the process
+    # ends); no checkpoint, no temporary file
+    assert sorted(p.name for p in tiny_run.iterdir()) == [".filterlens", ".filterlens.lock", "config.json",
+                                                          "model.pt", "stages.json", "train.json", "train_log.csv"]
     stages = json.loads((tiny_run / "stages.json").read_text())
     assert set(stages) == {"train"} and set(stages["train"]["sha256"]) == {"model.pt", "train.json"}
     log = read_log(tiny_run / "train_log.csv")

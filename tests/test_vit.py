@@ -139,6 +139,9 @@ def test_head_removal_in_packed_multihead_attention_is_refused():
     masks = afcc.make_masks(net, {layer.name: [[]] + [[[0]]] * 11})
     with pytest.raises(FilterlensError, match="nn.MultiheadAttention"):
         afcc.prune(net, masks)
+    # said before any work (issue 24, item 14): AFCC asks prune_support, and reports removal as not supported
+    ok, reason = afcc.prune_support(net)
+    assert not ok and "nn.MultiheadAttention" in reason
 
 
 def test_cli_lists_vit_b_16_blocks_and_heads(tmp_path):

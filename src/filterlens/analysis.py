@@ -32,7 +32,7 @@ from .probes import train_probes
 from .report.explorer import explorer_data, thumbnails
 from .report.plots import layer_figures, plot_filter_matrix, plot_layers
 from .results import UnitView, unit_view
-from .rundir import RunDir
+from .rundir import HEATMAP, RunDir
 from .utils import environment, resolve_device, seed_everything
 
 RESULTS_VERSION = 1
@@ -167,9 +167,10 @@ class Analysis:
             picks = parse_heatmaps(spec)
         labels = self.meta.get("label_names")
         folder = Path(directory) / "heatmaps"
-        if folder.is_dir():  # drop the previous analysis' pictures: they may show other filters or thresholds
-            for old in folder.glob("*.png"):
-                old.unlink()
+        if folder.is_dir():  # drop the previous analysis' pictures (they may show other filters or thresholds), not
+            for old in folder.glob("*.png"):  # the user's: only filterlens' names, <layer>-filter3.png
+                if HEATMAP.match(old.name):
+                    old.unlink()
         out = []
         for layer, c in picks:
             est = self.sfp[layer]
@@ -184,16 +185,12 @@ class Analysis:
     def load(cls, directory) -> "Analysis":
         """An analysis written by :meth:`save` (or by ``filterlens analyze``/``run``), every file checked against
         the checksum its stage recorded; the stage-2 arrays with it when they are there."""
-        import csv
+        from .results import load_run
 
-        rd = RunDir(directory)
-        res = rd.read_results()
-        rd.verify(FILTERS)
-        with open(rd.file(FILTERS), newline="") as fh:
-            filters = list(csv.DictReader(fh))
-        probes = ProbeResult.load(rd.path) if all(rd.exists(f) for f in PROBE_FILES) else None
-        meta = {k: v for k, v in res.items() if k not in ("layers", "version")}
-        return cls(res["layers"], filters, probes, {}, meta)
+        run = load_run(directory)  # the checks of filterlens report: checksums, the shapes of results and tables
+        probes = ProbeResult.load(run.path) if all((run.path / f).exists() for f in PROBE_FILES) else None
+        meta = {k: v for k, v in run.results.items() if k not in ("layers", "version")}
+        return cls(run.results.get("layers", []), run.table("filters"), probes, {}, meta)
 
 
 def html_table(rows: list[dict], columns: list[str], caption: str = "") -> str:
@@ -266,9 +263,7 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     t0 = time.perf_counter()
     layers = resolve_layers(model, data.input_shape, cfg.layers, cfg.tokens)
     check_heatmaps(cfg.heatmaps, layers)
-    cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir
-    if cache_dir is not None:
-        cache_dir = RunDir.validate(cache_dir, "cache directory")
+    cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir  # checked by train_probes before any work
     feed = Feed(data, device, seed=cfg.seed, num_workers=cfg.num_workers, rank=dist_.rank(),
                 world_size=dist_.world_size())
     pr = train_probes(model, layers, feed, cfg, cache_dir=cache_dir, progress=show, echo=echo,
@@ -366,9 +361,11 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
     Every setting and input is checked before any work; the run directory is locked for the
     command. Under torchrun every rank computes its shard and the same global result; rank 0 writes it.
     """
+    from .checks import of_type
     from .train import load_trained
 
     rd = RunDir(RunDir.validate(run_dir))
+    of_type(overrides, (dict, type(None)), "overrides", "a dict of settings, e.g. {'threshold': 0.4}")
     if not rd.path.is_dir():
         raise FilterlensError(f"'{rd.path}' is not a trained run directory; run filterlens train --run-dir first")
     with rd.lock("filterlens analyze"):

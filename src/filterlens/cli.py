@@ -277,6 +277,9 @@ def cmd_sweep(args) -> int:
         raise FilterlensError(f"shard '{args.shard}' is invalid; use i/n, e.g. 0/4") from None
     if args.jobs < 1:
         raise FilterlensError(f"jobs = {args.jobs} must be >= 1")
+    if args.num_labels is not None and not args.num_labels.strip():
+        raise FilterlensError("--num-labels '' is empty; give two or more label counts, e.g. 3,5,10 (without the flag: "
+                              "3,5,10)")
     out = run_sweep(cfg, args.run_dir, cfg.num_labels or "3,5,10", cfg.subsets, cfg.sweep_layers, args.jobs, (i, n),
                     merge_only=args.merge)
     if out is not None:
@@ -368,6 +371,15 @@ def main(argv=None) -> int:
         distributed.cleanup()
 
 
+def _is_run_dir(path) -> bool:
+    try:
+        from .folders import kind_of
+
+        return kind_of(str(path)) == "run"
+    except Exception:  # noqa: BLE001 - reporting an error must not raise another
+        return False
+
+
 def _internal_error(args) -> int:
     """An unexpected exception: its traceback goes to a log file (in the run directory when there is one,
     else a temporary file), and one line names that file. Exit status 1."""
@@ -379,7 +391,7 @@ def _internal_error(args) -> int:
     exc_line = text.strip().splitlines()[-1] if text.strip() else "unknown error"
     run_dir = getattr(args, "run_dir", None)
     log = None
-    if run_dir and os.path.isdir(str(run_dir)):
+    if run_dir and _is_run_dir(run_dir):  # never into a folder filterlens did not make
         try:
             log = os.path.join(str(run_dir), f"filterlens-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
             with open(log, "w", encoding="utf-8") as fh:

@@ -257,6 +257,8 @@ def parse_labels(spec, label_names: Sequence[str]) -> list[int]:
             if head == "first":
                 return list(range(k))
             seed = _parse_int(parts[2], spec) if len(parts) == 3 else 0
+            if seed < 0:
+                raise FilterlensError(f"seed {seed} in label spec '{spec}' is negative; use random:K:SEED with SEED >= 0")
             rng = np.random.default_rng(seed)
             return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
         items = [t.strip() for t in text.split(",") if t.strip()]
@@ -489,10 +491,31 @@ def load_data(dataset: str = "digits", data_dir=None, labels=None, download: boo
     split_seed : seed of digits' fixed train/test split.
     train_samples, test_samples : keep a seeded random subset of this many samples (0: all).
     """
+    _check_load_args(dataset, data_dir, labels, download, image_size, split_seed, train_samples, test_samples)
     data = _load_data(dataset, data_dir, labels, download, image_size, split_seed)
     data.train = _limit(data.train, train_samples, split_seed)
     data.test = _limit(data.test, test_samples, split_seed + 1)
     return data
+
+
+def _check_load_args(dataset, data_dir, labels, download, image_size, split_seed, train_samples,
+                     test_samples) -> None:
+    """The types :func:`load_data` takes, refused in one line before anything is read."""
+    from .checks import of_type, path_arg
+
+    of_type(dataset, str, "dataset", f"a dataset name: {', '.join(DATASETS)}")
+    if data_dir is not None:
+        path_arg(data_dir, "data folder")
+    if labels is not None and not isinstance(labels, str):
+        of_type(labels, (list, tuple), "labels", "a label spec (all, first:K, random:K:SEED, '3,5,7') or a list of "
+                                              "label names or indices")
+    of_type(download, bool, "download", "True or False")
+    if image_size is not None:
+        of_type(image_size, int, "image_size", "an int (pixels) or None")
+    for name, value in (("split_seed", split_seed), ("train_samples", train_samples), ("test_samples", test_samples)):
+        of_type(value, int, name, "an int >= 0")
+        if value < 0:
+            raise FilterlensError(f"{name} = {value} is negative; give an int >= 0")
 
 
 def _limit(split, n: int, seed: int):

@@ -5,10 +5,15 @@
 * ``groups``: the layers are packed into the fewest groups whose caches fit the budget (first fit,
   largest layer first); one capture pass per group (each stops after its group's deepest layer),
   the group's probes trained from its cache, which is then freed.
-* ``disk``: the cache memory-mapped in a directory, filled once (``{prefix}.f16`` plus a marker
-  written only once the fill is complete, so an interrupted fill is never read as complete; a
-  resumed analysis with the same model, layers and data reuses a complete one), read back row by
-  row in the shared order; removed once the probes are trained.
+* ``disk``: the cache memory-mapped in a folder of its own, ``filterlens-cache`` inside the cache
+  directory (made and marked by filterlens; :class:`DiskCache`), filled once, read back row by row in
+  the shared order. Its files are named by a key of the model, layers, data and rows; a completion
+  marker written last holds the sha256 of every file, so an interrupted fill is never read as complete,
+  and a resumed analysis reuses a complete cache only once its checksums match (a damaged one is
+  rebuilt, with one line saying so). One command at a time per key (a lock file). Once the probes are
+  trained it deletes its own files, then its folder and the folders it made for it when nothing else
+  is left in them; it never deletes anything else, and refuses a cache directory that is a run or
+  sweep directory or a ``filterlens-cache`` folder holding files it did not write.
 * ``stream``: one forward pass per probe epoch that updates every probe (augmentation forces it).
 
 Whichever cache is used, a layer's probe starts from the same weights and sees the same mini-batches
@@ -35,7 +40,9 @@ import torch
 
 from .capture import Capture, CaptureLayer, FeatureCache
 from .errors import FilterlensError
-from .files import TMP_SUFFIX, read_json, write_json
+from .files import read_json, sha256_file, write_bytes, write_json
+from .folders import (CACHE_FILE, CACHE_FOLDER, MARK, is_temporary, kind_of, make_dirs, mark, named, read_mark,
+                      remove_empty)
 
 ENGINES = ("auto", "memory", "groups", "disk", "stream")
 
@@ -98,14 +105,17 @@ def forward_seconds(model, layers: Sequence[CaptureLayer], pool, loader, batches
 
 
 def disk_speed(directory: Path, nbytes: int = 64 * 2**20) -> tuple[float, float]:
-    """(write, read) bytes per second of ``directory``: a scratch file written, flushed, dropped from the page
-    cache where the OS allows, read back, removed."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f".speed{os.getpid()}{TMP_SUFFIX}"
+    """(write, read) bytes per second where ``directory`` will be: a scratch file in its nearest existing folder
+    (nothing is created for it), written, flushed, dropped from the page cache where the OS allows, read back,
+    removed."""
+    import tempfile
+
     block = np.random.default_rng(0).integers(0, 255, 8 * 2**20, dtype=np.uint8).tobytes()
+    fd, name = tempfile.mkstemp(prefix=".speed.", suffix=".tmp", dir=_existing(directory))
+    path = Path(name)
     try:
         t0 = time.perf_counter()
-        with open(path, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:
             for _ in range(max(1, nbytes // len(block))):
                 fh.write(block)
             fh.flush()
@@ -126,7 +136,7 @@ def disk_speed(directory: Path, nbytes: int = 64 * 2**20) -> tuple[float, float]
     return write, read
 
 
-def cache_key(model: torch.nn.Module, layers: Sequence[CaptureLayer], data_description: dict, rows: int,
+def cache_key(model: torch.nn.Module, layers: Sequence[CaptureLayer], data_description: dict, rows,
               tag: str) -> str:
     """What a disk cache holds: the weights, the layers and their shapes, the data, the rows (rank shard)."""
     h = hashlib.sha256()
@@ -138,21 +148,182 @@ def cache_key(model: torch.nn.Module, layers: Sequence[CaptureLayer], data_descr
     return h.hexdigest()[:24]
 
 
-def open_disk_cache(layers: Sequence[CaptureLayer], rows: int, directory: Path, prefix: str,
-                    key: str) -> tuple[FeatureCache, bool]:
-    """A memory-mapped cache in ``directory``; (cache, complete): complete only when its marker says a fill
-    with the same ``key`` finished (an interrupted fill has no marker and is filled again)."""
-    marker = directory / f"{prefix}.json"
-    total = sum(cl.features for cl in layers)
-    if marker.exists() and (directory / f"{prefix}.f16").exists():
+def cache_home(cache_dir) -> Path | None:
+    """The disk cache's own folder inside the user's ``cache_dir`` (``filterlens-cache``), checked before any work:
+    ``cache_dir`` is a folder path that is not a run or sweep directory, and a ``filterlens-cache`` folder already
+    in it is filterlens' and holds nothing else. None when no cache directory is given."""
+    if cache_dir is None:
+        return None
+    from .rundir import RunDir
+
+    root = RunDir.validate(cache_dir, "cache directory", own_folder=False)
+    kind = kind_of(root)
+    if kind in ("run", "sweep"):
+        raise FilterlensError(f"cache directory '{root}' is a {kind} directory; give the disk cache another "
+                              f"--cache-dir (it makes a folder '{CACHE_FOLDER}' of its own there)")
+    home = root if kind == "cache" else root / CACHE_FOLDER
+    check_home(home)
+    return home
+
+
+def check_home(home: Path) -> None:
+    """Refuse a cache folder that filterlens did not make, or that holds files the disk cache did not write."""
+    if not home.exists():
+        return
+    if not home.is_dir():
+        raise FilterlensError(f"'{home}' is a file, not the disk cache's folder; remove it or choose another "
+                              "--cache-dir")
+    foreign = sorted(p.name for p in home.iterdir()
+                     if not (CACHE_FILE.match(p.name) or p.name == MARK or is_temporary(p.name)) or p.is_dir())
+    found = read_mark(home)
+    if foreign or found is None or found["kind"] != "cache":
+        what = f"holds files filterlens did not write ({named(foreign[:4], len(foreign) > 4)})" if foreign else \
+            "was not made by filterlens"
+        raise FilterlensError(f"the disk cache's folder '{home}' {what}; remove them or choose another --cache-dir")
+
+
+class DiskCache:
+    """The float16 features of one group of layers on disk: ``<key>.train.f16`` and ``.labels``, the same for
+    ``test``, the label means (``<key>.means.pt``) and, written last, the completion marker ``<key>.json`` with
+    every file's sha256. ``<key>.lock`` keeps a second command off the same cache while this one uses it.
+
+    :meth:`open` makes (or checks) the folder, takes the lock and opens the files: a complete cache whose
+    checksums match is reused; a damaged one is rebuilt, saying so through ``echo``. :meth:`finish` after the
+    fill; :meth:`remove` once the probes are trained (also the folder when nothing else is left, and the folders
+    made for it); :meth:`release` when interrupted (the files stay for the next run).
+    """
+
+    SPLITS = ("train", "test")
+
+    def __init__(self, home: Path, layers: Sequence[CaptureLayer], rows: dict, key: str, echo=print):
+        self.home, self.layers, self.rows, self.key, self.echo = Path(home), list(layers), dict(rows), key, echo
+        self.caches: dict[str, FeatureCache] = {}
+        self.means: dict | None = None
+        self._lock = None
+
+    def _names(self) -> list[str]:
+        return [f"{self.key}.{s}.{x}" for s in self.SPLITS for x in ("f16", "labels")] + [f"{self.key}.means.pt"]
+
+    def _marker(self) -> Path:
+        return self.home / f"{self.key}.json"
+
+    def open(self) -> bool:
+        """True when a complete, intact cache is reused (``caches`` and ``means`` read from it); False when the
+        caches are to be filled."""
+        self._make_home()
+        self._take_lock()
+        why = self._damage()
+        if why is None:
+            try:
+                self.caches = {s: FeatureCache.open(self.layers, self.rows[s], self.home, f"{self.key}.{s}")
+                               for s in self.SPLITS}
+                self.means = torch.load(self.home / f"{self.key}.means.pt", map_location="cpu", weights_only=True)
+                return True
+            except Exception as exc:  # noqa: BLE001 - whatever the reason, the cache is filled again
+                why = f"it cannot be read ({type(exc).__name__})"
+        if why:
+            self.echo(f"note: the disk cache in {self.home} was damaged after it was written ({why}); it is rebuilt")
+        self._marker().unlink(missing_ok=True)
+        self.caches = {s: FeatureCache(self.layers, self.rows[s], self.home, f"{self.key}.{s}") for s in self.SPLITS}
+        return False
+
+    def _damage(self) -> str | None:
+        """None when a complete cache is there and every file matches its checksum; "" when no fill completed;
+        else what is wrong."""
+        marker = self._marker()
+        if not marker.exists():
+            return ""
         try:
             done = read_json(marker)
         except FilterlensError:
-            done = {}
-        if done.get("key") == key and done.get("rows") == rows and done.get("features") == total:
-            return FeatureCache.open(layers, rows, directory, prefix), True
-    marker.unlink(missing_ok=True)
-    return FeatureCache(layers, rows, directory, prefix), False
+            return "its completion marker is not valid JSON"
+        total = sum(cl.features for cl in self.layers)
+        if not (isinstance(done, dict) and done.get("key") == self.key and done.get("rows") == self.rows
+                and done.get("features") == total and isinstance(done.get("sha256"), dict)):
+            return "its completion marker does not describe this cache"
+        for name in self._names():
+            path = self.home / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if sha256_file(path) != done["sha256"].get(name):
+                return f"{name} differs from its checksum"
+        return None
+
+    def finish(self, means: dict) -> None:
+        """After the fill: flush the memory maps, save the label means, then the marker with every checksum."""
+        import io
+
+        for cache in self.caches.values():
+            cache.flush()
+        buf = io.BytesIO()
+        torch.save(means, buf)
+        write_bytes(self.home / f"{self.key}.means.pt", buf.getvalue(), private=True)
+        sums = {name: sha256_file(self.home / name) for name in self._names()}
+        write_json(self._marker(), {"key": self.key, "rows": self.rows, "features": sum(cl.features for cl in self.layers),
+                                    "sha256": sums, "complete": True}, private=True)
+
+    def release(self) -> None:
+        """Let go of the cache, keeping its files (an interrupted analysis reuses a complete one)."""
+        self.caches = {}
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def remove(self) -> None:
+        """Delete this cache's files; then the folder, and the folders made for it, when nothing else is left."""
+        self.caches = {}
+        for name in self._names() + [self._marker().name]:
+            (self.home / name).unlink(missing_ok=True)
+        if self._lock is not None:
+            (self.home / f"{self.key}.lock").unlink(missing_ok=True)
+        self.release()
+        _tidy(self.home)
+
+    def _make_home(self) -> None:
+        """The cache's folder, made under a temporary name with its marker inside, then renamed into place (so it
+        never exists unmarked); the folders made for it are recorded in the marker."""
+        import shutil
+        import tempfile
+
+        if self.home.is_dir():
+            check_home(self.home)
+            return
+        made = make_dirs(self.home.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_FOLDER}.", suffix=".tmp", dir=self.home.parent))
+        mark(tmp, "cache", private=True, made=[str(m) for m in made])
+        try:
+            os.rename(tmp, self.home)
+        except OSError:  # another command made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+            check_home(self.home)
+
+    def _take_lock(self) -> None:
+        from filelock import FileLock, Timeout
+
+        self._lock = FileLock(str(self.home / f"{self.key}.lock"), timeout=0)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            self._lock = None
+            raise FilterlensError(f"the disk cache of this model and data in '{self.home}' is in use by another "
+                                  "filterlens command; wait for it to finish, or choose another --cache-dir") from None
+
+
+def _tidy(home: Path) -> None:
+    """Remove the cache folder once only its marker is left in it, then the folders filterlens made for it."""
+    try:
+        if any(p.name != MARK for p in home.iterdir()):
+            return
+    except FileNotFoundError:
+        return
+    made = (read_mark(home) or {}).get("made") or []
+    (home / MARK).unlink(missing_ok=True)
+    try:
+        home.rmdir()
+    except OSError:  # another command put its files here meanwhile: the folder stays, marked again
+        mark(home, "cache", private=True, made=made)
+        return
+    remove_empty(made)
 
 
 def bound_resident(cache: FeatureCache, budget: int) -> FeatureCache:
@@ -161,23 +332,12 @@ def bound_resident(cache: FeatureCache, budget: int) -> FeatureCache:
     return cache
 
 
-def finish_disk_cache(cache: FeatureCache, directory: Path, prefix: str, key: str) -> None:
-    """Flush the memory map, then write the marker that makes the cache complete."""
-    cache.flush()
-    write_json(directory / f"{prefix}.json", {"key": key, "rows": cache.num_samples,
-                                              "features": int(cache.data.shape[1]), "complete": True})
-
-
-def remove_disk_cache(directory: Path | None, prefixes: Sequence[str]) -> None:
-    if directory is None:
-        return
-    for prefix in prefixes:
-        for suffix in (".f16", ".labels", ".json"):
-            (directory / f"{prefix}{suffix}").unlink(missing_ok=True)
-    try:
-        directory.rmdir()  # only when nothing else is left in it
-    except OSError:
-        pass
+def size_text(nbytes: float) -> str:
+    """A size for messages, never rounded to a contradiction: 11.6 KiB, 3.0 MiB, 2.5 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} B"
 
 
 def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: int, budget: int, rows: int,
@@ -188,8 +348,7 @@ def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: in
     its own per-step overhead, so more groups cost more)."""
     if want not in ENGINES:
         raise FilterlensError(f"engine '{want}' is invalid; valid: {', '.join(ENGINES)}")
-    mib = 2**20
-    size_note = f"features {need / mib:.0f} MiB, cache budget {budget / mib:.0f} MiB"
+    size_note = f"features {size_text(need)}, cache budget {size_text(budget)}"
     if augment:
         if want not in ("auto", "stream"):
             raise FilterlensError(f"engine '{want}' caches features, but probe augmentation changes them every epoch; "
@@ -199,21 +358,21 @@ def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: in
     fits = need <= budget
     if want == "memory" or (want == "auto" and fits):
         if not fits:
-            raise FilterlensError(f"engine memory needs {need / mib:.0f} MiB of feature cache, over the cache budget "
-                                  f"{budget / mib:.0f} MiB; raise --cache-budget or use --engine auto, groups, disk or "
+            raise FilterlensError(f"engine memory needs {size_text(need)} of feature cache, over the cache budget "
+                                  f"{size_text(budget)}; raise --cache-budget or use --engine auto, groups, disk or "
                                   "stream")
         plan = EnginePlan("memory", [list(layers)], note=f"all layers cached in memory ({size_note})")
         if device.type == "cuda" and need + 8 * rows < torch.cuda.mem_get_info(device)[0] // 2:
             plan.cache_device = device
-            plan.note = f"feature cache ({need / mib:.0f} MiB) kept on {device}"
+            plan.note = f"feature cache ({size_text(need)}) kept on {device}"
         return plan
     groups = group_layers(layers, rows, budget)
     if want == "groups":
         if groups is None:
             big = max(layers, key=lambda cl: cl.features)
             raise FilterlensError(f"engine groups: layer '{big.name}' alone needs "
-                                  f"{FeatureCache.nbytes([big], rows) / mib:.0f} MiB, over the cache budget "
-                                  f"{budget / mib:.0f} MiB; raise --cache-budget or use --engine disk or stream")
+                                  f"{size_text(FeatureCache.nbytes([big], rows))}, over the cache budget "
+                                  f"{size_text(budget)}; raise --cache-budget or use --engine disk or stream")
         return EnginePlan("groups", groups, note=f"{len(groups)} layer groups, one capture pass each ({size_note})")
     if want in ("disk", "auto") and cache_dir is None:
         raise FilterlensError("engine disk needs a cache directory (--cache-dir)")

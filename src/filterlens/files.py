@@ -31,11 +31,12 @@ def write_with(path, write: Callable[[Any], None]) -> Path:
     return _atomic(path, write)
 
 
-def _atomic(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
+def _atomic(path, write: Callable[[Any], None], mode: str = "wb", private: bool = False) -> Path:
     from .distributed import check_write
 
     path = Path(path)
-    check_write(path)  # under torchrun only rank 0 writes
+    if not private:
+        check_write(path)  # under torchrun only rank 0 writes
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
@@ -56,8 +57,10 @@ def _atomic(path, write: Callable[[Any], None], mode: str = "wb") -> Path:
     return path
 
 
-def write_bytes(path, data: bytes) -> Path:
-    return _atomic(path, lambda fh: fh.write(data))
+def write_bytes(path, data: bytes, private: bool = False) -> Path:
+    """``data`` into ``path`` (a temporary file, then a rename). ``private``: a file of this process' own (the disk
+    cache of one rank under torchrun), written by any rank; results are written by rank 0 only."""
+    return _atomic(path, lambda fh: fh.write(data), private=private)
 
 
 def write_text(path, text: str) -> Path:
@@ -79,8 +82,8 @@ def _jsonable(obj):
     return obj
 
 
-def write_json(path, obj) -> Path:
-    return write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+def write_json(path, obj, private: bool = False) -> Path:
+    return write_bytes(path, (json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n").encode("utf-8"), private)
 
 
 def read_json(path):

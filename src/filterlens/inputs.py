@@ -40,9 +40,10 @@ def as_data(train: Any, test: Any = None, labels: Sequence[str] | None = None, n
             raise FilterlensError("labels= names the labels of your own data; a named dataset's Data has its names "
                                   "(choose a subset with load_data(..., labels=...))")
         return train
+    first = _split(train, "train")
     if test is None:
         raise FilterlensError(f"test data is missing; give the train and the test split, each {ACCEPTED}")
-    splits = [_split(train, "train"), _split(test, "test")]
+    splits = [first, _split(test, "test")]
     shapes = [_first_shape(s, w) for s, w in zip(splits, ("train", "test"))]
     if shapes[0] != shapes[1]:
         raise FilterlensError(f"train images have shape {shapes[0]} but test images {shapes[1]}; both splits must "

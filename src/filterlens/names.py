@@ -53,7 +53,11 @@ TABLES = {"layers": LAYERS, "filters": FILTERS, "thresholds": THRESHOLDS, "boots
 # the files the report reads (each verified against its checksum when a stage recorded it)
 REPORT_READS = (RESULTS, LAYERS, FILTERS, THRESHOLDS, BOOTSTRAP, AFCC, AFCC_THRESHOLDS, AFCC_PRUNING, SWEEP_JSON,
                 ACCURACY_PNG, CLUSTERS_PNG, AFCC_PNG, PROBES, LABEL_MEANS, THUMBNAILS)
-# every file a run may write; --overwrite removes only these
+# the files a run writes at its top level (stages.json records most of them; these names are filterlens' own in
+# a folder it made, and --overwrite removes them: nothing else but what a stage recorded)
 RUN_FILES = (CONFIG, CHECKPOINT, MODEL, TRAIN_LOG, TRAIN_SUMMARY, RESULTS, LAYERS, FILTERS, PROBES, LABEL_MEANS,
-             PROBES_JSON, ACCURACY_PNG, CLUSTERS_PNG, THRESHOLDS, BOOTSTRAP, THUMBNAILS, HEATMAPS, CACHE_DIR, MANIFEST,
-             "units", REPORT, AFCC, AFCC_PNG, AFCC_MODEL, AFCC_PRUNING, AFCC_THRESHOLDS, AFCC_PRUNED, SWEEP)
+             PROBES_JSON, ACCURACY_PNG, CLUSTERS_PNG, THRESHOLDS, BOOTSTRAP, THUMBNAILS, MANIFEST, REPORT, AFCC,
+             AFCC_PNG, AFCC_MODEL, AFCC_PRUNING, AFCC_THRESHOLDS, AFCC_PRUNED, "task.json")
+# a sweep directory's own files, beside its model folders (L005-s1/, run directories)
+SWEEP_FILES = ("sweep_plan.json", "sweep.csv", "sweep_counts.csv", "sweep.json", "sweep_error.png",
+               "sweep_clusters.png")

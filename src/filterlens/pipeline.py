@@ -11,7 +11,7 @@ import time
 
 from .config import STAGE_ORDER, Config
 from .errors import FilterlensError, closest
-from .names import LABEL_MEANS, REPORT, STAGE_FILES, SWEEP_CSV, SWEEP_JSON
+from .names import LABEL_MEANS, PROBES_JSON, REPORT, STAGE_FILES, SWEEP_CSV, SWEEP_JSON
 from .rundir import RunDir
 
 
@@ -26,7 +26,10 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
     with a changed or missing file is run again, and so is everything after a stage that runs.
     ``from_stage`` forces that stage and the later ones. Returns the per-stage records.
     """
-    if from_stage is not None and from_stage not in PIPELINE:
+    from .checks import of_type
+
+    of_type(cfg, Config, "cfg", "a filterlens.config.Config")
+    if from_stage is not None and (not isinstance(from_stage, str) or from_stage not in PIPELINE):
         raise FilterlensError(f"unknown stage '{from_stage}'{closest(from_stage, PIPELINE)}; valid: "
                               f"{', '.join(PIPELINE)}")
     cfg.validate()
@@ -110,11 +113,20 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
         from .afcc.apply import choose_layers
 
         choose_layers(layers, cfg.afcc_layers, {l.name for l in analysed})
+    if "sweep" in plan:
+        from .data import dataset_spec
+        from .sweep import parse_counts
+
+        parse_counts(cfg.num_labels, dataset_spec(cfg.dataset).num_labels)
 
 
 def _train(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
-    from .train import train
+    from .train import checkpoint_damage, train
 
+    damage = checkpoint_damage(rd) if rd.exists("checkpoint.pt") and not fresh else None
+    if damage:  # nothing to resume from: the training starts again (and writes a new checkpoint)
+        echo(f"note: {rd.file('checkpoint.pt')} is damaged ({damage}); it cannot be resumed: training starts again")
+        fresh = True
     train(cfg, rd.path, resume=rd.exists("checkpoint.pt") and not fresh, overwrite=fresh, echo=echo)
 
 
@@ -172,8 +184,15 @@ _RUN = {"train": _train, "probes": _probes, "sfp": _sfp, "afcc": _afcc, "sweep":
 
 
 def _has_fields(rd: RunDir) -> bool:
-    if not rd.exists(LABEL_MEANS):
+    """Whether stage 2 kept the per-sample fields the bootstrap needs (probes.json says so; without torch)."""
+    if not rd.exists(LABEL_MEANS) or not rd.exists(PROBES_JSON):
         return False
-    import torch
+    try:
+        meta = rd.read_json(PROBES_JSON)
+    except FilterlensError:
+        return False
+    if isinstance(meta, dict) and "fields_kept" in meta:
+        return bool(meta["fields_kept"])
+    import torch  # a run of an earlier filterlens: look inside
 
     return "fields" in torch.load(rd.file(LABEL_MEANS), map_location="cpu", weights_only=True)

@@ -123,7 +123,7 @@ class ProbeResult:
         written.append(write_json(d / PROBES_JSON, {
             "hash": settings_hash, "mode": self.mode, "engine": self.engine, "engine_choice": self.engine_plan,
             "recipe": asdict(self.recipe), "note": self.note, "forward_passes": self.forward_passes,
-            "timings": self.timings, "data": self.data,
+            "timings": self.timings, "data": self.data, "fields_kept": "fields" in blob,
             "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
                         "shape": list(r.shape), "layer_shape": list(r.layer_shape), "features": r.features,
                         "accuracy": r.accuracy, "train_accuracy": r.train_accuracy} for r in self.layers]}))

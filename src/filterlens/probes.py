@@ -36,8 +36,7 @@ import torch.nn as nn
 from . import distributed as dist_
 from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture_pass, pooled_shape
 from .config import Config, parse_bytes, parse_pool
-from .files import torch_save
-from .engine import EnginePlan, bound_resident, cache_key, finish_disk_cache, open_disk_cache, plan_engine, remove_disk_cache
+from .engine import CACHE_FOLDER, DiskCache, EnginePlan, bound_resident, cache_home, cache_key, plan_engine
 from .models import Layer
 from .probe_results import LayerProbeResult, ProbeRecipe, ProbeResult
 from .progress import progress_bar
@@ -225,9 +224,8 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
     ``cfg`` supplies ``probe_mode``, ``probe_epochs``, ``probe_lr``, ``probe_batch_size``,
     ``probe_weight_decay``, ``probe_pool``, ``probe_augment``, ``cache_budget``, ``engine`` and
     ``seed``; ``feed`` (:class:`~filterlens.loaders.Feed`) every batch of this rank, on the model's device;
-    ``cache_dir`` is where the disk engine keeps its cache (a temporary directory when None). Under
-    torchrun every rank captures and trains on its shard (``probe_batch_size / N`` per rank and step,
-    gradients averaged), and every rank returns the same, global, result.
+    ``cache_dir`` is where the disk engine keeps its cache (a temporary directory when None). Under torchrun every rank captures and trains on its shard (``probe_batch_size / N`` per
+    rank and step, gradients averaged), and every rank returns the same, global, result.
     """
     import tempfile
 
@@ -240,15 +238,16 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
     # this rank's samples: the training shard padded to equal length, the test shard not
     n_train, n_test = feed.n_train, feed.n_test
     need = FeatureCache.nbytes(cls, n_train + n_test)
-    scratch = None
-    if cache_dir is None and cfg.engine in ("auto", "disk") and need > parse_bytes(cfg.cache_budget):
-        scratch = cache_dir = Path(tempfile.mkdtemp(prefix="filterlens-cache-"))
+    scratch, home = None, cache_home(cache_dir)  # the disk cache's own folder inside cache_dir (checked here)
+    if home is None and cfg.engine in ("auto", "disk") and need > parse_bytes(cfg.cache_budget):
+        scratch = Path(tempfile.mkdtemp(prefix="filterlens-cache-"))
+        home = scratch / CACHE_FOLDER
     try:
         plan = plan_engine(model, cls, pool, cfg.engine, need, parse_bytes(cfg.cache_budget), n_train + n_test,
-                           recipe.epochs, n_train, recipe.augment, device, cache_dir, feed.train,
+                           recipe.epochs, n_train, recipe.augment, device, home, feed.train,
                            lambda group: _training_seconds(group, feed.num_labels, recipe, batch, n_train, device))
         echo(f"note: {plan.note}")
-        run = _Run(model, pool, feed, cfg, recipe, batch, progress, keep_fields)
+        run = _Run(model, pool, feed, cfg, recipe, batch, progress, keep_fields, echo)
         if plan.engine == "stream":
             parts = [run.stream(cls)]
         else:
@@ -281,10 +280,10 @@ def _training_seconds(group: list[CaptureLayer], num_labels: int, recipe: ProbeR
 class _Run:
     """One probe stage's settings, and the two ways a group of layers is trained: from a cache, or streamed."""
 
-    def __init__(self, model, pool, feed, cfg, recipe, batch, progress, keep_fields):
+    def __init__(self, model, pool, feed, cfg, recipe, batch, progress, keep_fields, echo=print):
         self.model, self.pool, self.feed, self.cfg, self.recipe = model, pool, feed, cfg, recipe
         self.device, self.batch, self.progress, self.keep_fields = feed.device, batch, progress, keep_fields
-        self.rank, self.world = feed.rank, feed.world_size
+        self.rank, self.world, self.echo = feed.rank, feed.world_size, echo
 
     def _bar(self, desc):
         return lambda it: progress_bar(it, self.progress, desc=desc)
@@ -294,37 +293,47 @@ class _Run:
                          test_index=self.feed.test_index)
 
     def cached(self, group: list[CaptureLayer], plan: EnginePlan) -> dict:
-        """One capture pass of ``group`` into a cache (memory or disk), its probes trained from it."""
-        L, timings = self.feed.num_labels, {}
+        """One capture pass of ``group`` into a cache (memory or disk), its probes trained from it. A disk cache
+        is deleted once the probes are trained; an interrupted run leaves it for the next (engine.DiskCache)."""
         n_train, n_test = self.feed.n_train, self.feed.n_test
+        disk = None
+        if plan.engine == "disk":
+            tag = f"-rank{self.rank}" if self.world > 1 else ""
+            rows = {"train": n_train, "test": n_test}
+            disk = DiskCache(plan.cache_dir, group, rows, cache_key(self.model, group, self.feed.describe(), rows, tag),
+                             self.echo)
+        try:
+            out = self._from_cache(group, plan, n_train, n_test, disk)
+        except BaseException:
+            if disk is not None:
+                disk.release()
+            raise
+        if disk is not None:
+            disk.remove()
+        return out
+
+    def _from_cache(self, group, plan, n_train, n_test, disk) -> dict:
+        L, timings = self.feed.num_labels, {}
         probes = ProbeSet(group, L, self.recipe, seed=self.cfg.seed, device=self.device)
         means = LabelMeanSink(group, L, device=self.device)
         ev = self._eval(probes)
         t0 = time.perf_counter()
-        tag = f"-rank{self.rank}" if self.world > 1 else ""
-        caches, fresh = {}, False
-        for split, n in (("train", n_train), ("test", n_test)):
-            if plan.engine == "disk":
-                key = cache_key(self.model, group, self.feed.describe(), n, split + tag)
-                caches[split], done = open_disk_cache(group, n, plan.cache_dir, split + tag, key)
-                bound_resident(caches[split], parse_bytes(self.cfg.cache_budget))
-                caches[split].key, fresh = key, fresh or not done
-            else:
-                caches[split] = FeatureCache(group, n, None, split + tag, device=plan.cache_device)
-                fresh = True
-        means_file = plan.cache_dir / f"test{tag}.means.pt" if plan.engine == "disk" else None
-        if fresh or plan.engine != "disk":
+        fresh = disk is None or not disk.open()
+        if disk is not None:
+            caches = {s: bound_resident(c, parse_bytes(self.cfg.cache_budget)) for s, c in disk.caches.items()}
+        else:
+            caches = {s: FeatureCache(group, n, None, s, device=plan.cache_device)
+                      for s, n in (("train", n_train), ("test", n_test))}
+        if fresh:
             with Capture(self.model, [cl.layer for cl in group], self.pool) as cap:
                 capture_pass(cap, self.feed.train, [caches["train"]], progress=self._bar("capture train"))
                 # the label means from the float32 maps, as the other engines compute them
                 capture_pass(cap, self.feed.test, [caches["test"], means], progress=self._bar("capture test"))
-            if plan.engine == "disk":
-                torch_save(means_file, {"sums": means.sums, "counts": means.counts})
-                for split in ("train", "test"):
-                    finish_disk_cache(caches[split], plan.cache_dir, split + tag, caches[split].key)
-        else:  # a complete disk cache of an interrupted analysis: its label means were saved with it
-            saved = torch.load(means_file, map_location=self.device, weights_only=True)
-            means.sums, means.counts = saved["sums"], saved["counts"]
+            if disk is not None:
+                disk.finish({"sums": means.sums, "counts": means.counts})
+        else:  # a complete, verified disk cache of an interrupted analysis: its label means were saved with it
+            means.sums = {k: v.to(self.device) for k, v in disk.means["sums"].items()}
+            means.counts = disk.means["counts"].to(self.device)
         timings["capture_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         seed = self.cfg.seed if self.world == 1 else derive_seed(self.cfg.seed, self.rank)
@@ -344,10 +353,6 @@ class _Run:
                        .reshape(len(y), *cl.shape) for cl in group}, y)
             test.touch(2 * len(y) * test.data.shape[1])
         timings["eval_s"] = time.perf_counter() - t0
-        if plan.engine == "disk":
-            del caches, test
-            means_file.unlink(missing_ok=True)
-            remove_disk_cache(plan.cache_dir, ["train" + tag, "test" + tag])
         return {"probes": probes, "means": means, "ev": ev, "train_acc": train_acc, "timings": timings}
 
     def stream(self, cls: list[CaptureLayer]) -> dict:

@@ -35,38 +35,61 @@ class Run:
     """A finished run directory: ``results`` (the parsed results.json), ``config``, and its tables.
 
     ``run.table("layers")`` is a list of dicts (numbers converted); ``run.frame("layers")`` the same as a
-    pandas DataFrame (pandas needed); ``run.tables()`` lists those present.
+    pandas DataFrame (pandas needed); ``run.tables()`` lists those present. Every file is read through the
+    checks of ``filterlens report``: a file whose content changed since its stage recorded it
+    (``stages.json``), or of the wrong shape, is refused with one line (FilterlensError).
     """
 
     def __init__(self, path):
-        self.path = Path(path)
-        f = self.path / "results.json"
-        if not f.exists():
-            raise FilterlensError(f"'{self.path}' holds no results.json; run filterlens analyze or filterlens run first")
-        try:
-            self.results = json.loads(f.read_text())
-        except ValueError:
-            raise FilterlensError(f"'{f}' is not valid JSON (damaged?)") from None
-        if self.results.get("version") != 1:
-            raise FilterlensError(f"'{f}' has format version {self.results.get('version')!r}; this filterlens reads 1")
+        from .checks import path_arg
+        from .rundir import RunDir
+
+        self.path = path_arg(path, "run directory")
+        if not self.path.is_dir():
+            what = "does not exist" if not self.path.exists() else "is not a directory"
+            raise FilterlensError(f"run directory '{self.path}' {what}; give a run directory written by filterlens "
+                                  "analyze or filterlens run")
+        self._rd = RunDir(self.path)
+        self.results = self._rd.read_results()
         self.config = self.results.get("config", {})
 
     def tables(self) -> list[str]:
         return [name for name, file in TABLES.items() if (self.path / file).exists()]
 
-    def table(self, name: str) -> list[dict]:
-        if name not in TABLES:
-            raise FilterlensError(f"unknown table '{name}'; valid: {', '.join(TABLES)}")
+    def _table_file(self, name) -> Path:
+        """The checked file of table ``name``: a known table, present, unchanged since its stage wrote it."""
+        if not isinstance(name, str) or name not in TABLES:
+            raise FilterlensError(f"unknown table {name!r}; valid: {', '.join(TABLES)}")
         p = self.path / TABLES[name]
-        if not p.exists():
-            raise FilterlensError(f"this run has no {name} table ({p.name}); present: {', '.join(self.tables())}")
-        with open(p, newline="") as fh:
-            return [{k: _convert(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        if not p.is_file():
+            raise FilterlensError(f"this run has no {name} table ({TABLES[name]}); present: {', '.join(self.tables())}")
+        self._rd.verify(TABLES[name])
+        return p
+
+    def table(self, name: str) -> list[dict]:
+        p = self._table_file(name)
+        try:
+            with open(p, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise FilterlensError(f"'{p}' is damaged: not a CSV table ({type(exc).__name__})") from None
+        if not reader.fieldnames:
+            raise FilterlensError(f"'{p}' is damaged: it has no header row")
+        for i, row in enumerate(rows, start=2):
+            if None in row or None in row.values():
+                raise FilterlensError(f"'{p}' is damaged: line {i} has {'more' if None in row else 'fewer'} fields "
+                                      "than its header")
+        return [{k: _convert(v) for k, v in row.items()} for row in rows]
 
     def frame(self, name: str = "layers"):
-        import pandas as pd
-
-        return pd.read_csv(self.path / TABLES[name])
+        self.table(name)  # the same checks
+        try:
+            import pandas as pd
+        except ImportError:
+            raise FilterlensError("Run.frame needs pandas (pip install pandas); Run.table gives the same rows as "
+                                  "dicts") from None
+        return pd.read_csv(self._table_file(name))
 
     @property
     def layers(self) -> list[dict]:
@@ -79,9 +102,12 @@ class Run:
         from .probe_results import ProbeResult
 
         names = [r["layer"] for r in self.results.get("layers", [])]
-        if not isinstance(layer, str) or layer not in names:
-            raise FilterlensError(f"layer {layer!r} was not analysed in '{self.path}'; analysed: {', '.join(names)}")
-        r = ProbeResult.load(self.path).layer(layer)
+        if not isinstance(layer, str):
+            raise FilterlensError(f"layer {layer!r} is a {type(layer).__name__}; give the name of an analysed layer "
+                                  f"(a str): {', '.join(names)}")
+        if layer not in names:
+            raise FilterlensError(f"layer '{layer}' was not analysed in '{self.path}'; analysed: {', '.join(names)}")
+        r = ProbeResult.load(self.path).layer(layer)  # checked against stages.json, shapes included
         sfp_cfg = self.results.get("sfp", {})
         return unit_view(layer, index, r.unit_kind, r.weight, r.label_means,
                          (r.top_values, r.top_indices) if r.top_indices is not None else None,
@@ -134,9 +160,12 @@ def unit_view(layer: str, index, unit_kind: str, weight, means, top, threshold: 
     """Unit ``index`` of ``layer`` from its layer's probe weight and label means (:func:`sfp.analyze_unit`)."""
     from . import sfp
 
+    import numpy as np
+
     units = int(weight.shape[1])
-    if isinstance(index, bool) or not isinstance(index, int):
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
         raise FilterlensError(f"unit index {index!r} is a {type(index).__name__}; give an integer 0..{units - 1}")
+    index = int(index)
     if not 0 <= index < units:
         raise FilterlensError(f"unit {index} of layer '{layer}' is out of range; valid: 0..{units - 1}")
     u = sfp.analyze_unit(weight, means, index, threshold, normalise, top, k)

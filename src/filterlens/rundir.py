@@ -2,14 +2,20 @@
 
 A run directory holds ``config.json`` (the resolved settings) and every file a stage writes.
 
-* **Path**: checked before any work (:meth:`RunDir.validate`): not empty, not under a file, a
-  directory if it exists.
+* **Path**: checked before any work (:meth:`RunDir.validate`): a str or path, not empty, not under a
+  file, a directory if it exists, neither the filesystem root nor the home folder.
+* **Ownership** (:meth:`RunDir.check_folder`): a run directory is a folder filterlens made (marked with
+  ``.filterlens``, see :mod:`filterlens.folders`; one of an earlier filterlens is known by its
+  ``config.json``) or an empty one; any other folder is refused in one line naming files in it.
+  ``overwrite`` deletes only what filterlens wrote there (:func:`owned`): the files its stages recorded and
+  the names filterlens gives its files; the user's other files stay.
 * **Config**: a directory that already holds a run with different settings is refused unless
   ``overwrite`` is given (:meth:`RunDir.check`), so nothing is silently mixed or lost.
 * **One command at a time** (:meth:`RunDir.lock`): a lock file (the ``filelock`` package, an
   OS-level lock, so a lock left by a killed process does not block the next command) with the
   holder's process id beside it; a second command is refused in one line naming that process.
-  Once the lock is held, temporary files a killed command left behind are removed.
+  Once the lock is held, temporary files a killed command left behind are removed. A command refused
+  under the lock leaves no lock file (nor a folder) that it made.
 * **Checksums** (``stages.json``, :meth:`RunDir.record`): every stage records the settings hash
   it ran with and the sha256 of every file it wrote. A recorded file whose content changed since
   is never trusted (:meth:`RunDir.changed`, :meth:`RunDir.verify`) and never re-blessed: its
@@ -19,18 +25,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .checks import path_arg
 from .config import STAGE_ORDER, Config
 from .errors import FilterlensError
-from .files import TMP_SUFFIX, read_json, sha256_file, write_json
-from .names import MANIFEST, RUN_FILES
+from .files import read_json, sha256_file, write_json
+from .folders import (CACHE_FILE, CACHE_FOLDER, LOCK_FILES, MARK, is_temporary, kind_of, make_dirs, mark, named, remove_empty,
+                      some_files)
+from .names import MANIFEST, RUN_FILES, SWEEP_FILES
 
-LOCK = ".filterlens.lock"
-LOCK_INFO = ".filterlens.lock.json"
+HEATMAP = re.compile(r"^.+-(filter|head)\d+\.png$")  # heatmaps/<layer>-filter3.png: analyze draws these
+LOCK, LOCK_INFO = LOCK_FILES
 
 _held: dict[Path, int] = {}
 # the entries of results.json and the JSON types they must have (None: the entry may be null)
@@ -54,22 +63,20 @@ class RunDir:
         return read_json(self.path / name)
 
     def remove(self, name: str) -> None:
+        """Remove the file ``name`` (filterlens' own: a recorded output, a checkpoint)."""
         from .distributed import check_write
 
         p = self.path / name
         check_write(p)
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
+        if p.is_file() or p.is_symlink():
             p.unlink()
 
     # ------------------------------------------------------------------ the path
     @staticmethod
-    def validate(path, what: str = "run directory") -> Path:
-        """Refuse, before any work, a path that cannot be a run directory (one line)."""
-        if path is None or str(path).strip() == "":
-            raise FilterlensError(f"{what} '{path or ''}' is empty; give a folder path, e.g. runs/mine")
-        p = Path(path)
+    def validate(path, what: str = "run directory", own_folder: bool = True) -> Path:
+        """Refuse, before any work, a path that cannot be a run directory (one line). ``own_folder``: the path is a
+        folder filterlens writes into as its own, so neither the filesystem root nor the home folder."""
+        p = path_arg(path, what)
         if p.exists() and not p.is_dir():
             raise FilterlensError(f"{what} '{p}' exists and is not a directory; choose another path")
         parent = p.absolute()
@@ -80,7 +87,31 @@ class RunDir:
         if str(parent.resolve()).startswith(("/proc", "/sys")) or not os.access(parent, os.W_OK | os.X_OK):
             raise FilterlensError(f"{what} '{p}' cannot be created or written: '{parent}' is not writable; "
                                   "choose a folder you can write to")
+        if own_folder:
+            real = p.resolve()
+            if real == Path(real.anchor):
+                raise FilterlensError(f"{what} '{p}' is the filesystem root; give a folder of its own, e.g. runs/mine")
+            if real == Path.home().resolve():
+                raise FilterlensError(f"{what} '{p}' is your home folder; give a folder of its own, e.g. "
+                                      "~/runs/mine")
         return p
+
+    def check_folder(self) -> str:
+        """Refuse (one line, before any work) a folder that is neither a run directory filterlens made nor empty;
+        returns its kind (``run``, ``missing`` or ``empty``)."""
+        kind = kind_of(self.path)
+        if kind in ("run", "missing", "empty"):
+            return kind
+        if kind == "sweep":
+            raise FilterlensError(f"'{self.path}' is a sweep directory (filterlens sweep), not a run directory; give "
+                                  "one of its model folders (e.g. L003-s1) or a run directory")
+        if kind == "cache":
+            raise FilterlensError(f"'{self.path}' is the disk engine's cache folder, not a run directory; give a run "
+                                  "directory")
+        files, more = some_files(self.path)
+        raise FilterlensError(f"'{self.path}' is not a run directory: it holds files filterlens did not write "
+                              f"({named(files, more)}); choose a new or empty folder (filterlens writes only into "
+                              "folders it made)")
 
     # ------------------------------------------------------------------ the config
     def check(self, cfg: Config, overwrite: bool = False, stage: str = "train") -> bool:
@@ -89,6 +120,7 @@ class RunDir:
         Returns True when the directory holds a run with the same ``stage`` settings.
         """
         self.validate(self.path)
+        self.check_folder()
         if not self.exists("config.json"):
             return False
         try:
@@ -114,9 +146,9 @@ class RunDir:
         check_write(self.path)
         same = self.check(cfg, overwrite, stage)
         if overwrite and not same:
-            for name in RUN_FILES:
-                self.remove(name)
-        self.path.mkdir(parents=True, exist_ok=True)
+            remove_owned(self.path, keep={LOCK, LOCK_INFO, MARK})
+        make_dirs(self.path)
+        mark(self.path, "run")
         if self.exists("config.json"):
             try:
                 if self.read_json("config.json") == json.loads(json.dumps(cfg.to_dict())):
@@ -146,7 +178,9 @@ class RunDir:
         from filelock import FileLock, Timeout
 
         self.validate(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.check_folder()
+        made = make_dirs(self.path)
+        fresh = not self.exists(LOCK)
         lock = FileLock(str(self.file(LOCK)), timeout=0)
         try:
             lock.acquire()
@@ -154,18 +188,23 @@ class RunDir:
             raise FilterlensError(f"run directory '{self.path}' is in use by {self._holder()}; wait for it to "
                                   "finish, or choose another --run-dir") from None
         _held[key] = 1
+        refused = False
         try:
             write_json(self.file(LOCK_INFO), {"pid": os.getpid(), "command": command,
                                               "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
             self.remove_temporary_files()
             yield self
+        except FilterlensError:
+            refused = True
+            raise
         finally:
             del _held[key]
-            try:
-                self.file(LOCK_INFO).unlink()
-            except FileNotFoundError:
-                pass
+            self.file(LOCK_INFO).unlink(missing_ok=True)
+            if refused and fresh:  # a refused command leaves nothing it made
+                self.file(LOCK).unlink(missing_ok=True)
             lock.release()
+            if refused:
+                remove_empty(made)
 
     def _holder(self) -> str:
         try:
@@ -177,8 +216,8 @@ class RunDir:
     def remove_temporary_files(self) -> list[Path]:
         """Remove the temporary files (``.NAME.*.tmp``) a killed command left anywhere in the directory."""
         gone = []
-        for p in self.path.rglob(f".*{TMP_SUFFIX}"):
-            if p.is_file():
+        for p in self.path.rglob(".*"):
+            if is_temporary(p.name) and p.is_file():
                 p.unlink()
                 gone.append(p)
         return gone
@@ -199,8 +238,11 @@ class RunDir:
         for key, kinds in _RESULT_KEYS.items():
             if key in res and not isinstance(res[key], kinds):
                 raise FilterlensError(f"{where}: '{key}' is a {type(res[key]).__name__}")
-        if not all(isinstance(r, dict) for r in res.get("layers", [])):
-            raise FilterlensError(f"{where}: 'layers' must list one object per layer")
+        if not all(isinstance(r, dict) and isinstance(r.get("layer"), str) for r in res.get("layers", [])):
+            raise FilterlensError(f"{where}: 'layers' must list one object per layer, each with its name ('layer', "
+                                  "a string)")
+        if not all(isinstance(n, str) for n in res.get("label_names", [])):
+            raise FilterlensError(f"{where}: 'label_names' must list strings")
         return res
 
     # ------------------------------------------------------------------ checksums of the stages' outputs
@@ -281,6 +323,7 @@ class RunDir:
         stages[stage] = {"hash": settings_hash, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                          "sha256": sums}
         write_json(self.file(MANIFEST), stages)
+        mark(self.path, "run")  # a run directory of an earlier filterlens is marked once a stage writes into it
         return stages
 
 
@@ -305,3 +348,82 @@ def _differences(old: Config, new: Config, stage: str) -> list[str]:
         if f.metadata["stage"] in upto and getattr(old, f.name) != getattr(new, f.name):
             out.append(f"{f.name}: {getattr(old, f.name)!r} there, {getattr(new, f.name)!r} now")
     return out or ["settings differ"]
+
+
+# ---------------------------------------------------------------------- what in a folder filterlens wrote
+
+def owned(folder) -> list[Path]:
+    """The files under ``folder`` that filterlens wrote, by the folder's kind (:func:`filterlens.folders.kind_of`):
+    in a run directory the files its stages recorded and the names filterlens gives its files (top-level
+    outputs, heatmaps, temporary files, the disk cache's folder, a sweep under ``sweep/``); in a sweep directory
+    its tables, plots and plan and its model folders' own files; in a cache folder the cache's files. Nothing in a
+    folder of another kind."""
+    root = Path(folder)
+    kind = kind_of(root)
+    if kind == "cache":
+        return [p for p in root.iterdir() if p.is_file() and (CACHE_FILE.match(p.name) or p.name == MARK
+                                                              or is_temporary(p.name))]
+    if kind == "sweep":
+        out = [p for p in root.iterdir() if p.is_file() and (p.name in SWEEP_FILES or p.name == MARK
+                                                             or is_temporary(p.name))]
+        for p in root.iterdir():
+            if p.is_dir() and re.fullmatch(r"L\d+-s\d+", p.name):
+                out += owned(p)
+        return out
+    if kind != "run":
+        return []
+    rd = RunDir(root)
+    recorded = {} if rd.manifest_damaged() else _recorded(rd.stages())
+    out = []
+    for p in root.iterdir():
+        name = p.name
+        if p.is_file() and (name in recorded or name in RUN_FILES or name in (MARK, LOCK, LOCK_INFO)
+                            or is_temporary(name) or re.fullmatch(r"filterlens-error-.*\.log", name)):
+            out.append(p)
+        elif p.is_dir() and name == "heatmaps":
+            out += [f for f in p.iterdir() if f.is_file() and (f"heatmaps/{f.name}" in recorded
+                                                               or HEATMAP.match(f.name) or is_temporary(f.name))]
+        elif p.is_dir() and name in ("cache", "sweep"):
+            inner = p / CACHE_FOLDER if name == "cache" else p
+            out += owned(inner) if inner.is_dir() else []
+            out += [f for f in p.iterdir() if f.is_file() and (f"{name}/{f.name}" in recorded or is_temporary(f.name))]
+    return out
+
+
+def remove_owned(folder, keep=()) -> None:
+    """Delete what filterlens wrote in ``folder`` (:func:`owned`) but the names in ``keep``, then the folders that
+    this left empty; the user's files stay."""
+    from .distributed import check_write
+
+    root = Path(folder)
+    emptied = set()
+    for p in owned(root):
+        if p.parent == root and p.name in keep:
+            continue
+        check_write(p)
+        p.unlink(missing_ok=True)
+        d = p.parent
+        while d != root and root in d.parents:
+            emptied.add(d)
+            d = d.parent
+    remove_empty(emptied)
+
+
+def check_sweep_folder(path, merge_only: bool = False) -> Path:
+    """Refuse (before any work) a sweep directory that is not a sweep filterlens made, nor new or empty; with
+    ``merge_only`` it must hold a sweep already."""
+    p = RunDir.validate(path, "sweep directory")
+    kind = kind_of(p)
+    if kind == "sweep":
+        return p
+    if kind in ("missing", "empty"):
+        if merge_only:
+            raise FilterlensError(f"sweep directory '{p}' {'does not exist' if kind == 'missing' else 'is empty'}: "
+                                  "there is nothing to --merge; start the sweep with filterlens sweep (without "
+                                  "--merge) first")
+        return p
+    if kind == "run":
+        raise FilterlensError(f"'{p}' is a run directory, not a sweep directory; give the sweep its own folder")
+    files, more = some_files(p)
+    raise FilterlensError(f"'{p}' is not a sweep directory: it holds files filterlens did not write "
+                          f"({named(files, more)}); choose a new or empty folder")

@@ -28,7 +28,8 @@ from .claims import fit_line
 from .config import Config
 from .errors import FilterlensError
 from .files import read_json, write_csv, write_json
-from .rundir import RunDir
+from .folders import make_dirs, mark
+from .rundir import check_sweep_folder
 
 SWEEP_COLUMNS = ["num_labels", "subset", "labels", "error", "last_layer_accuracy", "clusters_per_filter",
                  "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field", "layer", "seconds"]
@@ -47,22 +48,29 @@ class SweepTask:
         return f"L{self.num_labels:03d}-s{self.subset}"
 
 
-def parse_counts(text, total: int) -> list[int]:
-    """``"3,5,10"`` -> [3, 5, 10]; each count in 2..total."""
+def parse_counts(text, total: int | None = None) -> list[int]:
+    """``"3,5,10"`` -> [3, 5, 10]: at least two distinct counts (a line is fitted through them), each in
+    2..total (``total`` None: not checked against a dataset yet)."""
+    if not isinstance(text, str):
+        raise FilterlensError(f"label counts {text!r} is a {type(text).__name__}; give a string of two or more "
+                              "counts, e.g. '3,5,10'")
     counts = []
-    for tok in str(text).split(","):
+    for tok in text.split(","):
         tok = tok.strip()
         if not tok:
             continue
         if not tok.isdigit():
             raise FilterlensError(f"label count '{tok}' in '{text}' is not a positive integer")
         k = int(tok)
-        if not 2 <= k <= total:
+        if not 2 <= k <= (total or k):
             raise FilterlensError(f"label count {k} is out of range; valid: 2..{total} for this dataset")
         if k not in counts:
             counts.append(k)
     if not counts:
-        raise FilterlensError(f"the label-count list '{text}' is empty; give e.g. 3,5,10")
+        raise FilterlensError(f"the label-count list '{text}' is empty; give two or more counts, e.g. 3,5,10")
+    if len(counts) < 2:
+        raise FilterlensError(f"the label-count list '{text}' has one distinct count; the fit of error against the "
+                              "number of labels needs two or more, e.g. 3,5,10")
     return sorted(counts)
 
 
@@ -126,10 +134,19 @@ def _run_task(args) -> dict:
 def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layers: str = "-1", jobs: int = 1,
               shard: tuple[int, int] = (0, 1), merge_only: bool = False, echo=print) -> dict | None:
     """Run (this shard of) the label-count study into ``sweep_dir``; merge when every task is done."""
+    from .checks import of_type
     from .data import load_data
 
+    of_type(cfg, Config, "cfg", "a filterlens.config.Config")
     cfg.validate()
-    sweep_dir = RunDir.validate(sweep_dir, "sweep directory")
+    of_type(jobs, int, "jobs", "an int >= 1")
+    if jobs < 1:
+        raise FilterlensError(f"jobs = {jobs} must be >= 1")
+    if not (isinstance(shard, tuple) and len(shard) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  for v in shard)):
+        raise FilterlensError(f"shard {shard!r} is invalid; give (i, n), two ints with 0 <= i < n")
+    parse_counts(counts)  # before the data is read: at least two distinct counts
+    sweep_dir = check_sweep_folder(sweep_dir, merge_only)
     full = load_data(cfg.dataset, cfg.data_dir, "all", cfg.download, cfg.image_size)
     total = full.num_labels
     if cfg.labels not in ("all", "", None):
@@ -149,6 +166,8 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
         if old.get("tasks") != plan["tasks"] or old.get("config", {}).get("model") != cfg.model:
             raise FilterlensError(f"sweep directory '{sweep_dir}' holds another sweep (tasks or model differ); "
                                   "choose another --run-dir")
+    make_dirs(sweep_dir)
+    mark(sweep_dir, "sweep")
     write_json(plan_path, plan)
     if not merge_only:
         work = []

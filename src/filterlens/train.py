@@ -120,6 +120,9 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     ``train_log.csv`` and ``train.json``. A finished run with the same settings is not
     trained again; an unfinished one continues with ``resume=True``.
     """
+    from .checks import of_type
+
+    of_type(cfg, Config, "cfg", "a filterlens.config.Config")
     cfg.validate()
     RunDir.validate(run_dir)
     dist_device = dist_.setup(cfg.device)  # under torchrun: join the process group
@@ -131,6 +134,8 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
         summary = _finished(rd, cfg, echo)
         if summary is not None:
             return summary
+    if same and rd.exists("checkpoint.pt") and (resume or not overwrite):
+        _refuse_damaged_checkpoint(rd)
     if same and rd.exists("checkpoint.pt") and not resume and not overwrite:
         state = read_checkpoint(rd.file("checkpoint.pt"))
         raise FilterlensError(f"run directory '{rd.path}' holds an unfinished training (epoch {state.get('epoch')} "
@@ -146,6 +151,29 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     # only now, with every setting and input checked, is the run directory locked and written
     with rd.lock("filterlens train"):
         return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress, echo)
+
+
+def checkpoint_damage(rd: RunDir) -> str | None:
+    """Why the run's own checkpoint.pt cannot be resumed from (it cannot be read), or None."""
+    try:
+        read_checkpoint(rd.file("checkpoint.pt"))
+    except FilterlensError:
+        import torch as _torch
+
+        try:
+            _torch.load(rd.file("checkpoint.pt"), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - what the reader says is the reason
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__
+        return "not a filterlens checkpoint"
+    return None
+
+
+def _refuse_damaged_checkpoint(rd: RunDir) -> None:
+    damage = checkpoint_damage(rd)
+    if damage:
+        raise FilterlensError(f"'{rd.file('checkpoint.pt')}' (the checkpoint filterlens train writes after every "
+                              f"epoch) is damaged and cannot be resumed ({damage}); start the training again with "
+                              "--overwrite (filterlens run --from train)")
 
 
 def _finished(rd: RunDir, cfg: Config, echo) -> dict | None:

@@ -272,7 +272,8 @@ def _removal(plan: _Plan, main: dict, ctx: _Context, accs: dict, cfg: Config, de
         pruned0, _, filt = prune(main["masked_net"], main["masks"])
         pruned_net, pruned_masks, _ = prune(main["net"], main["masks"])
     except FilterlensError as exc:  # the dependency graph refused (a residual reader): the masks stand, no removal
-        info.update(supported=False, reason=str(exc))
+        info.update(supported=False,
+                    reason=f"not supported: {str(exc).removeprefix('physical removal is not supported here: ')}")
         return {"net": None, "masks": [], "rows": [], "info": info}
     x = torch.randn(8, *size, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     with torch.no_grad():

@@ -34,7 +34,12 @@ def prune_support(net) -> tuple[bool, str]:
     """Whether :func:`prune` may be tried on ``net`` (and why not); the dependency graph decides the rest."""
     if net.info.get("pruned"):
         return False, "the network is already pruned"
-    if (net.info.get("unit") or {}).get("layout") == "NHWC":
+    unit = net.info.get("unit") or {}
+    if unit.get("unit_kind") == "head" and unit.get("layout") != "heads:proj":
+        return False, (f"the heads of '{net.info['deepest']}' live inside an nn.MultiheadAttention's packed weights "
+                       "(torchvision's ViT); heads can be removed in timm's layout (attn.qkv, attn.proj) and in "
+                       "filterlens' vit_tiny_cifar")
+    if unit.get("layout") == "NHWC":
         return False, (f"layer '{net.info['deepest']}' is channels-last (Swin): its units are the residual stream of "
                        "its attention blocks, which every later block reads")
     try:

@@ -26,9 +26,11 @@ def run_afcc(run_dir, overrides: dict | None = None, progress: bool | None = Non
     """AFCC on the analysed run ``run_dir`` with its settings and ``overrides`` (fields of :class:`Config`);
     returns what it adds to results.json (the ``afcc`` entry, with ``pruned`` and ``run_dir``)."""
     from ..analysis import Analysis, with_settings
+    from ..checks import of_type
     from ..train import load_trained
 
     rd = RunDir(RunDir.validate(run_dir))
+    of_type(overrides, (dict, type(None)), "overrides", "a dict of settings, e.g. {'retrain_epochs': 1}")
     if not rd.path.is_dir():
         raise FilterlensError(f"run directory '{rd.path}' does not exist; train and analyse a run first")
     with rd.lock("filterlens afcc"):

@@ -87,4 +87,9 @@ def _parse_vgg_cfg(text: str) -> list:
             raise FilterlensError(f"VGG config token '{tok}' in '{text}' is invalid; use positive widths and M, e.g. 16,16,M,32,M")
     if not any(v != "M" for v in out):
         raise FilterlensError(f"VGG config '{text}' has no conv layer")
+    for i, v in enumerate(out):  # an M is the max-pool after the conv before it: one per conv
+        if v == "M" and (i == 0 or out[i - 1] == "M"):
+            where = "starts with M" if i == 0 else f"has M twice in a row (token {i + 1})"
+            raise FilterlensError(f"VGG config '{text}' {where}; each M pools the conv just before it, e.g. "
+                                  "16,16,M,32,M")
     return out

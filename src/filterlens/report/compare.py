@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 from ..errors import FilterlensError
 from ..files import read_json, write_csv, write_text
 from ..claims import snr_sentence
+from ..folders import is_temporary, kind_of, make_dirs, mark, named, some_files
 from ..rundir import RunDir
 from .html import _CHECK_JS, _CSS, _esc, _img, _read_csv, _table, claims_table
 from .plots import _new_figure, _values, save_figure, unit_word
@@ -85,13 +87,19 @@ def build_compare(dirs, out) -> Path:
     sweep``); a run directory holding a sweep under ``sweep/`` counts as both. Every input and ``out``
     are checked before anything is written (FilterlensError, one line).
     """
+    from ..checks import path_arg
+
+    dirs = [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs
+    if isinstance(dirs, (bytes, int, float, bool)) or not hasattr(dirs, "__iter__"):
+        raise FilterlensError(f"directories {dirs!r} is a {type(dirs).__name__}; give a list of run or sweep "
+                              "directories")
     dirs = list(dirs)
     if not dirs:
         raise FilterlensError(f"no directory to compare; give one or more: {_VALID}")
     out = RunDir.validate(out, "output directory")
     runs, sweeps, seen = [], [], {}
     for d in dirs:
-        p = Path(str(d))
+        p = path_arg(d, "input directory") if str(d).strip() else Path(str(d))
         if not str(d).strip():
             raise FilterlensError(f"input directory '' is empty; give {_VALID}")
         if not p.is_dir():
@@ -108,9 +116,12 @@ def build_compare(dirs, out) -> Path:
         sweeps += [sweep] if sweep else []
     if out.resolve() in seen:
         raise FilterlensError(f"output directory '{out}' is one of the inputs; choose another --out")
+    _check_out(out)
     _unique_labels(runs)
     _unique_labels(sweeps)
 
+    make_dirs(out)
+    mark(out, "compare")
     written = []
     if runs:
         written += [_depth_figure(runs, metric, name, ylabel, out / png) for metric, name, ylabel, png in METRICS]
@@ -127,6 +138,19 @@ def build_compare(dirs, out) -> Path:
         if stale not in written and stale != page and stale.is_file():
             stale.unlink()
     return page
+
+
+def _check_out(out: Path) -> None:
+    """The output folder is new, empty, or one compare made (marked, or holding only compare's files: an earlier
+    filterlens); compare never writes into a folder holding the user's files."""
+    kind = kind_of(out)
+    if kind in ("missing", "empty", "compare"):
+        return
+    if kind == "foreign" and all(p.is_file() and (p.name in OUTPUTS or is_temporary(p.name)) for p in out.iterdir()):
+        return
+    files, more = some_files(out)
+    raise FilterlensError(f"output directory '{out}' holds files filterlens compare did not write "
+                          f"({named(files, more)}); choose a new or empty folder for --out")
 
 
 # ------------------------------------------------------------------------------ reading the inputs

@@ -1,0 +1,217 @@
+"""The Python door (issue 24, items 5 and 15): every public entry point checks what the command line checks.
+
+- ``filterlens.load_run`` and ``Run.table``/``Run.layers``/``Run.frame``/``Run.unit`` read through the same
+  checks as ``filterlens report``: the sha256 recorded in ``stages.json``, the shape of ``results.json``, the
+  tables' rows, the types of the arguments;
+- every public function given a wrong type or a bad value raises ``FilterlensError`` with one clear line
+  (never AttributeError, TypeError or IndexError from deep inside).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import filterlens
+from conftest import copy_run
+from filterlens.errors import FilterlensError
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_run, tmp_path_factory) -> Path:
+    """The shared tiny run, analysed in-process (1 probe epoch). Read-only: copy it to change it."""
+    from filterlens.analysis import analyze_run
+
+    run = copy_run(tiny_run, tmp_path_factory.mktemp("door") / "run")
+    analyze_run(run, overrides={"probe_epochs": 1, "progress": False}, echo=lambda *a, **k: None)
+    return run
+
+
+def _one_line(exc: pytest.ExceptionInfo, *needles: str) -> str:
+    text = str(exc.value)
+    assert "\n" not in text, text
+    for needle in needles:
+        assert needle in text, f"{needle!r} not in: {text}"
+    return text
+
+
+# ------------------------------------------------------------------------------ item 5: edited files
+
+def test_load_run_refuses_an_edited_layers_csv(analysed, tmp_path):
+    """`sed -i '2s/0\\.[0-9]/0.9/' layers.csv`: load_run read 0.9556 (recorded 0.8556) where report refuses."""
+    run = copy_run(analysed, tmp_path / "c")
+    lines = (run / "layers.csv").read_text().splitlines()
+    lines[1] = lines[1].replace(",0.", ",0.9", 1)
+    (run / "layers.csv").write_text("\n".join(lines) + "\n")
+    r = filterlens.load_run(run)
+    for read in (lambda: r.layers, lambda: r.table("layers"), lambda: r.frame("layers")):
+        with pytest.raises(FilterlensError) as info:
+            read()
+        _one_line(info, "layers.csv", "changed since stage sfp")
+    assert r.table("filters")  # the other tables are still read
+
+
+def test_load_run_refuses_an_edited_results_json(analysed, tmp_path):
+    run = copy_run(analysed, tmp_path / "c")
+    res = json.loads((run / "results.json").read_text())
+    res["layers"][0]["accuracy"] = 0.99
+    (run / "results.json").write_text(json.dumps(res))
+    with pytest.raises(FilterlensError) as info:
+        filterlens.load_run(run)
+    _one_line(info, "results.json", "changed since stage sfp")
+
+
+def test_unit_refuses_edited_probe_weights(analysed, tmp_path):
+    run = copy_run(analysed, tmp_path / "c")
+    with open(run / "probes.pt", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(FilterlensError) as info:
+        filterlens.load_run(run).unit("features.0", 0)
+    _one_line(info, "probes.pt", "changed since stage probes")
+
+
+def test_a_damaged_stages_json_is_refused_by_load_run(analysed, tmp_path):
+    run = copy_run(analysed, tmp_path / "c")
+    (run / "stages.json").write_text("[]")
+    with pytest.raises(FilterlensError) as info:
+        filterlens.load_run(run)
+    _one_line(info, "stages.json")
+
+
+# ------------------------------------------------------------------------------ item 15: shapes and types
+
+def _unrecorded(analysed, tmp_path) -> Path:
+    """A copy without stages.json (a run of an earlier filterlens): nothing is checked against a checksum, so
+    the shape checks are what stands between a damaged file and a Python exception."""
+    run = copy_run(analysed, tmp_path / "u")
+    (run / "stages.json").unlink()
+    return run
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("[1, 2, 3]", "list"), ('{"version": 1, "layers": [{"layer": "features.0"}, {"layer": 5}]}', "layer"),
+    ('{"version": 1, "layers": {"features.0": 1}}', "layers"), ('{"version": 1, "config": [1]}', "config"),
+    ('{"version": 1, "label_names": [1, 2]}', "label_names"), ('{"version": 2}', "version"), ("", "results.json")])
+def test_load_run_refuses_a_results_json_of_the_wrong_shape(analysed, tmp_path, content, needle):
+    run = _unrecorded(analysed, tmp_path)
+    (run / "results.json").write_text(content)
+    with pytest.raises(FilterlensError) as info:
+        filterlens.load_run(run)
+    _one_line(info, needle)
+
+
+def test_tables_of_the_wrong_shape_are_refused(analysed, tmp_path):
+    run = _unrecorded(analysed, tmp_path)
+    r = filterlens.load_run(run)
+    (run / "layers.csv").write_text("layer,accuracy\nfeatures.0,0.5,7,8\n")  # a row longer than its header
+    with pytest.raises(FilterlensError) as info:
+        r.table("layers")
+    _one_line(info, "layers.csv")
+    (run / "filters.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(FilterlensError) as info:
+        r.table("filters")
+    _one_line(info, "filters.csv")
+
+
+def test_unit_arguments_of_the_wrong_type_are_type_errors(analysed):
+    """`unit('features.1', '3')` said "unit '3' is out of range; valid 0..15": the type is wrong, not the range."""
+    r = filterlens.load_run(analysed)
+    with pytest.raises(FilterlensError) as info:
+        r.unit("features.1", "3")
+    text = _one_line(info, "'3'", "int")
+    assert "out of range" not in text
+    for bad in (1.0, True, None, [3]):
+        with pytest.raises(FilterlensError) as info:
+            r.unit("features.1", bad)
+        _one_line(info, "int")
+    with pytest.raises(FilterlensError) as info:
+        r.unit(1, 3)
+    _one_line(info, "layer", "str")
+    with pytest.raises(FilterlensError) as info:
+        r.unit("features.1", 99)
+    _one_line(info, "99", "out of range", "0..15")
+    assert r.unit("features.1", 3).unit == 3
+
+
+@pytest.mark.parametrize("name", [3, None, ["layers"], "nosuch"])
+def test_table_names_of_the_wrong_type_or_unknown(analysed, name):
+    r = filterlens.load_run(analysed)
+    for read in (r.table, r.frame):
+        with pytest.raises(FilterlensError) as info:
+            read(name)
+        _one_line(info, "table")
+
+
+# ------------------------------------------------------------------------------ every public entry point
+
+def _entry_points(analysed: Path, ws: Path):
+    """(id, call, needles): each call gives a public function a wrong type or a bad value."""
+    from filterlens.afcc import run_afcc
+    from filterlens.analysis import Analysis, analyze, analyze_run
+    from filterlens.config import Config
+    from filterlens.data import load_data
+    from filterlens.pipeline import run_pipeline
+    from filterlens.report import build_compare, build_report
+    from filterlens.sweep import run_sweep
+    from filterlens.train import train
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
+    digits = load_data("digits", train_samples=40, test_samples=40)
+    cfg = Config(dataset="digits", model="vgg_tiny", epochs=1, progress=False)
+    return [
+        ("load_run-int", lambda: filterlens.load_run(5), ("5",)),
+        ("load_run-none", lambda: filterlens.load_run(None), ("None",)),
+        ("load_run-list", lambda: filterlens.load_run(["a"]), ("list",)),
+        ("load_run-missing", lambda: filterlens.load_run(ws / "nosuch"), ("nosuch",)),
+        ("load_run-file", lambda: filterlens.load_run(analysed / "layers.csv"), ("layers.csv",)),
+        ("load_data-labels-int", lambda: load_data("digits", labels=3), ("labels", "3")),
+        ("load_data-samples-str", lambda: load_data("digits", train_samples="10"), ("train_samples", "'10'")),
+        ("load_data-name-int", lambda: load_data(5), ("5",)),
+        ("analyze-model-str", lambda: analyze("m", digits), ("model", "str")),
+        ("analyze-data-str", lambda: analyze(conv, "digits"), ("data", "str")),
+        ("analyze-cfg-dict", lambda: analyze(conv, digits, config={}), ("config", "dict")),
+        ("analyze-cache-dir-int", lambda: analyze(conv, digits, cache_dir=5), ("cache", "5")),
+        ("analysis-save-int", lambda: Analysis([], [], None, {}, {}).save(5), ("5",)),
+        ("analysis-load-int", lambda: Analysis.load(7), ("7",)),
+        ("analyze_run-int", lambda: analyze_run(5), ("5",)),
+        ("analyze_run-overrides-list", lambda: analyze_run(analysed, overrides=[1]), ("overrides", "list")),
+        ("train-cfg-dict", lambda: train({}, ws / "t"), ("cfg", "dict")),
+        ("train-run-dir-int", lambda: train(cfg, 5), ("5",)),
+        ("run_pipeline-cfg-str", lambda: run_pipeline("a", ws / "p"), ("cfg", "str")),
+        ("run_pipeline-from-int", lambda: run_pipeline(cfg, ws / "p", from_stage=3), ("3",)),
+        ("run_sweep-counts-int", lambda: run_sweep(cfg, ws / "s", 5), ("5",)),
+        ("run_sweep-cfg-none", lambda: run_sweep(None, ws / "s", "3,5"), ("cfg", "None")),
+        ("run_sweep-jobs-str", lambda: run_sweep(cfg, ws / "s", "3,5", jobs="2"), ("jobs", "'2'")),
+        ("run_sweep-shard-str", lambda: run_sweep(cfg, ws / "s", "3,5", shard="0/1"), ("shard", "'0/1'")),
+        ("run_afcc-int", lambda: run_afcc(5), ("5",)),
+        ("run_afcc-batch-str", lambda: run_afcc(analysed, {"retrain_batch_size": "100"}), ("retrain_batch_size", "'100'")),
+        ("run_afcc-overrides-list", lambda: run_afcc(analysed, [1]), ("overrides", "list")),
+        ("build_report-int", lambda: build_report(5), ("5",)),
+        ("build_compare-out-int", lambda: build_compare([analysed], 5), ("5",)),
+        ("build_compare-dirs-int", lambda: build_compare(5, ws / "o"), ("5",)),
+        ("build_compare-dirs-list-of-int", lambda: build_compare([analysed, 7], ws / "o"), ("7",)),
+    ]
+
+
+ENTRY_IDS = ["load_run-int", "load_run-none", "load_run-list", "load_run-missing", "load_run-file",
+             "load_data-labels-int", "load_data-samples-str", "load_data-name-int", "analyze-model-str",
+             "analyze-data-str", "analyze-cfg-dict", "analyze-cache-dir-int", "analysis-save-int", "analysis-load-int",
+             "analyze_run-int", "analyze_run-overrides-list", "train-cfg-dict", "train-run-dir-int",
+             "run_pipeline-cfg-str", "run_pipeline-from-int", "run_sweep-counts-int", "run_sweep-cfg-none",
+             "run_sweep-jobs-str", "run_sweep-shard-str", "run_afcc-int", "run_afcc-batch-str", "run_afcc-overrides-list",
+             "build_report-int",
+             "build_compare-out-int", "build_compare-dirs-int", "build_compare-dirs-list-of-int"]
+
+
+@pytest.mark.parametrize("which", ENTRY_IDS)
+def test_public_functions_refuse_wrong_types_in_one_line(analysed, tmp_path, which):
+    calls = {i: (c, n) for i, c, n in _entry_points(analysed, tmp_path)}
+    assert set(calls) == set(ENTRY_IDS)
+    call, needles = calls[which]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(FilterlensError) as info:
+        call()
+    _one_line(info, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created
