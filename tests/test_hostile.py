@@ -653,7 +653,8 @@ def _damage(cache: Path, how: str) -> list[str]:
             with open(f, "r+b") as fh:
                 fh.write(b"\xff" * 32)
             done.append(f.name)
-        elif how == "labels-and-marker" and (f.suffix == ".labels" or (f.suffix == ".json" and f.name != "stages.json")):
+        elif how == "labels-and-marker" and (f.suffix == ".labels"
+                                             or (f.suffix == ".json" and f.name != "stages.json")):
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
             done.append(f.name)
     return done

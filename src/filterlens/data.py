@@ -258,7 +258,8 @@ def parse_labels(spec, label_names: Sequence[str]) -> list[int]:
                 return list(range(k))
             seed = _parse_int(parts[2], spec) if len(parts) == 3 else 0
             if seed < 0:
-                raise FilterlensError(f"seed {seed} in label spec '{spec}' is negative; use random:K:SEED with SEED >= 0")
+                raise FilterlensError(f"seed {seed} in label spec '{spec}' is negative; use random:K:SEED with "
+                                      "SEED >= 0")
             rng = np.random.default_rng(seed)
             return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
         items = [t.strip() for t in text.split(",") if t.strip()]

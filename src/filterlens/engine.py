@@ -259,8 +259,9 @@ class DiskCache:
         torch.save(means, buf)
         write_bytes(self.home / f"{self.key}.means.pt", buf.getvalue(), private=True)
         sums = {name: sha256_file(self.home / name) for name in self._names()}
-        write_json(self._marker(), {"key": self.key, "rows": self.rows, "features": sum(cl.features for cl in self.layers),
-                                    "sha256": sums, "complete": True}, private=True)
+        total = sum(cl.features for cl in self.layers)
+        write_json(self._marker(), {"key": self.key, "rows": self.rows, "features": total, "sha256": sums,
+                                    "complete": True}, private=True)
 
     def release(self) -> None:
         """Let go of the cache, keeping its files (an interrupted analysis reuses a complete one)."""

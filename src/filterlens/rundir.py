@@ -34,13 +34,15 @@ from .checks import path_arg
 from .config import STAGE_ORDER, Config
 from .errors import FilterlensError
 from .files import read_json, sha256_file, write_json
-from .folders import (CACHE_FILE, CACHE_FOLDER, LOCK_FILES, MARK, is_temporary, kind_of, make_dirs, mark, named, remove_empty,
-                      some_files)
+from .folders import (CACHE_FILE, CACHE_FOLDER, LOCK_FILES, MARK, is_temporary, kind_of, make_dirs, mark, named,
+                      remove_empty, some_files)
 from .names import MANIFEST, RUN_FILES, SWEEP_FILES
 
 HEATMAP = re.compile(r"^.+-(filter|head)\d+\.png$")  # heatmaps/<layer>-filter3.png: analyze draws these
 LOCK, LOCK_INFO = LOCK_FILES
 
+# the folders filterlens makes that are neither run nor sweep directories
+_OTHER_KINDS = {"cache": "the disk engine's cache folder", "compare": "the output folder of filterlens compare"}
 _held: dict[Path, int] = {}
 # the entries of results.json and the JSON types they must have (None: the entry may be null)
 _RESULT_KEYS = {"config": dict, "environment": dict, "data": dict, "probes": dict, "sfp": dict, "timings": dict,
@@ -105,9 +107,8 @@ class RunDir:
         if kind == "sweep":
             raise FilterlensError(f"'{self.path}' is a sweep directory (filterlens sweep), not a run directory; give "
                                   "one of its model folders (e.g. L003-s1) or a run directory")
-        if kind == "cache":
-            raise FilterlensError(f"'{self.path}' is the disk engine's cache folder, not a run directory; give a run "
-                                  "directory")
+        if kind in _OTHER_KINDS:
+            raise FilterlensError(f"'{self.path}' is {_OTHER_KINDS[kind]}, not a run directory; give a run directory")
         files, more = some_files(self.path)
         raise FilterlensError(f"'{self.path}' is not a run directory: it holds files filterlens did not write "
                               f"({named(files, more)}); choose a new or empty folder (filterlens writes only into "
@@ -422,8 +423,9 @@ def check_sweep_folder(path, merge_only: bool = False) -> Path:
                                   "there is nothing to --merge; start the sweep with filterlens sweep (without "
                                   "--merge) first")
         return p
-    if kind == "run":
-        raise FilterlensError(f"'{p}' is a run directory, not a sweep directory; give the sweep its own folder")
+    if kind == "run" or kind in _OTHER_KINDS:
+        what = "a run directory" if kind == "run" else _OTHER_KINDS[kind]
+        raise FilterlensError(f"'{p}' is {what}, not a sweep directory; give the sweep its own folder")
     files, more = some_files(p)
     raise FilterlensError(f"'{p}' is not a sweep directory: it holds files filterlens did not write "
                           f"({named(files, more)}); choose a new or empty folder")

@@ -158,10 +158,8 @@ def checkpoint_damage(rd: RunDir) -> str | None:
     try:
         read_checkpoint(rd.file("checkpoint.pt"))
     except FilterlensError:
-        import torch as _torch
-
         try:
-            _torch.load(rd.file("checkpoint.pt"), map_location="cpu", weights_only=True)
+            torch.load(rd.file("checkpoint.pt"), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - what the reader says is the reason
             return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__
         return "not a filterlens checkpoint"
