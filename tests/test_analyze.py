@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import cli_env
 import torch
 
 from filterlens import sfp
@@ -32,7 +34,7 @@ N_TEST = 450  # digits' fixed test split
 
 
 def _env() -> dict:
-    env = dict(os.environ)
+    env = cli_env()  # this checkout's src first, CI-like
     # the suite shares 2 cores: one intra-op thread per process avoids oversubscription stalls
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
     env.pop("FILTERLENS_LOGLEVEL", None)
