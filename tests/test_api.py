@@ -337,3 +337,30 @@ def test_bad_python_input_is_one_clear_filterlens_error(world, analyses):
             call()
         msg = str(exc.value)
         assert needle in msg and "\n" not in msg, (needle, msg)
+
+
+class _HuggingFaceLike(torch.utils.data.Dataset):
+    """Samples as a Hugging Face dataset with ``with_format("torch")`` gives them: dicts, uint8 H x W x C images."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+        self.features = None
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": self.labels[i]}
+
+
+def test_dict_samples_with_channels_last_uint8_images_are_read_as_the_same_images():
+    from filterlens.inputs import as_data
+
+    g = torch.Generator().manual_seed(0)
+    hwc = torch.randint(0, 256, (12, 10, 9, 3), dtype=torch.uint8, generator=g)  # N x H x W x C
+    labels = torch.arange(12) % 3
+    data = as_data(_HuggingFaceLike(hwc, labels), _HuggingFaceLike(hwc, labels))
+    assert data.input_shape == (3, 10, 9) and data.label_names == ["0", "1", "2"]
+    x, y = data.test[5]
+    torch.testing.assert_close(x, hwc[5].permute(2, 0, 1).float() / 255)  # channels first, scaled, nothing else
+    assert y == 2

@@ -14,7 +14,8 @@ from filterlens.cli import load_toml
 from filterlens.config import Config
 from filterlens.pipeline import run_pipeline
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(ROOT.rglob("*.toml"))  # the paper recipes and configs/converged/
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
@@ -26,11 +27,12 @@ def test_there_are_paper_recipes():
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=() if p.stem == "demo" else pytest.mark.slow) for p in CONFIGS],
-                         ids=[p.stem for p in CONFIGS])
+                         ids=[str(p.relative_to(ROOT).with_suffix("")) for p in CONFIGS])
 def test_config_runs_at_tiny_scale(path, tmp_path, request):  # the paper recipes: `make test-slow`
     cfg = Config.from_dict(load_toml(path), source=str(path))  # the file as users have it: every key valid
     small = dict(weights=None, epochs=min(cfg.epochs, 1), probe_epochs=1, num_workers=0, device="cpu",
-                 progress=False, afcc=False, num_labels="")
+                 progress=False, afcc=False, bootstrap=min(cfg.bootstrap, 10), warmup_epochs=0,
+                 num_labels="2,3" if cfg.num_labels else "", subsets=1)
     if cfg.dataset == "cifar10":
         small["data_dir"] = str(request.getfixturevalue("cifar10_dir")[0])
     elif cfg.dataset == "cifar100":
@@ -49,3 +51,8 @@ def test_config_runs_at_tiny_scale(path, tmp_path, request):  # the paper recipe
     assert rows and all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
     assert all(r["snr"] != "" for r in rows)
     assert (tmp_path / "run" / "report.html").exists()
+    if cfg.num_labels:  # a label-count study: its models, its fit and its claims
+        import json
+
+        sweep = json.loads((tmp_path / "run" / "sweep" / "sweep.json").read_text())
+        assert [c["num_labels"] for c in sweep["per_count"]] == [2, 3] and sweep.get("claims")

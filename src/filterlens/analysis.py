@@ -228,9 +228,11 @@ def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Co
     pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress, echo=echo)
     result = sfp_stage(pr, data.describe(), cfg)
     result.data = data
-    if data.name == "python":  # the settings record what was analysed; the data cannot be rebuilt by name
-        result.meta["config"].update(dataset="python", model=type(model).__name__)
-        result.meta["title"] = f"{type(model).__name__} on your data ({data.num_labels} labels)"
+    # the settings record what was analysed: the model by its class (the command line cannot rebuild it), the data by
+    # its name ("python": your own)
+    result.meta["config"].update(dataset=data.name, model=type(model).__name__)
+    where = "your data" if data.name == "python" else data.name
+    result.meta["title"] = f"{type(model).__name__} on {where} ({data.num_labels} labels)"
     return result
 
 

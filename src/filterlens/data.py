@@ -126,7 +126,8 @@ class ArraySplit(torch.utils.data.Dataset):
 class DatasetSplit(torch.utils.data.Dataset):
     """A user's map-style dataset as a split: each sample as the dataset's own ``__getitem__`` (and its
     transforms) gives it, as (image, label); the image a float32 tensor (C, H, W) (a uint8 one scaled to
-    [0, 1], nothing else added), the label an int. ``labels``: every sample's label, read once
+    [0, 1], nothing else added; an image stored H x W x C, as Hugging Face datasets give them, with 1 or 3
+    channels last and neither first, is read channels first), the label an int. ``labels``: every sample's label, read once
     (:mod:`filterlens.inputs`). ``keys``: for samples that are dicts, the image's and the label's key."""
 
     def __init__(self, dataset, labels: torch.Tensor, keys: tuple[str, str] | None = None):
@@ -140,7 +141,11 @@ class DatasetSplit(torch.utils.data.Dataset):
         x, y = (item[self.keys[0]], item[self.keys[1]]) if self.keys else (item[0], item[1])
         x = torch.as_tensor(x)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        return (x.unsqueeze(0) if x.ndim == 2 else x), int(y)
+        if x.ndim == 2:
+            x = x.unsqueeze(0)
+        elif x.ndim == 3 and x.shape[-1] in (1, 3) and x.shape[0] not in (1, 3):  # H x W x C (Hugging Face's)
+            x = x.permute(2, 0, 1)
+        return x, int(y)
 
 
 class FolderSplit(torch.utils.data.Dataset):

@@ -293,11 +293,8 @@ def _unwrap(model):
 
 
 def _analysed_in_python(rd: RunDir) -> bool:
-    try:
-        cfg = rd.read_json(CONFIG)
-    except FilterlensError:
-        return False
-    return isinstance(cfg, dict) and cfg.get("dataset") == "python"
+    """An analysis saved from Python (``Analysis.save``): results without a training of this run."""
+    return rd.exists("results.json") and "train" not in rd.stages()
 
 
 def load_trained(run_dir, device="cpu") -> tuple[nn.Module, Config, Data, ModelSpec]:
