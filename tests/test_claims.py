@@ -322,3 +322,12 @@ def test_report_and_compare_show_the_claims(analysed, tmp_path):
     assert list(got[0]) == ["run", "claim", "metric", "statistic", "value", "low", "high", "n", "verdict"]
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert "The papers' claims" in page and "spearman_rho" in page
+
+
+def test_terminal_table_keeps_every_number_apart():
+    # a negative eight-character bound once ran into the value before it: "0.002222-0.003298"
+    row = {"claim": 6, "metric": "afcc_minus_random", "statistic": "accuracy_difference", "value": 0.002222,
+           "low": -0.003298, "high": -0.0001234, "n": 3, "verdict": "cannot tell", "rule": "a rule"}
+    line = claims.format_table([row])[2]
+    fields = line.split()
+    assert fields[3:7] == ["0.002222", "-0.003298", "-0.0001234", "3"], line

@@ -308,11 +308,11 @@ def format_table(rows: Sequence[Mapping]) -> list[str]:
     if not rows:
         return []
     out = [f"the papers' claims ({LEVEL:.0%} intervals; METHOD.md, \"The papers' claims\")",
-           f"{'claim':<6}{'metric':<20}{'statistic':<22}{'value':>9}{'low':>9}{'high':>9}{'n':>5}  verdict"]
+           f"{'claim':<6}{'metric':<20}{'statistic':<22}{'value':>10}{'low':>11}{'high':>11}{'n':>5}  verdict"]
     rules: list[str] = []
     for r in rows:
-        out.append(f"{r['claim']:<6}{r['metric']:<20}{r['statistic']:<22}{_num(r['value']):>9}{_num(r['low']):>9}"
-                   f"{_num(r['high']):>9}{r['n']:>5}  {r['verdict']}" + (f"  ({r['detail']})" if r.get("detail")
+        out.append(f"{r['claim']:<6}{r['metric']:<20}{r['statistic']:<22}{_num(r['value']):>10} {_num(r['low']):>10}"
+                   f" {_num(r['high']):>10}{r['n']:>5}  {r['verdict']}" + (f"  ({r['detail']})" if r.get("detail")
                                                                           else ""))
         rule = general_rule(r["rule"])
         if rule not in rules:
