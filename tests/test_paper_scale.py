@@ -43,6 +43,7 @@ def test_synthetic_cifar_is_read_by_the_real_loader(paper_scale, tmp_path, datas
     assert corr[same].mean() > corr[diff].mean() + 0.1
 
 
+@pytest.mark.slow  # `make test-slow` (the whole pipeline at paper shape; benchmarks/paper_scale.py runs it too)
 def test_tiny_run_and_its_projection(paper_scale, tmp_path, capsys):
     out, run = tmp_path / "ps.json", tmp_path / "run"
     rc = paper_scale.main(["--device", "cpu", "--train-images", "200", "--test-images", "100", "--width-mult",

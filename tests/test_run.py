@@ -106,7 +106,7 @@ def test_corrupted_cache_is_detected_and_rebuilt(tmp_path):
     assert (d / "layers.csv").read_bytes() == layers
 
 
-@pytest.mark.parametrize("stage_marker", ["checkpoint.pt", "probes.json"])
+@pytest.mark.parametrize("stage_marker", ["checkpoint.pt", pytest.param("probes.json", marks=pytest.mark.slow)])
 def test_killed_run_resumes_to_the_same_results(tmp_path, stage_marker):
     """SIGKILL during training (after a checkpoint) or during the analysis, restart, same results."""
     cfg = write_cfg(tmp_path, epochs=12)

@@ -124,6 +124,7 @@ def test_sweep_interrupted_after_first_model_resumes_without_retraining(tmp_path
     assert r.returncode == 0 and "5 already done" in r.stdout
 
 
+@pytest.mark.slow  # `make test-slow`: two shards and a whole sweep, trained
 def test_shards_then_merge_equal_one_run(tmp_path):
     base = ["sweep", "--dataset", "digits", "--model", "vgg_tiny", "--num-labels", "3,4", "--subsets", "1",
             "--epochs", "2", "--probe-epochs", "2", "--seed", "3", "--no-progress"]
