@@ -299,8 +299,9 @@ def brute_force_matrices(model, layer, W, data):
     import torch
 
     from filterlens.capture import Capture
+    from filterlens.precision import for_inference
 
-    with Capture(model, [layer]) as cap:
+    with Capture(model, [layer], precision=for_inference("cpu", True, model)) as cap:  # as the analysis captured
         feats, ys = [], []
         for start in range(0, len(data.test), 50):
             idx = torch.arange(start, min(start + 50, len(data.test)))
@@ -317,3 +318,33 @@ def brute_force_matrices(model, layer, W, data):
         for i in range(L):
             brute[c, i] = logits[y == i].mean(0).numpy()
     return A, brute
+
+
+# ------------------------------------------------------------------------------ the forward pass as filterlens runs it
+
+def as_filterlens_runs(model, device: str = "cpu"):
+    """A context in which ``model`` computes as filterlens' capture computes it (filterlens.precision: bfloat16
+    autocast with channels-last maps on a CPU with bfloat16 units, float32 elsewhere), under no_grad; it yields
+    the Precision (``p.batch(x)`` lays an input out as the capture does). Brute-force checks of stage 2-3 numbers
+    compute their maps in it, so that they test the arithmetic of the stages, not the precision of the network."""
+    from contextlib import ExitStack
+
+    import torch
+
+    from filterlens.precision import for_inference
+
+    p = for_inference(device, True, model)
+    stack = ExitStack()
+    stack.enter_context(torch.no_grad())
+    stack.enter_context(p.running(model))
+    stack.enter_context(p.autocast())
+
+    class _Ctx:
+        def __enter__(self):
+            stack.__enter__()
+            return p
+
+        def __exit__(self, *exc):
+            return stack.__exit__(*exc)
+
+    return _Ctx()

@@ -18,7 +18,7 @@ import torch.nn as nn
 import filterlens
 from filterlens.errors import FilterlensError
 
-from conftest import run_cli
+from conftest import as_filterlens_runs, run_cli
 
 SIZE = 16
 LABELS = ["circle", "cross", "stripe"]
@@ -160,8 +160,8 @@ def test_unit_matrix_is_the_silenced_fc_on_the_test_images(analyses, world):
     w = a.probes.layer("4").weight  # (L, C, H, W)
     captured = {}
     handle = world["model"][4].register_forward_hook(lambda m, i, o: captured.setdefault("x", o.detach().clone()))
-    with torch.no_grad():
-        world["model"](_tensors(world["test"])[0])
+    with as_filterlens_runs(world["model"]) as p:  # the maps as the capture computes them
+        world["model"](p.batch(_tensors(world["test"])[0]))
     handle.remove()
     x, y = captured["x"], _tensors(world["test"])[1]
     fields = torch.einsum("jhw,nhw->nj", w[:, 11].double(), x[:, 11].double())

@@ -20,6 +20,7 @@ from filterlens.data import load_data
 from filterlens.loaders import make_loader
 from filterlens.models import list_layers, select_layers
 from filterlens.loaders import Feed
+from filterlens.precision import for_inference
 from filterlens.probes import ProbeRecipe, ProbeSet, train_probes
 from filterlens.train import load_trained, train
 
@@ -42,11 +43,15 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cached(trained):
-    """Every layer's float16 features of train and test, captured here (not by train_probes)."""
+    """Every layer's features of train and test, captured here (not by train_probes), in the precision the probes
+    capture them (bfloat16 on a CPU with bfloat16 units, else float32; filterlens.precision) and cached as they
+    cache them (bfloat16 or float16)."""
     model, data, layers = trained
-    with Capture(model, layers) as cap:
-        tr = FeatureCache(cap.layers, len(data.train))
-        te = FeatureCache(cap.layers, len(data.test))
+    prec = for_inference("cpu", True, model)
+    dtype = torch.bfloat16 if prec.dtype == torch.bfloat16 else torch.float16
+    with Capture(model, layers, precision=prec) as cap:
+        tr = FeatureCache(cap.layers, len(data.train), dtype=dtype)
+        te = FeatureCache(cap.layers, len(data.test), dtype=dtype)
         capture_pass(cap, make_loader(data, "train", 128), [tr])
         capture_pass(cap, make_loader(data, "test", 128), [te])
         cls = cap.layers
@@ -320,9 +325,10 @@ def test_label_means_equal_numpy(fast30, trained):
     labels = data.test.labels.numpy()
     x = data.test.normalise(data.test.images)
     model.eval()
-    with torch.no_grad():
+    prec = for_inference("cpu", True, model)  # the maps as the capture computes them (bfloat16 where it can)
+    with torch.no_grad(), prec.running(model), prec.autocast():
         for k, r in enumerate(res.layers):
-            maps = nn.Sequential(*list(model.features)[: k + 1])(x).double().numpy()
+            maps = nn.Sequential(*list(model.features)[: k + 1])(prec.batch(x)).double().numpy()
             expect = np.stack([maps[labels == i].mean(axis=0) for i in range(10)])
             np.testing.assert_allclose(r.label_means.numpy(), expect, rtol=1e-6, atol=1e-6)
 

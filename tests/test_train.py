@@ -194,7 +194,8 @@ def test_run_files_are_consistent(tiny_run):
 
 
 def test_reported_accuracy_is_the_saved_models(tiny_run):
-    """Evaluate model.pt ourselves on the digits test split: the same accuracy as train.json."""
+    """Evaluate model.pt ourselves on the digits test split, in the precision train.json says its evaluation ran in
+    (bfloat16 autocast on a CPU with bfloat16 units): the same accuracy as train.json."""
     import json
 
     from filterlens.data import load_data
@@ -205,11 +206,12 @@ def test_reported_accuracy_is_the_saved_models(tiny_run):
     model = build_model(spec)
     load_checkpoint(tiny_run / "model.pt", model, spec)
     model.eval()
-    with torch.no_grad():
+    summary = json.loads((tiny_run / "train.json").read_text())
+    dtype = {"bfloat16": torch.bfloat16, "float32": None}[summary["precision"]["evaluation"]["precision"]]
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         x = data.test.normalise(data.test.images)
         pred = model(x).argmax(1)
     acc = (pred == data.test.labels).float().mean().item()
-    summary = json.loads((tiny_run / "train.json").read_text())
     assert abs(acc - summary["test_accuracy"]) <= 1 / len(data.test) + 1e-9
 
 
@@ -243,7 +245,8 @@ def test_compiled_training_matches_eager(tmp_path):
     floating-point order), and model.pt holds the plain module's weights (no torch.compile wrapper
     names), so it loads wherever an eager run's checkpoint does."""
     args = ["--dataset", "digits", "--model", "vgg_tiny", "--epochs", "1", "--train-samples", "256",
-            "--test-samples", "128", "--batch-size", "64", "--seed", "0", "--no-progress", "--device", "cpu"]
+            "--test-samples", "128", "--batch-size", "64", "--seed", "0", "--no-progress", "--device", "cpu",
+            "--no-amp"]  # float32: bfloat16 rounds the two graphs' different operation orders apart
     runs = {}
     cache = tmp_path / "inductor"
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
@@ -264,22 +267,6 @@ def test_compiled_training_matches_eager(tmp_path):
             assert torch.allclose(sd_c[k], sd_e[k], atol=1e-3, rtol=1e-3), k
     # and the test accuracy reported for it is that of the saved weights
     assert abs(float(log_c["test_accuracy"]) - float(log_e["test_accuracy"])) <= 2 / 128
-
-
-def test_amp_precision_follows_the_gpu(monkeypatch):
-    """bfloat16 autocast on GPUs that have it, float16 (with loss scaling) on older ones, nothing on the CPU
-    or with --no-amp."""
-    from filterlens import train as tr
-
-    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert tr._amp_dtype(cuda, True) is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert tr._amp_dtype(cuda, True) is torch.float16
-    assert tr._amp_dtype(cuda, False) is None
-    assert tr._amp_dtype(cpu, True) is None
-    with tr._autocast(cpu, True):
-        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_warmup_then_cosine_learning_rates():

@@ -68,7 +68,10 @@ def test_timm_layout_heads_projected_by_proj_give_the_attention_output(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_heads_matrices_equal_brute_force_silencing(name):
+def test_heads_matrices_equal_brute_force_silencing(name, monkeypatch):
+    # the arithmetic of stage 3 against silencing, to float32 rounding: the network in float32 (a bfloat16 forward
+    # pass rounds differently from one batch size to another; test_precision checks bfloat16 against float32)
+    monkeypatch.setenv("FILTERLENS_CPU_BF16", "0")
     model = _model(name)
     data = synthetic_data()
     layers = list_layers(model, (3, SIZE, SIZE))

@@ -328,7 +328,7 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         "probes": {"mode": pr.mode, "engine": pr.engine, "engine_choice": pr.engine_plan, "recipe": asdict(pr.recipe),
                    "note": pr.note,
                    "forward_passes": pr.forward_passes, "timings": pr.timings,
-                   "pool": cfg.probe_pool, "augment": pr.recipe.augment},
+                   "pool": cfg.probe_pool, "augment": pr.recipe.augment, "precision": pr.precision},
         "sfp": {"threshold": cfg.threshold, "normalise": cfg.normalise},
         "timings": {"probes_s": pr.timings.get("stage_s", pr.timings.get("total_s")), "sfp_s": t_sfp},
         "title": f"{cfg.model} on {data_meta.get('dataset', '?')} ({len(label_names)} labels)",

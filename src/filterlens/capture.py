@@ -35,6 +35,7 @@ from .errors import FilterlensError
 from .hooks import Tap, run, taps
 from .models import Layer
 from .models.units import reader
+from .precision import FLOAT32, Precision
 from .utils import module_modes, restore_modes
 
 
@@ -78,9 +79,14 @@ class Capture:
     model : the frozen network (never modified; put in eval mode while inside).
     layers : :class:`~filterlens.models.Layer` objects from ``list_layers``.
     pool : parsed ``probe_pool`` (None, ("size", (H, W)) or ("max", N)).
+    precision : the arithmetic of the forward pass (:mod:`filterlens.precision`; default float32). With
+        channels-last maps, ``model``'s tensors are channels-last copies inside the block and its own tensors
+        are put back on leaving.
+        The captured maps come back in float32, or in the autocast dtype when that is bfloat16 (the values the
+        network computed; half the bytes to move).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[Layer], pool=None):
+    def __init__(self, model: nn.Module, layers: Sequence[Layer], pool=None, precision: Precision = FLOAT32):
         if not layers:
             raise FilterlensError("no layer selected for capture; select at least one layer")
         names = dict(model.named_modules())
@@ -88,6 +94,7 @@ class Capture:
             if l.hook_module not in names:
                 raise FilterlensError(f"layer '{l.name}' is not a module of this model")
         self.model = model
+        self.precision = precision
         self.layers = [CaptureLayer(l, pooled_shape(l.shape, pool, l.unit_kind)) for l in layers]
         self.pool = pool
         self._handles: list = []
@@ -102,6 +109,7 @@ class Capture:
         self.model.eval()
         self._stack = ExitStack()
         try:
+            self._stack.enter_context(self.precision.running(self.model))  # channels-last while inside
             self._handles = self._stack.enter_context(
                 taps(self.model, {cl.name: self._tap(cl) for cl in self.layers}, stop=self._deepest))
         except BaseException:
@@ -127,6 +135,7 @@ class Capture:
         the network must not change them) or pooled, in float32."""
         name, target = cl.name, cl.shape[1:]
         pre, read = reader(cl.layer.layout, cl.layer.units, cl.layer.tokens)
+        keep = torch.bfloat16 if self.precision.dtype == torch.bfloat16 else torch.float32
 
         def record(*args):
             x = read(*args)
@@ -135,24 +144,25 @@ class Capture:
                                       "analysed")
             x = x.detach()
             if tuple(x.shape[2:]) != target:
-                x = F.adaptive_max_pool2d(x, target)
-            else:
+                x = F.adaptive_max_pool2d(x, target)  # a new tensor
+            elif x.dtype == keep:  # a copy that in-place ops later in the network cannot change
                 x = x.clone(memory_format=torch.contiguous_format)
-            self._out[name] = x.float()
+            self._out[name] = x.to(keep, memory_format=torch.contiguous_format)
 
         return Tap(cl.layer.hook_module, record, pre)
 
     # -- work ----------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every selected layer's (pooled) output for the batch ``x``, as float32 (N, C, H, W)."""
+        """Every selected layer's (pooled) output for the batch ``x``, (N, C, H, W), contiguous, in float32 (or
+        bfloat16 under bfloat16 autocast)."""
         if not self._handles:
             raise RuntimeError("Capture.forward called outside its 'with' block")
         self._out = {}
         # no_grad rather than inference_mode: the captured tensors feed the probes' autograd
         # in streaming mode, which inference tensors cannot do; either way nothing is attached
         # to a graph of the frozen network.
-        with torch.no_grad():
-            run(self.model, x)
+        with torch.no_grad(), self.precision.autocast():
+            run(self.model, self.precision.batch(x))
         out, self._out = self._out, {}
         return out
 
@@ -190,16 +200,23 @@ class LabelMeanSink:
 
 
 class FeatureCache:
-    """float16 features of every sample for each layer, in memory (host or GPU) or memory-mapped on disk.
+    """Half-precision features of every sample for each layer, in memory (host or GPU) or memory-mapped on disk.
 
     All layers share one (N, sum of features) array (``data``; the file ``{prefix}.f16`` when
     memory-mapped); ``features[name]`` is the layer's (N, F) column block of it, a view. One
     row gather then fetches a mini-batch of every layer at once. ``device``: where ``data`` and
     ``labels`` live (default the host; a GPU keeps captured features where the probes train).
+    ``dtype``: float16 (default) or bfloat16 (where the probes compute in bfloat16: its matrix products run
+    on the CPU's bfloat16 units straight from the cache; on disk its bits are stored as uint16).
     """
 
+    DTYPES = (torch.float16, torch.bfloat16)
+
     def __init__(self, layers: Sequence[CaptureLayer], num_samples: int, directory: Path | None = None,
-                 prefix: str = "train", device=None, _mode: str = "w+"):
+                 prefix: str = "train", device=None, _mode: str = "w+", dtype: torch.dtype = torch.float16):
+        if dtype not in self.DTYPES:
+            raise ValueError(f"a feature cache holds float16 or bfloat16, not {dtype}")
+        self.dtype = dtype
         device = torch.device(device or "cpu")
         if directory is not None and device.type != "cpu":
             raise ValueError("a memory-mapped feature cache lives on the host; give directory or device, not both")
@@ -212,11 +229,12 @@ class FeatureCache:
             self.offsets[cl.name] = (total, total + cl.features)
             total += cl.features
         if directory is None:
-            self.data = torch.empty((num_samples, total), dtype=torch.float16, device=device)
+            self.data = torch.empty((num_samples, total), dtype=dtype, device=device)
             self.labels = torch.empty(num_samples, dtype=torch.long, device=device)
         else:  # {prefix}.f16 (the features) and {prefix}.labels (int64), both .npy memory maps
             directory.mkdir(parents=True, exist_ok=True)
-            self._maps = [np.lib.format.open_memmap(directory / f"{prefix}.f16", mode=_mode, dtype=np.float16,
+            bits = np.float16 if dtype == torch.float16 else np.uint16  # numpy has no bfloat16: its bits
+            self._maps = [np.lib.format.open_memmap(directory / f"{prefix}.f16", mode=_mode, dtype=bits,
                                                     shape=(num_samples, total)),
                           np.lib.format.open_memmap(directory / f"{prefix}.labels", mode=_mode, dtype=np.int64,
                                                     shape=(num_samples,))]
@@ -226,12 +244,15 @@ class FeatureCache:
                         raise ValueError(f"cache file has shape {arr.shape}, expected {want}")
                 self._filled = num_samples
             self.data, self.labels = (torch.from_numpy(a) for a in self._maps)
+            if dtype == torch.bfloat16:
+                self.data = self.data.view(torch.bfloat16)
         self.features: dict[str, torch.Tensor] = {name: self.data[:, a:b] for name, (a, b) in self.offsets.items()}
 
     @classmethod
-    def open(cls, layers: Sequence[CaptureLayer], num_samples: int, directory: Path, prefix: str) -> "FeatureCache":
+    def open(cls, layers: Sequence[CaptureLayer], num_samples: int, directory: Path, prefix: str,
+             dtype: torch.dtype = torch.float16) -> "FeatureCache":
         """A complete memory-mapped cache written earlier (the caller checked its completion marker)."""
-        return cls(layers, num_samples, directory, prefix, _mode="r+")
+        return cls(layers, num_samples, directory, prefix, _mode="r+", dtype=dtype)
 
     def flush(self) -> None:
         """Write a memory-mapped cache's pages to its files."""
@@ -266,7 +287,7 @@ class FeatureCache:
         if b > self.num_samples:
             raise RuntimeError("more samples than the cache was sized for")
         for name, f in feats.items():  # halved where it was computed, then moved (if at all)
-            self.features[name][a:b] = f.reshape(n, -1).to(torch.float16).to(self.data.device)
+            self.features[name][a:b] = f.reshape(n, -1).to(self.dtype).to(self.data.device)
         self.labels[a:b] = y.to(self.labels.device)
         self._filled = b
         self.touch(2 * n * self.data.shape[1])

@@ -73,7 +73,9 @@ class Config:
     step_epochs: int = _f(30, "train", "step schedule: epochs between decays", bounds="[1, 100000]")
     gamma: float = _f(0.1, "train", "step schedule: decay factor", bounds="(0, 1]")
     augment: bool = _f(True, "train", "training augmentation (padded random crop, flip where the dataset allows)")
-    amp: bool = _f(True, "train", "mixed precision (bfloat16) on CUDA; ignored on CPU")
+    amp: bool = _f(True, "train", "mixed precision: bfloat16 autocast where the hardware has it (CUDA; CPUs with "
+                                  "AMX or AVX512-BF16: every inference, and training where convolutions dominate), "
+                                  "float32 elsewhere; --no-amp: float32 everywhere")
     # probes (METHOD.md stage 2)
     layers: str = _f("all", "probes", "layers to analyse: all, indices (negative ok), last:N, or dotted names")
     probe_mode: str = _f("fast", "probes", "fast: cache features once, train probes from the cache; paper: the "

@@ -86,10 +86,10 @@ def group_layers(layers: Sequence[CaptureLayer], rows: int, budget: int) -> list
     return sorted(groups, key=lambda g: order[g[-1].name])
 
 
-def forward_seconds(model, layers: Sequence[CaptureLayer], pool, loader, batches: int = 2) -> float:
+def forward_seconds(model, layers: Sequence[CaptureLayer], pool, loader, batches: int = 2, precision=None) -> float:
     """Seconds per sample of a capture pass over ``layers`` (stopping after the deepest), from a few batches
-    after one warm-up batch."""
-    with Capture(model, [cl.layer for cl in layers], pool) as cap:
+    after one warm-up batch, in ``precision`` (default float32)."""
+    with Capture(model, [cl.layer for cl in layers], pool, *([precision] if precision is not None else [])) as cap:
         seen, spent = 0, 0.0
         for i, (x, y) in enumerate(loader):
             t0 = time.perf_counter()
@@ -183,7 +183,7 @@ def check_home(home: Path) -> None:
 
 
 class DiskCache:
-    """The float16 features of one group of layers on disk: ``<key>.train.f16`` and ``.labels``, the same for
+    """The half-precision (float16 or bfloat16) features of one group of layers on disk: ``<key>.train.f16`` and ``.labels``, the same for
     ``test``, the label means (``<key>.means.pt``) and, written last, the completion marker ``<key>.json`` with
     every file's sha256. ``<key>.lock`` keeps a second command off the same cache while this one uses it.
 
@@ -195,8 +195,10 @@ class DiskCache:
 
     SPLITS = ("train", "test")
 
-    def __init__(self, home: Path, layers: Sequence[CaptureLayer], rows: dict, key: str, echo=print):
+    def __init__(self, home: Path, layers: Sequence[CaptureLayer], rows: dict, key: str, echo=print,
+                 dtype: torch.dtype = torch.float16):
         self.home, self.layers, self.rows, self.key, self.echo = Path(home), list(layers), dict(rows), key, echo
+        self.dtype = dtype
         self.caches: dict[str, FeatureCache] = {}
         self.means: dict | None = None
         self._lock = None
@@ -215,8 +217,8 @@ class DiskCache:
         why = self._damage()
         if why is None:
             try:
-                self.caches = {s: FeatureCache.open(self.layers, self.rows[s], self.home, f"{self.key}.{s}")
-                               for s in self.SPLITS}
+                self.caches = {s: FeatureCache.open(self.layers, self.rows[s], self.home, f"{self.key}.{s}",
+                                                    self.dtype) for s in self.SPLITS}
                 self.means = torch.load(self.home / f"{self.key}.means.pt", map_location="cpu", weights_only=True)
                 return True
             except Exception as exc:  # noqa: BLE001 - whatever the reason, the cache is filled again
@@ -224,7 +226,8 @@ class DiskCache:
         if why:
             self.echo(f"note: the disk cache in {self.home} was damaged after it was written ({why}); it is rebuilt")
         self._marker().unlink(missing_ok=True)
-        self.caches = {s: FeatureCache(self.layers, self.rows[s], self.home, f"{self.key}.{s}") for s in self.SPLITS}
+        self.caches = {s: FeatureCache(self.layers, self.rows[s], self.home, f"{self.key}.{s}", dtype=self.dtype)
+                       for s in self.SPLITS}
         return False
 
     def _damage(self) -> str | None:
@@ -239,7 +242,8 @@ class DiskCache:
             return "its completion marker is not valid JSON"
         total = sum(cl.features for cl in self.layers)
         if not (isinstance(done, dict) and done.get("key") == self.key and done.get("rows") == self.rows
-                and done.get("features") == total and isinstance(done.get("sha256"), dict)):
+                and done.get("features") == total and done.get("dtype", "float16") == _dtype_name(self.dtype)
+                and isinstance(done.get("sha256"), dict)):
             return "its completion marker does not describe this cache"
         for name in self._names():
             path = self.home / name
@@ -261,7 +265,7 @@ class DiskCache:
         sums = {name: sha256_file(self.home / name) for name in self._names()}
         total = sum(cl.features for cl in self.layers)
         write_json(self._marker(), {"key": self.key, "rows": self.rows, "features": total, "sha256": sums,
-                                    "complete": True}, private=True)
+                                    "dtype": _dtype_name(self.dtype), "complete": True}, private=True)
 
     def release(self) -> None:
         """Let go of the cache, keeping its files (an interrupted analysis reuses a complete one)."""
@@ -310,6 +314,10 @@ class DiskCache:
                                   "filterlens command; wait for it to finish, or choose another --cache-dir") from None
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _tidy(home: Path) -> None:
     """Remove the cache folder once only its marker is left in it, then the folders filterlens made for it."""
     try:
@@ -343,7 +351,7 @@ def size_text(nbytes: float) -> str:
 
 def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: int, budget: int, rows: int,
                 epochs: int, train_rows: int, augment: bool, device: torch.device, cache_dir: Path | None,
-                loader, train_cost=None) -> EnginePlan:
+                loader, train_cost=None, precision=None) -> EnginePlan:
     """Choose the engine (see the module docstring); ``want`` is the ``engine`` setting. ``train_cost(group)``:
     the estimated seconds of training a group's probes (every engine trains them: a group's set of probes has
     its own per-step overhead, so more groups cost more)."""
@@ -384,12 +392,13 @@ def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: in
         return EnginePlan("stream", [list(layers)], note=f"streaming: one forward pass per epoch ({size_note})")
     # auto, over budget: estimate every option from measured throughputs
     cost = train_cost or (lambda group: 0.0)
-    full = forward_seconds(model, layers, pool, loader)
+    full = forward_seconds(model, layers, pool, loader, precision=precision)
     train_all = cost(list(layers))
     est = {"stream_s": (epochs * train_rows + (rows - train_rows)) * full + train_all, "forward_s_per_sample": full,
            "probe_training_s": train_all}
     if groups is not None:
-        per = [forward_seconds(model, g, pool, loader) if g[-1].name != layers[-1].name else full for g in groups]
+        per = [forward_seconds(model, g, pool, loader, precision=precision) if g[-1].name != layers[-1].name else full
+               for g in groups]
         est["groups_s"] = rows * sum(per) + sum(cost(g) for g in groups)
     free = shutil.disk_usage(_existing(cache_dir)).free
     if free > 1.1 * need:

@@ -38,6 +38,7 @@ from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture
 from .config import Config, parse_bytes, parse_pool
 from .engine import CACHE_FOLDER, DiskCache, EnginePlan, bound_resident, cache_home, cache_key, plan_engine
 from .models import Layer
+from .precision import FLOAT32, for_inference
 from .probe_results import LayerProbeResult, ProbeRecipe, ProbeResult
 from .progress import progress_bar
 from .utils import derive_seed
@@ -107,6 +108,9 @@ class ProbeSet:
         times the inputs) rather than taken by autograd: the same numbers, without building a
         graph per layer thousands of times per epoch. The softmax of all layers is one call.
         Features may be column views of one batch (row stride larger than their width).
+        bfloat16 features (a bfloat16 cache, or a bfloat16 capture streamed) are multiplied in
+        bfloat16 with float32 accumulation (the CPU's bfloat16 units); the weights, the softmax and
+        the optimiser stay float32. Other features are multiplied in float32.
         """
         if feats.keys() != self.fcs.keys():
             raise ValueError(f"step_all needs features of every layer of the set ({', '.join(self.fcs)}), "
@@ -115,16 +119,22 @@ class ProbeSet:
         xs = []
         for x in feats.values():
             x = x.reshape(n, -1)
-            xs.append(x if x.dtype == torch.float32 else x.float())
+            xs.append(x if x.dtype in (torch.float32, torch.bfloat16) else x.float())
         ws = [fc.weight for fc in self.fcs.values()]
         logits = torch.empty((len(ws), n, self.num_labels), device=ws[0].device)
         for k, (x, w) in enumerate(zip(xs, ws)):
-            torch.mm(x, w.T, out=logits[k])
+            if x.dtype == torch.bfloat16:  # bfloat16 features: products on the bfloat16 units, float32 weights
+                logits[k] = torch.mm(x, w.T.to(torch.bfloat16))
+            else:
+                torch.mm(x, w.T, out=logits[k])
         target = torch.zeros((n, self.num_labels), device=logits.device)
         target[torch.arange(n, device=target.device), y] = 1.0 / n
         p = torch.softmax(logits, dim=2).div_(n).sub_(target)  # d(mean cross-entropy)/d(logits)
         for k, (x, w) in enumerate(zip(xs, ws)):
-            torch.mm(p[k].T, x, out=w.grad)
+            if x.dtype == torch.bfloat16:
+                w.grad.copy_(torch.mm(p[k].T.to(torch.bfloat16), x))
+            else:
+                torch.mm(p[k].T, x, out=w.grad)
         dist_.all_reduce_(self._flat_grad, average=True)  # under torchrun: the global batch's gradient
         self.opt.step()
 
@@ -161,28 +171,41 @@ class ProbeEval:
 
     @torch.no_grad()
     def update(self, feats: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        """One batch of every layer (the sink of a capture pass)."""
         for name, x in feats.items():
-            x = x.float()
-            n = len(x)
-            logits = self.probes.fcs[name](x.reshape(n, -1))
-            self.correct[name] += (logits.argmax(1) == y).sum().item()
-            # single-filter fields h[n, c, j] = sum_s W[j, c, s] x[n, c, s]; argmax over j per filter
-            fields = torch.einsum("ncs,jcs->ncj", x.reshape(n, x.shape[1], -1), self._w[name])
-            winner = fields.argmax(2).cpu()  # (n, C)
-            if self.keep_fields:
-                self.fields[name].append(fields.float().cpu())
-            self.votes[name].scatter_add_(1, winner.T.contiguous(), torch.ones_like(winner.T))
-            if self.top_k:
-                self._update_top(name, fields)
+            self.update_layer(name, x, y, self._seen)
+        self.count(y)
+
+    def count(self, y: torch.Tensor) -> None:
+        """The labels of the samples just evaluated in every layer (after their :meth:`update_layer` calls)."""
         self._seen += len(y)
         self.total += len(y)
         if self.keep_fields:
             self.labels.append(y.cpu())
 
-    def _update_top(self, name: str, fields: torch.Tensor) -> None:
-        """Merge this batch's fields (n, C, L) into the running top k per (unit, output unit)."""
+    @torch.no_grad()
+    def update_layer(self, name: str, x: torch.Tensor, y: torch.Tensor, start: int) -> None:
+        """Rows ``start .. start+len(x)`` of this process' test samples in one layer: the single-unit fields
+        h[n, c, j] = sum_s W[j, c, s] x[n, c, s] in float32, the probe's logits as their sum over units (the
+        probe is bias-free), the winning output unit of every unit, the fields kept for the bootstrap, the top
+        images. Call :meth:`count` once every layer has seen the rows."""
+        n = len(x)
+        x = x.reshape(n, x.shape[1], -1)
+        w = self._w[name]
+        # (C, n, S) @ (C, S, L) -> (C, n, L): one batched product, float32
+        fields = torch.bmm(x.transpose(0, 1).float(), w.permute(1, 2, 0)).transpose(0, 1)  # (n, C, L)
+        self.correct[name] += (fields.sum(1).argmax(1) == y).sum().item()
+        winner = fields.argmax(2).cpu()  # (n, C)
+        if self.keep_fields:
+            self.fields[name].append(fields.to("cpu", torch.float32, memory_format=torch.contiguous_format))
+        self.votes[name].scatter_add_(1, winner.T.contiguous(), torch.ones_like(winner.T))
+        if self.top_k:
+            self._update_top(name, fields, start)
+
+    def _update_top(self, name: str, fields: torch.Tensor, start: int) -> None:
+        """Merge these rows' fields (n, C, L) into the running top k per (unit, output unit)."""
         n = fields.shape[0]
-        local = torch.arange(self._seen, self._seen + n)
+        local = torch.arange(start, start + n)
         index = (self.test_index[local] if self.test_index is not None else local).to(fields.device)
         vals = fields.permute(1, 2, 0).float()  # (C, L, n)
         idx = index.view(1, 1, n).expand_as(vals)
@@ -231,6 +254,11 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
 
     device = feed.device
     recipe = ProbeRecipe.from_config(cfg)
+    precision = for_inference(device, cfg.amp, model)  # the capture's forward pass (precision.py)
+    # the probes' products in bfloat16 from a bfloat16 cache where the CPU has bfloat16 units; else float32 from
+    # a float16 cache (a GPU's float32 products are fast enough)
+    arithmetic = torch.bfloat16 if precision.dtype == torch.bfloat16 and device.type == "cpu" else torch.float32
+    cache_dtype = torch.bfloat16 if arithmetic == torch.bfloat16 else torch.float16
     batch = dist_.per_rank_batch(recipe.batch_size, "probe_batch_size")
     pool = parse_pool(cfg.probe_pool)
     t_all = time.perf_counter()
@@ -245,9 +273,10 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
     try:
         plan = plan_engine(model, cls, pool, cfg.engine, need, parse_bytes(cfg.cache_budget), n_train + n_test,
                            recipe.epochs, n_train, recipe.augment, device, home, feed.train,
-                           lambda group: _training_seconds(group, feed.num_labels, recipe, batch, n_train, device))
+                           lambda group: _training_seconds(group, feed.num_labels, recipe, batch, n_train, device,
+                                                           arithmetic), precision=precision)
         echo(f"note: {plan.note}")
-        run = _Run(model, pool, feed, cfg, recipe, batch, progress, keep_fields, echo)
+        run = _Run(model, pool, feed, cfg, recipe, batch, progress, keep_fields, echo, precision, cache_dtype)
         if plan.engine == "stream":
             parts = [run.stream(cls)]
         else:
@@ -258,15 +287,20 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
     results, counts, timings, test_labels = _merge(parts, cls, keep_fields)
     timings["total_s"] = time.perf_counter() - t_all
     passes = plan.record()["capture_passes"] or recipe.epochs + 1
+    record = {**precision.record(), "cache": _name(cache_dtype), "probe_products": _name(arithmetic)}
     return ProbeResult(results, cfg.probe_mode, plan.engine, recipe, counts, timings, passes, plan.note, test_labels,
-                       plan.record(), feed.describe())
+                       plan.record(), feed.describe(), record)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _training_seconds(group: list[CaptureLayer], num_labels: int, recipe: ProbeRecipe, batch: int, rows: int,
-                      device) -> float:
+                      device, dtype: torch.dtype = torch.float32) -> float:
     """Estimated seconds to train a group's probes: a few timed steps of its set on random features."""
     probes = ProbeSet(group, num_labels, recipe, device=device)
-    x = {cl.name: torch.randn(batch, cl.features, device=device) for cl in group}
+    x = {cl.name: torch.randn(batch, cl.features, device=device).to(dtype) for cl in group}
     y = torch.arange(batch, device=device) % num_labels
     probes.step_all(x, y)  # warm-up
     t0 = time.perf_counter()
@@ -280,8 +314,10 @@ def _training_seconds(group: list[CaptureLayer], num_labels: int, recipe: ProbeR
 class _Run:
     """One probe stage's settings, and the two ways a group of layers is trained: from a cache, or streamed."""
 
-    def __init__(self, model, pool, feed, cfg, recipe, batch, progress, keep_fields, echo=print):
+    def __init__(self, model, pool, feed, cfg, recipe, batch, progress, keep_fields, echo=print, precision=FLOAT32,
+                 cache_dtype=torch.float16):
         self.model, self.pool, self.feed, self.cfg, self.recipe = model, pool, feed, cfg, recipe
+        self.precision, self.cache_dtype = precision, cache_dtype
         self.device, self.batch, self.progress, self.keep_fields = feed.device, batch, progress, keep_fields
         self.rank, self.world, self.echo = feed.rank, feed.world_size, echo
 
@@ -300,8 +336,8 @@ class _Run:
         if plan.engine == "disk":
             tag = f"-rank{self.rank}" if self.world > 1 else ""
             rows = {"train": n_train, "test": n_test}
-            disk = DiskCache(plan.cache_dir, group, rows, cache_key(self.model, group, self.feed.describe(), rows, tag),
-                             self.echo)
+            key = cache_key(self.model, group, self.feed.describe(), rows, tag + _name(self.cache_dtype))
+            disk = DiskCache(plan.cache_dir, group, rows, key, self.echo, dtype=self.cache_dtype)
         try:
             out = self._from_cache(group, plan, n_train, n_test, disk)
         except BaseException:
@@ -322,10 +358,10 @@ class _Run:
         if disk is not None:
             caches = {s: bound_resident(c, parse_bytes(self.cfg.cache_budget)) for s, c in disk.caches.items()}
         else:
-            caches = {s: FeatureCache(group, n, None, s, device=plan.cache_device)
+            caches = {s: FeatureCache(group, n, None, s, device=plan.cache_device, dtype=self.cache_dtype)
                       for s, n in (("train", n_train), ("test", n_test))}
         if fresh:
-            with Capture(self.model, [cl.layer for cl in group], self.pool) as cap:
+            with Capture(self.model, [cl.layer for cl in group], self.pool, self.precision) as cap:
                 capture_pass(cap, self.feed.train, [caches["train"]], progress=self._bar("capture train"))
                 # the label means from the float32 maps, as the other engines compute them
                 capture_pass(cap, self.feed.test, [caches["test"], means], progress=self._bar("capture test"))
@@ -346,12 +382,15 @@ class _Run:
         timings["probe_train_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         test = caches["test"]
-        rows = _chunk_rows(sum(cl.features for cl in group))
-        for s in range(0, n_test, rows):
-            y = test.labels[s : s + rows].to(self.device)
-            ev.update({cl.name: test.features[cl.name][s : s + rows].to(self.device, torch.float32)
-                       .reshape(len(y), *cl.shape) for cl in group}, y)
-            test.touch(2 * len(y) * test.data.shape[1])
+        labels = test.labels.to(self.device)
+        for cl in group:  # layer by layer, each in chunks of rows sized to its own width
+            rows = _chunk_rows(cl.features, 32 * 2**20)
+            for s in range(0, n_test, rows):
+                y = labels[s : s + rows]
+                ev.update_layer(cl.name, test.features[cl.name][s : s + rows].to(self.device).reshape(len(y), *cl.shape),
+                                y, s)
+                test.touch(2 * len(y) * cl.features)
+        ev.count(labels)
         timings["eval_s"] = time.perf_counter() - t0
         return {"probes": probes, "means": means, "ev": ev, "train_acc": train_acc, "timings": timings}
 
@@ -366,7 +405,7 @@ class _Run:
         # samples in an unshuffled pass, permuted each epoch by a generator seeded as there
         local = self.feed.train_index
         gen = torch.Generator().manual_seed(self.cfg.seed if self.world == 1 else derive_seed(self.cfg.seed, self.rank))
-        with Capture(self.model, [cl.layer for cl in cls], self.pool) as cap:
+        with Capture(self.model, [cl.layer for cl in cls], self.pool, self.precision) as cap:
             for epoch in progress_bar(range(self.recipe.epochs), self.progress, desc="probe epochs (stream)"):
                 order = local[torch.randperm(len(local), generator=gen)]
                 for x, y in self.feed.ordered(order, self.batch, self.recipe.augment, epoch):
@@ -419,13 +458,15 @@ def train_from_cache(probes: ProbeSet, cache: FeatureCache, recipe: ProbeRecipe,
     columns of one array) into a preallocated float32 buffer (fresh large tensors per batch
     cost more than the arithmetic on CPU), then every layer takes one step on its columns.
     The cache is read where it lives (``train_probes`` puts it on the GPU when it fits); a host
-    cache feeding a GPU is gathered into pinned memory, then copied up.
+    cache feeding a GPU is gathered into pinned memory, then copied up. A bfloat16 cache on the
+    device of the probes feeds its gathered rows to the products directly (no float32 copy).
     """
     device = torch.device(device)
     n, bs = cache.num_samples, batch_size or recipe.batch_size
     data, labels = cache.data, cache.labels
     host = data.device.type == "cpu" and device.type != "cpu"
-    buf = torch.empty((bs, data.shape[1]), device=device)
+    direct = data.dtype == torch.bfloat16 and not host  # bfloat16 rows feed the products as they are
+    buf = None if direct else torch.empty((bs, data.shape[1]), device=device)
     # the gathered float16 rows land in a reused buffer too (pinned when they go on to a GPU)
     staging = torch.empty((bs, data.shape[1]), dtype=data.dtype, device=data.device)
     if host:
@@ -436,11 +477,15 @@ def train_from_cache(probes: ProbeSet, cache: FeatureCache, recipe: ProbeRecipe,
     for _ in (progress(epochs) if progress else epochs):
         perm = torch.randperm(n, generator=gen)
         for idx in perm.split(bs):
-            b, st = buf[: len(idx)], staging[: len(idx)]
+            st = staging[: len(idx)]
             idx = idx.to(data.device)
             torch.index_select(data, 0, idx, out=st)
             cache.touch(st.numel() * 2)
-            b.copy_(st)  # blocking: the staging buffer is reused by the next batch
+            if direct:
+                b = st
+            else:
+                b = buf[: len(idx)]
+                b.copy_(st)  # blocking: the staging buffer is reused by the next batch
             probes.step_all({name: b[:, a:z] for name, (a, z) in cols.items()},
                             labels.index_select(0, idx.to(labels.device)).to(device))
         probes.end_epoch()

@@ -5,7 +5,7 @@ cosine/step/constant decay, the
 dataset's training augmentation, a checkpoint written atomically after every
 epoch, ``resume`` from it (same weights as an uninterrupted run: the loader's
 order and augmentation are drawn from a generator seeded by (seed, epoch)),
-bfloat16 autocast and channels-last on CUDA. Under torchrun the model is wrapped in
+bfloat16 autocast and channels-last where the hardware has them (:mod:`filterlens.precision`). Under torchrun the model is wrapped in
 DistributedDataParallel, each rank trains on its shard of every global mini-batch and
 rank 0 alone writes (:mod:`filterlens.distributed`).
 """
@@ -28,6 +28,7 @@ from .names import CONFIG, MODEL
 from .models import ModelSpec, build_model, list_layers, load_checkpoint, read_checkpoint, save_checkpoint
 from .progress import progress_bar
 from .rundir import RunDir
+from .precision import FLOAT32, Precision, for_inference, for_training
 from .utils import eval_mode, resolve_device, seed_everything
 
 
@@ -50,16 +51,17 @@ def make_model(cfg: Config, data: Data) -> tuple[nn.Module, ModelSpec]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, amp: bool = False, reduce: bool = False) -> dict:
-    """Test accuracy and mean cross-entropy, in eval mode (the caller's mode is restored).
+def evaluate(model: nn.Module, loader, device, precision: Precision = FLOAT32, reduce: bool = False) -> dict:
+    """Test accuracy and mean cross-entropy, in eval mode (the caller's mode is restored), the forward pass in
+    ``precision`` (:mod:`filterlens.precision`; float32 by default).
 
     ``reduce``: the loader holds this rank's shard; sum the counts over the ranks.
     """
     correct, total, loss = 0, 0, 0.0
     with eval_mode(model):
         for x, y in loader:
-            with _autocast(device, amp):
-                out = logits_of(model(x))
+            with precision.autocast():
+                out = logits_of(model(precision.batch(x)))
             loss += F.cross_entropy(out.float(), y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
@@ -73,20 +75,6 @@ def logits_of(out):
     if isinstance(out, tuple):
         return out.logits if hasattr(out, "logits") else out[0]
     return out
-
-
-def _amp_dtype(device: torch.device, amp: bool):
-    """bfloat16 where the GPU has it (Ampere and later), float16 on older GPUs, None: no autocast."""
-    if amp and device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
-
-
-def _autocast(device: torch.device, amp: bool):
-    dtype = _amp_dtype(device, amp)
-    if dtype is not None:
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
 
 
 def _optimizer(cfg: Config, model: nn.Module):
@@ -198,8 +186,12 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         rd.claim(cfg, overwrite=overwrite, stage="train")
     dist_.barrier()
     model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    precision = for_training(device, cfg.amp, model, data.input_shape)  # bfloat16 where it pays (precision.py)
+    infer = for_inference(device, cfg.amp, model)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # the training's own model, built above
+    echo(f"note: training in {precision.name}" + (" with channels-last maps" if precision.channels_last else "")
+         + f" ({precision.reason})")
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -213,7 +205,7 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
                               rank=rank, world_size=world, pad=False)
     sched = _scheduler(cfg, opt)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none
-    scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(device, cfg.amp) == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "float16")
     history, start = [], 0
     if resume and rd.exists("checkpoint.pt"):
         state = load_checkpoint(rd.file("checkpoint.pt"), model, spec)  # before any step: DDP replicas agree
@@ -234,10 +226,8 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         te = time.perf_counter()
         bar = progress_bar(train_loader, show, desc=f"train epoch {epoch + 1}/{cfg.epochs}")
         for x, y in bar:
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, cfg.amp):
-                out = logits_of(net(x))
+            with precision.autocast():
+                out = logits_of(net(precision.batch(x)))
                 loss = F.cross_entropy(out.float(), y)
             if not torch.isfinite(loss):
                 raise FilterlensError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr "
@@ -253,10 +243,10 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         if world > 1:
             loss_sum, correct, total = dist_.all_reduce_sum([loss_sum, correct, total])
             dist_.broadcast_buffers(model)  # the model rank 0 saves is the one every rank evaluates
-        ev = evaluate(model, test_loader, device, cfg.amp, reduce=world > 1)
+        ev = evaluate(model, test_loader, device, infer, reduce=world > 1)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / total,
                "train_accuracy": correct / total, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
-               "seconds": time.perf_counter() - te}
+               "seconds": time.perf_counter() - te, "precision": precision.name}
         history.append(row)
         echo(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc "
              f"{row['train_accuracy']:.4f}  test acc {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)")
@@ -267,11 +257,12 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
                              "world_size": world, "grad_scaler": scaler.state_dict()})
             write_csv(rd.file("train_log.csv"), history)
 
-    final = evaluate(model, test_loader, device, cfg.amp, reduce=world > 1) if not history or start == cfg.epochs \
+    final = evaluate(model, test_loader, device, infer, reduce=world > 1) if not history or start == cfg.epochs \
         else {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
     summary = {"train_hash": cfg.stage_hash("train"), "test_accuracy": final["accuracy"], "test_loss": final["loss"],
                "epochs": cfg.epochs, "seconds": time.perf_counter() - t0, "model": asdict(spec),
-               "data": data.describe(), "history": history, "processes": world}
+               "data": data.describe(), "history": history, "processes": world,
+               "precision": {"train": precision.record(), "evaluation": infer.record()}}
     if main:
         save_checkpoint(rd.file("model.pt"), _unwrap(model), spec, data.label_names,
                         {"epoch": cfg.epochs, "history": history, "config": cfg.to_dict()})
