@@ -18,7 +18,7 @@ Rendering runs once into a cache folder (``--data-dir``; default ``$XDG_CACHE_HO
 ``~/.cache/filterlens/glyphs``), marked as filterlens' own::
 
     .filterlens                          the marker (kind "glyphs")
-    fonts.json                           what the font scan found, keyed by path, size and mtime (saves the scan)
+    fonts.json                           what the font scan found (names, coverage, sha256), by path and stat
     <design>-<style>-<N>px-<key>/        one folder per face; <key> hashes the font's sha256 and every constant
         face.json                        the face and the constants it was rendered with
         b000.npy, b000.sha256, ...       labels 0-63: uint8 array (64, copies, N, N), and its sha256
@@ -239,25 +239,33 @@ def _read_scan(cache_dir: Path | None) -> dict:
     return data["files"]
 
 
+def _valid_entry(entry, stamp) -> bool:
+    """A fonts.json entry of the same file (same size, times and inode), in the shape find_faces writes."""
+    return (isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("covers"), dict)
+            and isinstance(entry.get("faces"), list)
+            and all(isinstance(f, dict) and isinstance(f.get("family"), str) and isinstance(f.get("style"), str)
+                    for f in entry["faces"])
+            and (entry.get("sha256") is None or isinstance(entry["sha256"], str)))
+
+
 def find_faces(cache_dir=None) -> tuple[list[Face], dict]:
     """The faces of the dataset, sorted by design and style, and the scan record to keep in ``fonts.json``.
 
     Refuses (one line naming the Debian packages) when the installed fonts give no training design or no held-out
     design. ``cache_dir``: a glyphs cache folder whose ``fonts.json`` saves reading the fonts again (an entry counts
-    while the file's size and modification time are unchanged).
+    while the file's size, modification and change times and inode are unchanged).
     """
     old = _read_scan(Path(cache_dir) if cache_dir is not None else None)
     dirs = font_dirs()
     scan: dict = {}
-    candidates = []  # (design, style key) -> ranked (path, index, family, style)
+    candidates = []  # ((design, style key), preference, path, index, family, style)
     for path in _font_files(dirs):
         st = path.stat()
         real = os.path.realpath(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]  # any write to the file changes ctime
         entry = old.get(real)
-        if not (isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
-                and isinstance(entry.get("faces"), list)):
-            entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "faces": _face_names(path), "covers": {},
-                     "sha256": None}
+        if not _valid_entry(entry, stamp):
+            entry = {"stamp": stamp, "faces": _face_names(path), "covers": {}, "sha256": None}
         scan[real] = entry
         for index, names in enumerate(entry["faces"]):
             found = _design_of(names.get("family", ""))
@@ -275,7 +283,7 @@ def find_faces(cache_dir=None) -> tuple[list[Face], dict]:
         for path, index, family, style in ranked:  # the most preferred face that covers every character
             entry = scan[os.path.realpath(path)]
             ok = entry["covers"].get(str(index))
-            if ok is None:
+            if not isinstance(ok, bool):
                 ok = entry["covers"][str(index)] = _covers(path, index)
             if ok:
                 if not entry.get("sha256"):
