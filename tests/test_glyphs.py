@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,22 @@ def test_other_fonts_give_another_data_key(five, tmp_path, monkeypatch):
     # one font fewer
     monkeypatch.setenv(glyphs.FONT_DIRS_ENV, str(_font_dir(tmp_path / "fewer", [f for f in FONTS if "wqy" not in f])))
     assert glyphs.data_key(glyphs.find_faces()[0], 32) != key
+
+
+def test_a_font_changed_in_place_gives_another_data_key(tmp_path, monkeypatch):
+    """The cache's record of the font scan (fonts.json) does not hide a font file rewritten at the same path."""
+    folder = _font_dir(tmp_path / "fonts", [f for f in FONTS if "gkai" not in f])
+    gkai = next(f for f in FONTS if "gkai" in f)
+    shutil.copyfile(gkai, folder / "gkai00mp.ttf")
+    monkeypatch.setenv(glyphs.FONT_DIRS_ENV, str(folder))
+    first = load_data("glyphs", tmp_path / "cache", "first:2").describe()
+    assert (tmp_path / "cache" / glyphs.SCAN_FILE).is_file()
+    with open(folder / "gkai00mp.ttf", "ab") as fh:
+        fh.write(b"\0")
+    second = load_data("glyphs", tmp_path / "cache", "first:2").describe()
+    assert second["data_key"] != first["data_key"]
+    changed = {f["file"]: f["sha256"] for f in second["fonts"]}[str(folder / "gkai00mp.ttf")]
+    assert changed == hashlib.sha256(Path(gkai).read_bytes() + b"\0").hexdigest()
 
 
 def _fake_run(folder: Path, key: str) -> Path:
