@@ -19,7 +19,7 @@ FLOORS = [
     ["errors", "version", "names", "checks"],
     ["distributed"],
     ["files", "config", "progress", "utils", "hooks", "folders", "precision"],
-    ["rundir"],
+    ["rundir", "glyphs"],
     ["data", "models", "inputs", "loaders"],
     ["capture", "engine"],
     ["probes", "sfp", "probe_results", "claims"],

@@ -43,12 +43,12 @@ def _f(default, stage: str, help: str, choices=None, flag=True, bounds: str | No
 class Config:
     # data
     dataset: str = _f("digits", "data", "dataset name: digits, mnist, fashion-mnist, cifar10, cifar100, imagenet, "
-                                        "imagefolder")
+                                        "imagefolder, glyphs")
     data_dir: str | None = _f(None, "data", "folder with the dataset files (default: Debian's Fashion-MNIST path, "
-                                            "data/<dataset>)")
+                                            "data/<dataset>; glyphs: its render cache, ~/.cache/filterlens/glyphs)")
     labels: str = _f("all", "data", "label subset: all, first:K, random:K:SEED, or a list of names/indices")
     download: bool = _f(False, "data", "download CIFAR through torchvision when the files are absent (needs internet)")
-    image_size: int | None = _f(None, "data", "input size: every split (train and test) resized to N x N (default: the dataset's own, 224 for folders)", bounds="[8, 2048]")
+    image_size: int | None = _f(None, "data", "input size: every split (train and test) resized to N x N (glyphs: rendered at N x N; default: the dataset's own, 224 for folders)", bounds="[8, 2048]")
     train_samples: int = _f(0, "data", "use a seeded random subset of this many training samples (0: all)", bounds="[0, 1000000000]")
     test_samples: int = _f(0, "data", "use a seeded random subset of this many test samples (0: all)", bounds="[0, 1000000000]")
     # model

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import glyphs
 from .errors import FilterlensError, closest
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -58,6 +59,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar100": DatasetSpec("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True, True),
     "imagenet": DatasetSpec("imagenet", 3, 224, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True, False),
     "imagefolder": DatasetSpec("imagefolder", 3, 224, None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True, False),
+    # glyphs: rendered from the installed CJK fonts (filterlens.glyphs: its constants, cache and fonts); no flip
+    "glyphs": DatasetSpec("glyphs", 1, glyphs.IMAGE_SIZE, glyphs.NUM_LABELS, (glyphs.MEAN,), (glyphs.STD,), 2, False,
+                          True),
 }
 
 DEFAULT_DATA_DIRS = {
@@ -193,7 +197,7 @@ class Data:
     spec: DatasetSpec
     image_size: int
     source: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more facts for describe() (glyphs: its fonts and data key)
     shape: tuple[int, int, int] | None = None  # (C, H, W) of one input, when not square (a user's data)
 
     @property
@@ -213,7 +217,7 @@ class Data:
         return {"dataset": self.name, "num_labels": self.num_labels, "label_names": self.label_names,
                 "label_map": self.label_map, "train_size": len(self.train), "test_size": len(self.test),
                 "image_size": self.image_size, "in_channels": self.in_channels, "input_shape": list(self.input_shape),
-                "source": self.source}
+                "source": self.source, **self.extra}
 
     def test_image(self, i: int):
         """Test sample ``i`` as a PIL image, for thumbnails: the stored bytes of an in-memory or folder dataset;
@@ -537,6 +541,8 @@ def _limit(split, n: int, seed: int):
 
 def _load_data(dataset, data_dir, labels, download, image_size, split_seed) -> Data:
     spec = dataset_spec(dataset)
+    if dataset == "glyphs":  # rendered into its own cache folder (default under ~/.cache), made when missing
+        return _load_glyphs(spec, data_dir, labels, image_size)
     if data_dir is None and dataset in DEFAULT_DATA_DIRS:
         data_dir = DEFAULT_DATA_DIRS[dataset]
     if dataset in ("imagenet", "imagefolder") and data_dir is None:
@@ -573,6 +579,18 @@ def _load_data(dataset, data_dir, labels, download, image_size, split_seed) -> D
         kept = [(p, new_of[y]) for p, y in samples if y in new_of]
         splits.append(FolderSplit(path, kept, size, spec.mean, spec.std, train=is_train))
     return Data(dataset, splits[0], splits[1], [names[i] for i in chosen], chosen, spec, size, source=str(path))
+
+
+def _load_glyphs(spec: DatasetSpec, data_dir, labels, image_size) -> Data:
+    root = glyphs.check_cache_dir(data_dir if data_dir is not None else glyphs.default_cache_dir())
+    names = glyphs.label_names()
+    chosen = parse_labels(labels, names)
+    size = image_size or spec.image_size  # rendered at this size, never resized
+    train, test, info = glyphs.load_glyphs(root, chosen, size)
+    t = torch.from_numpy
+    splits = [ArraySplit(t(x), t(y), spec.mean, spec.std) for x, y in (train, test)]
+    return Data("glyphs", splits[0], splits[1], [names[i] for i in chosen], chosen, spec, size, source=str(root),
+                extra=info)
 
 
 def check_labels_present(data: Data) -> None:

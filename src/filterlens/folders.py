@@ -1,7 +1,7 @@
 """Folders filterlens makes, and how it knows them: a marker file, ``.filterlens``.
 
 Every folder filterlens makes for its own use (a run directory, a sweep directory, the disk engine's
-cache folder, the output of ``filterlens compare``) holds ``.filterlens`` (JSON: ``made_by``, ``kind``,
+cache folder, the output of ``filterlens compare``, the glyphs dataset's rendered images) holds ``.filterlens`` (JSON: ``made_by``, ``kind``,
 ``version``); :func:`kind_of` reads it.
 A folder without the marker is recognised as an earlier filterlens left it: a run directory by its
 ``config.json`` (a JSON object naming ``dataset`` and ``model``, which every filterlens wrote first) or its
@@ -17,7 +17,7 @@ from pathlib import Path
 from .files import write_json
 
 MARK = ".filterlens"
-KINDS = ("run", "sweep", "cache", "compare")
+KINDS = ("run", "sweep", "cache", "compare", "glyphs")  # glyphs: the rendered images of filterlens.glyphs
 LOCK_FILES = (".filterlens.lock", ".filterlens.lock.json")  # a run directory's lock (filterlens.rundir)
 CACHE_FOLDER = "filterlens-cache"  # the disk engine's own folder inside --cache-dir
 # the disk engine's files in its folder: <key>.{train,test}.{f16,labels}, <key>.means.pt, <key>.json, <key>.lock

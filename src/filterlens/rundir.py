@@ -42,7 +42,8 @@ HEATMAP = re.compile(r"^.+-(filter|head)\d+\.png$")  # heatmaps/<layer>-filter3.
 LOCK, LOCK_INFO = LOCK_FILES
 
 # the folders filterlens makes that are neither run nor sweep directories
-_OTHER_KINDS = {"cache": "the disk engine's cache folder", "compare": "the output folder of filterlens compare"}
+_OTHER_KINDS = {"cache": "the disk engine's cache folder", "compare": "the output folder of filterlens compare",
+                "glyphs": "the glyphs dataset's cache folder"}
 _held: dict[Path, int] = {}
 # the entries of results.json and the JSON types they must have (None: the entry may be null)
 _RESULT_KEYS = {"config": dict, "environment": dict, "data": dict, "probes": dict, "sfp": dict, "timings": dict,

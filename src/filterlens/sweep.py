@@ -124,7 +124,8 @@ def _run_task(args) -> dict:
     row = {"num_labels": task.num_labels, "subset": task.subset, "labels": " ".join(map(str, task.labels)),
            "label_names": " | ".join(data.label_names), "error": 1.0 - summary["test_accuracy"],
            "last_layer_accuracy": last["accuracy"], "layer": last["layer"], "layers": result.layers,
-           "seconds": time.perf_counter() - t0, "hash": cfg.stage_hash("sfp")}
+           "seconds": time.perf_counter() - t0, "hash": cfg.stage_hash("sfp"),
+           "data_key": data.describe().get("data_key")}  # rendered data (glyphs): the fonts and settings
     for k in LAST_LAYER_KEYS:
         row[k] = last.get(k)
     write_json(done, row)
@@ -221,6 +222,15 @@ def merge(sweep_dir, echo=print) -> dict:
             missing.append(folder)
     if missing:
         raise FilterlensError(f"sweep '{sweep_dir}' lacks {len(missing)} finished model(s): {', '.join(missing[:5])}")
+    keys = {}
+    for folder, r in zip(plan["tasks"], rows):
+        if r.get("data_key") is not None:
+            keys.setdefault(r["data_key"], folder)
+    if len(keys) > 1:
+        (k1, f1), (k2, f2) = list(keys.items())[:2]
+        raise FilterlensError(f"sweep '{sweep_dir}' mixes models trained on different renderings of the data: {f1} "
+                              f"has data key {k1}, {f2} has {k2} (other fonts or render settings); run every shard "
+                              "with the same fonts")
     rows.sort(key=lambda r: (r["num_labels"], r["subset"]))
     per_count = []
     for k in sorted({r["num_labels"] for r in rows}):
@@ -235,7 +245,7 @@ def merge(sweep_dir, echo=print) -> dict:
             "mean_error": fit_line(xs, [c["mean_error"] for c in per_count])}
     write_csv(sweep_dir / "sweep.csv", rows, SWEEP_COLUMNS)
     write_csv(sweep_dir / "sweep_counts.csv", per_count)
-    out = {"version": 1, "plan": plan, "per_count": per_count, "fits": fits,
+    out = {"version": 1, "plan": plan, "data_key": next(iter(keys), None), "per_count": per_count, "fits": fits,
            "rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
            "seconds": float(sum(r.get("seconds", 0.0) for r in rows)),
            "claims": claims.sweep_claims(per_count, rows)}  # claims 4-5, one point per trained model

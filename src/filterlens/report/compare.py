@@ -67,6 +67,10 @@ class _Run:
     label: str = ""
     res: dict = field(default_factory=dict)
 
+    @property
+    def data_key(self):
+        return (self.res.get("data") or {}).get("data_key")
+
 
 @dataclass
 class _Sweep:
@@ -77,6 +81,7 @@ class _Sweep:
     fits: dict
     label: str = ""
     claims: list = field(default_factory=list)  # claims 4-5 of sweep.json
+    data_key: str | None = None  # rendered data (glyphs): the fonts and settings
 
 
 def build_compare(dirs, out) -> Path:
@@ -117,6 +122,7 @@ def build_compare(dirs, out) -> Path:
     if out.resolve() in seen:
         raise FilterlensError(f"output directory '{out}' is one of the inputs; choose another --out")
     _check_out(out)
+    _check_data_keys(runs + sweeps)
     _unique_labels(runs)
     _unique_labels(sweeps)
 
@@ -222,7 +228,20 @@ def _read_sweep(p: Path) -> _Sweep | None:
     claims = sj.get("claims") if isinstance(sj.get("claims"), list) else []
     return _Sweep(path.parent, str(cfg.get("model", "?")), str(cfg.get("dataset", "?")),
                   sorted(sj["per_count"], key=lambda c: c["num_labels"]), sj.get("fits") or {},
-                  claims=[c for c in claims if isinstance(c, dict)])
+                  claims=[c for c in claims if isinstance(c, dict)], data_key=sj.get("data_key"))
+
+
+def _check_data_keys(items) -> None:
+    """Refuse inputs of one dataset rendered from other fonts or settings (their data keys differ)."""
+    seen = {}
+    for it in items:
+        if it.data_key is None:
+            continue
+        first = seen.setdefault(it.dataset, it)
+        if first.data_key != it.data_key:
+            raise FilterlensError(f"inputs '{first.path}' and '{it.path}' used different renderings of {it.dataset} "
+                                  f"(data keys {first.data_key} and {it.data_key}: other fonts or render settings); "
+                                  "compare runs of one data key")
 
 
 def _number(v) -> bool:
