@@ -331,3 +331,66 @@ def test_terminal_table_keeps_every_number_apart():
     line = claims.format_table([row])[2]
     fields = line.split()
     assert fields[3:7] == ["0.002222", "-0.003298", "-0.0001234", "3"], line
+
+
+# ------------------------------------------------------------------------------ pooled over the seeds of a recipe
+
+def _seed_run(rho_reps, metric="accuracy", claim=1, afcc=None):
+    """A planted run: its depth row for one metric, with its replicates, and optionally its AFCC entry."""
+    reps = np.asarray(rho_reps, dtype=float)
+    low, high = claims.percentile_interval(reps)
+    row = {"claim": claim, "metric": metric, "value": float(np.median(reps)), "low": low, "high": high,
+           "verdict": claims.side_verdict(low, high, 1), "replicates": reps.tolist()}
+    out = {"claims": [row]}
+    if afcc is not None:
+        out["afcc"] = afcc
+    return out
+
+
+def test_pooled_depth_claim_holds_when_seeds_agree_and_cannot_tell_when_they_disagree():
+    rng = np.random.default_rng(1)
+    agree = [_seed_run(rng.normal(m, 0.05, 200)) for m in (0.8, 0.7, 0.75)]
+    row = next(r for r in claims.pooled_claims(agree) if r["metric"] == "accuracy")
+    assert row["verdict"] == claims.HOLDS and (row["seeds_holds"], row["seeds_fails"]) == (3, 0)
+    assert row["low"] > 0.6 and row["high"] < 0.85 and row["n"] == 3
+    # two seeds rise, one falls as clearly: each seed's own verdict is firm, the recipe's cannot be told
+    disagree = [_seed_run(rng.normal(m, 0.05, 200)) for m in (0.8, 0.7, -0.8)]
+    row = next(r for r in claims.pooled_claims(disagree) if r["metric"] == "accuracy")
+    assert (row["seeds_holds"], row["seeds_fails"]) == (2, 1)
+    assert row["verdict"] == claims.UNCLEAR and row["low"] < 0 < row["high"]
+    # the hierarchical interval by hand: its lowest resample is all three seeds at -0.8's level
+    assert row["low"] < -0.5
+
+
+def test_pooled_claims_need_two_seeds_with_replicates_and_are_reproducible():
+    rng = np.random.default_rng(2)
+    runs = [_seed_run(rng.normal(0.8, 0.05, 100))]
+    assert claims.pooled_claims(runs)[0]["verdict"] == claims.UNCLEAR
+    two = runs + [{"claims": [{**runs[0]["claims"][0], "replicates": []}]}]
+    assert claims.pooled_claims(two)[0]["verdict"] == claims.UNCLEAR  # one seed lacks replicates
+    three = [_seed_run(rng.normal(0.8, 0.05, 100)) for _ in range(3)]
+    assert claims.pooled_claims(three) == claims.pooled_claims(three)
+
+
+def test_pooled_afcc_from_every_seeds_draws():
+    def afcc(retrained, draws, before=0.92, dilution=0.8):
+        return {"accuracy": {"before": before, "retrained": retrained, "random_retrained_draws": draws},
+                "dilution_total": dilution}
+
+    better = [_seed_run([0.5] * 10, afcc=afcc(0.918, [0.91, 0.912, 0.909])) for _ in range(3)]
+    row = next(r for r in claims.pooled_claims(better) if r["claim"] == 6)
+    assert row["verdict"] == claims.HOLDS and row["value"] == pytest.approx(0.918 - np.mean([0.91, 0.912, 0.909]))
+    worse = [_seed_run([0.5] * 10, afcc=afcc(0.90, [0.91, 0.912, 0.909])) for _ in range(3)]
+    assert next(r for r in claims.pooled_claims(worse) if r["claim"] == 6)["verdict"] == claims.FAILS
+    mixed = [_seed_run([0.5] * 10, afcc=afcc(r, [0.91, 0.911])) for r in (0.918, 0.905, 0.919)]
+    assert next(r for r in claims.pooled_claims(mixed) if r["claim"] == 6)["verdict"] == claims.UNCLEAR
+    thin = [_seed_run([0.5] * 10, afcc=afcc(0.918, [0.91, 0.912], dilution=0.3)) for _ in range(3)]
+    assert next(r for r in claims.pooled_claims(thin) if r["claim"] == 6)["verdict"] == claims.FAILS
+
+
+def test_depth_rows_carry_their_replicates():
+    layers = [{"accuracy": a} for a in (0.5, 0.6, 0.7, 0.8)]
+    reps = {"accuracy": np.array([[0.5, 0.6, 0.7, 0.8], [0.6, 0.5, 0.7, 0.8], [0.5, 0.6, 0.8, 0.7]])}
+    row = next(r for r in claims.depth_claims(layers, reps) if r["metric"] == "accuracy")
+    assert row["replicates"] == pytest.approx([1.0, 0.8, 0.8])  # Spearman of each replicate, by hand
+    assert "replicates" not in next(r for r in claims.depth_claims(layers, None) if r["metric"] == "accuracy")

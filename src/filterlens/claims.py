@@ -183,6 +183,7 @@ def depth_claims(layers: Sequence[Mapping], replicates: Mapping[str, Any] | None
         reps = None if replicates is None else replicates.get(metric)
         low = high = math.nan
         detail = ""
+        replicate_stats = None
         if n < MIN_LAYERS:
             verdict, detail = UNCLEAR, f"{n} layer(s) with a value; a trend needs {MIN_LAYERS}"
         elif reps is None or np.size(reps) == 0:
@@ -191,6 +192,7 @@ def depth_claims(layers: Sequence[Mapping], replicates: Mapping[str, Any] | None
             reps = np.asarray(reps, dtype=np.float64).reshape(-1, n_layers)
             per = np.array([spearman(depth, rep) if (~np.isnan(rep)).sum() >= MIN_LAYERS else math.nan
                             for rep in reps])
+            replicate_stats = per
             undefined = int(np.isnan(per).sum())
             low, high = percentile_interval(np.nan_to_num(per, nan=0.0), level)
             verdict = side_verdict(low, high, direction) if not math.isnan(rho) else UNCLEAR
@@ -198,8 +200,11 @@ def depth_claims(layers: Sequence[Mapping], replicates: Mapping[str, Any] | None
                                                              else "")
                       + ("" if not math.isnan(rho) else "; the metric is constant over the layers"))
         side = "rises" if direction > 0 else "falls"
-        rows.append(_row(claim, metric, "spearman_rho", rho, low, high, n, verdict,
-                         f"claimed: {metric} {side} with depth. " + DEPTH_RULE, detail))
+        row = _row(claim, metric, "spearman_rho", rho, low, high, n, verdict,
+                   f"claimed: {metric} {side} with depth. " + DEPTH_RULE, detail)
+        if replicate_stats is not None:  # each replicate's statistic, for pooling over seeds
+            row["replicates"] = [float(v) for v in np.nan_to_num(replicate_stats, nan=0.0)]
+        rows.append(row)
     return rows
 
 
@@ -293,6 +298,148 @@ def afcc_claims(afcc: Mapping, level: float = LEVEL) -> list[dict]:
     detail = (f"dilution {dilution:.3f}, loss {loss:.4f} (before {before:.4f}, retrained {retrained:.4f}), "
               f"{n} random draw(s)" + ("; one draw: no interval" if n == 1 else ""))
     return [_row(6, "afcc_minus_random", "accuracy_difference", diff, low, high, n, verdict, AFCC_RULE, detail)]
+
+
+# ------------------------------------------------------------------------------ pooled over the seeds of a recipe
+
+#: Pooling needs at least this many seeds (runs of one recipe).
+MIN_SEEDS = 2
+#: Resamples of the hierarchical bootstrap of a pooled statistic.
+POOL_RESAMPLES = 4000
+POOLED_DEPTH_RULE = ("Mean over the seeds of each seed's Spearman rank correlation with relative depth; "
+                     f"{LEVEL:.0%} percentile interval of a hierarchical bootstrap ({POOL_RESAMPLES} resamples): "
+                     "draw the seeds with replacement, then for each drawn seed one of its own bootstrap "
+                     "replicates (which resample its test images and, with probe_seeds > 1, its probes' training), "
+                     "and average. Holds when the whole interval is on the claimed side of 0, does not hold when "
+                     "it is wholly on the other side, cannot tell otherwise or with fewer than "
+                     f"{MIN_SEEDS} seeds that have replicates.")
+POOLED_AFCC_RULE = ("Mean over the seeds of (AFCC's retrained accuracy - the mean of that seed's random draws); "
+                    f"{LEVEL:.0%} percentile interval of a hierarchical bootstrap ({POOL_RESAMPLES} resamples): "
+                    "draw the seeds with replacement, then each drawn seed's random draws with replacement, and "
+                    f"average the differences. Holds when the interval is above 0, every seed's dilution is >= "
+                    f"{AFCC_MIN_DILUTION:g} and the mean loss (before - retrained) is <= {AFCC_MAX_LOSS:g}; does "
+                    f"not hold when the interval is below 0, the mean loss is > {AFCC_LARGE_LOSS:g} or the mean "
+                    f"dilution is < {AFCC_MIN_DILUTION:g}; cannot tell otherwise or with fewer than {MIN_SEEDS} "
+                    "seeds.")
+
+
+def pooled_claims(runs: Sequence[Mapping], level: float = LEVEL, resamples: int = POOL_RESAMPLES,
+                  seed: int = 0) -> list[dict]:
+    """Claims 1-3 and 6 pooled over the runs of one recipe (one run per training seed).
+
+    ``runs``: one mapping per seed with ``claims`` (its results.json rows; depth rows carry ``replicates``, the
+    per-replicate statistic) and, for claim 6, ``afcc`` (its results.json ``afcc`` entry). Returns one row per
+    claim and metric: the pooled statistic with its interval and verdict (the rules above), how many seeds hold,
+    do not hold and cannot tell on their own (``seeds_holds``, ``seeds_fails``, ``seeds_unclear``) and the
+    per-seed statistics (``per_seed``). The resampling is seeded by ``seed``: the same runs give the same rows.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for claim, metric, direction in DEPTH_METRICS:
+        per = [next((r for r in run.get("claims") or [] if r.get("claim") == claim and r.get("metric") == metric),
+                    None) for run in runs]
+        have = [r for r in per if r is not None]
+        if not have:
+            continue
+        stats = [_f(r.get("value")) for r in have]
+        reps = [np.asarray(r.get("replicates") or [], dtype=np.float64) for r in have]
+        usable = [x for x in reps if x.size]
+        value = float(np.nanmean(stats)) if any(not math.isnan(v) for v in stats) else math.nan
+        low = high = math.nan
+        if len(usable) < MIN_SEEDS or len(usable) < len(have):
+            verdict = UNCLEAR
+            detail = (f"{len(usable)} of {len(have)} seed(s) with bootstrap replicates; pooling needs every seed's "
+                      f"and at least {MIN_SEEDS}")
+        else:
+            pooled = _hierarchical_means(usable, resamples, rng)
+            low, high = percentile_interval(pooled, level)
+            verdict = side_verdict(low, high, direction) if not math.isnan(value) else UNCLEAR
+            detail = f"{len(usable)} seeds, {resamples} hierarchical resamples"
+        side = "rises" if direction > 0 else "falls"
+        rows.append(_pooled_row(claim, metric, "mean_spearman_rho", value, low, high, per, verdict,
+                                f"claimed: {metric} {side} with depth. " + POOLED_DEPTH_RULE, detail))
+    afcc = [run.get("afcc") for run in runs]
+    if any(isinstance(a, Mapping) for a in afcc):
+        rows.append(_pooled_afcc(runs, afcc, level, resamples, rng))
+    return rows
+
+
+def _hierarchical_means(groups: Sequence[np.ndarray], resamples: int, rng) -> np.ndarray:
+    """Means of ``resamples`` hierarchical resamples: as many groups as there are, drawn with replacement, and one
+    value drawn from each drawn group."""
+    k = len(groups)
+    chosen = rng.integers(0, k, size=(resamples, k))
+    values = np.empty((resamples, k))
+    for g, vals in enumerate(groups):
+        mask = chosen == g
+        values[mask] = vals[rng.integers(0, vals.size, size=int(mask.sum()))]
+    return values.mean(axis=1)
+
+
+def _pooled_afcc(runs, afcc, level: float, resamples: int, rng) -> dict:
+    per = [next((r for r in run.get("claims") or [] if r.get("claim") == 6), None) for run in runs]
+    diffs, losses, dilutions = [], [], []
+    for a in afcc:
+        if not isinstance(a, Mapping):
+            continue
+        acc = a.get("accuracy") or {}
+        draws = [_f(v) for v in (acc.get("random_retrained_draws") or [acc.get("random_retrained")])]
+        draws = np.array([v for v in draws if not math.isnan(v)])
+        retrained = _f(acc.get("retrained"))
+        diffs.append(retrained - draws)
+        losses.append(_f(acc.get("before")) - retrained)
+        dilutions.append(_f(a.get("dilution_total")))
+    value = float(np.mean([d.mean() for d in diffs if d.size])) if any(d.size for d in diffs) else math.nan
+    loss, dilution = float(np.mean(losses)), float(np.mean(dilutions))
+    low = high = math.nan
+    if len(diffs) >= MIN_SEEDS and all(d.size for d in diffs):
+        k = len(diffs)
+        means = np.empty(resamples)
+        chosen = rng.integers(0, k, size=(resamples, k))
+        for t in range(resamples):
+            means[t] = np.mean([diffs[g][rng.integers(0, diffs[g].size, size=diffs[g].size)].mean()
+                                for g in chosen[t]])
+        low, high = percentile_interval(means, level)
+    if len(diffs) < MIN_SEEDS or math.isnan(low):
+        verdict = UNCLEAR
+    elif high < 0 or loss > AFCC_LARGE_LOSS or dilution < AFCC_MIN_DILUTION:
+        verdict = FAILS
+    elif low > 0 and loss <= AFCC_MAX_LOSS and min(dilutions) >= AFCC_MIN_DILUTION:
+        verdict = HOLDS
+    else:
+        verdict = UNCLEAR
+    detail = f"{len(diffs)} seeds; mean dilution {dilution:.3f}, mean loss {loss:.4f}"
+    return _pooled_row(6, "afcc_minus_random", "mean_accuracy_difference", value, low, high, per, verdict,
+                       POOLED_AFCC_RULE, detail)
+
+
+def _pooled_row(claim, metric, statistic, value, low, high, per, verdict, rule, detail) -> dict:
+    have = [r for r in per if r is not None]
+    row = _row(claim, metric, statistic, value, low, high, len(have), verdict, rule, detail)
+    row.update(seeds_holds=sum(r.get("verdict") == HOLDS for r in have),
+               seeds_fails=sum(r.get("verdict") == FAILS for r in have),
+               seeds_unclear=sum(r.get("verdict") == UNCLEAR for r in have),
+               per_seed=[_f(r.get("value")) if r is not None else math.nan for r in per])
+    return row
+
+
+def format_pooled(rows: Sequence[Mapping]) -> list[str]:
+    """The pooled claims as terminal lines: the pooled statistic, its interval and verdict, and how the seeds
+    voted on their own (holds / does not hold / cannot tell)."""
+    if not rows:
+        return []
+    out = [f"the papers' claims pooled over the seeds of one recipe ({LEVEL:.0%} hierarchical intervals)",
+           f"{'claim':<6}{'metric':<20}{'value':>10}{'low':>11}{'high':>11}{'seeds':>6}  {'h/n/?':<8} verdict"]
+    rules: list[str] = []
+    for r in rows:
+        votes = f"{r['seeds_holds']}/{r['seeds_fails']}/{r['seeds_unclear']}"
+        out.append(f"{r['claim']:<6}{r['metric']:<20}{_num(r['value']):>10} {_num(r['low']):>10} {_num(r['high']):>10}"
+                   f"{r['n']:>6}  {votes:<8} {r['verdict']}")
+        rule = general_rule(r["rule"])
+        if rule not in rules:
+            rules.append(rule)
+    return out + ["h/n/?: seeds whose own verdict holds / does not hold / cannot tell", "rules:"] + \
+        [f"  - {rule}" for rule in rules]
 
 
 def merge(rows: Sequence[Mapping], new: Sequence[Mapping]) -> list[dict]:
