@@ -29,3 +29,34 @@ def of_type(value, types, what: str, valid: str):
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         raise FilterlensError(f"{what} {_shown(value)} is a {type(value).__name__}; give {valid}")
     return value
+
+
+_INTEGER = __import__("re").compile(r"[+-]?[0-9]+")
+
+
+def is_int_text(text) -> bool:
+    """Whether ``text`` is an integer as a user types one: ASCII digits with an optional sign (``"12"``, ``"-1"``;
+    not ``"²"``, ``"١٢"``, ``"1.0"`` or ``""``, which ``str.isdigit`` or ``int`` would take or half-take)."""
+    return isinstance(text, str) and _INTEGER.fullmatch(text.strip()) is not None
+
+
+def parse_int(value, what: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` (an int, or text of ASCII digits with an optional sign) as an int within [low, high]; anything
+    else is one line naming ``what`` and what would be valid. The one rule for every integer a user types."""
+    if isinstance(value, bool) or not (isinstance(value, int) or is_int_text(value)):
+        span = _span(low, high)
+        raise FilterlensError(f"{what} is not an integer; give whole numbers in ASCII digits{span}")
+    n = int(value.strip()) if isinstance(value, str) else int(value)
+    if (low is not None and n < low) or (high is not None and n > high):
+        raise FilterlensError(f"{what} = {n} is out of range; give an integer{_span(low, high)}")
+    return n
+
+
+def _span(low, high) -> str:
+    if low is not None and high is not None:
+        return f" from {low} to {high}"
+    if low is not None:
+        return f" >= {low}"
+    if high is not None:
+        return f" <= {high}"
+    return ""

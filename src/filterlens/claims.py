@@ -419,22 +419,28 @@ def _pooled_row(claim, metric, statistic, value, low, high, per, verdict, rule, 
     row.update(seeds_holds=sum(r.get("verdict") == HOLDS for r in have),
                seeds_fails=sum(r.get("verdict") == FAILS for r in have),
                seeds_unclear=sum(r.get("verdict") == UNCLEAR for r in have),
-               per_seed=[_f(r.get("value")) if r is not None else math.nan for r in per])
+               per_seed=[_f(r.get("value")) if r is not None else math.nan for r in per],
+               per_seed_verdicts=[r.get("verdict") if r is not None else None for r in per])
     return row
 
 
-def format_pooled(rows: Sequence[Mapping]) -> list[str]:
-    """The pooled claims as terminal lines: the pooled statistic, its interval and verdict, and how the seeds
-    voted on their own (holds / does not hold / cannot tell)."""
+def format_pooled(rows: Sequence[Mapping], seeds: Sequence | None = None) -> list[str]:
+    """The pooled claims as terminal lines: the pooled statistic, its interval and verdict, how the seeds voted on
+    their own (holds / does not hold / cannot tell), and each seed's statistic and verdict."""
     if not rows:
         return []
     out = [f"the papers' claims pooled over the seeds of one recipe ({LEVEL:.0%} hierarchical intervals)",
-           f"{'claim':<6}{'metric':<20}{'value':>10}{'low':>11}{'high':>11}{'seeds':>6}  {'h/n/?':<8} verdict"]
+           f"{'claim':<6}{'metric':<20}{'value':>10}{'low':>11}{'high':>11}{'seeds':>6}  {'h/n/?':<8} "
+           f"{'verdict':<14} each seed"]
     rules: list[str] = []
+    short = {HOLDS: "holds", FAILS: "fails", UNCLEAR: "?", None: "-"}
     for r in rows:
         votes = f"{r['seeds_holds']}/{r['seeds_fails']}/{r['seeds_unclear']}"
+        names = list(seeds) if seeds is not None else list(range(len(r.get("per_seed", []))))
+        each = ", ".join(f"{n}: {_num(v)} {short.get(vd, vd)}" for n, v, vd in
+                         zip(names, r.get("per_seed", []), r.get("per_seed_verdicts", [])))
         out.append(f"{r['claim']:<6}{r['metric']:<20}{_num(r['value']):>10} {_num(r['low']):>10} {_num(r['high']):>10}"
-                   f"{r['n']:>6}  {votes:<8} {r['verdict']}")
+                   f"{r['n']:>6}  {votes:<8} {r['verdict']:<14} {each}")
         rule = general_rule(r["rule"])
         if rule not in rules:
             rules.append(rule)

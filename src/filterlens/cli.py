@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="from_stage", default=None,
                    help="recompute from this stage on: train, probes, sfp, afcc, sweep, report")
     r.add_argument("--overwrite", action="store_true", help="replace a run directory that holds another config")
+    r.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="run the config once per seed (e.g. 0,1,2), each in RUN_DIR/seed-N, and pool the papers' "
+                        "claims over them ({seed} in --checkpoint names each seed's weights)")
     _add_config_flags(r, TRAIN_STAGES + ("probes", "sfp", "afcc", "sweep"))
 
     rep = sub.add_parser("report", help="rebuild report.html of a run from its saved results (no recomputation)",
@@ -294,6 +297,11 @@ def cmd_run(args) -> int:
 
     cfg = _config_from_args(args)
     run_dir = str(Path("runs") / Path(args.config).stem) if args.run_dir is None else args.run_dir
+    if args.seeds is not None:
+        from .pipeline import run_seeds
+
+        run_seeds(cfg, run_dir, args.seeds, from_stage=args.from_stage, overwrite=args.overwrite)
+        return 0
     run_pipeline(cfg, run_dir, from_stage=args.from_stage, overwrite=args.overwrite)
     return 0
 

@@ -58,7 +58,8 @@ class Config:
     width_mult: float = _f(1.0, "model", "width multiplier of our VGG models", bounds="(0, 16]")
     vgg_cfg: str | None = _f(None, "model", "explicit VGG widths for --model vgg, e.g. 16,16,M,32,M")
     weights: str | None = _f(None, "model", "torchvision pretrained weights name (DEFAULT, IMAGENET1K_V1, ...)")
-    checkpoint: str | None = _f(None, "model", "start from this checkpoint (filterlens or plain state_dict)")
+    checkpoint: str | None = _f(None, "model", "start from this checkpoint (filterlens or plain state_dict); {seed} "
+                                               "in the path is the run's seed (one checkpoint per seed with --seeds)")
     # train
     epochs: int = _f(15, "train", "training epochs (0: use the weights as they are)", bounds="[0, 100000]")
     batch_size: int = _f(64, "train", "training mini-batch size", bounds="[1, 65536]")
@@ -194,6 +195,17 @@ class Config:
         parse_heatmaps(self.heatmaps)
         parse_device(self.device)
         return self
+
+    def checkpoint_path(self) -> str | None:
+        """``checkpoint`` with ``{seed}`` replaced by this run's seed (the runs of one recipe over seeds, each from
+        its own trained weights, share one setting)."""
+        return None if not self.checkpoint else self.checkpoint.replace("{seed}", str(self.seed))
+
+    def recipe_hash(self) -> str:
+        """Hash of every setting but the seed and the run-wide ones (device, cache folder, workers, progress):
+        runs with the same recipe hash are seeds of one recipe (``filterlens compare`` pools them)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["stage"] != "run" and f.name != "seed"}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def stage_hash(self, stage: str) -> str:
         """Hash of the settings that a stage's results depend on (its own and every earlier stage's)."""

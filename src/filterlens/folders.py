@@ -17,7 +17,8 @@ from pathlib import Path
 from .files import write_json
 
 MARK = ".filterlens"
-KINDS = ("run", "sweep", "cache", "compare", "glyphs")  # glyphs: the rendered images of filterlens.glyphs
+KINDS = ("run", "sweep", "cache", "compare", "glyphs", "seeds")  # glyphs: the rendered images of filterlens.glyphs;
+# seeds: the runs of one recipe over seeds (filterlens run --seeds), one run directory per seed inside
 LOCK_FILES = (".filterlens.lock", ".filterlens.lock.json")  # a run directory's lock (filterlens.rundir)
 CACHE_FOLDER = "filterlens-cache"  # the disk engine's own folder inside --cache-dir
 # the disk engine's files in its folder: <key>.{train,test}.{f16,labels}, <key>.means.pt, <key>.json, <key>.lock

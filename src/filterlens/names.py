@@ -41,6 +41,10 @@ SWEEP = "sweep"
 SWEEP_JSON = "sweep/sweep.json"
 SWEEP_CSV = "sweep/sweep.csv"
 REPORT = "report.html"
+# a folder of the seeds of one recipe (filterlens run --seeds): one run directory per seed, the pooled claims
+SEED_RUN = "seed-{seed}"
+POOLED_JSON = "pooled_claims.json"
+POOLED_CSV = "pooled_claims.csv"
 
 PROBE_FILES = (PROBES, LABEL_MEANS, PROBES_JSON)
 # the files each stage of `filterlens run` must have written (it records every file it wrote)

@@ -11,11 +11,80 @@ import time
 
 from .config import STAGE_ORDER, Config
 from .errors import FilterlensError, closest
-from .names import LABEL_MEANS, PROBES_JSON, REPORT, STAGE_FILES, SWEEP_CSV, SWEEP_JSON
+from .names import LABEL_MEANS, POOLED_CSV, POOLED_JSON, PROBES_JSON, REPORT, SEED_RUN, STAGE_FILES, SWEEP_CSV, SWEEP_JSON
 from .rundir import RunDir
 
 
 PIPELINE = STAGE_ORDER
+
+
+def parse_seeds(text) -> list[int]:
+    """``"0,1,2"`` (or a list of ints) -> [0, 1, 2]: distinct integers >= 0, at least one."""
+    from .checks import parse_int
+
+    items = list(text) if isinstance(text, (list, tuple)) else [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise FilterlensError(f"seeds '{text}' is empty; give one or more seeds, e.g. 0,1,2")
+    seeds = [parse_int(t, f"seed '{t}' in '{text}'", low=0) for t in items]
+    if len(set(seeds)) != len(seeds):
+        raise FilterlensError(f"seeds '{text}' repeat a seed; give each seed once, e.g. 0,1,2")
+    return seeds
+
+
+def run_seeds(cfg: Config, run_dir, seeds, from_stage: str | None = None, overwrite: bool = False,
+              echo=print) -> dict:
+    """``cfg`` once per seed, each a whole run (:func:`run_pipeline`) in ``run_dir/seed-N``, then the papers'
+    claims pooled over the seeds (:func:`filterlens.claims.pooled_claims`), written to ``pooled_claims.json`` and
+    ``.csv`` in ``run_dir`` and printed. Every seed's run resumes as any run does: run the same command again after
+    an interruption and the finished seeds are skipped (nothing read or written). ``{seed}`` in ``checkpoint``
+    names each seed's own weights. Returns the pooled result."""
+    from .checks import of_type
+    from .folders import make_dirs, mark, read_mark
+    from .rundir import check_seeds_folder
+
+    of_type(cfg, Config, "cfg", "a filterlens.config.Config")
+    seeds = parse_seeds(seeds)
+    cfg.validate()
+    root = check_seeds_folder(run_dir)
+    recipe = cfg.recipe_hash()
+    found = read_mark(root)
+    if found is not None and found.get("recipe") not in (None, recipe) and not overwrite:
+        raise FilterlensError(f"'{root}' holds the seeds of another recipe (settings other than the seed differ); "
+                              "use --overwrite to replace its runs or choose another --run-dir")
+    runs = [root / SEED_RUN.format(seed=s) for s in seeds]
+    for s, path in zip(seeds, runs):  # every seed's folder checked before any work
+        RunDir(RunDir.validate(path)).check(cfg.replace(seed=s), overwrite=overwrite, stage="train")
+    make_dirs(root)
+    mark(root, "seeds", recipe=recipe)
+    for s, path in zip(seeds, runs):
+        echo(f"==== seed {s} ({path})")
+        run_pipeline(cfg.replace(seed=s), path, from_stage=from_stage, overwrite=overwrite, echo=echo)
+    return pool_seed_runs(root, seeds, runs, echo)
+
+
+def pool_seed_runs(root, seeds: list[int], runs: list, echo=print) -> dict:
+    """The claims pooled over finished runs of one recipe (their results.json read through the checked reader),
+    written into the seeds folder ``root`` and printed."""
+    from . import claims
+    from .files import write_csv, write_json
+    from .results import load_run
+
+    results = [load_run(r).results for r in runs]
+    rows = claims.pooled_claims([{"claims": r.get("claims") or [], "afcc": r.get("afcc")} for r in results])
+    out = {"recipe": results[0].get("config", {}) and Config.from_dict(results[0]["config"]).recipe_hash(),
+           "seeds": seeds, "runs": [str(r) for r in runs], "pooled": rows,
+           "per_seed": {str(s): r.get("claims") or [] for s, r in zip(seeds, results)}}
+    write_json(root / POOLED_JSON, out)
+    flat = [{**{k: v for k, v in row.items() if k not in ("per_seed", "per_seed_verdicts")},
+             **{f"seed_{s}": v for s, v in zip(seeds, row["per_seed"])},
+             **{f"seed_{s}_verdict": v for s, v in zip(seeds, row["per_seed_verdicts"])}} for row in rows]
+    write_csv(root / POOLED_CSV, flat)
+    for line in claims.format_pooled(rows, seeds):
+        echo(line)
+    echo(f"pooled claims of {len(seeds)} seeds: {root / POOLED_JSON}")
+    return out
+
+
 def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite: bool = False,
                  echo=print) -> dict:
     """Train (or load), analyse every layer, AFCC, the optional sweep, and the report, into ``run_dir``.

@@ -43,7 +43,8 @@ LOCK, LOCK_INFO = LOCK_FILES
 
 # the folders filterlens makes that are neither run nor sweep directories
 _OTHER_KINDS = {"cache": "the disk engine's cache folder", "compare": "the output folder of filterlens compare",
-                "glyphs": "the glyphs dataset's cache folder"}
+                "glyphs": "the glyphs dataset's cache folder",
+                "seeds": "a folder of the runs of one recipe over seeds (filterlens run --seeds)"}
 _held: dict[Path, int] = {}
 # the entries of results.json and the JSON types they must have (None: the entry may be null)
 _RESULT_KEYS = {"config": dict, "environment": dict, "data": dict, "probes": dict, "sfp": dict, "timings": dict,
@@ -409,6 +410,21 @@ def remove_owned(folder, keep=()) -> None:
             emptied.add(d)
             d = d.parent
     remove_empty(emptied)
+
+
+def check_seeds_folder(path) -> Path:
+    """Refuse (before any work) a folder for ``filterlens run --seeds`` that is neither a seeds folder filterlens
+    made nor new or empty."""
+    p = RunDir.validate(path, "seeds folder")
+    kind = kind_of(p)
+    if kind in ("seeds", "missing", "empty"):
+        return p
+    if kind == "run" or kind in _OTHER_KINDS:
+        what = "a run directory" if kind == "run" else _OTHER_KINDS[kind]
+        raise FilterlensError(f"'{p}' is {what}, not a folder of seeds; give the runs of --seeds a folder of their own")
+    files, more = some_files(p)
+    raise FilterlensError(f"'{p}' is not a folder of seeds: it holds files filterlens did not write "
+                          f"({named(files, more)}); choose a new or empty folder")
 
 
 def check_sweep_folder(path, merge_only: bool = False) -> Path:

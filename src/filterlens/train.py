@@ -46,7 +46,7 @@ def make_model(cfg: Config, data: Data) -> tuple[nn.Module, ModelSpec]:
     spec = model_spec_for(cfg, data)
     model = build_model(spec, cfg.weights)
     if cfg.checkpoint:
-        load_checkpoint(cfg.checkpoint, model, spec)
+        load_checkpoint(cfg.checkpoint_path(), model, spec)
     return model, spec
 
 

@@ -1,0 +1,108 @@
+"""Runs of one recipe over seeds (filterlens run --seeds): one resumable run per seed, the claims pooled over
+them, a killed command resumed at the next seed, {seed} in --checkpoint, and the checks made before any work."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env, run_cli, tiny_toml
+
+CONFIG = tiny_toml(extra="[sfp]\nbootstrap = 20\n")
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_seeds_make_one_run_each_and_pool_their_claims(tmp_path):
+    cfg = _config(tmp_path)
+    rc, out, err = run_cli("run", cfg, "--seeds", "0,1", "--run-dir", tmp_path / "r", "--no-progress", cwd=tmp_path)
+    assert rc == 0, out + err
+    for s in (0, 1):
+        conf = json.loads((tmp_path / "r" / f"seed-{s}" / "config.json").read_text())
+        assert conf["seed"] == s and (tmp_path / "r" / f"seed-{s}" / "results.json").exists()
+    pooled = json.loads((tmp_path / "r" / "pooled_claims.json").read_text())
+    assert pooled["seeds"] == [0, 1]
+    per = {s: json.loads((tmp_path / "r" / f"seed-{s}" / "results.json").read_text())["claims"] for s in (0, 1)}
+    for row in pooled["pooled"]:
+        mine = [next(c for c in per[s] if c["claim"] == row["claim"] and c["metric"] == row["metric"])
+                for s in (0, 1)]
+        assert row["per_seed"] == pytest.approx([c["value"] for c in mine], nan_ok=True)
+        assert row["per_seed_verdicts"] == [c["verdict"] for c in mine]
+        assert row["seeds_holds"] == sum(c["verdict"] == "holds" for c in mine)
+    assert "pooled over the seeds of one recipe" in out and (tmp_path / "r" / "pooled_claims.csv").exists()
+    # again: every seed's stages are cached, nothing recomputed
+    rc, out2, err = run_cli("run", cfg, "--seeds", "0,1", "--run-dir", tmp_path / "r", "--no-progress", cwd=tmp_path)
+    assert rc == 0 and out2.count("nothing read or written") == 2, out2 + err
+
+
+def test_a_killed_seeds_command_resumes_at_the_next_seed(tmp_path):
+    cfg = _config(tmp_path)
+    cmd = [sys.executable, "-m", "filterlens", "run", str(cfg), "--seeds", "0,1", "--run-dir", str(tmp_path / "r"),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while not (tmp_path / "r" / "seed-1").exists():  # seed 0 finished, seed 1 begun
+        assert proc.poll() is None and time.time() < deadline, "the command ended before reaching seed 1"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "r" / "seed-0" / "report.html").exists()
+    rc, out, err = run_cli("run", cfg, "--seeds", "0,1", "--run-dir", tmp_path / "r", "--no-progress", cwd=tmp_path)
+    assert rc == 0, out + err
+    first, second = out.split("==== seed 1")
+    assert "nothing read or written" in first and "== stage train" in second  # seed 0 cached, seed 1 run
+    assert (tmp_path / "r" / "pooled_claims.json").exists()
+
+
+def test_seed_placeholder_in_checkpoint_loads_each_seeds_weights(tmp_path):
+    """--checkpoint with {seed}: each seed's run starts from its own weights (the seed-1 run from the seed-1 file)."""
+    for s in (0, 1):
+        rc, out, err = run_cli("train", "--dataset", "digits", "--model", "vgg_tiny", "--epochs", "1", "--seed", str(s),
+                               "--no-progress", "--run-dir", tmp_path / f"t{s}", cwd=tmp_path)
+        assert rc == 0, out + err
+    cfg = _config(tmp_path)
+    rc, out, err = run_cli("run", cfg, "--seeds", "0,1", "--checkpoint", tmp_path / "t{seed}" / "model.pt",
+                           "--epochs", "0", "--run-dir", tmp_path / "r", "--no-progress", cwd=tmp_path)
+    assert rc == 0, out + err
+    import torch
+
+    for s in (0, 1):
+        want = torch.load(tmp_path / f"t{s}" / "model.pt", weights_only=True)["model"]
+        got = torch.load(tmp_path / "r" / f"seed-{s}" / "model.pt", weights_only=True)["model"]
+        assert all(torch.equal(want[k], got[k]) for k in want)
+    assert json.loads((tmp_path / "r" / "seed-1" / "config.json").read_text())["checkpoint"].endswith("t{seed}/model.pt")
+
+
+@pytest.mark.parametrize("seeds, message", [("", "is empty"), ("0,0", "repeat a seed"), ("1,²", "not an integer"),
+                                            ("-1", "out of range"), ("a", "not an integer")])
+def test_bad_seeds_are_one_line_and_change_nothing(tmp_path, seeds, message):
+    cfg = _config(tmp_path)
+    rc, out, err = run_cli("run", cfg, "--seeds", seeds, "--run-dir", tmp_path / "r", "--no-progress", cwd=tmp_path)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_seeds_folder_refuses_a_users_folder_and_another_recipe(tmp_path):
+    cfg = _config(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    rc, out, err = run_cli("run", cfg, "--seeds", "0", "--run-dir", mine, "--no-progress", cwd=tmp_path)
+    assert rc == 2 and "files filterlens did not write" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    rc, out, err = run_cli("run", cfg, "--seeds", "0", "--run-dir", tmp_path / "r", "--no-progress", cwd=tmp_path)
+    assert rc == 0, err
+    rc, out, err = run_cli("run", cfg, "--seeds", "0", "--threshold", "0.4", "--run-dir", tmp_path / "r",
+                           "--no-progress", cwd=tmp_path)
+    assert rc == 2 and "another recipe" in err, err
