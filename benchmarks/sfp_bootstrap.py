@@ -212,7 +212,7 @@ def main() -> int:
           "of fields", flush=True)
     result = {"benchmark": "sfp_bootstrap", "what": "sfp.bootstrap_summary (accuracy on, return_samples) over "
               "every layer, the pre-batching code (tests' REFERENCE) against the batched one, one process, planted "
-              "data; peak = growth of the peak resident memory over the inputs during the new code's layers",
+              "data; memory: one layer in a fresh process, growth of the peak resident memory over its fields",
               "threads": torch.get_num_threads(), "vgg16_quarter": vgg, "memory_128_units": memory}
     if args.large:
         large = in_child(128, 1000, 10_000, 20, args.seed, True)
