@@ -31,7 +31,8 @@ Design choices (see METHOD.md stage 3 for the ones the method leaves open):
   every label keeps its number of samples and every matrix row stays defined.
 """
 from .bootstrap import bootstrap_summary, correct_from_fields, resample_counts
-from .clusters import binarise_matrices, cluster_order, greedy_clusters, normalise_matrices, top_samples
+from .clusters import (binarise_matrices, cluster_order, clusters_from_labels, greedy_cluster_labels, greedy_clusters,
+                       normalise_matrices, top_samples)
 from .layer import LayerSFP, UnitSFP, analyze_layer, analyze_unit, threshold_sweep, vote_fractions
 from .matrices import (DEFAULT_THRESHOLD, NORMALISE_CHOICES, SUMMARY_KEYS, NotFittedError, filter_matrices,
                        matrices_from_fields, sample_fields)
@@ -50,7 +51,9 @@ __all__ = [
     "resample_counts",
     "binarise_matrices",
     "cluster_order",
+    "clusters_from_labels",
     "filter_matrices",
+    "greedy_cluster_labels",
     "greedy_clusters",
     "matrices_from_fields",
     "normalise_matrices",

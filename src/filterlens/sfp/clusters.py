@@ -192,6 +192,109 @@ def greedy_clusters(binary: Any) -> list[list[int]]:
     return _greedy_unchecked(b)
 
 
+def _candidate_blocks(binary: np.ndarray, cand: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each matrix's candidate labels (ascending) packed to the front: their labels ``pos`` (M, K), which packed
+    positions are real candidates ``valid`` (M, K), and their compatibility ``sym`` (M, K, K) (``binary[a, b]``
+    and ``binary[b, a]``, both candidates). Without packing (``K`` close to L) the positions are the labels."""
+    m, L = binary.shape[0], binary.shape[1]
+    if 2 * K > L:  # little to gain: keep every label, the non-candidates masked out
+        pos, valid = np.broadcast_to(np.arange(L), (m, L)), cand
+        sym = binary & binary.transpose(0, 2, 1)
+    else:  # rows, then (through a transposed copy) columns, gathered as whole rows: no element-wise gather
+        pos = np.argsort(~cand, axis=1, kind="stable")[:, :K]
+        valid = np.arange(K) < np.count_nonzero(cand, axis=1)[:, None]
+        flat = (pos + L * np.arange(m)[:, None]).ravel()
+        rows = binary.reshape(m * L, L)[flat].reshape(m, K, L)
+        sub_t = np.ascontiguousarray(rows.transpose(0, 2, 1)).reshape(m * L, K)[flat].reshape(m, K, K)
+        sym = sub_t & sub_t.transpose(0, 2, 1)
+    sym &= valid[:, :, None]
+    sym &= valid[:, None, :]
+    return pos, valid, sym
+
+
+def _greedy_labels_unchecked(binary: np.ndarray) -> np.ndarray:
+    """:func:`greedy_cluster_labels` of a bool (M, L, L) array, unchecked."""
+    m, L = binary.shape[0], binary.shape[1]
+    out = np.full((m, L), -1, dtype=np.int64)
+    cand = np.diagonal(binary, axis1=1, axis2=2)
+    K = int(np.count_nonzero(cand, axis=1).max()) if m else 0
+    if K == 0:
+        return out
+    # the greedy only ever looks at candidates: packed to the front, the loop below runs over K (the most
+    # candidates of any matrix), not over L
+    pos, valid, sym = _candidate_blocks(binary, cand, K)
+    K = sym.shape[1]
+    # comp[m, s, q]: q is compatible with every member so far of the cluster that packed candidate s started
+    comp = sym.copy()
+    start = np.zeros((m, K), dtype=bool)
+    lab = np.full((m, K), -1, dtype=np.int64)  # per packed candidate: the packed start of its cluster
+    for p in range(K):
+        # candidate p joins the first open cluster (smallest start) whose members (all < p) it is compatible
+        # with, else it starts the next cluster (when it is a candidate)
+        if p:
+            col = comp[:, :p, p] & start[:, :p]
+            first, joins = col.argmax(axis=1), col.any(axis=1)
+        else:
+            first, joins = np.zeros(m, dtype=np.int64), np.zeros(m, dtype=bool)
+        new = valid[:, p] & ~joins
+        start[:, p] = new
+        lab[:, p] = np.where(joins, first, np.where(new, p, -1))
+        j = np.flatnonzero(joins)
+        if j.size:
+            s = first[j]
+            comp[j, s, :] &= sym[j, p, :]
+    mi, pi = np.nonzero(lab >= 0)
+    out[mi, pos[mi, pi]] = pos[mi, lab[mi, pi]]
+    return out
+
+
+def greedy_cluster_labels(binary: Any) -> np.ndarray:
+    """The greedy clusters (METHOD.md stage 3, item 3) of many binarised matrices at once, as labels.
+
+    Equal, matrix by matrix, to :func:`greedy_clusters`. The greedy scan, cluster after cluster, equals one
+    ascending pass over the candidates in which each candidate joins the first cluster (in the order of their
+    smallest labels) whose members so far it is compatible with (``binary[a, b]`` and ``binary[b, a]``), or
+    else starts a new cluster: a cluster's members below a candidate are fixed before the scan reaches it, and
+    every label below the first remaining candidate is already placed. That pass is vectorised over the
+    matrices, with a "compatible with every member" vector per open cluster, so the Python loop runs once per
+    candidate position (at most L times), whatever the number of matrices; the work is O(L^2) per matrix.
+
+    Parameters
+    ----------
+    binary : array-like of bool, shape (M, L, L) (or a single (L, L))
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (M, L) (or (L,))
+        For every matrix and label, the smallest label of the label's cluster, -1 for a label in no cluster.
+        :func:`clusters_from_labels` turns a row into :func:`greedy_clusters`' lists.
+    """
+    b = np.asarray(binary.detach().cpu() if isinstance(binary, torch.Tensor) else binary)
+    single = b.ndim == 2
+    if single:
+        b = b[None]
+    if b.ndim != 3 or b.shape[1] != b.shape[2]:
+        raise ValueError(f"binary must have shape (M, L, L) or (L, L); got shape {b.shape}")
+    if b.dtype != bool:
+        if not np.all((b == 0) | (b == 1)):
+            raise ValueError("binary must contain only 0/1 (or bool) values")
+        b = b.astype(bool)
+    out = _greedy_labels_unchecked(b)
+    return out[0] if single else out
+
+
+def clusters_from_labels(labels: Any) -> list[list[int]]:
+    """One matrix's clusters as :func:`greedy_clusters` lists them, from its row of
+    :func:`greedy_cluster_labels` (L,): clusters in order of their smallest label, labels ascending within."""
+    lab = np.asarray(labels, dtype=np.int64)
+    members = np.flatnonzero(lab >= 0)
+    if members.size == 0:
+        return []
+    members = members[np.argsort(lab[members], kind="stable")]  # by cluster (its smallest label), ascending
+    cuts = np.flatnonzero(np.diff(lab[members])) + 1
+    return [part.tolist() for part in np.split(members, cuts)]
+
+
 def cluster_order(clusters: Sequence[Sequence[int]], num_labels: int) -> list[int]:
     """Label order for display: cluster labels first, grouped by cluster, then the rest
     in ascending order."""

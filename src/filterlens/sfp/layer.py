@@ -8,10 +8,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .clusters import _as_matrices, _binarise, _greedy_unchecked, normalise_matrices, top_samples
+from .clusters import (_as_matrices, _binarise, _greedy_labels_unchecked, clusters_from_labels, normalise_matrices,
+                       top_samples)
 from .matrices import (_CHUNK_ELEMENTS, DEFAULT_THRESHOLD, NotFittedError, _as_tensor, _check_dtype,
                        _check_layer_shapes, _check_normalise, _check_threshold, _nanmean, _shape, contract,
                        filter_matrices, sample_fields)
+from .stats import unit_stats
 
 # LayerSFP keeps a layer's matrices (and their binarised copies) only up to this size ("auto")
 _KEEP_BYTES = 256 * 2**20
@@ -179,47 +181,24 @@ class LayerSFP:
             self.binary_ = np.empty((n_units, n_labels, n_labels), dtype=bool)
 
     def _fit_block(self, start: int, block: np.ndarray, threshold: float, normalise: str, work: tuple) -> None:
-        """Normalise, binarise and cluster the units ``start..start+len(block)``; ``work``: reused buffers
-        (normalised, binary) of at least ``len(block)`` units, so the block's normalised matrices are in
-        ``work[0]`` afterwards (the field SNR reads them)."""
+        """Normalise, binarise and cluster the units ``start..start+len(block)`` (all at once:
+        :func:`~filterlens.sfp.greedy_cluster_labels`, :func:`~filterlens.sfp.stats.unit_stats`); ``work``: reused
+        buffers (normalised, binary) of at least ``len(block)`` units (the field SNR reads the normalised ones)."""
         stop = start + len(block)
         if len(block) > len(work[0]):
             raise ValueError("a block larger than its work buffers")  # internal: fit/fit_matrices chunk first
         binary, dead, maxima, preferred = _binarise(block, threshold, normalise, work)
         self.dead_[start:stop], self.max_[start:stop], self.preferred_label_[start:stop] = dead, maxima, preferred
-        self.ones_[start:stop] = np.count_nonzero(binary.reshape(len(block), -1), axis=1)
+        labels = _greedy_labels_unchecked(binary)
         for i in range(len(block)):
-            self.clusters_[start + i] = _greedy_unchecked(binary[i])
-        self._field_parts(start, work[0][: len(block)], torch.from_numpy(binary))
+            self.clusters_[start + i] = clusters_from_labels(labels[i])
+        units = unit_stats(work[0][: len(block)], torch.from_numpy(binary), labels)  # overwrites work[0]
+        self.ones_[start:stop] = units["ones"]
+        self.field_signal_[start:stop], self.field_noise_[start:stop] = units["field_signal"], units["field_noise"]
         if hasattr(self, "binary_"):
             self.binary_[start:stop] = binary
             if not np.may_share_memory(self.matrices_, block):
                 self.matrices_[start:stop] = block
-
-    def _field_parts(self, start: int, norm: torch.Tensor, binary: torch.Tensor) -> None:
-        """``field_signal_`` S_c and ``field_noise_`` N_c of the units ``start..start+len(norm)`` that have a
-        cluster (METHOD.md, "SNR candidates", ``snr_field``): S_c the mean of the normalised matrix M_c over its
-        cluster-block elements, N_c the mean of max(M_c, 0) over every other element (0 when the blocks cover
-        the matrix). Outside the blocks, an element below the threshold adds max(M, 0) and a one (noise) adds M.
-        ``norm`` (a work buffer) is overwritten: in place, no temporary of the chunk's size."""
-        n, L = len(norm), norm.shape[1]
-        values = norm.numpy()
-        inside = np.zeros(n)
-        for i in range(n):
-            for k in self.clusters_[start + i]:
-                inside[i] += float(values[i][np.ix_(k, k)].sum())
-        total = norm.sum(dim=(1, 2)).numpy().astype(np.float64)
-        norm.masked_fill_(binary, 0)
-        ones = total - norm.sum(dim=(1, 2)).numpy()  # the mass of the ones (blocks and noise)
-        low = norm.clamp_(min=0).sum(dim=(1, 2)).numpy().astype(np.float64)  # the positive mass of the zeros
-        for i in range(n):
-            clusters = self.clusters_[start + i]
-            if not clusters:
-                continue
-            signal = sum(len(k) ** 2 for k in clusters)
-            noise_mass = ones[i] - inside[i] if int(self.ones_[start + i]) > signal else 0.0
-            self.field_signal_[start + i] = inside[i] / signal
-            self.field_noise_[start + i] = (low[i] + noise_mass) / (L * L - signal) if L * L > signal else 0.0
 
     def _finish(self) -> None:
         sizes = [np.fromiter((len(k) for k in cl), dtype=np.int64, count=len(cl)) for cl in self.clusters_]
