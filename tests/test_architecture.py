@@ -37,7 +37,7 @@ SUBFLOORS = {
     "models": [["vgg", "resnet_cifar", "vit_tiny", "user"], ["units"], ["families"], ["layers"], ["build", "checkpoints"]],
     "afcc": [["masks"], ["diluted"], ["retrain", "cost"], ["removal"], ["export"], ["result"], ["apply"], ["stage"]],
     "report": [["plots"], ["explorer"], ["html", "compare"]],
-    "sfp": [["matrices"], ["clusters"], ["layer"], ["bootstrap"]],
+    "sfp": [["matrices"], ["clusters"], ["stats"], ["layer"], ["bootstrap"]],
 }
 
 

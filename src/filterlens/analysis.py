@@ -348,7 +348,7 @@ def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicate
     if r.fields is None:
         raise FilterlensError("bootstrap needs the per-sample test fields; rerun the probes stage with "
                               f"bootstrap = {cfg.bootstrap}")
-    intervals, samples = sfp.bootstrap_summary(r.fields.double().numpy(), pr.test_labels.numpy(), r.fields.shape[2],
+    intervals, samples = sfp.bootstrap_summary(r.fields, pr.test_labels.numpy(), r.fields.shape[2],
                                                cfg.bootstrap, cfg.seed, threshold=cfg.threshold,
                                                normalise=cfg.normalise, return_samples=True, accuracy=True)
     for key, values in samples.items():
