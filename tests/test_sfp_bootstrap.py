@@ -431,3 +431,22 @@ def test_correct_from_fields_in_pieces(monkeypatch):
     np.testing.assert_array_equal(whole, expected)
     monkeypatch.setattr(boot, "_WORK_BYTES", 16 * 8 * fields.shape[1] * fields.shape[2] * 5)  # 5 samples a piece
     np.testing.assert_array_equal(correct_from_fields(f32, labels), expected)
+
+
+def test_several_probes_replicate_b_reads_probe_b_mod_k():
+    """With the fields of K probes, replicate b is the resample b of the test images on probe b mod K: each
+    replicate's values equal those of the one-probe bootstrap of that probe (same seed: the same resamples)."""
+    rng = np.random.default_rng(5)
+    n, c, L = 300, 6, 4
+    lab = np.repeat(np.arange(L), n // L)
+    a = rng.normal(size=(n, c, L)) + 2 * np.eye(L)[lab][:, None, :]
+    b = rng.normal(size=(n, c, L)) + 1 * np.eye(L)[lab][:, None, :]
+    _, both = bootstrap_summary([a, b], lab, L, 9, 3, return_samples=True, accuracy=True)
+    _, only_a = bootstrap_summary(a, lab, L, 9, 3, return_samples=True, accuracy=True)
+    _, only_b = bootstrap_summary(b, lab, L, 9, 3, return_samples=True, accuracy=True)
+    for key in ("accuracy", "noise_per_filter_all", "snr_field", "clusters_per_filter_all"):
+        want = np.where(np.arange(9) % 2 == 0, only_a[key], only_b[key])
+        np.testing.assert_allclose(both[key], want, rtol=1e-12, equal_nan=True, err_msg=key)
+    assert not np.allclose(only_a["noise_per_filter_all"], only_b["noise_per_filter_all"])  # the probes differ
+    with pytest.raises(ValueError, match="every probe's the same"):
+        bootstrap_summary([a, b[:, :5]], lab, L, 3, 0)

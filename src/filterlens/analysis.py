@@ -348,7 +348,9 @@ def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicate
     if r.fields is None:
         raise FilterlensError("bootstrap needs the per-sample test fields; rerun the probes stage with "
                               f"bootstrap = {cfg.bootstrap}")
-    intervals, samples = sfp.bootstrap_summary(r.fields, pr.test_labels.numpy(), r.fields.shape[2],
+    fields = [r.fields, *(r.extra_fields or [])]  # probe b mod K in replicate b (probe_seeds)
+    intervals, samples = sfp.bootstrap_summary(fields if len(fields) > 1 else r.fields, pr.test_labels.numpy(),
+                                               r.fields.shape[2],
                                                cfg.bootstrap, cfg.seed, threshold=cfg.threshold,
                                                normalise=cfg.normalise, return_samples=True, accuracy=True)
     for key, values in samples.items():

@@ -101,6 +101,10 @@ class Config:
                      choices=("auto", "memory", "groups", "disk", "stream"))
     cache_budget: str = _f("auto", "probes", "bytes of cached float16 features (e.g. 500M, 4G; auto: 40%% of the "
                                              "available memory, at most 16G); above it, --engine decides")
+    probe_seeds: int = _f(1, "probes", "probes trained per layer, each from its own seed (initial weights and "
+                                       "sample order); the first is the layer's probe, and bootstrap replicate b "
+                                       "reads probe b mod N, so the intervals carry the probes' own training noise",
+                          bounds="[1, 100]")
     top_images: int = _f(8, "probes", "per unit and output unit, remember the test images with the largest field "
                                        "(the report's thumbnails; 0: none)", bounds="[0, 64]")
     # sfp (METHOD.md stage 3)

@@ -76,6 +76,10 @@ class LayerProbeResult:
     unit_kind: str = "filter"  # "filter" (conv channels) or "head" (attention heads)
     top_values: torch.Tensor | None = None  # (C, L, k): per unit and output unit, the k largest test fields
     top_indices: torch.Tensor | None = None  # (C, L, k): the test images they belong to
+    # the probes trained from other seeds (probe_seeds > 1): their per-sample test fields (for the bootstrap) and
+    # test accuracies
+    extra_fields: list | None = None
+    extra_accuracy: list | None = None
 
     @property
     def units(self) -> int:
@@ -118,6 +122,8 @@ class ProbeResult:
         if self.layers and self.layers[0].fields is not None:
             blob["fields"] = {r.name: r.fields for r in self.layers}
             blob["test_labels"] = self.test_labels
+        if self.layers and self.layers[0].extra_fields:
+            blob["extra_fields"] = {r.name: list(r.extra_fields) for r in self.layers}
         if self.layers and self.layers[0].top_indices is not None:
             blob["top"] = {r.name: {"values": r.top_values, "indices": r.top_indices} for r in self.layers}
         written.append(torch_save(d / LABEL_MEANS, blob))
@@ -127,7 +133,8 @@ class ProbeResult:
             "timings": self.timings, "data": self.data, "fields_kept": "fields" in blob, "precision": self.precision,
             "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
                         "shape": list(r.shape), "layer_shape": list(r.layer_shape), "features": r.features,
-                        "accuracy": r.accuracy, "train_accuracy": r.train_accuracy} for r in self.layers]}))
+                        "accuracy": r.accuracy, "train_accuracy": r.train_accuracy,
+                        "extra_accuracy": r.extra_accuracy or []} for r in self.layers]}))
         return written
 
     @classmethod
@@ -151,6 +158,10 @@ class ProbeResult:
                                        *((top[m["name"]]["values"], top[m["name"]]["indices"]) if m["name"] in top
                                          else (None, None)))
                       for m in meta["layers"]]
+            extra = blob.get("extra_fields") or {}
+            for r, m in zip(layers, meta["layers"]):
+                if r.name in extra:
+                    r.extra_fields, r.extra_accuracy = list(extra[r.name]), list(m.get("extra_accuracy") or [])
             for r in layers:
                 if tuple(r.weight.shape) != tuple(r.label_means.shape):
                     raise ValueError(f"layer {r.name}: FC weight {tuple(r.weight.shape)} and label means "

@@ -44,6 +44,10 @@ from .progress import progress_bar
 from .utils import derive_seed
 
 
+#: the seed stream of the probes of other seeds (probe_seeds > 1): probe k's weights and sample order derive from it
+PROBE_SEED_STREAM = 7_000
+
+
 class ProbeSet:
     """One bias-free FC per layer; one optimiser and one learning-rate schedule over all of them.
 
@@ -375,6 +379,13 @@ class _Run:
         seed = self.cfg.seed if self.world == 1 else derive_seed(self.cfg.seed, self.rank)
         train_from_cache(probes, caches["train"], self.recipe, seed, self.device, batch_size=self.batch,
                          progress=self._bar("probe epochs (cache)"))
+        extra = []
+        for k in range(1, self.cfg.probe_seeds):  # the same layers from other seeds: weights and sample order
+            other = ProbeSet(group, L, self.recipe, seed=derive_seed(self.cfg.seed, PROBE_SEED_STREAM + k),
+                             device=self.device)
+            train_from_cache(other, caches["train"], self.recipe, derive_seed(seed, PROBE_SEED_STREAM + k),
+                             self.device, batch_size=self.batch, progress=self._bar(f"probe seed {k + 1} (cache)"))
+            extra.append(ProbeEval(other, keep_fields=self.keep_fields))
         total = len(self.feed.data.train)
         real = dist_.shard_size(total, pad=False)  # the padded rows repeat other ranks' samples
         correct = dist_.all_reduce_sum(_cached_correct(probes, caches["train"], real, self.device))
@@ -387,12 +398,15 @@ class _Run:
             rows = _chunk_rows(cl.features, 32 * 2**20)
             for s in range(0, n_test, rows):
                 y = labels[s : s + rows]
-                ev.update_layer(cl.name, test.features[cl.name][s : s + rows].to(self.device).reshape(len(y), *cl.shape),
-                                y, s)
+                x = test.features[cl.name][s : s + rows].to(self.device).reshape(len(y), *cl.shape)
+                for e in (ev, *extra):
+                    e.update_layer(cl.name, x, y, s)
                 test.touch(2 * len(y) * cl.features)
-        ev.count(labels)
+        for e in (ev, *extra):
+            e.count(labels)
         timings["eval_s"] = time.perf_counter() - t0
-        return {"probes": probes, "means": means, "ev": ev, "train_acc": train_acc, "timings": timings}
+        return {"probes": probes, "means": means, "ev": ev, "train_acc": train_acc, "timings": timings,
+                "extra": extra}
 
     def stream(self, cls: list[CaptureLayer]) -> dict:
         """Every probe updated from one forward pass per epoch (augmentation allowed), then one test pass."""
@@ -405,17 +419,25 @@ class _Run:
         # samples in an unshuffled pass, permuted each epoch by a generator seeded as there
         local = self.feed.train_index
         gen = torch.Generator().manual_seed(self.cfg.seed if self.world == 1 else derive_seed(self.cfg.seed, self.rank))
+        # probes of other seeds (probe_seeds > 1) start from other weights and step on the same batches
+        others = [ProbeSet(cls, L, self.recipe, seed=derive_seed(self.cfg.seed, PROBE_SEED_STREAM + k),
+                           device=self.device) for k in range(1, self.cfg.probe_seeds)]
         with Capture(self.model, [cl.layer for cl in cls], self.pool, self.precision) as cap:
             for epoch in progress_bar(range(self.recipe.epochs), self.progress, desc="probe epochs (stream)"):
                 order = local[torch.randperm(len(local), generator=gen)]
                 for x, y in self.feed.ordered(order, self.batch, self.recipe.augment, epoch):
-                    probes.step_all(cap.forward(x), y)
-                probes.end_epoch()
+                    feats = cap.forward(x)
+                    for p in (probes, *others):
+                        p.step_all(feats, y)
+                for p in (probes, *others):
+                    p.end_epoch()
             timings["probe_train_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            capture_pass(cap, self.feed.test, [means, ev], progress=self._bar("test pass"))
+            extra = [ProbeEval(p, keep_fields=self.keep_fields) for p in others]
+            capture_pass(cap, self.feed.test, [means, ev, *extra], progress=self._bar("test pass"))
             timings["eval_s"] = time.perf_counter() - t0
-        return {"probes": probes, "means": means, "ev": ev, "train_acc": dict.fromkeys(probes.fcs), "timings": timings}
+        return {"probes": probes, "means": means, "ev": ev, "train_acc": dict.fromkeys(probes.fcs), "timings": timings,
+                "extra": extra}
 
 
 def _top(ev: ProbeEval, name: str):
@@ -431,6 +453,8 @@ def _merge(parts: list[dict], cls: list[CaptureLayer], keep_fields: bool):
     for part in parts:
         part["means"].all_reduce()
         part["ev"].all_reduce()
+        for e in part.get("extra", []):
+            e.all_reduce()
         acc, label_means = part["ev"].accuracy(), part["means"].means()
         for name in part["probes"].fcs:
             by_layer[name] = (part, acc[name], label_means[name])
@@ -440,10 +464,13 @@ def _merge(parts: list[dict], cls: list[CaptureLayer], keep_fields: bool):
     for cl in cls:
         part, acc, means = by_layer[cl.name]
         ev = part["ev"]
+        extra = part.get("extra", [])
         results.append(LayerProbeResult(cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features,
                                         acc, part["train_acc"][cl.name], part["probes"].weight(cl.name), means.cpu(),
                                         ev.votes[cl.name], torch.cat(ev.fields[cl.name]) if keep_fields else None,
-                                        cl.layer.unit_kind, *_top(ev, cl.name)))
+                                        cl.layer.unit_kind, *_top(ev, cl.name),
+                                        [torch.cat(e.fields[cl.name]) for e in extra] if keep_fields and extra else None,
+                                        [e.accuracy()[cl.name] for e in extra] if extra else None))
     first = parts[0]
     return (results, first["means"].counts.cpu(), timings,
             torch.cat(first["ev"].labels) if keep_fields else None)

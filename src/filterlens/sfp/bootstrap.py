@@ -140,10 +140,14 @@ def bootstrap_summary(fields: Any, labels: Any, num_labels: int, n_boot: int, se
     are handled); nan resamples (e.g. no filter with a cluster) are ignored, and a key that
     is nan in every resample gets ``(nan, nan)``.
 
+    Several probes of one layer (trained with other seeds, ``probe_seeds``): ``fields`` a list of their fields,
+    all (N, C, L); replicate ``b`` resamples the test images as above and takes the fields of probe
+    ``b mod K``, so the intervals carry the spread of the probes' own training as well as the test images'.
+
     Parameters
     ----------
-    fields : array or tensor, shape (N, C, L)
-        Per-sample fields of the test set (:func:`sample_fields`).
+    fields : array or tensor, shape (N, C, L), or a list of K of them
+        Per-sample fields of the test set (:func:`sample_fields`), of one probe or of K probes.
     labels : array-like of int, shape (N,)
         Every label in ``[0, num_labels)`` must occur.
     num_labels : int
@@ -171,11 +175,14 @@ def bootstrap_summary(fields: Any, labels: Any, num_labels: int, n_boot: int, se
         raise ValueError(f"level must be in (0, 1); got {level!r}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer; got {n_boot!r}")
-    f = _as_tensor(fields, "fields")
-    if f.ndim != 3 or f.shape[2] != num_labels:
+    sets = [_as_tensor(x, "fields") for x in (fields if isinstance(fields, (list, tuple)) else [fields])]
+    if not sets:
+        raise ValueError("fields is an empty list; give the fields of one probe or more")
+    f = sets[0]
+    if f.ndim != 3 or f.shape[2] != num_labels or any(x.shape != f.shape for x in sets):
         raise ValueError(
-            f"fields must have shape (N, C, L) with L = num_labels = {num_labels}; "
-            f"got shape {tuple(f.shape)}"
+            f"fields must have shape (N, C, L) with L = num_labels = {num_labels} (every probe's the same); "
+            f"got shape(s) {sorted({tuple(x.shape) for x in sets})}"
         )
     n, c, L = (int(x) for x in f.shape)
     lab = _check_labels(labels, n, num_labels)
@@ -196,7 +203,8 @@ def bootstrap_summary(fields: Any, labels: Any, num_labels: int, n_boot: int, se
         take = order[np.where(inside, pos, starts[i0:i1, None])]  # padding: any sample of the label (count 0)
         groups.append((i0, i1, pos, torch.from_numpy(take.ravel()).to(f.device),
                        torch.from_numpy(counts[i0:i1].astype(np.float64))[:, None, None]))
-    correct = correct_from_fields(f, lab)[order].astype(np.float64) if accuracy else None
+    k_sets = len(sets)
+    correct = [correct_from_fields(x, lab)[order].astype(np.float64) for x in sets] if accuracy else None
     accuracies = np.empty(n_boot)
     units = {key: np.empty((n_boot, c), dtype=np.float64 if key.startswith("field") else np.int64)
              for key in UNIT_KEYS}
@@ -204,14 +212,21 @@ def bootstrap_summary(fields: Any, labels: Any, num_labels: int, n_boot: int, se
     values = torch.empty(bc * min(c, cc) * L * L, dtype=torch.float64)
     binary = torch.empty(values.shape, dtype=torch.bool)
     draws = _sorted_draws(lab, num_labels, n_boot, seed)
+    if k_sets > 1:  # replicate b takes probe b mod K: the draws in replicate order, then taken probe by probe
+        drawn_all = list(draws)
+        plan = [(k, list(range(k, n_boot, k_sets))) for k in range(k_sets)]
+    else:
+        drawn_all, plan = None, [(0, list(range(n_boot)))]
+    chunks = [(k, which[j0:j0 + bc]) for k, which in plan for j0 in range(0, len(which), bc)]
     with torch.no_grad():
-        for b0 in range(0, n_boot, bc):
-            nb = min(n_boot, b0 + bc) - b0
+        for k, reps in chunks:
+            f = sets[k]
+            nb = len(reps)
             drawn = np.zeros((nb, n + 1))  # counts of the label-sorted inputs, then a zero for the padding
-            for r in range(nb):
-                drawn[r, :n] = next(draws)
+            for r, b in enumerate(reps):
+                drawn[r, :n] = next(draws) if drawn_all is None else drawn_all[b]
             if correct is not None:
-                accuracies[b0:b0 + nb] = (drawn[:, :n] @ correct) / n
+                accuracies[reps] = (drawn[:, :n] @ correct[k]) / n
             for c0 in range(0, c, cc):
                 nc = min(c, c0 + cc) - c0
                 m = nb * nc
@@ -228,8 +243,8 @@ def bootstrap_summary(fields: Any, labels: Any, num_labels: int, n_boot: int, se
                 ones = torch.gt(norm, threshold, out=binary[: m * L * L].view(m, L, L))
                 found = unit_stats(norm, ones, _greedy_labels_unchecked(ones.numpy()))
                 for key in UNIT_KEYS:
-                    units[key][b0:b0 + nb, c0:c0 + nc] = found[key].reshape(nb, nc)
-                dead[b0:b0 + nb, c0:c0 + nc] = gone.numpy().reshape(nb, nc)
+                    units[key][reps, c0:c0 + nc] = found[key].reshape(nb, nc)
+                dead[reps, c0:c0 + nc] = gone.numpy().reshape(nb, nc)
     samples = {"accuracy": accuracies} if accuracy else {}
     samples.update(layer_summaries(units, dead))
     intervals = {key: percentile_interval(arr, level) for key, arr in samples.items()}
