@@ -190,8 +190,6 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     infer = for_inference(device, cfg.amp, model)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)  # the training's own model, built above
-    echo(f"note: training in {precision.name}" + (" with channels-last maps" if precision.channels_last else "")
-         + f" ({precision.reason})")
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -218,6 +216,9 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         echo(f"resuming from epoch {start} of {cfg.epochs}" + (f" on {world} processes" if world > 1 else ""))
 
     show = progress if progress is not None else cfg.progress
+    if start < cfg.epochs:
+        echo(f"note: training in {precision.name}" + (" with channels-last maps" if precision.channels_last else "")
+             + f" ({precision.reason})")
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         net.train()
