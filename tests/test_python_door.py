@@ -215,3 +215,29 @@ def test_public_functions_refuse_wrong_types_in_one_line(analysed, tmp_path, whi
         call()
     _one_line(info, *needles)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created
+
+
+def test_the_library_leaves_the_callers_random_state_alone(tmp_path):
+    """analyze and afcc.apply seed their own work; the caller's Python, NumPy and torch generators are as they were
+    (issue 31): the next draws after the calls equal the draws a copy of the state gives."""
+    import random
+
+    import numpy as np
+    import torch
+
+    import filterlens
+    from filterlens.data import load_data
+    from filterlens.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("vgg_tiny", 10, 1, 8, 1.0, None))
+    data = load_data("digits")
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    a = filterlens.analyze(model, data, probe_epochs=1, heatmaps="none", progress=False, echo=lambda *x: None)
+    filterlens.afcc.apply(model, a, data, retrain_epochs=1, random_draws=1, progress=False, echo=lambda *x: None)
+    assert random.getstate() == states[0]
+    now = np.random.get_state()
+    assert now[0] == states[1][0] and (now[1] == states[1][1]).all() and now[2:] == states[1][2:]
+    assert torch.equal(torch.get_rng_state(), states[2])

@@ -33,7 +33,7 @@ from .report.explorer import explorer_data, thumbnails
 from .report.plots import layer_figures, plot_filter_matrix, plot_layers
 from .results import UnitView, unit_view
 from .rundir import HEATMAP, RunDir
-from .utils import environment, resolve_device, seed_everything
+from .utils import environment, keeps_global_rng, resolve_device, seed_everything
 
 RESULTS_VERSION = 1
 LAYER_COLUMNS = ["layer", "index", "unit_kind", "units", "features", "accuracy", "train_accuracy",
@@ -208,6 +208,7 @@ def html_table(rows: list[dict], columns: list[str], caption: str = "") -> str:
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+@keeps_global_rng
 def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Config | None = None, device=None,
             cache_dir=None, progress: bool | None = None, echo=print, **settings) -> Analysis:
     """Layer accuracies (stage 2) and single-unit performance (stage 3) of ``model`` on ``train``/``test``.
@@ -250,6 +251,7 @@ def with_settings(config: Config | None, settings: dict) -> Config:
     return base.replace(**settings) if settings else base.validate()
 
 
+@keeps_global_rng
 def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, cache_dir=None,
                 progress: bool | None = None, echo=print) -> ProbeResult:
     """Stage 2: select the layers, build the batches once (:class:`~filterlens.loaders.Feed`) and train every
@@ -359,6 +361,7 @@ def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicate
              "high": intervals[key][1]} for key in ["accuracy", *SUMMARY_KEYS] if key in intervals]
 
 
+@keeps_global_rng
 def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
     """Analyse the trained model of ``run_dir`` and write the results there.
 

@@ -30,6 +30,7 @@ from .errors import FilterlensError
 from .files import read_json, write_csv, write_json
 from .folders import make_dirs, mark
 from .rundir import check_sweep_folder
+from .utils import keeps_global_rng
 
 SWEEP_COLUMNS = ["num_labels", "subset", "labels", "error", "last_layer_accuracy", "clusters_per_filter",
                  "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field", "layer", "seconds"]
@@ -132,6 +133,7 @@ def _run_task(args) -> dict:
     return row
 
 
+@keeps_global_rng
 def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layers: str = "-1", jobs: int = 1,
               shard: tuple[int, int] = (0, 1), merge_only: bool = False, echo=print) -> dict | None:
     """Run (this shard of) the label-count study into ``sweep_dir``; merge when every task is done."""

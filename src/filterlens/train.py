@@ -29,7 +29,7 @@ from .models import ModelSpec, build_model, list_layers, load_checkpoint, read_c
 from .progress import progress_bar
 from .rundir import RunDir
 from .precision import FLOAT32, Precision, for_inference, for_training
-from .utils import eval_mode, resolve_device, seed_everything
+from .utils import eval_mode, keeps_global_rng, resolve_device, seed_everything
 
 
 def load_data_for(cfg: Config) -> Data:
@@ -100,6 +100,7 @@ def _scheduler(cfg: Config, opt):
     return sched.SequentialLR(opt, [ramp, main], milestones=[warm])
 
 
+@keeps_global_rng
 def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
           echo=print) -> dict:
     """Train ``cfg.model`` on ``cfg.dataset`` into ``run_dir``; return the training summary.

@@ -21,6 +21,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def global_rng_kept():
+    """Inside the block filterlens may seed Python's, NumPy's and torch's global generators (its ``seed``, and the
+    random draws of torchvision transforms); on leaving, even by an exception, they are put back as the caller had
+    them, so calling the library never changes a user's own random state."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def keeps_global_rng(fn):
+    """Decorate a public entry point so that it leaves the global generators as it found them
+    (:func:`global_rng_kept`)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with global_rng_kept():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def derive_seed(seed: int, k: int) -> int:
     """The seed of stream ``k`` (an epoch, a rank, a layer) of a run seeded ``seed``: every generator of
     filterlens draws from one of these, so two streams of one run never share a seed."""

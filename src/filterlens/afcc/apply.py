@@ -30,7 +30,7 @@ from ..inputs import as_data
 from ..loaders import Feed
 from ..models import list_layers, select_layers
 from ..progress import progress_bar
-from ..utils import resolve_device, seed_everything
+from ..utils import keeps_global_rng, resolve_device, seed_everything
 from .cost import count_macs, measure_latency
 from .diluted import _check_consecutive, _first_trainable, apply_masks, build_diluted, make_masks, trainable_parameters
 from .masks import random_masks
@@ -55,6 +55,7 @@ def choose_layers(all_layers, spec, analysed: set):
     return chosen
 
 
+@keeps_global_rng
 def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=None, config: Config | None = None,
           device=None, progress: bool | None = None, echo=print, **settings) -> AfccResult:
     """AFCC of ``model`` by the clusters of ``analysis`` (see the module docstring).
