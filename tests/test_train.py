@@ -294,3 +294,27 @@ def test_warmup_then_cosine_learning_rates():
     assert type(opt) is torch.optim.SGD and opt.param_groups[0]["nesterov"]
     sched = _scheduler(cfg, opt)
     assert type(sched) is torch.optim.lr_scheduler.CosineAnnealingLR
+
+
+def test_min_steps_raises_the_epochs_of_a_small_training(tmp_path):
+    """--min-steps 40 on 5 labels of digits (about 180 training images, 3 batches of 64 per epoch): the training
+    runs ceil(40 / 3) = 14 epochs instead of --epochs 2, its schedule over those 14 (the cosine reaches its end);
+    a training with enough batches keeps --epochs."""
+    import json
+
+    from filterlens.config import Config
+    from filterlens.train import epochs_of
+
+    assert epochs_of(Config(epochs=2, min_steps=40), 3) == 14
+    assert epochs_of(Config(epochs=2, min_steps=40), 100) == 2
+    assert epochs_of(Config(epochs=0, min_steps=40), 3) == 0  # epochs 0: the weights as they are
+    rc, out, err = run_cli("train", "--dataset", "digits", "--labels", "first:5", "--model", "vgg_tiny", "--epochs", "2",
+                           "--min-steps", "40", "--train-samples", "180", "--seed", "0", "--no-progress", "--run-dir",
+                           tmp_path / "r", cwd=tmp_path)
+    assert rc == 0, out + err
+    summary = json.loads((tmp_path / "r" / "train.json").read_text())
+    n_train = summary["data"]["train_size"]
+    per_epoch = -(-n_train // 64)
+    assert summary["epochs"] == -(-40 // per_epoch) and summary["steps"] >= 40
+    lrs = [row["lr"] for row in summary["history"]]
+    assert len(lrs) == summary["epochs"] and lrs[-1] < 1e-6  # the cosine ran over the raised epochs

@@ -62,6 +62,9 @@ class Config:
                                                "in the path is the run's seed (one checkpoint per seed with --seeds)")
     # train
     epochs: int = _f(15, "train", "training epochs (0: use the weights as they are)", bounds="[0, 100000]")
+    min_steps: int = _f(0, "train", "train for at least this many optimiser steps: the epochs are raised where "
+                                    "--epochs gives fewer (a small label subset's few batches per epoch; 0: "
+                                    "--epochs as given)", bounds="[0, 100000000]")
     batch_size: int = _f(64, "train", "training mini-batch size", bounds="[1, 65536]")
     lr: float = _f(0.05, "train", "SGD learning rate", bounds="(0, 10]")
     momentum: float = _f(0.9, "train", "SGD (Nesterov) momentum", bounds="[0, 1)")

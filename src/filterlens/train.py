@@ -84,12 +84,22 @@ def _optimizer(cfg: Config, model: nn.Module):
                            nesterov=cfg.momentum > 0)
 
 
-def _scheduler(cfg: Config, opt):
-    """The per-epoch learning-rate schedule, after ``warmup_epochs`` of linear warm-up (from lr / (w + 1))."""
+def epochs_of(cfg: Config, steps_per_epoch: int) -> int:
+    """The epochs a training runs: ``epochs``, raised where ``min_steps`` asks for more optimiser steps than that
+    gives (a small label subset's few batches per epoch still get a full training)."""
+    if cfg.epochs == 0 or not cfg.min_steps:
+        return cfg.epochs
+    return max(cfg.epochs, -(-cfg.min_steps // max(steps_per_epoch, 1)))
+
+
+def _scheduler(cfg: Config, opt, epochs: int | None = None):
+    """The per-epoch learning-rate schedule over ``epochs`` (default ``cfg.epochs``), after ``warmup_epochs`` of
+    linear warm-up (from lr / (w + 1))."""
     sched = torch.optim.lr_scheduler
-    warm = min(cfg.warmup_epochs, max(cfg.epochs - 1, 0))
+    epochs = cfg.epochs if epochs is None else epochs
+    warm = min(cfg.warmup_epochs, max(epochs - 1, 0))
     if cfg.schedule == "cosine":
-        main = sched.CosineAnnealingLR(opt, T_max=max(cfg.epochs - warm, 1))
+        main = sched.CosineAnnealingLR(opt, T_max=max(epochs - warm, 1))
     elif cfg.schedule == "step":
         main = sched.StepLR(opt, step_size=cfg.step_epochs, gamma=cfg.gamma)
     else:
@@ -202,7 +212,8 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
                                augment=cfg.augment, num_workers=cfg.num_workers, rank=rank, world_size=world)
     test_loader = make_loader(data, "test", 512, seed=cfg.seed, device=device, num_workers=cfg.num_workers,
                               rank=rank, world_size=world, pad=False)
-    sched = _scheduler(cfg, opt)
+    epochs = epochs_of(cfg, len(train_loader))
+    sched = _scheduler(cfg, opt, epochs)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none
     scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "float16")
     history, start = [], 0
@@ -214,19 +225,19 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
             scaler.load_state_dict(state["grad_scaler"])
         history, start = list(state["history"]), int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
-        echo(f"resuming from epoch {start} of {cfg.epochs}" + (f" on {world} processes" if world > 1 else ""))
+        echo(f"resuming from epoch {start} of {epochs}" + (f" on {world} processes" if world > 1 else ""))
 
     show = progress if progress is not None else cfg.progress
-    if start < cfg.epochs:
+    if start < epochs:
         echo(f"note: training in {precision.name}" + (" with channels-last maps" if precision.channels_last else "")
              + f" ({precision.reason})")
     t0 = time.perf_counter()
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, epochs):
         net.train()
         train_loader.set_epoch(epoch)
         total, loss_sum, correct = 0, 0.0, 0
         te = time.perf_counter()
-        bar = progress_bar(train_loader, show, desc=f"train epoch {epoch + 1}/{cfg.epochs}")
+        bar = progress_bar(train_loader, show, desc=f"train epoch {epoch + 1}/{epochs}")
         for x, y in bar:
             with precision.autocast():
                 out = logits_of(net(precision.batch(x)))
@@ -250,7 +261,7 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
                "train_accuracy": correct / total, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
                "seconds": time.perf_counter() - te, "precision": precision.name}
         history.append(row)
-        echo(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc "
+        echo(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  train acc "
              f"{row['train_accuracy']:.4f}  test acc {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)")
         if main:
             save_checkpoint(rd.file("checkpoint.pt"), _unwrap(model), spec, data.label_names,
@@ -259,15 +270,15 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
                              "world_size": world, "grad_scaler": scaler.state_dict()})
             write_csv(rd.file("train_log.csv"), history)
 
-    final = evaluate(model, test_loader, device, infer, reduce=world > 1) if not history or start == cfg.epochs \
+    final = evaluate(model, test_loader, device, infer, reduce=world > 1) if not history or start == epochs \
         else {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
     summary = {"train_hash": cfg.stage_hash("train"), "test_accuracy": final["accuracy"], "test_loss": final["loss"],
-               "epochs": cfg.epochs, "seconds": time.perf_counter() - t0, "model": asdict(spec),
+               "epochs": epochs, "steps": epochs * len(train_loader), "seconds": time.perf_counter() - t0, "model": asdict(spec),
                "data": data.describe(), "history": history, "processes": world,
                "precision": {"train": precision.record(), "evaluation": infer.record()}}
     if main:
         save_checkpoint(rd.file("model.pt"), _unwrap(model), spec, data.label_names,
-                        {"epoch": cfg.epochs, "history": history, "config": cfg.to_dict()})
+                        {"epoch": epochs, "history": history, "config": cfg.to_dict()})
         write_json(rd.file("train.json"), summary)
         rd.remove("checkpoint.pt")
         rd.record("train", cfg.stage_hash("train"), ("model.pt", "train.json"), summary["seconds"])
