@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the whole pipeline from a TOML config: train, analyse, AFCC, sweep, report",
                        formatter_class=_HelpFormatter)
-    r.add_argument("config", help="TOML config file (see configs/); flags given here override its keys")
+    r.add_argument("config_file", nargs="?", default=None, metavar="CONFIG",
+                   help="TOML config file (see configs/); flags given here override its keys")
+    r.add_argument("--config", default=None, help="the TOML config file, as train takes it (instead of CONFIG)")
     r.add_argument("--run-dir", default=None, help="run directory (default: runs/<config file name>)")
     r.add_argument("--from", dest="from_stage", default=None,
                    help="recompute from this stage on: train, probes, sfp, afcc, sweep, report")
@@ -295,6 +297,12 @@ def cmd_run(args) -> int:
 
     from .pipeline import run_pipeline
 
+    if args.config_file is not None and args.config is not None and args.config_file != args.config:
+        raise FilterlensError(f"two config files given ('{args.config_file}' and --config '{args.config}'); give one")
+    args.config = args.config if args.config is not None else args.config_file
+    if args.config is None:
+        raise FilterlensError("no config file given; give one: filterlens run CONFIG or filterlens run --config CONFIG "
+                              "(e.g. configs/demo.toml)")
     cfg = _config_from_args(args)
     run_dir = str(Path("runs") / Path(args.config).stem) if args.run_dir is None else args.run_dir
     if args.seeds is not None:
