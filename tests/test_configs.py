@@ -32,13 +32,15 @@ def test_config_runs_at_tiny_scale(path, tmp_path, request):  # the paper recipe
     cfg = Config.from_dict(load_toml(path), source=str(path))  # the file as users have it: every key valid
     small = dict(weights=None, epochs=min(cfg.epochs, 1), probe_epochs=1, num_workers=0, device="cpu",
                  progress=False, afcc=False, bootstrap=min(cfg.bootstrap, 10), warmup_epochs=0,
-                 num_labels="2,3" if cfg.num_labels else "", subsets=1)
+                 num_labels="2,3" if cfg.num_labels else "", subsets=1, min_steps=0)
     if cfg.dataset == "cifar10":
         small["data_dir"] = str(request.getfixturevalue("cifar10_dir")[0])
     elif cfg.dataset == "cifar100":
         small["data_dir"] = str(request.getfixturevalue("cifar100_dir")[0])
     elif cfg.dataset in ("imagenet", "imagefolder"):
         small.update(data_dir=str(request.getfixturevalue("imagefolder_dir")), image_size=32)
+    elif cfg.dataset == "glyphs":  # rendered from the fonts installed here, into a folder of this test's
+        small.update(train_samples=300, test_samples=300, data_dir=str(tmp_path / "glyphs"))
     elif cfg.dataset == "fashion-mnist":
         if not FASHION.exists():
             pytest.skip("Fashion-MNIST files absent (Debian package dataset-fashion-mnist)")

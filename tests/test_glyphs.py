@@ -99,14 +99,14 @@ def test_train_and_test_designs_are_disjoint_and_sized(five):
     counts = torch.bincount(data.train.labels, minlength=5)
     assert counts.tolist() == [100] * 5
     assert torch.bincount(data.test.labels, minlength=5).tolist() == [glyphs.TEST_COPIES] * 5
-    assert data.train.images.dtype == torch.uint8 and tuple(data.train.images.shape[1:]) == (1, 32, 32)
+    assert data.train.images.dtype == torch.uint8 and tuple(data.train.images.shape[1:]) == (1, glyphs.IMAGE_SIZE, glyphs.IMAGE_SIZE)
 
 
 def test_test_images_come_from_the_held_out_font(five, fonts):
     _, data = five
     face = glyphs.Face("ar-pl-sungtil-gb", "AR PL SungtiL GB", "Regular",
                        "/usr/share/fonts/truetype/arphic-gbsn00lp/gbsn00lp.ttf", 0, "-")
-    again = glyphs.render(face, range(5), glyphs.TEST_COPIES, 32)
+    again = glyphs.render(face, range(5), glyphs.TEST_COPIES, glyphs.IMAGE_SIZE)
     np.testing.assert_array_equal(data.test.images.numpy().reshape(again.shape), again)
 
 
@@ -141,9 +141,10 @@ def test_image_size_renders_at_that_size(five, fonts):
     assert tuple(big.train.images.shape[1:]) == (1, 48, 48) and big.image_size == 48
     assert big.train.size is None  # rendered, not resized per batch
     assert big.describe()["data_key"] != small.describe()["data_key"]
-    # the ink grows with the side: about (48/32)^2 as much
+    # the ink grows with the area: about (48/side)^2 as much
     ratio = big.train.images[:200].float().sum() / small.train.images[:200].float().sum()
-    assert 1.8 < float(ratio) < 2.7
+    want = (48 / glyphs.IMAGE_SIZE) ** 2
+    assert 0.8 * want < float(ratio) < 1.2 * want
 
 
 # ------------------------------------------------------------------------------ the cache
@@ -194,7 +195,7 @@ def test_other_fonts_give_another_data_key(five, tmp_path, monkeypatch):
     key = data.describe()["data_key"]
     # the same font files reached through other paths: the same key
     monkeypatch.setenv(glyphs.FONT_DIRS_ENV, str(_font_dir(tmp_path / "same", FONTS)))
-    assert glyphs.data_key(glyphs.find_faces()[0], 32) == key
+    assert glyphs.data_key(glyphs.find_faces()[0], glyphs.IMAGE_SIZE) == key
     # one font file with other bytes (a byte appended: it still reads), the same names
     other = tmp_path / "other"
     _font_dir(other, [f for f in FONTS if "gkai" not in f])
@@ -203,10 +204,10 @@ def test_other_fonts_give_another_data_key(five, tmp_path, monkeypatch):
     monkeypatch.setenv(glyphs.FONT_DIRS_ENV, str(other))
     faces = glyphs.find_faces()[0]
     assert [(f.design, f.style) for f in faces] == [(f["design"], f["style"]) for f in data.describe()["fonts"]]
-    assert glyphs.data_key(faces, 32) != key
+    assert glyphs.data_key(faces, glyphs.IMAGE_SIZE) != key
     # one font fewer
     monkeypatch.setenv(glyphs.FONT_DIRS_ENV, str(_font_dir(tmp_path / "fewer", [f for f in FONTS if "wqy" not in f])))
-    assert glyphs.data_key(glyphs.find_faces()[0], 32) != key
+    assert glyphs.data_key(glyphs.find_faces()[0], glyphs.IMAGE_SIZE) != key
 
 
 def test_a_font_changed_in_place_gives_another_data_key(tmp_path, monkeypatch):

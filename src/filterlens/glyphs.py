@@ -48,9 +48,15 @@ from .progress import progress_bar
 from .utils import log
 
 # ----------------------------------------------------------------------------- calibrated and frozen
-# These constants define the dataset. They are a first choice, to be calibrated once and then frozen: changing
-# any of them changes the images (and the data key, so runs made before and after are told apart).
-IMAGE_SIZE = 32  # default image side in pixels (--image-size renders at another size directly)
+# These constants define the dataset, calibrated once (2026-12-06) and frozen: changing any of them changes the
+# images (and the data key, so runs made before and after are told apart).
+# Calibration (the image size; the jitter and the held-out designs were kept as first chosen): the study's network,
+# VGG-16 at 1/4 width trained on 1,000 random labels (random:1000:0, SGD lr 0.05, cosine, batch 128, crop
+# augmentation, bfloat16), erred too little at 32 px: 0.969 held-out accuracy after 2 of 8 epochs, on its way
+# past 0.98, where the error says little. At 20 px it reached 0.903 after 6 epochs (train 0.992): the error is
+# measurable at L = 1,000 (the issue asked for a held-out accuracy between about 0.80 and 0.97). Frozen at 20 px
+# before any run of the study; the images stay legible (the strokes of most characters survive at 20 px).
+IMAGE_SIZE = 20  # default image side in pixels (--image-size renders at another size directly)
 INK_EXTENT = 0.72  # a face's median glyph (larger side of its ink box) spans this fraction of the image side
 SCALE_JITTER = 0.10  # scale drawn uniformly from [1 - s, 1 + s]
 ROTATION_JITTER = 8.0  # rotation in degrees, uniform in [-r, r]
@@ -67,11 +73,12 @@ TEST_COPIES = 3  # images per label from each held-out face
 # design of its own; training keeps the hei designs Noto Sans CJK and WenQuanYi Micro Hei) and the whole Arphic
 # ming/song family (training keeps the song design Noto Serif CJK). Both Arphic kai designs stay in training.
 TEST_DESIGNS = ("wqy-zenhei", "ar-pl-uming", "ar-pl-sungtil-gb", "babelstone-han")
-# Normalisation: mean and std of pixel / 255 over the whole training split at 32 px (383,010 images: 17 training
-# faces from the Debian packages of PACKAGES, all 3,755 labels, 6 copies), measured once with pixel_stats() below
-# on GlyphCache(root, faces, 32).split(blocks, list(range(3755)), "train")[0]. (The test split's: 0.1315, 0.2481.)
-MEAN = 0.1761
-STD = 0.3019
+# Normalisation: mean and std of pixel / 255 over the whole training split at the default 20 px (383,010 images:
+# 17 training faces from the Debian packages of PACKAGES, all 3,755 labels, 6 copies), measured once with
+# pixel_stats() below on load_data("glyphs").train.images. (The test split's: 0.1517, 0.2487. At 32 px the
+# training split's were 0.1761, 0.3019.)
+MEAN = 0.1795
+STD = 0.2681
 RENDER_VERSION = 1  # bump whenever the rendering code changes what it draws
 # ----------------------------------------------------------------------------- end of the frozen constants
 
