@@ -148,3 +148,78 @@ def torch_equal(x, y) -> bool:
     import torch
 
     return bool(torch.equal(x, y))
+
+
+# ------------------------------------------------------------------------------ compare pools the seeds of a recipe
+
+@pytest.fixture(scope="module")
+def one_analysis():
+    """A real small analysis (digits, vgg_tiny); the planted runs below are it, saved with planted claims."""
+    import filterlens
+    from filterlens.data import load_data
+    from filterlens.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("vgg_tiny", 10, 1, 8, 1.0, None))
+    return filterlens.analyze(model, load_data("digits"), probe_epochs=1, heatmaps="none", progress=False,
+                              echo=lambda *a: None)
+
+
+def _planted(analysis, folder: Path, seed: int, centre: float, threshold: float = 0.3) -> Path:
+    """``analysis`` saved as the run of ``seed``, its claim-1 row planted: 200 replicates of the rank correlation
+    around ``centre``."""
+    import copy
+
+    import numpy as np
+
+    from filterlens import claims
+
+    a = copy.copy(analysis)
+    a.meta = copy.deepcopy(analysis.meta)
+    a.meta["config"].update(seed=seed, threshold=threshold)
+    reps = np.random.default_rng(seed).normal(centre, 0.05, 200)
+    low, high = claims.percentile_interval(reps)
+    a.meta["claims"] = [{"claim": 1, "text": claims.CLAIMS[1], "metric": "accuracy", "statistic": "spearman_rho",
+                         "value": float(np.median(reps)), "low": low, "high": high, "n": 5,
+                         "verdict": claims.side_verdict(low, high, 1), "rule": "planted", "detail": "",
+                         "replicates": reps.tolist()}]
+    a.save(folder)
+    return folder
+
+
+def test_compare_pools_a_recipes_seeds_and_never_mixes_recipes_unasked(one_analysis, tmp_path):
+    import jsonschema
+
+    from filterlens.results import schema  # noqa: F401 - the package's schemas load
+    agree = [_planted(one_analysis, tmp_path / f"a{s}", s, c) for s, c in ((0, 0.8), (1, 0.7), (2, 0.75))]
+    rc, out, err = run_cli("compare", *agree, "--out", tmp_path / "ca", cwd=tmp_path)
+    assert rc == 0, err
+    pooled = json.loads((tmp_path / "ca" / "compare_pooled.json").read_text())
+    from importlib import resources
+
+    jsonschema.validate(pooled, json.loads(resources.files("filterlens").joinpath("pooled.schema.json").read_text()))
+    (group,) = pooled["groups"]
+    row = next(r for r in group["rows"] if r["metric"] == "accuracy")
+    assert group["seeds"] == [0, 1, 2] and row["verdict"] == "holds" and row["seeds_holds"] == 3
+    assert "share a recipe" in out and "pooled over the seeds" in out
+    html = (tmp_path / "ca" / "compare.html").read_text()
+    assert html.index("pooled over seeds") < html.index("<h2>Runs</h2>")  # near the top
+    disagree = [_planted(one_analysis, tmp_path / f"d{s}", s, c) for s, c in ((0, 0.8), (1, 0.7), (2, -0.8))]
+    rc, out, err = run_cli("compare", *disagree, "--out", tmp_path / "cd", cwd=tmp_path)
+    assert rc == 0, err
+    row = next(r for r in json.loads((tmp_path / "cd" / "compare_pooled.json").read_text())["groups"][0]["rows"]
+               if r["metric"] == "accuracy")
+    assert row["verdict"] == "cannot tell" and (row["seeds_holds"], row["seeds_fails"]) == (2, 1)
+    # another recipe (another threshold): not pooled with them unless asked, and then the difference is said
+    other = _planted(one_analysis, tmp_path / "o3", 3, 0.8, threshold=0.4)
+    rc, out, err = run_cli("compare", agree[0], agree[1], other, "--out", tmp_path / "cm", cwd=tmp_path)
+    assert rc == 0, err
+    (group,) = json.loads((tmp_path / "cm" / "compare_pooled.json").read_text())["groups"]
+    assert group["seeds"] == [0, 1]  # the two of one recipe only
+    rc, out, err = run_cli("compare", agree[0], agree[1], other, "--out", tmp_path / "cp", "--pool", cwd=tmp_path)
+    assert rc == 0, err
+    (group,) = json.loads((tmp_path / "cp" / "compare_pooled.json").read_text())["groups"]
+    assert group["seeds"] == [0, 1, 3] and "threshold" in group["note"] and "--pool" in out
+    # the same seed twice is one run given twice, not two seeds
+    again = _planted(one_analysis, tmp_path / "a0bis", 0, 0.8)
+    rc, out, err = run_cli("compare", agree[0], again, "--out", tmp_path / "ct", cwd=tmp_path)
+    assert rc == 2 and "same seed 0" in err

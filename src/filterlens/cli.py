@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finished run directories (filterlens run or analyze) and sweep directories "
                         "(filterlens sweep); a run directory holding a sweep under sweep/ counts as both")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory (created); not one of the inputs")
+    c.add_argument("--pool", action="store_true", help="pool the claims of every run given, even runs of different "
+                                                       "recipes (default: only runs whose settings differ in the seed "
+                                                       "alone are pooled)")
 
     f = sub.add_parser(
         "afcc", help="dilute an analysed run by its units' cluster connections (AFCC), retrain, compare with a "
@@ -324,7 +327,7 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from .report import build_compare
 
-    print(f"wrote {build_compare(args.dirs, args.out)}")
+    print(f"wrote {build_compare(args.dirs, args.out, pool=args.pool, echo=print)}")
     return 0
 
 

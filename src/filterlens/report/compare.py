@@ -7,9 +7,16 @@
 * the maximal and the mean error against the number of labels, one line per sweep with its
   least-squares fit (``sweep.json``);
 * the papers' claims as each run and sweep tested them (``claims`` of results.json and sweep.json);
+* the claims pooled over the seeds of a recipe: runs whose every setting but the seed is equal (the same
+  :meth:`~filterlens.config.Config.recipe_hash`) are one recipe, and their claims are pooled
+  (:func:`filterlens.claims.pooled_claims`) into ``compare_pooled.csv`` and ``compare_pooled.json`` (schema:
+  ``pooled.schema.json``), near the top of compare.html and in the terminal; runs of different recipes are
+  never pooled unless ``pool=True`` (``--pool``) asks for it, and then the settings they differ in are said;
 * ``compare.csv`` (one row per run and layer), ``compare_sweeps.csv`` (one row per sweep and label
   count), ``compare_claims.csv`` (one row per run or sweep and claim row) and ``compare.html`` (one
   self-contained page: images embedded, no external resource).
+
+A folder of the seeds of one recipe (``filterlens run --seeds``) stands for its runs.
 
 Every input is checked before anything is written; a bad one is one line naming it.
 """
@@ -21,8 +28,8 @@ import os
 from pathlib import Path
 
 from ..errors import FilterlensError
-from ..files import read_json, write_csv, write_text
-from ..claims import snr_sentence
+from ..files import read_json, write_csv, write_json, write_text
+from ..claims import format_pooled, snr_sentence
 from ..folders import is_temporary, kind_of, make_dirs, mark, named, some_files
 from ..rundir import RunDir
 from .html import _CHECK_JS, _CSS, _esc, _img, _read_csv, _table, claims_table
@@ -49,7 +56,10 @@ CSV_COLUMNS = ["run", "model", "dataset", "num_labels", "unit_kind", "layer", "p
                *(m[0] for m in METRICS)]
 SWEEP_COLUMNS = ["sweep", "num_labels", "max_error", "mean_error", "min_error"]
 CLAIM_COLUMNS = ["run", "claim", "metric", "statistic", "value", "low", "high", "n", "verdict"]
-OUTPUTS = ("compare.html", "compare.csv", "compare_sweeps.csv", "compare_claims.csv", *(m[3] for m in METRICS),
+POOLED_COLUMNS = ["recipe", "runs", "claim", "metric", "statistic", "value", "low", "high", "n", "seeds_holds",
+                  "seeds_fails", "seeds_unclear", "verdict"]
+OUTPUTS = ("compare.html", "compare.csv", "compare_sweeps.csv", "compare_claims.csv", "compare_pooled.csv",
+           "compare_pooled.json", *(m[3] for m in METRICS),
            *(m[2] for m in SWEEP_METRICS))
 _VALID = ("a finished run directory (results.json and layers.csv: filterlens run or analyze) or a finished sweep "
           "directory (sweep.json or sweep/sweep.json: filterlens sweep, or filterlens run with num_labels)")
@@ -66,6 +76,8 @@ class _Run:
     bands: dict = field(default_factory=dict)  # metric -> (lows, highs), one per layer
     label: str = ""
     res: dict = field(default_factory=dict)
+    recipe: str = ""  # Config.recipe_hash of its settings (recipe_groups)
+    seed: int = 0
 
     @property
     def data_key(self):
@@ -84,13 +96,15 @@ class _Sweep:
     data_key: str | None = None  # rendered data (glyphs): the fonts and settings
 
 
-def build_compare(dirs, out) -> Path:
-    """Compare finished runs and sweeps: write the figures, ``compare.csv``, ``compare_sweeps.csv`` and
-    ``compare.html`` into ``out``; returns the path of ``compare.html``.
+def build_compare(dirs, out, pool: bool = False, echo=None) -> Path:
+    """Compare finished runs and sweeps: write the figures, ``compare.csv``, ``compare_sweeps.csv``, the claims
+    pooled over the seeds of each recipe and ``compare.html`` into ``out``; returns the path of ``compare.html``.
 
-    ``dirs``: run directories (``filterlens run`` / ``analyze``) and sweep directories (``filterlens
-    sweep``); a run directory holding a sweep under ``sweep/`` counts as both. Every input and ``out``
-    are checked before anything is written (FilterlensError, one line).
+    ``dirs``: run directories (``filterlens run`` / ``analyze``), folders of seeds (``filterlens run --seeds``)
+    and sweep directories (``filterlens sweep``); a run directory holding a sweep under ``sweep/`` counts as
+    both. ``pool``: pool the claims of every run given, even of different recipes (the differences are said).
+    ``echo``: where the pooled tables are printed (None: not printed). Every input and ``out`` are checked
+    before anything is written (FilterlensError, one line).
     """
     from ..checks import path_arg
 
@@ -102,6 +116,7 @@ def build_compare(dirs, out) -> Path:
     if not dirs:
         raise FilterlensError(f"no directory to compare; give one or more: {_VALID}")
     out = RunDir.validate(out, "output directory")
+    dirs = _expand_seeds(dirs)
     runs, sweeps, seen = [], [], {}
     for d in dirs:
         p = path_arg(d, "input directory") if str(d).strip() else Path(str(d))
@@ -126,9 +141,19 @@ def build_compare(dirs, out) -> Path:
     _unique_labels(runs)
     _unique_labels(sweeps)
 
+    groups = recipe_groups(runs, pool)
     make_dirs(out)
     mark(out, "compare")
     written = []
+    pooled = [_pooled(g) for g in groups]
+    written.append(write_csv(out / "compare_pooled.csv", [{"recipe": g["recipe"], "runs": " ".join(g["runs"]), **row}
+                                                          for g in pooled for row in g["rows"]], POOLED_COLUMNS))
+    written.append(write_json(out / "compare_pooled.json", {"version": 1, "groups": pooled}))
+    if echo is not None:
+        for g in pooled:
+            echo(g["note"])
+            for line in format_pooled(g["rows"], g["seeds"]):
+                echo(line)
     if runs:
         written += [_depth_figure(runs, metric, name, ylabel, out / png) for metric, name, ylabel, png in METRICS]
     written.append(write_csv(out / "compare.csv", [r for run in runs for r in _csv_rows(run)], CSV_COLUMNS))
@@ -138,12 +163,68 @@ def build_compare(dirs, out) -> Path:
         written.append(write_csv(out / "compare_sweeps.csv", [
             {"sweep": str(s.path), **{k: c.get(k) for k in SWEEP_COLUMNS[1:]}} for s in sweeps for c in s.per_count],
             SWEEP_COLUMNS))
-    page = write_text(out / "compare.html", _page(runs, sweeps, [p for p in written if p.suffix == ".png"]))
+    page = write_text(out / "compare.html", _page(runs, sweeps, [p for p in written if p.suffix == ".png"], pooled))
     for name in OUTPUTS:  # an earlier compare's files that this one does not replace would mislead
         stale = out / name
         if stale not in written and stale != page and stale.is_file():
             stale.unlink()
     return page
+
+
+def _expand_seeds(dirs: list) -> list:
+    """A folder of seeds (``filterlens run --seeds``) stands for its ``seed-N`` run directories, in seed order."""
+    out = []
+    for d in dirs:
+        p = Path(str(d))
+        if str(d).strip() and p.is_dir() and kind_of(p) == "seeds":
+            found = sorted((q for q in p.iterdir() if q.is_dir() and q.name.startswith("seed-")
+                            and q.name[5:].isdigit()), key=lambda q: int(q.name[5:]))
+            if not found:
+                raise FilterlensError(f"folder of seeds '{p}' holds no seed-N run yet; run filterlens run --seeds first")
+            out += found
+        else:
+            out.append(d)
+    return out
+
+
+def recipe_groups(runs: list, pool: bool = False) -> list[list]:
+    """The runs of each recipe (every setting but the seed equal: :meth:`Config.recipe_hash`) that has two or more
+    runs of distinct seeds; with ``pool`` every run in one group. Runs of one recipe with the same seed are
+    refused (the same run twice, not two seeds)."""
+    from ..config import Config
+
+    by: dict[str, list] = {}
+    for r in runs:
+        cfg = Config.from_dict(r.res.get("config") or {}, source=f"{r.path}/results.json")
+        r.recipe, r.seed = cfg.recipe_hash(), cfg.seed
+        by.setdefault(r.recipe, []).append(r)
+    groups = [list(runs)] if pool and len(runs) > 1 else [g for g in by.values() if len(g) > 1]
+    for g in groups:
+        seeds = [r.seed for r in g]
+        if not pool and len(set(seeds)) != len(seeds):
+            twice = next(s for s in seeds if seeds.count(s) > 1)
+            raise FilterlensError(f"runs {', '.join(str(r.path) for r in g if r.seed == twice)} are one recipe with "
+                                  f"the same seed {twice}: the same run twice, not two seeds; give each seed once")
+    return groups
+
+
+def _pooled(group: list) -> dict:
+    """The pooled claims of one group of runs, with a sentence on what makes them one recipe."""
+    from ..claims import pooled_claims
+    from ..config import Config
+
+    rows = pooled_claims([{"claims": r.res.get("claims") or [], "afcc": r.res.get("afcc")} for r in group])
+    recipes = {r.recipe for r in group}
+    if len(recipes) == 1:
+        note = (f"{len(group)} runs share a recipe (every setting but the seed equal; recipe {group[0].recipe}): "
+                f"their claims are pooled over seeds {', '.join(str(r.seed) for r in group)}")
+    else:
+        cfgs = [Config.from_dict(r.res.get("config") or {}).to_dict() for r in group]
+        differ = sorted(k for k in cfgs[0] if k != "seed" and len({repr(c.get(k)) for c in cfgs}) > 1)
+        note = (f"{len(group)} runs of {len(recipes)} recipes pooled as asked (--pool); they differ in "
+                f"{', '.join(differ[:8])}{', ...' if len(differ) > 8 else ''}")
+    return {"recipe": group[0].recipe if len(recipes) == 1 else "mixed", "runs": [str(r.path) for r in group],
+            "seeds": [r.seed for r in group], "note": note, "rows": rows}
 
 
 def _check_out(out: Path) -> None:
@@ -330,13 +411,22 @@ def _sweep_figure(sweeps: list[_Sweep], key: str, name: str, path: Path) -> Path
 
 # ------------------------------------------------------------------------------ the page
 
-def _page(runs: list[_Run], sweeps: list[_Sweep], pngs: list[Path]) -> str:
+def _page(runs: list[_Run], sweeps: list[_Sweep], pngs: list[Path], pooled: list[dict] | None = None) -> str:
     import time
 
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>filterlens compare</title>"
              f"<style>{_CSS}</style><script>{_CHECK_JS}</script></head><body>",
              f"<h1>filterlens compare</h1><p class='muted'>{len(runs)} run(s), {len(sweeps)} sweep(s) &middot; built "
              f"{time.strftime('%Y-%m-%d %H:%M')} &middot; method: Meir et al., arXiv 2309.07537</p>"]
+    for g in pooled or []:
+        rows = [{**row, "each seed": ", ".join(f"{s}: {v:.4g} ({vd})" for s, v, vd in
+                                              zip(g["seeds"], row.get("per_seed", []), row.get("per_seed_verdicts", [])))}
+                for row in g["rows"]]
+        parts.append(f"<h2>The papers' claims pooled over seeds</h2><p class='muted'>{_esc(g['note'])}; per claim the "
+                     "pooled statistic with its 95% hierarchical interval and verdict, how many seeds hold, do not "
+                     "hold and cannot tell on their own, and each seed's statistic (compare_pooled.csv)</p>"
+                     + claims_table(rows, ["claim", "metric", "statistic", "value", "low", "high", "n", "seeds_holds",
+                                           "seeds_fails", "seeds_unclear", "verdict", "each seed"]))
     if runs:
         table = [{"run": str(r.path), "line": r.label, "model": r.model, "dataset": r.dataset, "labels": r.num_labels,
                   "units": r.unit_kind, "layers": len(r.rows),
