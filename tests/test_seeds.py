@@ -219,7 +219,8 @@ def test_compare_pools_a_recipes_seeds_and_never_mixes_recipes_unasked(one_analy
     assert rc == 0, err
     (group,) = json.loads((tmp_path / "cp" / "compare_pooled.json").read_text())["groups"]
     assert group["seeds"] == [0, 1, 3] and "threshold" in group["note"] and "--pool" in out
-    # the same seed twice is one run given twice, not two seeds
+    # the same seed twice is a rerun, not two seeds: compared, not pooled, and said
     again = _planted(one_analysis, tmp_path / "a0bis", 0, 0.8)
     rc, out, err = run_cli("compare", agree[0], again, "--out", tmp_path / "ct", cwd=tmp_path)
-    assert rc == 2 and "same seed 0" in err
+    assert rc == 0 and "same seed 0" in out, out + err
+    assert json.loads((tmp_path / "ct" / "compare_pooled.json").read_text())["groups"] == []

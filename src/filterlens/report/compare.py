@@ -141,7 +141,7 @@ def build_compare(dirs, out, pool: bool = False, echo=None) -> Path:
     _unique_labels(runs)
     _unique_labels(sweeps)
 
-    groups = recipe_groups(runs, pool)
+    groups = recipe_groups(runs, pool, echo)
     make_dirs(out)
     mark(out, "compare")
     written = []
@@ -187,10 +187,10 @@ def _expand_seeds(dirs: list) -> list:
     return out
 
 
-def recipe_groups(runs: list, pool: bool = False) -> list[list]:
+def recipe_groups(runs: list, pool: bool = False, echo=None) -> list[list]:
     """The runs of each recipe (every setting but the seed equal: :meth:`Config.recipe_hash`) that has two or more
-    runs of distinct seeds; with ``pool`` every run in one group. Runs of one recipe with the same seed are
-    refused (the same run twice, not two seeds)."""
+    runs of distinct seeds; with ``pool`` every run in one group. Runs of one recipe with a seed in common are not
+    pooled (one is a rerun of the other, not another seed): ``echo`` says so."""
     from ..config import Config
 
     by: dict[str, list] = {}
@@ -198,13 +198,18 @@ def recipe_groups(runs: list, pool: bool = False) -> list[list]:
         cfg = Config.from_dict(r.res.get("config") or {}, source=f"{r.path}/results.json")
         r.recipe, r.seed = cfg.recipe_hash(), cfg.seed
         by.setdefault(r.recipe, []).append(r)
-    groups = [list(runs)] if pool and len(runs) > 1 else [g for g in by.values() if len(g) > 1]
-    for g in groups:
+    if pool and len(runs) > 1:
+        return [list(runs)]
+    groups = []
+    for g in (g for g in by.values() if len(g) > 1):
         seeds = [r.seed for r in g]
-        if not pool and len(set(seeds)) != len(seeds):
+        if len(set(seeds)) != len(seeds):
             twice = next(s for s in seeds if seeds.count(s) > 1)
-            raise FilterlensError(f"runs {', '.join(str(r.path) for r in g if r.seed == twice)} are one recipe with "
-                                  f"the same seed {twice}: the same run twice, not two seeds; give each seed once")
+            if echo is not None:
+                echo(f"note: {', '.join(str(r.path) for r in g if r.seed == twice)} are one recipe with the same seed "
+                     f"{twice} (reruns, not other seeds): their claims are not pooled")
+            continue
+        groups.append(g)
     return groups
 
 
