@@ -409,15 +409,20 @@ def bootstrap_summary_from_features(features: Any, weight: Any, labels: Any, num
     Memory, beyond ``features`` (never copied when contiguous: gathered label by label, converted to float64
     piece by piece) and the output (about ``60 n_boot C`` bytes), with ``Bc`` replicates and ``Cc`` units per
     chunk and ``P`` positions per unit: ``8 Bc (N + 1)`` bytes of resample counts; ``Bc Cc (12 L^2 + 64 L)`` for
-    the chunk's matrices; ``8 Bc Cc L P`` for its resampled mean maps and as much for its units' weight in
-    float64, repeated per replicate; per group of labels (``n_g`` inputs, padded) ``(8 + s) n_g Cc P`` for
-    their gathered features, ``8 g Bc Cc P`` for the product of its ``g`` labels and ``16 Bc n_g`` for their
-    counts; up to 36 MiB to select the cluster blocks; and, with ``accuracy``, first (not at the same time)
-    about 32 MiB for the logits in pieces of samples, beside the float64 weight when ``8 L C P`` bytes fit in
-    16 MiB. The counts, the mean maps, the repeated weight, each group's features and its product stay under
-    16 MiB each (1/16 of ``_WORK_BYTES``) and the matrices under 128 MiB (half): about 250 MiB in all, whatever
-    N, C, P, L and ``n_boot``, except where one matrix alone needs more (``12 L^2`` bytes: L above about 3300),
-    one unit's mean maps of one replicate do (``16 L P``) or one label's features of one unit (``(8 + s) n_i P``).
+    the chunk's matrices; ``8 Bc Cc L P`` for its resampled mean maps, as much for its units' weight in float64
+    repeated per replicate, and ``8 Cc L P`` for that weight once; per group of labels (``n_g`` inputs, padded)
+    ``(8 + s) n_g Cc P`` for their gathered features, ``8 g Bc Cc P`` for the product of its ``g`` labels and
+    ``16 Bc n_g`` for their counts; up to 36 MiB to select the cluster blocks; and, with ``accuracy``, first
+    (not at the same time) about 32 MiB for the logits in pieces of samples, beside the float64 weight when its
+    ``8 L C P`` bytes fit in 16 MiB. The counts, the mean maps, the repeated weight, each group's features and
+    its product stay under 16 MiB each (1/16 of ``_WORK_BYTES``) and the matrices under 128 MiB (half): about
+    250 MiB in all, whatever N, C, P, L and ``n_boot``, except where one matrix alone needs more (``12 L^2``
+    bytes: L above about 3300), one unit's mean maps of one replicate do (``16 L P`` bytes) or one label's
+    features of one unit (``(8 + s) n_i P``).
+
+    Time: the matrices cost ``2 L^2 P`` flops per replicate and unit (the fields route's products ``2 N L``),
+    then both routes analyse them alike (normalise, binarise, cluster, count: about ten passes over their
+    ``8 L^2`` bytes each), which dominates at small P.
 
     Parameters
     ----------
