@@ -22,11 +22,24 @@ of the peak, else ``ru_maxrss``).
 labels (10 inputs per label, N = 10,000, float32 fields: 4.8 GiB; the old code would take three float64 copies of
 them, 29 GiB), 20 replicates.
 
+``--features`` times the features route (``sfp.bootstrap_summary_from_features``: the test features and the probe
+weight instead of the fields, what the probe stage keeps where it is smaller) at L = 1000 labels, N = 12,000 test
+inputs (12 per label), bfloat16 features as the cache holds them, float32 weights, 20 replicates with the accuracy,
+each case in a fresh process with its time and memory (the growth of the peak over the inputs, and the process'
+whole peak): (a) one layer of 128 units of 2 x 2 positions (its fields would take 6.1 GB in float32, its features
+12 MB), its replicates compared on its first 4 units with the fields route's on the float64 fields of the same
+features; (b) the whole VGG-16 at 1/4 width on 20 x 20 inputs, 13 layers, the shapes ``filterlens layers --model
+vgg16 --width-mult 0.25 --dataset glyphs --image-size 20`` lists (units x positions from 16 x 400 to 128 x 1; 1,056
+units; 0.47 GB of features where the fields would take 51 GB). The features are planted: each unit's label means
+carry 1-3 clusters of 1-4 labels at one position each (there the weight of their output units is 1), the weight is
+uniform in [-0.3, 0.3] elsewhere, every input adds noise of standard deviation 0.5.
+
 Usage::
 
     python benchmarks/sfp_bootstrap.py            # 200 replicates   -> results/sfp_bootstrap.json
     python benchmarks/sfp_bootstrap.py --quick    # 20 replicates    -> results/sfp_bootstrap_quick.json
     python benchmarks/sfp_bootstrap.py --large    # and the L = 1000 layer
+    python benchmarks/sfp_bootstrap.py --features # the features route alone -> "features" in results/sfp_bootstrap.json
 
 Exit status 1 when the replicates differ.
 """
@@ -79,6 +92,42 @@ def planted_layer(c: int, L: int, n: int, seed: int, dtype=torch.float64):
         e = min(labels.size, s + step)
         torch.randn((e - s, c, L), generator=gen, dtype=dtype, out=fields[s:e]).mul_(3.0).add_(rows[lab_t[s:e]])
     return fields, labels
+
+
+def planted_features(c: int, p: int, L: int, n: int, seed: int):
+    """(features (N, C, P) bfloat16, weight (L, C, P) float32, labels (N,)): per unit 1-3 clusters of 1-4 labels,
+    each at one position where their label means are 1 and the weight of their output units is 1; the label
+    means 0 and the weight uniform in [-0.3, 0.3] elsewhere; noise of standard deviation 0.5 per input. N/L
+    inputs per label, shuffled; generated in pieces (small temporaries)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(L), n // L)
+    rng.shuffle(labels)
+    means = torch.zeros((L, c, p))
+    weight = torch.from_numpy(rng.uniform(-0.3, 0.3, size=(L, c, p)).astype(np.float32))
+    for u in range(c):
+        for _ in range(int(rng.integers(1, 4))):
+            q = int(rng.integers(p))
+            members = torch.from_numpy(rng.choice(L, size=int(rng.integers(1, min(4, L) + 1)), replace=False))
+            means[members, u, q] = 1.0
+            weight[members, u, q] = 1.0
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.empty((labels.size, c, p), dtype=torch.bfloat16)
+    lab_t = torch.from_numpy(labels)
+    step = max(1, (1 << 20) // (c * p))
+    for s in range(0, labels.size, step):
+        e = min(labels.size, s + step)
+        features[s:e] = torch.randn((e - s, c, p), generator=gen).mul_(0.5).add_(means[lab_t[s:e]])
+    return features, weight, labels
+
+
+def vgg16_quarter_shapes(image_size: int = 20) -> list[tuple[int, int]]:
+    """(units, positions) of VGG-16 at 1/4 width on one-channel ``image_size`` inputs, from the model itself (as
+    ``filterlens layers --model vgg16 --width-mult 0.25 --dataset glyphs --image-size 20`` lists them)."""
+    from filterlens.models import ModelSpec, build_model, list_layers
+
+    model = build_model(ModelSpec("vgg16", 1000, 1, image_size, 0.25))
+    return [(int(l.shape[0]), int(l.shape[1]) * int(l.shape[2])) for l in list_layers(model, (1, image_size,
+                                                                                              image_size))]
 
 
 def _status_kib(field: str) -> int:
@@ -177,6 +226,50 @@ def child(args) -> dict:
             "noise_per_filter_all": float(np.mean(samples["noise_per_filter_all"]))}
 
 
+def child_features(args) -> dict:
+    """The features route in this (fresh) process: one layer (``--units`` x ``--positions``) or, with ``--vgg``,
+    every layer of VGG-16 at 1/4 width; inputs built first, a warm-up on a tiny layer, then the time and the growth
+    of the peak resident memory over the inputs (:func:`start_peak`), and the process' whole peak (VmHWM)."""
+    shapes = vgg16_quarter_shapes() if args.vgg else [(args.units, args.positions)]
+    L, n, reps = args.labels, args.inputs, args.replicates
+    layers = [planted_features(c, p, L, n, args.seed + k) for k, (c, p) in enumerate(shapes)]
+    inputs = sum(a.numel() * a.element_size() + w.numel() * w.element_size() for a, w, _ in layers)
+    tiny = np.arange(2 * L) % L
+    sfp.bootstrap_summary_from_features(torch.randn(tiny.size, 2, 3).bfloat16(), torch.randn(L, 2, 3), tiny, L, 2, 0,
+                                        accuracy=True)
+    start = start_peak()
+    rows, samples = [], []
+    t_all = time.perf_counter()
+    for (a, w, labels), (c, p) in zip(layers, shapes):
+        t0 = time.perf_counter()
+        _, got = sfp.bootstrap_summary_from_features(a, w, labels, L, reps, args.seed, return_samples=True,
+                                                     accuracy=True)
+        rows.append({"units": c, "positions": p, "seconds": time.perf_counter() - t0,
+                     "clusters_per_filter_all": float(np.mean(got["clusters_per_filter_all"])),
+                     "noise_per_filter_all": float(np.mean(got["noise_per_filter_all"]))})
+        samples.append(got)
+        print(f"  {c:4d} units x {p:3d} positions: {rows[-1]['seconds']:7.1f} s", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - t_all
+    growth = peak_growth(start)
+    whole = _status_kib("VmHWM") * 1024 if start[1] else None
+    out = {"labels": L, "inputs": n, "replicates": reps, "features_dtype": "bfloat16", "weight_dtype": "float32",
+           "units": sum(c for c, _ in shapes), "layers": rows, "inputs_bytes": inputs,
+           "fields_float32_bytes": sum(n * c * L * 4 for c, _ in shapes),
+           "features_bytes": sum(n * c * p * 2 for c, p in shapes), "seconds": seconds,
+           "peak_growth_bytes": growth, "peak_bytes": whole, "peak_reset": start[1]}
+    if not args.vgg:  # the replicates of the first units against the fields route on the float64 fields
+        a, w, labels = layers[0]
+        k = min(4, a.shape[1])
+        fields = sfp.sample_fields(w[:, :k, :, None].double(), a[:, :k, :, None].double())
+        _, want = sfp.bootstrap_summary(fields, labels, L, reps, args.seed, return_samples=True, accuracy=True)
+        _, got = sfp.bootstrap_summary_from_features(a[:, :k], w[:, :k], labels, L, reps, args.seed,
+                                                     return_samples=True, accuracy=True)
+        # the accuracy of 4 units is not the layer's: compare it too (the same units on both sides)
+        out["check_units"] = k
+        out["check"] = compare(got, want)
+    return out
+
+
 def in_child(units: int, labels: int, inputs: int, replicates: int, seed: int, float32: bool) -> dict:
     cmd = [sys.executable, __file__, "--child", "--units", str(units), "--labels", str(labels), "--inputs",
            str(inputs), "--replicates", str(replicates), "--seed", str(seed)] + (["--float32"] if float32 else [])
@@ -195,11 +288,17 @@ def main() -> int:
     p.add_argument("--inputs", type=int, default=10_000, help=argparse.SUPPRESS)
     p.add_argument("--replicates", type=int, default=20, help=argparse.SUPPRESS)
     p.add_argument("--float32", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--features", action="store_true",
+                   help="the features route alone at L = 1000: one 128-unit layer and the whole VGG-16 at 1/4 width")
+    p.add_argument("--positions", type=int, default=4, help=argparse.SUPPRESS)
+    p.add_argument("--vgg", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.child:
-        print(json.dumps(child(args)))
+        print(json.dumps(child_features(args) if args.features else child(args)))
         return 0
+    if args.features:
+        return main_features(args.seed)
     replicates = 20 if args.quick else 200
     print(f"VGG-16 at 1/4 width, L = 10, N = 10,000, {replicates} replicates, one thread:", flush=True)
     vgg = run_vgg(replicates, args.seed)
@@ -230,6 +329,42 @@ def main() -> int:
     os.replace(tmp, out)
     print(f"-> {out}")
     return 0 if vgg["identical"] else 1
+
+
+def main_features(seed: int) -> int:
+    """``--features``: the two cases of the module docstring, each in a fresh process, -> the entry ``features`` of
+    results/sfp_bootstrap.json (the other entries as they were, with their own environment); exit status 1 when
+    the one-layer check differs."""
+    result = {"benchmark": "sfp_bootstrap --features", "what": "sfp.bootstrap_summary_from_features (accuracy on, "
+              "return_samples), bfloat16 test features and float32 weights, L = 1000, N = 12,000, 20 replicates, "
+              "one thread, each case in a fresh process: seconds, growth of the peak resident memory over the "
+              "inputs, the process' whole peak; the one-layer replicates of 4 units against the fields route",
+              "threads": 1}
+    for name, flags in (("layer_128_units", ["--units", "128", "--positions", "4"]), ("vgg16_quarter_20px", ["--vgg"])):
+        cmd = [sys.executable, __file__, "--child", "--features", "--labels", "1000", "--inputs", "12000",
+               "--replicates", "20", "--seed", str(seed)] + flags
+        print(f"{name}:", flush=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        result[name] = got
+        print(f"{name}: {got['units']} units, {got['seconds']:.1f} s, peak +{got['peak_growth_bytes'] / 2**20:.0f} MiB "
+              f"over its {got['inputs_bytes'] / 2**20:.0f} MiB of inputs (whole process "
+              f"{(got['peak_bytes'] or 0) / 2**30:.2f} GiB); its fields would take "
+              f"{got['fields_float32_bytes'] / 2**30:.1f} GiB" + (f"; replicates as the fields route's: "
+                                                                  f"{got['check']['identical']}" if "check" in got
+                                                                  else ""), flush=True)
+    result["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
+                             "numpy": np.__version__, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                             "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "sfp_bootstrap.json"
+    whole = json.loads(out.read_text()) if out.exists() else {"benchmark": "sfp_bootstrap"}
+    whole["features"] = result
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(whole, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"-> {out}")
+    return 0 if result["layer_128_units"]["check"]["identical"] else 1
 
 
 if __name__ == "__main__":

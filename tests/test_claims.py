@@ -272,7 +272,7 @@ def test_analyze_prints_and_saves_the_claims(analysed):
     import torch
 
     from filterlens.results import schema
-    from filterlens.sfp import correct_from_fields
+    from filterlens.sfp import correct_from_features, correct_from_fields
 
     run, out = analysed
     lines = out.splitlines()
@@ -295,12 +295,19 @@ def test_analyze_prints_and_saves_the_claims(analysed):
             assert r["value"] == pytest.approx(stats.spearmanr([0, 1, 2], values).statistic)
         assert r["n"] == 3 and r["low"] is not None and r["low"] <= r["high"]
         assert r["verdict"] == _rule_verdict(r), r
-    # accuracy per replicate comes from the kept fields: on the full test set they give the probes' accuracy
+    # accuracy per replicate comes from the kept fields, or the test features times the weight: on the full test
+    # set they give the probes' accuracy (the first layer, 64 positions per unit and 10 labels, keeps its fields;
+    # the others, 16 and 4, their features)
     blob = torch.load(run / "label_means.pt", weights_only=True)
+    weights = torch.load(run / "probes.pt", weights_only=True)
     probes = json.loads((run / "probes.json").read_text())
+    assert [m["bootstrap_input"] for m in probes["layers"]] == ["fields", "features", "features"]
     for m in probes["layers"]:
-        assert correct_from_fields(blob["fields"][m["name"]], blob["test_labels"]).mean() == pytest.approx(
-            m["accuracy"], abs=1e-12)
+        if m["bootstrap_input"] == "fields":
+            correct = correct_from_fields(blob["fields"][m["name"]], blob["test_labels"])
+        else:
+            correct = correct_from_features(blob["features"][m["name"]], weights[m["name"]], blob["test_labels"])
+        assert correct.mean() == pytest.approx(m["accuracy"], abs=1e-12)
     boot = (run / "bootstrap.csv").read_text()
     assert "features.0,accuracy," in boot and "features.2,snr_field," in boot
 

@@ -110,8 +110,9 @@ def test_seeds_folder_refuses_a_users_folder_and_another_recipe(tmp_path):
 
 def test_probe_seeds_put_the_probes_training_spread_into_the_intervals(tmp_path):
     """probe_seeds 3: two more probes per layer from other seeds (other weights and sample order), each with its
-    test fields; the bootstrap's replicates then read probe b mod 3, and the intervals are at least as wide as a
-    replicate set that reads the first probe only (the same test resamples)."""
+    weight (the last layer's bootstrap reads the test features: 4 positions per unit, 10 labels); the bootstrap's
+    replicates then read probe b mod 3, and the intervals are at least as wide as a replicate set that reads the
+    first probe only (the same test resamples)."""
     import numpy as np
 
     import filterlens
@@ -128,12 +129,14 @@ def test_probe_seeds_put_the_probes_training_spread_into_the_intervals(tmp_path)
     a = filterlens.analyze(model, load_data("digits"), probe_epochs=3, probe_seeds=3, bootstrap=30, heatmaps="none",
                            progress=False, echo=lambda *x: None)
     r = a.probes.layers[-1]
-    assert len(r.extra_fields) == 2 and len(r.extra_accuracy) == 2
-    assert not torch_equal(r.fields, r.extra_fields[0]) and not torch_equal(r.extra_fields[0], r.extra_fields[1])
+    assert r.bootstrap_input == "features" and r.extra_fields is None
+    assert len(r.extra_weights) == 2 and len(r.extra_accuracy) == 2
+    assert not torch_equal(r.weight, r.extra_weights[0]) and not torch_equal(r.extra_weights[0], r.extra_weights[1])
     labels = a.probes.test_labels.numpy()
-    _, one = sfp.bootstrap_summary(r.fields, labels, 10, 30, 0, return_samples=True, accuracy=True)
-    _, three = sfp.bootstrap_summary([r.fields, *r.extra_fields], labels, 10, 30, 0, return_samples=True,
-                                     accuracy=True)
+    _, one = sfp.bootstrap_summary_from_features(r.test_features, r.weight, labels, 10, 30, 0, return_samples=True,
+                                                 accuracy=True)
+    _, three = sfp.bootstrap_summary_from_features(r.test_features, [r.weight, *r.extra_weights], labels, 10, 30, 0,
+                                                   return_samples=True, accuracy=True)
     np.testing.assert_allclose(three["accuracy"][::3], one["accuracy"][::3])  # replicate 0, 3, ...: the first probe
     accs = [r.accuracy, *r.extra_accuracy]
     assert not np.allclose(three["accuracy"][1::3], one["accuracy"][1::3]) or len(set(accs)) == 1
@@ -141,7 +144,7 @@ def test_probe_seeds_put_the_probes_training_spread_into_the_intervals(tmp_path)
     from filterlens.analysis import Analysis
 
     again = Analysis.load(tmp_path / "a")
-    assert len(again.probes.layers[-1].extra_fields) == 2
+    assert len(again.probes.layers[-1].extra_weights) == 2
 
 
 def torch_equal(x, y) -> bool:

@@ -450,3 +450,155 @@ def test_several_probes_replicate_b_reads_probe_b_mod_k():
     assert not np.allclose(only_a["noise_per_filter_all"], only_b["noise_per_filter_all"])  # the probes differ
     with pytest.raises(ValueError, match="every probe's the same"):
         bootstrap_summary([a, b[:, :5]], lab, L, 3, 0)
+
+
+# ------------------------------------------------------------------------------------------
+# the features route: the same replicates from the test features and the probe weight
+# ------------------------------------------------------------------------------------------
+def planted_features(seed, c=10, L=7, p=3, n_per_label=(9, 30)):
+    """Test features (N, C, P), a probe weight (L, C, P) and labels: unit c's position q carries a cluster of
+    labels (the features of its labels near 1 there, the weight of its output units near 1), the rest around 0,
+    so the label means F_c = M W^T hold blocks over a background near the threshold; noise per input; unequal
+    label counts; a dead unit (positive features, negative weight). Labels shuffled."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(n_per_label[0], n_per_label[1] + 1, size=L)
+    labels = np.repeat(np.arange(L), counts)
+    rng.shuffle(labels)
+    means = rng.uniform(-0.2, 0.5, size=(L, c, p))
+    weight = rng.uniform(-0.3, 0.6, size=(L, c, p))
+    for u in range(c - 1):
+        for q in range(int(rng.integers(1, p + 1))):
+            members = rng.choice(L, size=int(rng.integers(1, 4)), replace=False)
+            means[members, u, q] = rng.uniform(0.8, 1.2, size=members.size)
+            weight[members, u, q] = rng.uniform(0.8, 1.2, size=members.size)
+    means[:, c - 1] = rng.uniform(0.5, 1.0, size=(L, p))
+    weight[:, c - 1] = -rng.uniform(0.1, 1.0, size=(L, p))
+    features = means[labels] + rng.normal(scale=0.3, size=(labels.size, c, p))
+    return features, weight, labels
+
+
+def fields_of(features, weight):
+    """h[n, c, j] = sum_p W[j, c, p] A[n, c, p] (METHOD.md stage 3), float64, written out with numpy."""
+    a = np.asarray(features, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    return np.einsum("ncp,jcp->ncj", a.reshape(a.shape[0], a.shape[1], -1), w.reshape(w.shape[0], w.shape[1], -1))
+
+
+# field parts (sums of different float64 products): to float rounding; counts: exactly
+FEATURES_RTOL = 1e-9
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("normalise", ["max", "column-centred"])
+def test_features_route_equals_reference_on_the_fields(seed, normalise):
+    """Features (N, C, H, W) and weight (L, C, H, W): the replicates are those of the reference bootstrap of the
+    fields they give, and those of the fields route; the intervals too."""
+    a, w, labels = planted_features(seed, p=4)
+    L = w.shape[0]
+    a4, w4 = a.reshape(a.shape[0], a.shape[1], 2, 2), w.reshape(L, w.shape[1], 2, 2)
+    fields = fields_of(a, w)
+    ref_iv, ref = reference_bootstrap_summary(fields, labels, L, 40, seed + 3, 0.3, normalise, accuracy=True)
+    iv, got = boot.bootstrap_summary_from_features(a4, w4, labels, L, 40, seed + 3, normalise=normalise,
+                                                   return_samples=True, accuracy=True)
+    assert_same_replicates(got, ref, rtol=FEATURES_RTOL)
+    _, by_fields = bootstrap_summary(fields, labels, L, 40, seed + 3, normalise=normalise, return_samples=True,
+                                     accuracy=True)
+    assert_same_replicates(got, by_fields, rtol=FEATURES_RTOL)
+    assert list(iv) == list(ref_iv)
+    for key in ref_iv:
+        np.testing.assert_allclose(iv[key], ref_iv[key], rtol=FEATURES_RTOL, equal_nan=True, err_msg=key)
+    # not trivial: the replicates differ, units have clusters and noise, the accuracy is neither 0 nor 1
+    assert got["noise_per_filter_all"].std() > 0 and got["clusters_per_filter_all"].min() > 0
+    assert np.isfinite(got["snr_field"]).all() and 0 < got["accuracy"].mean() < 1
+    if normalise == "max":
+        assert (got["dead_filters"] > 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_features_route_reads_half_precision_as_stored(dtype):
+    """Features as the cache holds them (bfloat16 or float16 tensors) and a float32 weight: the replicates of the
+    fields of exactly those stored values; a float16 numpy array too."""
+    a, w, labels = planted_features(4, c=8, L=6, p=5)
+    L = w.shape[0]
+    stored = torch.from_numpy(a).to(dtype)
+    w32 = torch.from_numpy(w).float()
+    _, ref = reference_bootstrap_summary(fields_of(stored.double().numpy(), w32.double().numpy()), labels, L, 25, 1,
+                                         accuracy=True)
+    _, got = boot.bootstrap_summary_from_features(stored, w32, torch.from_numpy(labels), L, 25, 1,
+                                                  return_samples=True, accuracy=True)
+    assert_same_replicates(got, ref, rtol=FEATURES_RTOL)
+    if dtype == torch.float16:
+        _, from_numpy = boot.bootstrap_summary_from_features(stored.numpy(), w32.numpy(), labels, L, 25, 1,
+                                                             return_samples=True, accuracy=True)
+        assert_same_replicates(from_numpy, ref, rtol=FEATURES_RTOL)
+
+
+def test_features_route_with_several_probes_reads_probe_b_mod_k():
+    """K probes: one set of features, K weights; replicate b is the reference's replicate b on the fields of probe
+    b mod K (the same resamples: the same seed), and the fields route's with the K probes' fields."""
+    a, w0, labels = planted_features(6, c=7, L=6, p=3)
+    rng = np.random.default_rng(60)
+    ws = [w0, w0 + rng.normal(scale=0.3, size=w0.shape), w0 * rng.uniform(0.5, 1.5, size=w0.shape)]
+    L, n_boot = w0.shape[0], 14
+    refs = [reference_bootstrap_summary(fields_of(a, w), labels, L, n_boot, 2, accuracy=True)[1] for w in ws]
+    _, got = boot.bootstrap_summary_from_features(a, ws, labels, L, n_boot, 2, return_samples=True, accuracy=True)
+    want = {key: np.array([refs[b % 3][key][b] for b in range(n_boot)]) for key in refs[0]}
+    assert_same_replicates(got, want, rtol=FEATURES_RTOL)
+    _, by_fields = bootstrap_summary([fields_of(a, w) for w in ws], labels, L, n_boot, 2, return_samples=True,
+                                     accuracy=True)
+    assert_same_replicates(got, by_fields, rtol=FEATURES_RTOL)
+    # the probes differ, so reading the wrong one would show
+    assert not np.array_equal(refs[0]["noise_per_filter_all"], refs[1]["noise_per_filter_all"])
+    assert not np.array_equal(refs[0]["accuracy"], refs[2]["accuracy"])
+
+
+def test_features_route_in_chunks_equals_reference(monkeypatch):
+    """A small working memory: several chunks of replicates and of units, labels in several groups, the
+    accuracy's logits in pieces of samples and of features; the replicates are still the reference's."""
+    a, w, labels = planted_features(8, c=9, L=8, p=12, n_per_label=(5, 40))
+    n, c, p = a.shape
+    L = w.shape[0]
+    _, ref = reference_bootstrap_summary(fields_of(a, w), labels, L, 23, 4, accuracy=True)
+    counts = np.bincount(labels)
+    assert boot._plan(n, c, L, 23, counts.max(), 8, p) == (23, c)  # one chunk at the default size
+    monkeypatch.setattr(boot, "_WORK_BYTES", 16 * 8 * 4 * (n + 1))
+    bc, cc = boot._plan(n, c, L, 23, counts.max(), 8, p)
+    assert 1 < bc < 23 and 1 <= cc < c
+    assert len(boot._label_groups(counts, cc * p * 8, 8 * bc * cc * p)) > 1
+    assert boot._WORK_BYTES // 16 < 8 * L * c * p  # the accuracy's weight in pieces too
+    _, got = boot.bootstrap_summary_from_features(a, w, labels, L, 23, 4, return_samples=True, accuracy=True)
+    assert_same_replicates(got, ref, rtol=FEATURES_RTOL)
+
+
+def test_features_plan_keeps_memory_bounded():
+    """The chunks of the features route follow its memory note: counts, matrices, one label's gathered features,
+    the mean maps and the repeated weight within their shares, at CIFAR, ImageNet and L = 1000 shapes."""
+    budget = boot._WORK_BYTES
+    for n, c, p, L, n_boot in ((10_000, 128, 4, 10, 200), (10_000, 16, 1024, 10, 200), (12_000, 128, 4, 1000, 20),
+                               (12_000, 16, 400, 1000, 20), (50_000, 512, 49, 1000, 200), (100, 3, 1, 2, 1)):
+        n_max = -(-n // L)
+        for in_bytes in (10, 12, 8):
+            bc, cc = boot._plan(n, c, L, n_boot, n_max, in_bytes, p)
+            assert 1 <= bc <= n_boot and 1 <= cc <= c
+            assert 8 * bc * (n + 1) <= budget // 16
+            assert bc * cc * (12 * L * L + 64 * L) <= budget // 2
+            assert n_max * cc * p * in_bytes <= budget // 16
+            assert 8 * bc * cc * L * p <= budget // 16 or cc == 1
+
+
+def test_correct_from_features_and_checks(monkeypatch):
+    a, w, labels = planted_features(3, c=6, L=5, p=4)
+    expected = np.einsum("ncp,jcp->nj", a, w).argmax(axis=1) == labels
+    assert 0 < expected.mean() < 1
+    np.testing.assert_array_equal(boot.correct_from_features(a, w, labels), expected)
+    monkeypatch.setattr(boot, "_WORK_BYTES", 16 * 8 * 5 * 7)  # 7 features of the weight, a few samples a piece
+    np.testing.assert_array_equal(boot.correct_from_features(torch.from_numpy(a), w, labels), expected)
+    L = w.shape[0]
+    with pytest.raises(ValueError, match="every probe's the same"):
+        boot.bootstrap_summary_from_features(a, [w, w[:, :5]], labels, L, 3, 0)
+    with pytest.raises(ValueError, match="num_labels"):
+        boot.bootstrap_summary_from_features(a, w, labels, L + 1, 3, 0)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        boot.bootstrap_summary_from_features(a[:, :, 0], w[:, :, 0], labels, L, 3, 0)
+    with pytest.raises(ValueError, match="empty list"):
+        boot.bootstrap_summary_from_features(a, [], labels, L, 3, 0)

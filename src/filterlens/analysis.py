@@ -335,7 +335,8 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         "timings": {"probes_s": pr.timings.get("stage_s", pr.timings.get("total_s")), "sfp_s": t_sfp},
         "title": f"{cfg.model} on {data_meta.get('dataset', '?')} ({len(label_names)} labels)",
         "thresholds": sweep_rows,
-        "bootstrap": {"n": cfg.bootstrap, "level": 0.95, "intervals": boot_rows} if cfg.bootstrap else None,
+        "bootstrap": {"n": cfg.bootstrap, "level": 0.95, "intervals": boot_rows,
+                      "inputs": {r.name: r.bootstrap_input for r in pr.layers}} if cfg.bootstrap else None,
         # claims 1-3 (depth trends): replicate b of every layer is the same resample of the test images
         "claims": claims.depth_claims(rows, {k: np.stack(v, axis=1) for k, v in replicates.items()
                                              if len(v) == len(rows)} or None),
@@ -346,15 +347,22 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
 def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicates: dict) -> list[dict]:
     """One layer's bootstrap (``cfg.bootstrap`` stratified resamples of the test images, the same in every layer):
     its rows of bootstrap.csv, and each metric's replicates appended to ``replicates[metric]`` (a list per
-    layer)."""
-    if r.fields is None:
-        raise FilterlensError("bootstrap needs the per-sample test fields; rerun the probes stage with "
-                              f"bootstrap = {cfg.bootstrap}")
-    fields = [r.fields, *(r.extra_fields or [])]  # probe b mod K in replicate b (probe_seeds)
-    intervals, samples = sfp.bootstrap_summary(fields if len(fields) > 1 else r.fields, pr.test_labels.numpy(),
-                                               r.fields.shape[2],
-                                               cfg.bootstrap, cfg.seed, threshold=cfg.threshold,
-                                               normalise=cfg.normalise, return_samples=True, accuracy=True)
+    layer). It reads whichever input the probe stage kept for the layer: the per-sample fields, or the test
+    features with the probe weight (the same replicates, ``sfp.bootstrap_summary_from_features``)."""
+    settings = dict(threshold=cfg.threshold, normalise=cfg.normalise, return_samples=True, accuracy=True)
+    labels, num_labels = pr.test_labels.numpy() if pr.test_labels is not None else None, int(r.weight.shape[0])
+    if r.fields is not None:
+        fields = [r.fields, *(r.extra_fields or [])]  # probe b mod K in replicate b (probe_seeds)
+        intervals, samples = sfp.bootstrap_summary(fields if len(fields) > 1 else r.fields, labels, num_labels,
+                                                   cfg.bootstrap, cfg.seed, **settings)
+    elif r.test_features is not None:
+        weights = [r.weight, *(r.extra_weights or [])]  # probe b mod K in replicate b (probe_seeds)
+        intervals, samples = sfp.bootstrap_summary_from_features(r.test_features, weights if len(weights) > 1
+                                                                 else r.weight, labels, num_labels, cfg.bootstrap,
+                                                                 cfg.seed, **settings)
+    else:
+        raise FilterlensError("bootstrap needs the per-sample test fields or test features; rerun the probes stage "
+                              f"with bootstrap = {cfg.bootstrap}")
     for key, values in samples.items():
         replicates.setdefault(key, []).append(values)
     return [{"layer": r.name, "metric": key, "estimate": estimates.get(key), "low": intervals[key][0],

@@ -158,7 +158,7 @@ def _plan(rd: RunDir, wanted: list[str], hashes: dict, from_stage: str | None, c
             echo(f"note: {shown} changed or missing since stage {stage} wrote it (checksum); it is not trusted: "
                  f"stage {stage} and the later ones run again")
             return wanted[i:], [b for b in bad if rd.exists(b)]
-        if stage == "probes" and cfg.bootstrap > 0 and not _has_fields(rd):
+        if stage == "probes" and cfg.bootstrap > 0 and not _has_bootstrap_inputs(rd):
             return wanted[i:], []
     return [], []
 
@@ -252,16 +252,19 @@ def _report(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
 _RUN = {"train": _train, "probes": _probes, "sfp": _sfp, "afcc": _afcc, "sweep": _sweep, "report": _report}
 
 
-def _has_fields(rd: RunDir) -> bool:
-    """Whether stage 2 kept the per-sample fields the bootstrap needs (probes.json says so; without torch)."""
+def _has_bootstrap_inputs(rd: RunDir) -> bool:
+    """Whether stage 2 kept what the bootstrap needs, every layer's per-sample fields or its test features
+    (probes.json says so: ``bootstrap_inputs_kept``, or ``fields_kept`` from a filterlens that kept only fields;
+    without torch)."""
     if not rd.exists(LABEL_MEANS) or not rd.exists(PROBES_JSON):
         return False
     try:
         meta = rd.read_json(PROBES_JSON)
     except FilterlensError:
         return False
-    if isinstance(meta, dict) and "fields_kept" in meta:
-        return bool(meta["fields_kept"])
+    for key in ("bootstrap_inputs_kept", "fields_kept"):
+        if isinstance(meta, dict) and key in meta:
+            return bool(meta[key])
     import torch  # a run of an earlier filterlens: look inside
 
     return "fields" in torch.load(rd.file(LABEL_MEANS), map_location="cpu", weights_only=True)

@@ -3,10 +3,11 @@
 A :class:`ProbeResult` holds, for every analysed layer (:class:`LayerProbeResult`), the trained
 bias-free FC weight (L, C, H, W), the per-label mean maps of the test set (stage 3's input), how
 often each output unit wins each unit's field, the top test images per unit and output unit and,
-for the bootstrap, the per-sample single-unit fields; plus how the probes were trained
+for the bootstrap, either the per-sample single-unit fields or the test features (whichever is
+smaller, :func:`filterlens.probes.bootstrap_input`); plus how the probes were trained
 (:class:`ProbeRecipe`) and by which engine. :meth:`ProbeResult.save` writes ``probes.pt`` (the
-weights), ``label_means.pt`` (means, counts, votes, top images, fields) and ``probes.json`` (the
-rest); :meth:`ProbeResult.load` reads them back, checked against the checksums their stage recorded.
+weights), ``label_means.pt`` (means, counts, votes, top images, fields or features) and ``probes.json``
+(the rest); :meth:`ProbeResult.load` reads them back, checked against the checksums their stage recorded.
 """
 from __future__ import annotations
 
@@ -72,18 +73,27 @@ class LayerProbeResult:
     weight: torch.Tensor  # (L, C, H, W)
     label_means: torch.Tensor  # (L, C, H, W) float64, test set
     votes: torch.Tensor  # (C, L) how often output unit j wins filter c's field over the test set
-    fields: torch.Tensor | None = None  # (N_test, C, L) per-sample single-filter fields (only for the bootstrap)
+    # for the bootstrap, one of two (filterlens.probes.bootstrap_input): fields (N_test, C, L), the per-sample
+    # single-filter fields in float32, or test_features (N_test, C, H, W) as the cache holds them
+    fields: torch.Tensor | None = None
     unit_kind: str = "filter"  # "filter" (conv channels) or "head" (attention heads)
     top_values: torch.Tensor | None = None  # (C, L, k): per unit and output unit, the k largest test fields
     top_indices: torch.Tensor | None = None  # (C, L, k): the test images they belong to
-    # the probes trained from other seeds (probe_seeds > 1): their per-sample test fields (for the bootstrap) and
-    # test accuracies
+    # the probes trained from other seeds (probe_seeds > 1): their per-sample test fields (for the bootstrap, with
+    # the fields) and test accuracies
     extra_fields: list | None = None
     extra_accuracy: list | None = None
+    test_features: torch.Tensor | None = None
+    extra_weights: list | None = None  # their weights (L, C, H, W), for the bootstrap with the test features
 
     @property
     def units(self) -> int:
         return self.filters
+
+    @property
+    def bootstrap_input(self) -> str | None:
+        """Which input of the bootstrap this layer kept: ``"fields"``, ``"features"`` or None."""
+        return "fields" if self.fields is not None else "features" if self.test_features is not None else None
 
 
 @dataclass
@@ -113,28 +123,37 @@ class ProbeResult:
         raise FilterlensError(f"layer {name!r} was not analysed; analysed: {', '.join(r.name for r in self.layers)}")
 
     def save(self, directory, settings_hash: str = "") -> list[Path]:
-        """Write probes.pt (FC weights), label_means.pt (means, counts, votes[, top images][, fields]) and
-        probes.json (the rest); returns their paths."""
+        """Write probes.pt (FC weights), label_means.pt (means, counts, votes[, top images][, the bootstrap's
+        inputs: fields or test features per layer, with the test labels and the other probes' fields or weights])
+        and probes.json (the rest, with each layer's ``bootstrap_input``); returns their paths."""
         d = Path(directory)
         written = [torch_save(d / PROBES, {r.name: r.weight for r in self.layers})]
         blob = {"means": {r.name: r.label_means for r in self.layers}, "counts": self.label_counts,
                 "votes": {r.name: r.votes for r in self.layers}}
-        if self.layers and self.layers[0].fields is not None:
-            blob["fields"] = {r.name: r.fields for r in self.layers}
+        for key, attr in (("fields", "fields"), ("features", "test_features"), ("extra_fields", "extra_fields"),
+                          ("extra_weights", "extra_weights")):
+            kept = {r.name: getattr(r, attr) for r in self.layers if getattr(r, attr) is not None}
+            if kept:
+                blob[key] = {name: list(v) if isinstance(v, list) else v for name, v in kept.items()}
+        if "fields" in blob or "features" in blob:
             blob["test_labels"] = self.test_labels
-        if self.layers and self.layers[0].extra_fields:
-            blob["extra_fields"] = {r.name: list(r.extra_fields) for r in self.layers}
         if self.layers and self.layers[0].top_indices is not None:
             blob["top"] = {r.name: {"values": r.top_values, "indices": r.top_indices} for r in self.layers}
         written.append(torch_save(d / LABEL_MEANS, blob))
+        inputs = [r.bootstrap_input for r in self.layers]
         written.append(write_json(d / PROBES_JSON, {
             "hash": settings_hash, "mode": self.mode, "engine": self.engine, "engine_choice": self.engine_plan,
             "recipe": asdict(self.recipe), "note": self.note, "forward_passes": self.forward_passes,
-            "timings": self.timings, "data": self.data, "fields_kept": "fields" in blob, "precision": self.precision,
+            "timings": self.timings, "data": self.data,
+            # every layer's per-sample fields; every layer's bootstrap input (its fields or its test features)
+            "fields_kept": bool(inputs) and all(k == "fields" for k in inputs),
+            "bootstrap_inputs_kept": bool(inputs) and all(k is not None for k in inputs),
+            "precision": self.precision,
             "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
                         "shape": list(r.shape), "layer_shape": list(r.layer_shape), "features": r.features,
                         "accuracy": r.accuracy, "train_accuracy": r.train_accuracy,
-                        "extra_accuracy": r.extra_accuracy or []} for r in self.layers]}))
+                        "extra_accuracy": r.extra_accuracy or [], "bootstrap_input": r.bootstrap_input}
+                       for r in self.layers]}))
         return written
 
     @classmethod
@@ -150,22 +169,29 @@ class ProbeResult:
         try:
             weights = torch.load(d / PROBES, map_location="cpu", weights_only=True)
             blob = torch.load(d / LABEL_MEANS, map_location="cpu", weights_only=True)
-            fields, top = blob.get("fields"), blob.get("top") or {}
+            fields, features, top = blob.get("fields") or {}, blob.get("features") or {}, blob.get("top") or {}
             layers = [LayerProbeResult(m["name"], m["index"], m["filters"], tuple(m["shape"]), tuple(m["layer_shape"]),
                                        m["features"], m["accuracy"], m["train_accuracy"], weights[m["name"]],
-                                       blob["means"][m["name"]], blob["votes"][m["name"]],
-                                       fields[m["name"]] if fields is not None else None, m.get("unit_kind", "filter"),
+                                       blob["means"][m["name"]], blob["votes"][m["name"]], fields.get(m["name"]),
+                                       m.get("unit_kind", "filter"),
                                        *((top[m["name"]]["values"], top[m["name"]]["indices"]) if m["name"] in top
-                                         else (None, None)))
+                                         else (None, None)), test_features=features.get(m["name"]))
                       for m in meta["layers"]]
-            extra = blob.get("extra_fields") or {}
+            extra, extra_w = blob.get("extra_fields") or {}, blob.get("extra_weights") or {}
             for r, m in zip(layers, meta["layers"]):
+                if r.name in extra or r.name in extra_w:
+                    r.extra_accuracy = list(m.get("extra_accuracy") or [])
                 if r.name in extra:
-                    r.extra_fields, r.extra_accuracy = list(extra[r.name]), list(m.get("extra_accuracy") or [])
+                    r.extra_fields = list(extra[r.name])
+                if r.name in extra_w:
+                    r.extra_weights = list(extra_w[r.name])
             for r in layers:
                 if tuple(r.weight.shape) != tuple(r.label_means.shape):
                     raise ValueError(f"layer {r.name}: FC weight {tuple(r.weight.shape)} and label means "
                                      f"{tuple(r.label_means.shape)} disagree")
+                if r.test_features is not None and tuple(r.test_features.shape[1:]) != tuple(r.weight.shape[1:]):
+                    raise ValueError(f"layer {r.name}: test features {tuple(r.test_features.shape)} and FC weight "
+                                     f"{tuple(r.weight.shape)} disagree")
             return cls(layers, meta["mode"], meta["engine"], ProbeRecipe(**meta["recipe"]), blob["counts"],
                        meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"),
                        meta.get("engine_choice"), meta.get("data") or {}, meta.get("precision") or {})

@@ -20,6 +20,8 @@ is the layer's accuracy. Two modes:
 
 Either way the test pass also accumulates the per-label mean maps (stage 3's
 input) and, per filter, how often each output unit wins its single-filter field.
+For the bootstrap it keeps, per layer, the smaller of its two possible inputs
+(:func:`bootstrap_input`): the per-sample single-unit fields or the test features.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import shutil
 import time
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,6 +48,18 @@ from .utils import derive_seed
 
 #: the seed stream of the probes of other seeds (probe_seeds > 1): probe k's weights and sample order derive from it
 PROBE_SEED_STREAM = 7_000
+#: bytes per value of the per-sample fields the bootstrap can read (float32)
+FIELD_BYTES = 4
+
+
+def bootstrap_input(shape: Sequence[int], num_labels: int, feature_bytes: int) -> str:
+    """Which input of the bootstrap (:mod:`filterlens.sfp.bootstrap`) the probe stage keeps for a layer whose FC
+    sees ``shape`` = (C, ...) (P positions per unit): ``"features"``, the test features as the cache holds them
+    (``N C P feature_bytes`` bytes), when they are smaller than the per-sample fields (``N C L FIELD_BYTES``
+    bytes, float32); else ``"fields"`` (a tie too). With bfloat16 or float16 features: features when P < 2 L."""
+    c = int(shape[0])
+    p = math.prod(int(s) for s in shape[1:])
+    return "features" if c * p * int(feature_bytes) < c * int(num_labels) * FIELD_BYTES else "fields"
 
 
 class ProbeSet:
@@ -157,15 +171,24 @@ class ProbeEval:
     found in the test pass already made, no pass of their own).
 
     ``test_index``: the global test index of each sample this process sees, in order (default 0, 1, ...).
+    For the bootstrap: ``keep_fields`` (True: every layer; or the names of some) keeps those layers' per-sample
+    fields in float32, ``keep_features`` those layers' test features in ``feature_dtype`` (as a cache holds
+    them), and the test labels with them.
     """
 
-    def __init__(self, probes: ProbeSet, keep_fields: bool = False, top_k: int = 0,
-                 test_index: torch.Tensor | None = None):
+    def __init__(self, probes: ProbeSet, keep_fields: bool | Collection[str] = False, top_k: int = 0,
+                 test_index: torch.Tensor | None = None, keep_features: Collection[str] = (),
+                 feature_dtype: torch.dtype = torch.float16):
         self.probes = probes
-        self.keep_fields = keep_fields
+        names = [cl.name for cl in probes.layers]
+        self.fields_of = set(names if keep_fields is True else (keep_fields or ()))
+        self.features_of = set(keep_features)
+        self.keep_labels = bool(self.fields_of or self.features_of)  # the test labels, with either
+        self.feature_dtype = feature_dtype
         self.top_k, self.test_index, self._seen = int(top_k), test_index, 0
         self.top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.fields: dict[str, list[torch.Tensor]] = {cl.name: [] for cl in probes.layers}
+        self.features: dict[str, list[torch.Tensor]] = {cl.name: [] for cl in probes.layers}
         self.labels: list[torch.Tensor] = []
         self.correct = {cl.name: 0 for cl in probes.layers}
         self.total = 0
@@ -184,23 +207,26 @@ class ProbeEval:
         """The labels of the samples just evaluated in every layer (after their :meth:`update_layer` calls)."""
         self._seen += len(y)
         self.total += len(y)
-        if self.keep_fields:
+        if self.keep_labels:
             self.labels.append(y.cpu())
 
     @torch.no_grad()
     def update_layer(self, name: str, x: torch.Tensor, y: torch.Tensor, start: int) -> None:
         """Rows ``start .. start+len(x)`` of this process' test samples in one layer: the single-unit fields
         h[n, c, j] = sum_s W[j, c, s] x[n, c, s] in float32, the probe's logits as their sum over units (the
-        probe is bias-free), the winning output unit of every unit, the fields kept for the bootstrap, the top
-        images. Call :meth:`count` once every layer has seen the rows."""
+        probe is bias-free), the winning output unit of every unit, the fields or features kept for the
+        bootstrap, the top images. Call :meth:`count` once every layer has seen the rows."""
         n = len(x)
+        if name in self.features_of:  # a copy (the rows may be a view of a cache that is deleted later)
+            self.features[name].append(x.to("cpu", self.feature_dtype, memory_format=torch.contiguous_format,
+                                            copy=True))
         x = x.reshape(n, x.shape[1], -1)
         w = self._w[name]
         # (C, n, S) @ (C, S, L) -> (C, n, L): one batched product, float32
         fields = torch.bmm(x.transpose(0, 1).float(), w.permute(1, 2, 0)).transpose(0, 1)  # (n, C, L)
         self.correct[name] += (fields.sum(1).argmax(1) == y).sum().item()
         winner = fields.argmax(2).cpu()  # (n, C)
-        if self.keep_fields:
+        if name in self.fields_of:
             self.fields[name].append(fields.to("cpu", torch.float32, memory_format=torch.contiguous_format))
         self.votes[name].scatter_add_(1, winner.T.contiguous(), torch.ones_like(winner.T))
         if self.top_k:
@@ -222,7 +248,7 @@ class ProbeEval:
 
     def all_reduce(self) -> None:
         """Under torchrun (each rank saw its shard of the test set): sum the counts and votes, and
-        gather the per-sample fields and labels (rank after rank) on every rank."""
+        gather the per-sample fields, features and labels (rank after rank) on every rank."""
         if not dist_.active():
             return
         for name, (v, i) in self.top.items():  # every rank's top k, then the top k of them
@@ -236,8 +262,9 @@ class ProbeEval:
         self.total = int(sums[-1])
         for v in self.votes.values():
             dist_.all_reduce_(v)
-        if self.keep_fields:
-            self.fields = {n: [dist_.all_gather_cat(torch.cat(f))] for n, f in self.fields.items()}
+        if self.keep_labels:
+            self.fields = {n: [dist_.all_gather_cat(torch.cat(f))] if f else [] for n, f in self.fields.items()}
+            self.features = {n: [dist_.all_gather_cat(torch.cat(f))] if f else [] for n, f in self.features.items()}
             self.labels = [dist_.all_gather_cat(torch.cat(self.labels))]
 
     def accuracy(self) -> dict[str, float]:
@@ -253,6 +280,8 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
     ``seed``; ``feed`` (:class:`~filterlens.loaders.Feed`) every batch of this rank, on the model's device;
     ``cache_dir`` is where the disk engine keeps its cache (a temporary directory when None). Under torchrun every rank captures and trains on its shard (``probe_batch_size / N`` per
     rank and step, gradients averaged), and every rank returns the same, global, result.
+    ``keep_fields``: keep, for the bootstrap, every layer's per-sample test fields or its test features
+    (:func:`bootstrap_input`: the smaller of the two) with the test labels.
     """
     import tempfile
 
@@ -280,7 +309,9 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
                            lambda group: _training_seconds(group, feed.num_labels, recipe, batch, n_train, device,
                                                            arithmetic), precision=precision)
         echo(f"note: {plan.note}")
-        run = _Run(model, pool, feed, cfg, recipe, batch, progress, keep_fields, echo, precision, cache_dtype)
+        keep = ({cl.name: bootstrap_input(cl.shape, feed.num_labels, cache_dtype.itemsize) for cl in cls}
+                if keep_fields else {})
+        run = _Run(model, pool, feed, cfg, recipe, batch, progress, keep, echo, precision, cache_dtype)
         if plan.engine == "stream":
             parts = [run.stream(cls)]
         else:
@@ -288,7 +319,7 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    results, counts, timings, test_labels = _merge(parts, cls, keep_fields)
+    results, counts, timings, test_labels = _merge(parts, cls, keep)
     timings["total_s"] = time.perf_counter() - t_all
     passes = plan.record()["capture_passes"] or recipe.epochs + 1
     record = {**precision.record(), "cache": _name(cache_dtype), "probe_products": _name(arithmetic)}
@@ -318,19 +349,24 @@ def _training_seconds(group: list[CaptureLayer], num_labels: int, recipe: ProbeR
 class _Run:
     """One probe stage's settings, and the two ways a group of layers is trained: from a cache, or streamed."""
 
-    def __init__(self, model, pool, feed, cfg, recipe, batch, progress, keep_fields, echo=print, precision=FLOAT32,
-                 cache_dtype=torch.float16):
+    def __init__(self, model, pool, feed, cfg, recipe, batch, progress, keep: dict[str, str], echo=print,
+                 precision=FLOAT32, cache_dtype=torch.float16):
         self.model, self.pool, self.feed, self.cfg, self.recipe = model, pool, feed, cfg, recipe
         self.precision, self.cache_dtype = precision, cache_dtype
-        self.device, self.batch, self.progress, self.keep_fields = feed.device, batch, progress, keep_fields
+        self.device, self.batch, self.progress = feed.device, batch, progress
+        # per layer, the bootstrap's input the test pass keeps ({} without a bootstrap): fields or features
+        self.fields_of = [name for name, kind in keep.items() if kind == "fields"]
+        self.features_of = [name for name, kind in keep.items() if kind == "features"]
         self.rank, self.world, self.echo = feed.rank, feed.world_size, echo
 
     def _bar(self, desc):
         return lambda it: progress_bar(it, self.progress, desc=desc)
 
     def _eval(self, probes: ProbeSet) -> ProbeEval:
-        return ProbeEval(probes, keep_fields=self.keep_fields, top_k=self.cfg.top_images,
-                         test_index=self.feed.test_index)
+        """The first probe's evaluation: the test features it keeps serve the probes of other seeds too."""
+        return ProbeEval(probes, keep_fields=self.fields_of, top_k=self.cfg.top_images,
+                         test_index=self.feed.test_index, keep_features=self.features_of,
+                         feature_dtype=self.cache_dtype)
 
     def cached(self, group: list[CaptureLayer], plan: EnginePlan) -> dict:
         """One capture pass of ``group`` into a cache (memory or disk), its probes trained from it. A disk cache
@@ -385,7 +421,7 @@ class _Run:
                              device=self.device)
             train_from_cache(other, caches["train"], self.recipe, derive_seed(seed, PROBE_SEED_STREAM + k),
                              self.device, batch_size=self.batch, progress=self._bar(f"probe seed {k + 1} (cache)"))
-            extra.append(ProbeEval(other, keep_fields=self.keep_fields))
+            extra.append(ProbeEval(other, keep_fields=self.fields_of))
         total = len(self.feed.data.train)
         real = dist_.shard_size(total, pad=False)  # the padded rows repeat other ranks' samples
         correct = dist_.all_reduce_sum(_cached_correct(probes, caches["train"], real, self.device))
@@ -433,7 +469,7 @@ class _Run:
                     p.end_epoch()
             timings["probe_train_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            extra = [ProbeEval(p, keep_fields=self.keep_fields) for p in others]
+            extra = [ProbeEval(p, keep_fields=self.fields_of) for p in others]
             capture_pass(cap, self.feed.test, [means, ev, *extra], progress=self._bar("test pass"))
             timings["eval_s"] = time.perf_counter() - t0
         return {"probes": probes, "means": means, "ev": ev, "train_acc": dict.fromkeys(probes.fcs), "timings": timings,
@@ -447,8 +483,10 @@ def _top(ev: ProbeEval, name: str):
     return values.cpu(), indices.cpu().to(torch.int32)
 
 
-def _merge(parts: list[dict], cls: list[CaptureLayer], keep_fields: bool):
-    """The layers' results from the groups' parts, in layer order; label counts and test labels from the first."""
+def _merge(parts: list[dict], cls: list[CaptureLayer], keep: dict[str, str]):
+    """The layers' results from the groups' parts, in layer order; label counts and test labels from the first.
+    ``keep``: per layer, the bootstrap's input kept (``"fields"`` or ``"features"``; {} for none). With the
+    features, the probes of other seeds bring their weights (the features are the same)."""
     by_layer, timings = {}, {}
     for part in parts:
         part["means"].all_reduce()
@@ -465,15 +503,18 @@ def _merge(parts: list[dict], cls: list[CaptureLayer], keep_fields: bool):
         part, acc, means = by_layer[cl.name]
         ev = part["ev"]
         extra = part.get("extra", [])
-        results.append(LayerProbeResult(cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features,
-                                        acc, part["train_acc"][cl.name], part["probes"].weight(cl.name), means.cpu(),
-                                        ev.votes[cl.name], torch.cat(ev.fields[cl.name]) if keep_fields else None,
-                                        cl.layer.unit_kind, *_top(ev, cl.name),
-                                        [torch.cat(e.fields[cl.name]) for e in extra] if keep_fields and extra else None,
-                                        [e.accuracy()[cl.name] for e in extra] if extra else None))
+        fields, features = keep.get(cl.name) == "fields", keep.get(cl.name) == "features"
+        results.append(LayerProbeResult(
+            cl.name, cl.layer.index, cl.shape[0], cl.shape, cl.layer.shape, cl.features, acc,
+            part["train_acc"][cl.name], part["probes"].weight(cl.name), means.cpu(), ev.votes[cl.name],
+            torch.cat(ev.fields[cl.name]) if fields else None, cl.layer.unit_kind, *_top(ev, cl.name),
+            [torch.cat(e.fields[cl.name]) for e in extra] if fields and extra else None,
+            [e.accuracy()[cl.name] for e in extra] if extra else None,
+            torch.cat(ev.features[cl.name]) if features else None,
+            [e.probes.weight(cl.name) for e in extra] if features and extra else None))
     first = parts[0]
     return (results, first["means"].counts.cpu(), timings,
-            torch.cat(first["ev"].labels) if keep_fields else None)
+            torch.cat(first["ev"].labels) if keep else None)
 
 
 def train_from_cache(probes: ProbeSet, cache: FeatureCache, recipe: ProbeRecipe, seed: int, device,
