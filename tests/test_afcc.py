@@ -376,10 +376,16 @@ def test_cli_run_writes_csv_results_plot_and_loadable_models(analysed_run, capsy
 
     _, _, data, _ = load_trained(analysed_run)
     test = make_loader(data, "test", 256)
+    # in the precision AFCC recorded for its forward passes (bfloat16 where the CPU has it)
+    from filterlens.precision import Precision
+
+    rec = a["retrain"]["precision"]
     masked = afcc.load(analysed_run / "afcc_model.pt")
-    assert afcc.accuracy(masked, test) == pytest.approx(a["accuracy"]["retrained"], abs=1e-9)
+    prec = Precision(rec["precision"], "cpu", rec["channels_last"])
+    assert afcc.accuracy(masked, test, precision=prec) == pytest.approx(a["accuracy"]["retrained"], abs=1e-9)
     pruned = afcc.load(analysed_run / "afcc_pruned.pt")
-    assert afcc.accuracy(pruned, test) == pytest.approx(after["afcc_pruned"]["accuracy"]["pruned_retrained"], abs=1e-9)
+    assert afcc.accuracy(pruned, test, precision=prec) == pytest.approx(
+        after["afcc_pruned"]["accuracy"]["pruned_retrained"], abs=1e-9)
 
 
 def test_bad_input_is_one_line_naming_the_value(analysed_run, tmp_path):

@@ -135,7 +135,7 @@ class Config:
     afcc_thresholds: str = _f("0.2,0.3,0.4", "afcc", "thresholds of the AFCC accuracy-against-dilution plot")
     latency_batch: int = _f(64, "afcc", "batch size of the CPU latency of the original, masked and pruned networks",
                             bounds="[1, 65536]")
-    latency_repeats: int = _f(30, "afcc", "timed repeats of that latency (median and quartiles reported)",
+    latency_repeats: int = _f(10, "afcc", "timed repeats of that latency (median and quartiles reported)",
                               bounds="[1, 100000]")
     # sweep (METHOD.md stage 4)
     num_labels: str = _f("", "sweep", "label counts of the label-count study, e.g. 3,5,10,20,50,100 (empty: no "

@@ -30,6 +30,7 @@ from ..inputs import as_data
 from ..loaders import Feed
 from ..models import list_layers, select_layers
 from ..progress import progress_bar
+from ..precision import for_inference
 from ..utils import keeps_global_rng, resolve_device, seed_everything
 from .cost import count_macs, measure_latency
 from .diluted import _check_consecutive, _first_trainable, apply_masks, build_diluted, make_masks, trainable_parameters
@@ -122,6 +123,7 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
          "batch_norm": "eval mode: running statistics frozen; affine parameters of masked blocks trained",
          "masks": "re-applied (weight.mul_(mask)) after every optimiser step", "trainable": trainable,
          "engine": ctx.engine, "engine_note": ctx.note, "history": main["history"],
+         "precision": ctx.precision.record(),
          "random_history": main["random_history"]},
         {"threshold": float(analysis.meta.get("sfp", {}).get("threshold", cfg.threshold)), "normalise": cfg.normalise,
          "probe_pool": cfg.probe_pool, "probe_mode": cfg.probe_mode, "sfp_hash": cfg.stage_hash("sfp")},
@@ -171,6 +173,9 @@ class _Context:
     def __init__(self, net, names, feed: Feed, cfg: Config, progress, echo):
         self.feed, self.cfg = feed, cfg
         self.start = _first_trainable(net, names)
+        # the frozen trunk's passes (the cache, the whole network's accuracies) in bfloat16 where the CPU has it;
+        # the retraining itself in float32 (precision.py)
+        self.precision = for_inference(feed.device, cfg.amp, net)
         self.test_full = feed.test
         n = len(feed.data.train) + len(feed.data.test)
         with torch.no_grad():
@@ -194,9 +199,10 @@ class _Context:
 
     def _cache(self, net, loader, split, progress):
         hs, ys = [], []
-        with torch.no_grad():
+        p = self.precision
+        with torch.no_grad(), p.running(net), p.autocast():
             for x, y in progress_bar(loader, progress, desc=f"cache {split}"):
-                hs.append(net.prefix(x, self.start).float())
+                hs.append(net.prefix(p.batch(x), self.start).float().contiguous())
                 ys.append(y)
         return torch.cat(hs), torch.cat(ys)
 
@@ -207,11 +213,11 @@ class _Context:
 
     def accuracy(self, net) -> float:
         if self.engine == "cache":
-            return accuracy(net, TensorLoader(self.test_x, self.test_y, 1024, False), self.start)
-        return accuracy(net, self.test_full, 0)
+            return accuracy(net, TensorLoader(self.test_x, self.test_y, 1024, False), self.start, self.precision)
+        return accuracy(net, self.test_full, 0, self.precision)
 
     def accuracy_full(self, net) -> float:
-        return accuracy(net, self.test_full, 0)
+        return accuracy(net, self.test_full, 0, self.precision)
 
 
 def _variant(net0, clusters, ctx: _Context, cfg: Config, progress) -> dict:

@@ -106,15 +106,19 @@ def retrain(net, masks: Sequence[LayerMask], loader, epochs: int = 3, lr: float 
     return history
 
 
-def accuracy(net, loader, start: int = 0) -> float:
-    """Test accuracy of ``net`` in eval mode on (input at trunk position ``start``, label) batches."""
+def accuracy(net, loader, start: int = 0, precision=None) -> float:
+    """Test accuracy of ``net`` in eval mode on (input at trunk position ``start``, label) batches, its forward
+    pass in ``precision`` (:mod:`filterlens.precision`; default float32)."""
+    from ..precision import FLOAT32
+
+    precision = precision or FLOAT32
     was = net.training
     net.eval()
     correct = total = 0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), precision.running(net), precision.autocast():
             for x, y in loader:
-                correct += (net(x, start=start).argmax(1) == y).sum().item()
+                correct += (net(precision.batch(x), start=start).argmax(1) == y).sum().item()
                 total += len(y)
     finally:
         net.train(was)
