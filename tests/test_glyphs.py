@@ -274,3 +274,18 @@ def test_train_on_glyphs_through_the_cli(fonts, run_cli, tmp_path):
     assert d["dataset"] == "glyphs" and d["label_names"][0] == "啊 U+554A" and d["train_size"] == 500
     assert len(d["data_key"]) == 16 and {f["split"] for f in d["fonts"]} == {"train", "test"}
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_character_labels_draw_as_characters(tmp_path):
+    """A unit's matrix with glyph label names: matplotlib finds a font for every character (no "missing from
+    font" warning, which would mean boxes in the report)."""
+    import warnings
+
+    from filterlens.report.plots import label_fonts, plot_filter_matrix
+
+    if len(label_fonts()) < 2:
+        pytest.skip("no CJK font family installed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_filter_matrix(np.eye(3) + 0.1, 0.3, [[0], [1], [2]], glyphs.label_names()[:3], tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 0

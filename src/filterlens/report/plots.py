@@ -37,6 +37,20 @@ def save_figure(fig, path: Path) -> Path:
                                                  bbox_inches="tight"))
 
 
+#: families tried, in order, for glyphs the default font lacks (label names of the glyphs data set are characters)
+_CJK_FAMILIES = ("Noto Sans CJK SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "AR PL UKai CN", "AR PL UMing CN")
+
+
+def label_fonts() -> list[str]:
+    """The font families for label names: matplotlib's default, then every installed CJK family of
+    :data:`_CJK_FAMILIES` (matplotlib falls back glyph by glyph along the list), so a character label draws as
+    the character, not as a box."""
+    from matplotlib import font_manager, rcParams
+
+    installed = {f.name for f in font_manager.fontManager.ttflist if f.weight in (400, "normal", "regular")}
+    return [*rcParams["font.sans-serif"][:1], *(f for f in _CJK_FAMILIES if f in installed)]
+
+
 def _values(rows, key):
     out = []
     for r in rows:
@@ -208,11 +222,12 @@ def filter_matrix_figure(matrix: Any, threshold: float, clusters: Sequence[Seque
     step = max(1, int(math.ceil(L / max(1, max_ticks))))
     ticks = list(range(0, L, step))
     fontsize = 8 if L <= 30 else 6 if L <= 60 else 4
+    fonts = label_fonts()
     for ax in axes:
         ax.set_xticks(ticks)
-        ax.set_xticklabels([names[t] for t in ticks], rotation=90, fontsize=fontsize)
+        ax.set_xticklabels([names[t] for t in ticks], rotation=90, fontsize=fontsize, fontfamily=fonts)
         ax.set_yticks(ticks)
-        ax.set_yticklabels([names[t] for t in ticks], fontsize=fontsize)
+        ax.set_yticklabels([names[t] for t in ticks], fontsize=fontsize, fontfamily=fonts)
         ax.set_xlabel("output unit")
         ax.set_ylabel("input label")
         pos = 0
