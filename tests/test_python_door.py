@@ -241,3 +241,36 @@ def test_the_library_leaves_the_callers_random_state_alone(tmp_path):
     now = np.random.get_state()
     assert now[0] == states[1][0] and (now[1] == states[1][1]).all() and now[2:] == states[1][2:]
     assert torch.equal(torch.get_rng_state(), states[2])
+
+
+def test_python_values_equal_the_command_lines_strings():
+    """analyze with Python values (a list of layers, a predicate, a list of thresholds, a pool as a tuple, a budget in
+    bytes, heatmaps as pairs) gives the same analysis as with the strings the command line takes (issue 31)."""
+    import filterlens
+    from filterlens.config import python_values
+    from filterlens.data import load_data
+    from filterlens.models import ModelSpec, build_model
+
+    assert python_values({"layers": ["features.0", -1], "thresholds": [0.2, 0.4], "probe_pool": (2, 2),
+                          "cache_budget": 2**30, "heatmaps": [("features.0", 3)], "afcc_thresholds": 0.3}) == {
+        "layers": "features.0,-1", "thresholds": "0.2,0.4", "probe_pool": "2x2", "cache_budget": "1073741824",
+        "heatmaps": "features.0:3", "afcc_thresholds": "0.3"}
+    for bad in ({"probe_pool": (4,)}, {"thresholds": ["0.2"]}, {"layers": []}, {"heatmaps": [("a", "1")]}):
+        with pytest.raises(FilterlensError, match=next(iter(bad))):
+            python_values(bad)
+    model = build_model(ModelSpec("vgg_tiny", 10, 1, 8, 1.0, None))
+    data = load_data("digits")
+    quiet = dict(probe_epochs=2, progress=False, echo=lambda *a: None)
+    by_strings = filterlens.analyze(model, data, layers="features.0,features.1", thresholds="0.2,0.4",
+                                    probe_pool="2x2", cache_budget="1073741824", heatmaps="features.0:3", **quiet)
+    by_python = filterlens.analyze(model, data, layers=["features.0", "features.1"], thresholds=[0.2, 0.4],
+                                   probe_pool=(2, 2), cache_budget=2**30, heatmaps=[("features.0", 3)], **quiet)
+    by_predicate = filterlens.analyze(model, data, layers=lambda l: l.name in ("features.0", "features.1"),
+                                      thresholds=[0.2, 0.4], probe_pool=(2, 2), cache_budget=2**30,
+                                      heatmaps=[("features.0", 3)], **quiet)
+    for other in (by_python, by_predicate):
+        assert other.meta["config"] == by_strings.meta["config"]
+        assert [r["accuracy"] for r in other.layers] == [r["accuracy"] for r in by_strings.layers]
+        assert other.meta["thresholds"] == by_strings.meta["thresholds"]
+        for name in by_strings.sfp:
+            assert (other.sfp[name].matrices_ == by_strings.sfp[name].matrices_).all()

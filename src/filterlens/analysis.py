@@ -216,16 +216,18 @@ def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Co
     ``train``, ``test``: tensors or arrays ``(images, labels)``, a torch ``Dataset`` or ``DataLoader``, a
     torchvision dataset (its transforms used as they are), or a named dataset's :class:`Data` alone
     (:mod:`filterlens.inputs`). ``labels``: the label names (default: the dataset's ``classes``, else the
-    indices). ``settings`` are fields of :class:`~filterlens.config.Config` (``layers="last:3"``,
-    ``threshold=0.4``, ``probe_epochs=10``, ...), over ``config``. The model is not modified; its
-    train/eval mode is restored.
+    indices). ``settings`` are fields of :class:`~filterlens.config.Config` over ``config``, as Python values
+    (``layers=["features.3", -1]`` or a predicate ``layers=lambda layer: layer.unit_kind == "head"``,
+    ``thresholds=[0.2, 0.3]``, ``probe_pool=(4, 4)``, ``cache_budget=2**30``, ``heatmaps=[("features.3", 12)]``)
+    or as the command line writes them (``layers="last:3"``, ``probe_pool="4x4"``). The model is not modified;
+    its train/eval mode is restored.
     """
     if not isinstance(model, torch.nn.Module):
         raise FilterlensError(f"model is a {type(model).__name__}; give a torch.nn.Module")
     if next(model.parameters(), None) is None:
         raise FilterlensError("the model has no parameters; give a trained torch.nn.Module")
-    cfg = with_settings(config, settings)
     data = as_data(train, test, labels)
+    cfg = with_settings(config, _layer_choice(model, data, settings))
     pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress, echo=echo)
     result = sfp_stage(pr, data.describe(), cfg)
     result.data = data
@@ -238,7 +240,11 @@ def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Co
 
 
 def with_settings(config: Config | None, settings: dict) -> Config:
-    """``config`` (default: the defaults) with ``settings`` over it, every one checked (one line)."""
+    """``config`` (default: the defaults) with ``settings`` over it, every one checked (one line). Settings may be
+    Python values (lists of layer names, floats, (H, W) pools, sizes in bytes: :func:`~filterlens.config.python_values`)
+    or the command line's strings."""
+    from .config import python_values
+
     if config is not None and not isinstance(config, Config):
         raise FilterlensError(f"config is a {type(config).__name__}; give a filterlens.config.Config (or the settings "
                               "as keyword arguments)")
@@ -248,7 +254,22 @@ def with_settings(config: Config | None, settings: dict) -> Config:
         if k not in names:
             raise FilterlensError(f"unknown setting '{k}'{closest(k, names)}; the settings are the fields of "
                                   "filterlens.config.Config")
+    settings = python_values(settings)
     return base.replace(**settings) if settings else base.validate()
+
+
+def _layer_choice(model: torch.nn.Module, data: Data, settings: dict) -> dict:
+    """A callable ``layers`` (a predicate on :class:`~filterlens.models.Layer`, e.g. ``lambda l: l.unit_kind ==
+    "head"``) replaced by the names of the model's layers it picks (in the settings' ``tokens``)."""
+    pick = settings.get("layers")
+    if not callable(pick):
+        return settings
+    from .models import list_layers
+
+    chosen = [l.name for l in list_layers(model, data.input_shape, tokens=settings.get("tokens", "all")) if pick(l)]
+    if not chosen:
+        raise FilterlensError("the layers callable picked no layer of the model; filterlens layers lists them")
+    return {**settings, "layers": chosen}
 
 
 @keeps_global_rng

@@ -221,6 +221,48 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def python_values(settings: dict) -> dict:
+    """Settings as Python gives them, in the form the command line and TOML write them (the one a Config holds and
+    hashes): a layer selection as a list of names or indices (``["features.0", -1]`` -> ``"features.0,-1"``),
+    thresholds as a float or a sequence of floats (``[0.2, 0.3]`` -> ``"0.2,0.3"``), ``probe_pool`` as (H, W)
+    (``(4, 4)`` -> ``"4x4"``), ``cache_budget`` as bytes (``2**30`` -> ``"1073741824"``), heatmaps as
+    (layer, unit) pairs, label counts as a list of ints. Strings pass unchanged; anything else of another type
+    is refused in one line naming the setting and what it takes."""
+    out = dict(settings)
+    lists = {"layers": "layer names or indices", "afcc_layers": "layer names or indices",
+             "sweep_layers": "layer names or indices", "num_labels": "label counts", "labels": "label names or indices"}
+    for key, what in lists.items():
+        v = out.get(key)
+        if isinstance(v, (list, tuple)):
+            if not v or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+                raise FilterlensError(f"setting '{key}' = {v!r}: give a non-empty list of {what} (str or int)")
+            out[key] = ",".join(str(x) for x in v)
+    for key in ("thresholds", "afcc_thresholds"):
+        v = out.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = repr(float(v))
+        elif isinstance(v, (list, tuple)):
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise FilterlensError(f"setting '{key}' = {v!r}: give a float or a sequence of floats in (0, 1)")
+            out[key] = ",".join(repr(float(x)) for x in v)
+    v = out.get("probe_pool")
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+            raise FilterlensError(f"setting 'probe_pool' = {v!r}: give (H, W), two positive ints, e.g. (4, 4)")
+        out["probe_pool"] = f"{v[0]}x{v[1]}"
+    v = out.get("cache_budget")
+    if isinstance(v, int) and not isinstance(v, bool):
+        out["cache_budget"] = str(v)
+    v = out.get("heatmaps")
+    if isinstance(v, (list, tuple)):
+        if not all(isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], int)
+                   and not isinstance(p[1], bool) for p in v):
+            raise FilterlensError(f"setting 'heatmaps' = {v!r}: give (layer name, unit index) pairs, e.g. "
+                                  "[('features.3', 12)]")
+        out["heatmaps"] = ",".join(f"{layer}:{unit}" for layer, unit in v) or "none"
+    return out
+
+
 def stage_fields(*stages: str) -> list:
     return [f for f in fields(Config) if f.metadata["stage"] in stages]
 
