@@ -73,7 +73,7 @@ class LayerProbeResult:
     label_means: torch.Tensor  # (L, C, H, W) float64, test set
     votes: torch.Tensor  # (C, L) how often output unit j wins filter c's field over the test set
     fields: torch.Tensor | None = None  # (N_test, C, L) per-sample single-filter fields (only for the bootstrap)
-    unit_kind: str = "filter"  # "filter" (conv channels) or "head" (attention heads)
+    unit_kind: str = "filter"  # "filter" (conv channels), "head" (attention heads) or "node" (FC / MLP nodes)
     top_values: torch.Tensor | None = None  # (C, L, k): per unit and output unit, the k largest test fields
     top_indices: torch.Tensor | None = None  # (C, L, k): the test images they belong to
     # the probes trained from other seeds (probe_seeds > 1): their per-sample test fields (for the bootstrap) and
