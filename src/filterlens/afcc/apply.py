@@ -153,10 +153,12 @@ class _Plan:
         self.spec = analysis.meta.get("spec")
         self.net0 = build_diluted(model, self.names, weights[b], self.input_size, cfg.probe_pool, self.spec, cfg.tokens)
         for prev, cur in zip(self.names, self.names[1:]):
-            if cur not in self.net0.info["convs"]:
-                raise FilterlensError(f"conv masks between '{prev}' and '{cur}' are not supported for this model (its "
-                                      f"conv feeding '{cur}' cannot be located; supported: filterlens VGG, torchvision "
-                                      f"VGG-BN); use --afcc-layers {b} for the FC mask only")
+            if cur not in self.net0.info["convs"] and cur not in self.net0.info["linears"]:
+                what = ("no one Linear reads the nodes of '{0}' and makes those of '{1}'" if
+                        {prev, cur} <= set(self.net0.info["nodes"]) else "its conv feeding '{1}' cannot be located")
+                raise FilterlensError(f"masks between '{prev}' and '{cur}' are not supported for this model "
+                                      f"({what.format(prev, cur)}; supported: filterlens VGG, torchvision VGG-BN, "
+                                      f"consecutive hidden FC layers); use --afcc-layers {b} for the FC mask only")
         self.weights, self.means = weights, means
         self.probe_accuracy = next((r.get("accuracy") for r in analysis.layers if r["layer"] == b), None)
 
@@ -250,7 +252,8 @@ def _variant(net0, clusters, ctx: _Context, cfg: Config, progress) -> dict:
 
 def _curve_row(t: float, v: dict, deepest_clusters, acc_before: float, draws: int) -> dict:
     return {"threshold": t, "dilution": total_dilution(v["masks"]), "fc_dilution": total_dilution(v["masks"], "fc"),
-            "conv_dilution": total_dilution(v["masks"], "conv"), "acc_before": acc_before,
+            "conv_dilution": total_dilution(v["masks"], "conv"),
+            "linear_dilution": total_dilution(v["masks"], "linear"), "acc_before": acc_before,
             "acc_masked": v["acc_masked"], "acc_retrained": v["acc_retrained"],
             "acc_random_masked": v["acc_random_masked"], "acc_random_retrained": v["acc_random_retrained"],
             "acc_random_retrained_sd": v["acc_random_retrained_sd"],
@@ -287,7 +290,7 @@ def _removal(plan: _Plan, main: dict, ctx: _Context, accs: dict, cfg: Config, de
     acc_of = {"original": accs["before"], "masked": accs["masked"], "pruned": acc_pruned}
     notes = {"original": "backbone up to the layer + probe FC, dense, unmasked",
              "masked": "same dense shapes, masked weights are zeros (no speed-up)",
-             "pruned": "filters with all outgoing weights masked physically removed"}
+             "pruned": "units with all outgoing weights masked physically removed"}
     rows = [{"model": k, **cost[k], "latency_ms": lat[k]["median_ms"], "latency_p25_ms": lat[k]["p25_ms"],
              "latency_p75_ms": lat[k]["p75_ms"], "accuracy": acc_of[k], "note": notes[k]} for k in models]
     rows.append({"model": "pruned_retrained", **count_macs(pruned_net, size), "latency_ms": lat["pruned"]["median_ms"],
