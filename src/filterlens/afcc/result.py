@@ -23,8 +23,8 @@ AFCC_COLUMNS = ["layer", "kind", "prev_layer", "param", "threshold", "dilution",
                 "acc_before", "acc_masked", "acc_retrained", "acc_random_masked", "acc_random_retrained",
                 "acc_random_retrained_sd", "random_draws", "probe_accuracy"]
 THRESHOLD_COLUMNS = ["threshold", "dilution", "fc_dilution", "conv_dilution", "linear_dilution", "acc_before",
-                     "acc_masked", "acc_retrained", "acc_random_masked", "acc_random_retrained", "acc_random_retrained_sd",
-                     "acc_random_retrained_draws", "random_draws", "filters_without_cluster"]
+                     "acc_masked", "acc_retrained", "acc_random_masked", "acc_random_retrained",
+                     "acc_random_retrained_sd", "acc_random_retrained_draws", "random_draws", "filters_without_cluster"]
 PRUNING_COLUMNS = ["model", "params", "params_nonzero", "macs", "macs_nonzero", "latency_ms", "latency_p25_ms",
                    "latency_p75_ms", "accuracy", "note"]
 
@@ -83,7 +83,8 @@ class AfccResult:
                 "fc_dilution": total_dilution(self.masks, "fc"), "accuracy": a,
                 "afcc_beats_random": a["retrained"] >= a["random_retrained"], "retrain": self.retrain,
                 "random_control": "per unit the same number of kept connections (FC: output units; conv: input "
-                                  f"filters; linear: input nodes), placed at random; {a['random_draws']} draw(s), draw k from "
+                                  f"filters; linear: input nodes), placed at random; {a['random_draws']} draw(s), "
+                                  "draw k from "
                                   f"torch.Generator seeded {self.settings['seed']}+k; acc_random_* are means over the "
                                   "draws",
                 "thresholds": self.thresholds, "note": MASK_NOTE, "files": self.files(), "timings": self.timings}

@@ -219,7 +219,15 @@ def resolve_layers(model: nn.Module, input_size: tuple[int, int, int], spec, tok
     text = ",".join(map(str, spec)) if isinstance(spec, (list, tuple)) else str(spec if spec is not None else "all")
     items = [t.strip() for t in text.split(",") if t.strip()]
     modules = dict(model.named_modules())
-    blocks = set(discover(model).blocks)
+    found = discover(model)
+    for t in items:  # a name that is no module: suggested among the layers and every module
+        if t not in modules and t not in ("all", "stages", "nodes") and not t.startswith("last:") \
+                and not t.lstrip("-").isdigit():
+            known = list(found.blocks) + list(found.nodes)
+            raise FilterlensError(f"unknown layer '{t}'{closest(t, known + list(modules))}; valid layers: "
+                                  f"{', '.join(known[:20])}{', ...' if len(known) > 20 else ''}, nodes, or any "
+                                  "module by its dotted path (filterlens layers --model M lists the layers)")
+    blocks = set(found.blocks)
     extra = [t for t in items if t in modules and t not in blocks and t != ""]
     which = "stages" if "stages" in items else "blocks"
     return select_layers(list_layers(model, input_size, which, extra, tokens, nodes="nodes" in items), spec)
