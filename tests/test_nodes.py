@@ -403,3 +403,15 @@ def test_cli_run_vit_tiny_heads_and_mlp_nodes_end_to_end(tmp_path):
     assert [c["unit_kind"] for c in depth] == ["head"] * 5 + ["node"] * 5 and all(c["n"] == 6 for c in depth)
     assert res["afcc"]["layers"] == ["blocks.5.mlp"] and res["afcc_pruned"]["supported"]
     assert "accuracy [node]" in out  # one claims table, the metric labelled with its kind
+
+
+def test_run_refuses_an_afcc_range_no_conv_or_linear_joins_before_any_work(tmp_path, capsys):
+    from filterlens.cli import main
+
+    toml = tmp_path / "fc.toml"
+    toml.write_text(f'[data]\ndataset = "digits"\n[model]\nmodel = "vgg"\nvgg_cfg = "{FC_CFG}"\n[train]\nepochs = 1\n'
+                    '[probes]\nlayers = "all,nodes"\n[afcc]\nafcc = true\nafcc_layers = "features.1,classifier.1"\n')
+    assert main(["run", str(toml), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'features.1' and 'classifier.1' are not both conv layers" in err, err
+    assert not (tmp_path / "run" / "train.json").exists()  # refused before training

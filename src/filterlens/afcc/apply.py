@@ -24,7 +24,8 @@ import time
 import torch
 
 from .. import sfp
-from ..config import Config, parse_bytes, parse_thresholds
+from ..capture import pooled_shape
+from ..config import Config, parse_bytes, parse_pool, parse_thresholds
 from ..errors import FilterlensError
 from ..inputs import as_data
 from ..loaders import Feed
@@ -133,6 +134,31 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
         removal["masks"])
 
 
+def check_between(net) -> None:
+    """Refuse, in one line, a range of a diluted network whose consecutive layers no conv (or Linear) joins."""
+    names = net.info["layers"]
+    for prev, cur in zip(names, names[1:]):
+        if cur not in net.info["convs"] and cur not in (net.info.get("linears") or {}):
+            nodes = {prev, cur} & set(net.info.get("nodes") or {})
+            what = (f"no one Linear reads the nodes of '{prev}' and makes those of '{cur}'" if len(nodes) == 2
+                    else f"'{prev}' and '{cur}' are not both conv layers nor both FC node layers" if nodes
+                    else f"its conv feeding '{cur}' cannot be located")
+            raise FilterlensError(f"masks between '{prev}' and '{cur}' are not supported for this model ({what}; "
+                                  "supported: filterlens VGG, torchvision VGG-BN, consecutive hidden FC layers); use "
+                                  f"--afcc-layers {names[-1]} for the FC mask only")
+
+
+def check_range(model, layers, num_labels: int, input_size, cfg: Config) -> None:
+    """Before any work: the AFCC range ``layers`` (:class:`~filterlens.models.Layer`, consecutive) can be masked
+    on ``model`` (its initial weights will do): a diluted network is built on it and :func:`check_between` asked."""
+    if len(layers) < 2:
+        return
+    b = layers[-1]
+    shape = pooled_shape(b.shape, parse_pool(cfg.probe_pool), b.unit_kind)
+    check_between(build_diluted(model, [l.name for l in layers], torch.zeros(num_labels, *shape), input_size,
+                                cfg.probe_pool, tokens=cfg.tokens))
+
+
 class _Plan:
     """The layers AFCC masks, the diluted network built on them, and their clusters at any threshold."""
 
@@ -152,13 +178,7 @@ class _Plan:
                                   "the data the analysis was made on")
         self.spec = analysis.meta.get("spec")
         self.net0 = build_diluted(model, self.names, weights[b], self.input_size, cfg.probe_pool, self.spec, cfg.tokens)
-        for prev, cur in zip(self.names, self.names[1:]):
-            if cur not in self.net0.info["convs"] and cur not in self.net0.info["linears"]:
-                what = ("no one Linear reads the nodes of '{0}' and makes those of '{1}'" if
-                        {prev, cur} <= set(self.net0.info["nodes"]) else "its conv feeding '{1}' cannot be located")
-                raise FilterlensError(f"masks between '{prev}' and '{cur}' are not supported for this model "
-                                      f"({what.format(prev, cur)}; supported: filterlens VGG, torchvision VGG-BN, "
-                                      f"consecutive hidden FC layers); use --afcc-layers {b} for the FC mask only")
+        check_between(self.net0)
         self.weights, self.means = weights, means
         self.probe_accuracy = next((r.get("accuracy") for r in analysis.layers if r["layer"] == b), None)
 
