@@ -326,7 +326,8 @@ def test_report_and_compare_show_the_claims(analysed, tmp_path):
     saved = json.loads((run / "results.json").read_text())["claims"]
     assert [(Path(r["run"]), int(r["claim"]), r["metric"], r["verdict"]) for r in got] == [
         (run, r["claim"], r["metric"], r["verdict"]) for r in saved]
-    assert list(got[0]) == ["run", "claim", "metric", "statistic", "value", "low", "high", "n", "verdict"]
+    assert list(got[0]) == ["run", "claim", "metric", "unit_kind", "statistic", "value", "low", "high", "n", "verdict"]
+    assert {r["unit_kind"] for r in got if r["claim"] in "123"} == {"filter"}  # a VGG run: its filters
     page = (tmp_path / "cmp" / "compare.html").read_text()
     assert "The papers' claims" in page and "spearman_rho" in page
 

@@ -151,6 +151,10 @@ def test_cli_lists_vit_b_16_blocks_and_heads(tmp_path):
     rc, out, err = run_cli("layers", "--model", "vit_b_16", "--dataset", "cifar10", cwd=tmp_path)
     assert rc == 0, err
     rows = [line.split() for line in out.splitlines() if "encoder.layers.encoder_layer_" in line]
-    assert len(rows) == 12 and all(r[2] == "12" and r[3] == "head" for r in rows)
+    heads = [r for r in rows if r[0] != "-"]
+    assert len(heads) == 12 and all(r[2] == "12" and r[3] == "head" for r in heads)
+    # issue 30: each block's MLP listed beside it, its 3072 hidden nodes as units (chosen by name or --layers nodes)
+    nodes = [r for r in rows if r[0] == "-"]
+    assert len(nodes) == 12 and all(r[1].endswith(".mlp") and r[2] == "3072" and r[3] == "node" for r in nodes)
     rc, out, err = run_cli("layers", "--model", "vit_b_16", "--dataset", "digits", cwd=tmp_path)
     assert_user_error(rc, out, err, "16x16 patches", "--image-size 16")

@@ -44,7 +44,7 @@ SUMMARY_KEYS = ["clusters_per_filter", "clusters_per_filter_all", "cluster_size"
                 "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr", "snr_median",
                 "snr_field"]
 FILTER_COLUMNS = ["layer", "unit", "unit_kind", "num_clusters", "clusters", "signal", "noise", "preferred_label",
-                  "vote_fraction"]  # one row per unit (filter or head); the file keeps its name, filters.csv
+                  "vote_fraction"]  # one row per unit (filter, head or node); the file keeps its name, filters.csv
 
 
 class Analysis:
@@ -74,7 +74,8 @@ class Analysis:
         return pd.DataFrame(self.layers if table == "layers" else self.filters)
 
     def unit(self, layer: str, index: int) -> UnitView:
-        """One unit (filter or head): its matrix (raw, normalised, binarised), clusters, noise and top test images."""
+        """One unit (filter, head or node): its matrix (raw, normalised, binarised), clusters, noise and top test
+        images."""
         names = [r["layer"] for r in self.layers]
         if not isinstance(layer, str) or layer not in names:
             raise FilterlensError(f"layer {layer!r} was not analysed{closest(str(layer), names)}; analysed: "
@@ -446,14 +447,16 @@ def print_table(result: Analysis, echo=print) -> None:
     pr = result.meta["probes"]
     echo(f"{result.meta['title']}; probes: {pr['mode']} mode, {pr['engine']} engine, "
          f"{pr['forward_passes']} forward pass(es); threshold {result.meta['sfp']['threshold']}")
-    kind = {r.get("unit_kind", "filter") for r in result.layers}
-    head = "heads" if kind == {"head"} else "filters" if kind == {"filter"} else "units"
+    kinds = {r.get("unit_kind", "filter") for r in result.layers}
+    head = f"{next(iter(kinds))}s" if len(kinds) == 1 else "units"
     u = head[0]
     width = max([14] + [len(r["layer"]) + 2 for r in result.layers])
-    echo(f"{'layer':<{width}}{head:>8}{'features':>9}{'acc':>8}{'clus/' + u:>8}{'size':>6}{'noise/' + u:>9}"
-         f"{'no-clus':>8}{'SNR':>8}")
+    mixed = len(kinds) > 1  # a kind column: the claims below are per kind
+    echo(f"{'layer':<{width}}{'kind    ' if mixed else ''}{head:>8}{'features':>9}{'acc':>8}{'clus/' + u:>8}{'size':>6}"
+         f"{'noise/' + u:>9}{'no-clus':>8}{'SNR':>8}")
     for r in result.layers:
-        echo(f"{r['layer']:<{width}}{r['units']:>8}{r['features']:>9}{r['accuracy']:>8.4f}"
+        kind = f"{r.get('unit_kind', 'filter'):<8}" if mixed else ""
+        echo(f"{r['layer']:<{width}}{kind}{r['units']:>8}{r['features']:>9}{r['accuracy']:>8.4f}"
              f"{_fmt(r.get('clusters_per_filter')):>8}{_fmt(r.get('cluster_size')):>6}"
              f"{_fmt(r.get('noise_per_filter')):>9}{_fmt(r.get('filters_without_cluster')):>8}"
              f"{_fmt(r.get('snr')):>8}")

@@ -41,9 +41,10 @@ from .utils import module_modes, restore_modes
 
 def pooled_shape(shape: Sequence[int], pool, unit_kind: str = "filter") -> tuple[int, int, int]:
     """The (C, H, W) a layer's FC sees under ``probe_pool`` (see :func:`filterlens.config.parse_pool`); heads
-    are never pooled (their positions are tokens x d_head: the ``tokens`` option reduces them)."""
+    and nodes are never pooled (their positions are tokens x d_head, or tokens: the ``tokens`` option reduces
+    them)."""
     c, h, w = (int(s) for s in shape)
-    if pool is None or unit_kind == "head":
+    if pool is None or unit_kind in ("head", "node"):
         return c, h, w
     kind, arg = pool
     if kind == "size":
@@ -140,8 +141,8 @@ class Capture:
         def record(*args):
             x = read(*args)
             if x is None:
-                raise FilterlensError(f"layer '{name}' gives no 4-D map; only 4-D maps and attention heads can be "
-                                      "analysed")
+                raise FilterlensError(f"layer '{name}' gives no 4-D map; only 4-D maps, attention heads and nodes "
+                                      "(N x F or N x T x F) can be analysed")
             x = x.detach()
             if tuple(x.shape[2:]) != target:
                 x = F.adaptive_max_pool2d(x, target)  # a new tensor

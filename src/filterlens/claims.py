@@ -14,6 +14,11 @@ One row per claim and metric: the statistic, its 95% interval, a verdict (``hold
 
 Every threshold of these rules is a constant below, fixed before any run was judged by it; a rule is
 never tuned to make a claim hold.
+
+Claims 1-3 are tested per unit kind: a run whose layers mix kinds (a ViT's heads and its MLPs' nodes, a VGG's
+filters and its classifier's nodes) gets one set of depth rows per kind, each over that kind's layers in depth
+order (its own relative depth), marked by the row's ``unit_kind``. A head layer and an MLP node layer of the same
+block are different measurements of different units; one rank correlation over both would mix the two.
 """
 from __future__ import annotations
 
@@ -172,7 +177,21 @@ def depth_claims(layers: Sequence[Mapping], replicates: Mapping[str, Any] | None
                  level: float = LEVEL) -> list[dict]:
     """Claims 1-3 from a run's layer rows (in depth order) and, when the analysis bootstrapped, the replicates:
     ``replicates[metric]`` an array (n_boot, n_layers), replicate b computed on the same resample of the test
-    images in every layer (:func:`filterlens.sfp.resample_counts`)."""
+    images in every layer (:func:`filterlens.sfp.resample_counts`). Per unit kind (the rows' ``unit_kind``,
+    ``filter`` when absent): one set of rows per kind, in the order the kinds first appear, each row marked
+    with its ``unit_kind``."""
+    kinds = list(dict.fromkeys(str(r.get("unit_kind") or "filter") for r in layers))
+    rows = []
+    for kind in kinds:
+        at = [i for i, r in enumerate(layers) if str(r.get("unit_kind") or "filter") == kind]
+        reps = None if replicates is None else {
+            k: np.asarray(v, dtype=np.float64).reshape(-1, len(layers))[:, at] for k, v in replicates.items()}
+        rows += [{**row, "unit_kind": kind} for row in _depth_rows([layers[i] for i in at], reps, level)]
+    return rows
+
+
+def _depth_rows(layers: Sequence[Mapping], replicates: Mapping[str, Any] | None, level: float) -> list[dict]:
+    """Claims 1-3 over layers of one unit kind (see :func:`depth_claims`)."""
     n_layers = len(layers)
     depth = np.arange(n_layers) / max(n_layers - 1, 1)
     rows = []
@@ -335,9 +354,11 @@ def pooled_claims(runs: Sequence[Mapping], level: float = LEVEL, resamples: int 
     """
     rng = np.random.default_rng(seed)
     rows = []
-    for claim, metric, direction in DEPTH_METRICS:
-        per = [next((r for r in run.get("claims") or [] if r.get("claim") == claim and r.get("metric") == metric),
-                    None) for run in runs]
+    kinds = list(dict.fromkeys(r.get("unit_kind") for run in runs for r in run.get("claims") or []
+                               if r.get("claim") in (1, 2, 3)))
+    for kind, (claim, metric, direction) in ((k, m) for k in kinds for m in DEPTH_METRICS):
+        per = [next((r for r in run.get("claims") or [] if r.get("claim") == claim and r.get("metric") == metric
+                     and r.get("unit_kind") == kind), None) for run in runs]
         have = [r for r in per if r is not None]
         if not have:
             continue
@@ -358,6 +379,8 @@ def pooled_claims(runs: Sequence[Mapping], level: float = LEVEL, resamples: int 
         side = "rises" if direction > 0 else "falls"
         rows.append(_pooled_row(claim, metric, "mean_spearman_rho", value, low, high, per, verdict,
                                 f"claimed: {metric} {side} with depth. " + POOLED_DEPTH_RULE, detail))
+        if kind is not None:
+            rows[-1]["unit_kind"] = kind
     afcc = [run.get("afcc") for run in runs]
     if any(isinstance(a, Mapping) for a in afcc):
         rows.append(_pooled_afcc(runs, afcc, level, resamples, rng))
@@ -424,13 +447,21 @@ def _pooled_row(claim, metric, statistic, value, low, high, per, verdict, rule, 
     return row
 
 
+def metric_label(row: Mapping, rows: Sequence[Mapping]) -> str:
+    """A row's metric, with its unit kind (``accuracy [node]``) where the rows test more than one kind."""
+    kinds = {r.get("unit_kind") for r in rows if r.get("unit_kind")}
+    kind = row.get("unit_kind")
+    return f"{row['metric']} [{kind}]" if kind and len(kinds) > 1 else str(row["metric"])
+
+
 def format_pooled(rows: Sequence[Mapping], seeds: Sequence | None = None) -> list[str]:
     """The pooled claims as terminal lines: the pooled statistic, its interval and verdict, how the seeds voted on
     their own (holds / does not hold / cannot tell), and each seed's statistic and verdict."""
     if not rows:
         return []
+    w = max([20] + [len(metric_label(r, rows)) + 2 for r in rows])
     out = [f"the papers' claims pooled over the seeds of one recipe ({LEVEL:.0%} hierarchical intervals)",
-           f"{'claim':<6}{'metric':<20}{'value':>10}{'low':>11}{'high':>11}{'seeds':>6}  {'h/n/?':<8} "
+           f"{'claim':<6}{'metric':<{w}}{'value':>10}{'low':>11}{'high':>11}{'seeds':>6}  {'h/n/?':<8} "
            f"{'verdict':<14} each seed"]
     rules: list[str] = []
     short = {HOLDS: "holds", FAILS: "fails", UNCLEAR: "?", None: "-"}
@@ -439,8 +470,8 @@ def format_pooled(rows: Sequence[Mapping], seeds: Sequence | None = None) -> lis
         names = list(seeds) if seeds is not None else list(range(len(r.get("per_seed", []))))
         each = ", ".join(f"{n}: {_num(v)} {short.get(vd, vd)}" for n, v, vd in
                          zip(names, r.get("per_seed", []), r.get("per_seed_verdicts", [])))
-        out.append(f"{r['claim']:<6}{r['metric']:<20}{_num(r['value']):>10} {_num(r['low']):>10} {_num(r['high']):>10}"
-                   f"{r['n']:>6}  {votes:<8} {r['verdict']:<14} {each}")
+        out.append(f"{r['claim']:<6}{metric_label(r, rows):<{w}}{_num(r['value']):>10} {_num(r['low']):>10} "
+                   f"{_num(r['high']):>10}{r['n']:>6}  {votes:<8} {r['verdict']:<14} {each}")
         rule = general_rule(r["rule"])
         if rule not in rules:
             rules.append(rule)
@@ -460,11 +491,13 @@ def format_table(rows: Sequence[Mapping]) -> list[str]:
     """The claims as terminal lines: a table, then each rule once."""
     if not rows:
         return []
+    w = max([20] + [len(metric_label(r, rows)) + 2 for r in rows])
     out = [f"the papers' claims ({LEVEL:.0%} intervals; METHOD.md, \"The papers' claims\")",
-           f"{'claim':<6}{'metric':<20}{'statistic':<22}{'value':>10}{'low':>11}{'high':>11}{'n':>5}  verdict"]
+           f"{'claim':<6}{'metric':<{w}}{'statistic':<22}{'value':>10}{'low':>11}{'high':>11}{'n':>5}  verdict"]
     rules: list[str] = []
     for r in rows:
-        out.append(f"{r['claim']:<6}{r['metric']:<20}{r['statistic']:<22}{_num(r['value']):>10} {_num(r['low']):>10}"
+        out.append(f"{r['claim']:<6}{metric_label(r, rows):<{w}}{r['statistic']:<22}{_num(r['value']):>10} "
+                   f"{_num(r['low']):>10}"
                    f" {_num(r['high']):>10}{r['n']:>5}  {r['verdict']}" + (f"  ({r['detail']})" if r.get("detail")
                                                                           else ""))
         rule = general_rule(r["rule"])
@@ -484,7 +517,16 @@ def _num(v: Any) -> str:
 
 
 def snr_sentence(rows: Sequence[Mapping]) -> str:
-    """One plain sentence: which SNR candidates rise with depth and which do not (from claim 2's verdicts)."""
+    """One plain sentence: which SNR candidates rise with depth and which do not (from claim 2's verdicts); one per
+    unit kind where the rows test more than one."""
+    kinds = list(dict.fromkeys(r.get("unit_kind") for r in rows if r.get("claim") == 2))
+    if len(kinds) > 1:
+        each = (_snr_sentence([r for r in rows if r.get("unit_kind") == k], f" over the {k}s' layers") for k in kinds)
+        return " ".join(s for s in each if s)
+    return _snr_sentence(rows, "")
+
+
+def _snr_sentence(rows: Sequence[Mapping], where: str) -> str:
     got = {r["metric"]: r for r in rows if r.get("claim") == 2}
     if not got:
         return ""
@@ -497,7 +539,7 @@ def snr_sentence(rows: Sequence[Mapping]) -> str:
         why = ("no bootstrap replicates" if any("bootstrap" in got[m]["detail"] for m in groups[UNCLEAR])
                else "the interval includes 0 or too few layers")
         parts.append(f"for {_names(groups[UNCLEAR])} the run cannot tell ({why})")
-    return ("Of the SNR candidates, " + "; ".join(parts) + f" ({LEVEL:.0%} bootstrap interval of the rank "
+    return (f"Of the SNR candidates{where}, " + "; ".join(parts) + f" ({LEVEL:.0%} bootstrap interval of the rank "
             "correlation with depth).")
 
 

@@ -233,8 +233,13 @@ def cmd_layers(args) -> int:
         num_labels = load_data(cfg.dataset, cfg.data_dir).num_labels
     size = cfg.image_size or ds.image_size
     model = build_model(ModelSpec(cfg.model, num_labels, ds.in_channels, size, cfg.width_mult, cfg.vgg_cfg))
-    layers = resolve_layers(model, (ds.in_channels, size, size), cfg.layers)
+    shape = (ds.in_channels, size, size)
+    layers = resolve_layers(model, shape, cfg.layers)
     found = describe(model)
+    if found.nodes and "nodes" not in [t.strip() for t in cfg.layers.split(",")]:
+        have = {l.name for l in layers}
+        layers = sorted(layers + [l for l in resolve_layers(model, shape, "nodes") if l.name not in have],
+                        key=lambda l: l.index if l.name in have else 10**6 + l.index)
     what = "stages" if cfg.layers.strip() == "stages" else "layers"
     print(f"{cfg.model} on {cfg.dataset} ({ds.in_channels}x{size}x{size}, {num_labels} labels): {len(layers)} {what} "
           f"(family: {found.family})")
@@ -242,11 +247,20 @@ def cmd_layers(args) -> int:
         print(f"note: no layer rule knows {type(model).__name__}; its layers are its top-level children that give a "
               "4-D map (name any module with --layers MODULE.PATH)")
     print(f"{'index':>5}  {'layer':<34} {'units':>6} {'kind':<7} {'shape (units x H x W)':<22} {'features':>9}")
+    position = 0
     for l in layers:
         c, h, w = l.shape
-        layout = " (channels-last)" if l.layout == "NHWC" else ""
-        print(f"{l.index:>5}  {l.name:<34} {l.units:>6} {l.unit_kind:<7} {f'{c} x {h} x {w}':<22} {l.features:>9}"
-              f"{layout}")
+        note = " (channels-last)" if l.layout == "NHWC" else ""
+        if l.unit_kind == "node":
+            note = (f" (nodes x tokens, read at {l.hook_module}'s {'input' if l.layout == 'nodes:in' else 'output'})"
+                    if h > 1 else f" (read at {l.hook_module}'s input)" if l.layout == "nodes:in" else "")
+        index = "-" if l.unit_kind == "node" else str(position)
+        position += l.unit_kind != "node"
+        print(f"{index:>5}  {l.name:<34} {l.units:>6} {l.unit_kind:<7} {f'{c} x {h} x {w}':<22} {l.features:>9}{note}")
+    if any(l.unit_kind == "node" for l in layers):
+        print("node layers (kind node: the nodes of a fully connected layer, or of a transformer MLP, as units) are "
+              "chosen by name or all at once with --layers nodes (e.g. --layers all,nodes); indices and last:N count "
+              "over the other layers")
     return 0
 
 

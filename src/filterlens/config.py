@@ -52,11 +52,13 @@ class Config:
     train_samples: int = _f(0, "data", "use a seeded random subset of this many training samples (0: all)", bounds="[0, 1000000000]")
     test_samples: int = _f(0, "data", "use a seeded random subset of this many test samples (0: all)", bounds="[0, 1000000000]")
     # model
-    model: str = _f("vgg_small", "model", "architecture: vgg16, vgg16_slim, vgg_small, vgg_tiny, vgg11, vgg "
+    model: str = _f("vgg_small", "model", "architecture: vgg16, vgg16_fc (two hidden FC "
+                                          "layers), vgg16_slim, vgg_small, vgg_tiny, vgg11, vgg "
                                           "(with --vgg-cfg), vgg16_imagenet, efficientnet_b0, any torchvision model, "
                                           "timm:<name>, or your own: path/to/file.py:factory or package.module:callable")
     width_mult: float = _f(1.0, "model", "width multiplier of our VGG models", bounds="(0, 16]")
-    vgg_cfg: str | None = _f(None, "model", "explicit VGG widths for --model vgg, e.g. 16,16,M,32,M")
+    vgg_cfg: str | None = _f(None, "model", "explicit VGG widths for --model vgg, e.g. 16,16,M,32,M; "
+                                               "F<n> entries after the convs add hidden FC layers: 16,M,32,M,F64,F64")
     weights: str | None = _f(None, "model", "torchvision pretrained weights name (DEFAULT, IMAGENET1K_V1, ...)")
     checkpoint: str | None = _f(None, "model", "start from this checkpoint (filterlens or plain state_dict); {seed} "
                                                "in the path is the run's seed (one checkpoint per seed with --seeds)")
@@ -81,7 +83,9 @@ class Config:
                                   "AMX or AVX512-BF16: every inference, and training where convolutions dominate), "
                                   "float32 elsewhere; --no-amp: float32 everywhere")
     # probes (METHOD.md stage 2)
-    layers: str = _f("all", "probes", "layers to analyse: all, indices (negative ok), last:N, or dotted names")
+    layers: str = _f("all", "probes", "layers to analyse, comma-separated: all (every "
+                                        "block), nodes (the hidden FC layers of a classifier head, every transformer "
+                                        "MLP), indices (negative ok), last:N, or dotted names")
     probe_mode: str = _f("fast", "probes", "fast: cache features once, train probes from the cache; paper: the "
                                            "authors' recipe, one forward pass per epoch for all layers",
                          choices=("fast", "paper"))

@@ -179,9 +179,10 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
     layers = list_layers(model, size, "blocks", [l.name for l in analysed], cfg.tokens)
     check_heatmaps(cfg.heatmaps, analysed)
     if cfg.afcc:
-        from .afcc.apply import choose_layers
+        from .afcc.apply import check_range, choose_layers
 
-        choose_layers(layers, cfg.afcc_layers, {l.name for l in analysed})
+        check_range(model, choose_layers(layers, cfg.afcc_layers, {l.name for l in analysed}), data.num_labels, size,
+                    cfg)
     if "sweep" in plan:
         from .data import dataset_spec
         from .sweep import parse_counts

@@ -76,7 +76,7 @@ class LayerProbeResult:
     # for the bootstrap, one of two (filterlens.probes.bootstrap_input): fields (N_test, C, L), the per-sample
     # single-filter fields in float32, or test_features (N_test, C, H, W) as the cache holds them
     fields: torch.Tensor | None = None
-    unit_kind: str = "filter"  # "filter" (conv channels) or "head" (attention heads)
+    unit_kind: str = "filter"  # "filter" (conv channels), "head" (attention heads) or "node" (FC / MLP nodes)
     top_values: torch.Tensor | None = None  # (C, L, k): per unit and output unit, the k largest test fields
     top_indices: torch.Tensor | None = None  # (C, L, k): the test images they belong to
     # the probes trained from other seeds (probe_seeds > 1): their per-sample test fields (for the bootstrap, with

@@ -96,7 +96,7 @@ class Run:
         return self.table("layers")
 
     def unit(self, layer: str, index: int) -> "UnitView":
-        """One unit (filter or head) of an analysed layer: its matrix (raw, normalised, binarised), its clusters
+        """One unit (filter, head or node) of an analysed layer: its matrix (raw, normalised, binarised), its clusters
         and, per cluster, the test images that drive it most (indices into the analysed test split), from the
         run's saved probe weights and label means (checked against their checksums)."""
         from .probe_results import ProbeResult
@@ -124,7 +124,7 @@ class UnitView:
 
     layer: str
     unit: int
-    unit_kind: str  # "filter" or "head"
+    unit_kind: str  # "filter", "head" or "node"
     matrix: Any  # (L, L) raw: rows input label, columns output unit
     normalised: Any  # (L, L)
     binary: Any  # (L, L) bool

@@ -38,7 +38,7 @@ from .folders import (CACHE_FILE, CACHE_FOLDER, LOCK_FILES, MARK, is_temporary, 
                       remove_empty, some_files)
 from .names import MANIFEST, RUN_FILES, SWEEP_FILES
 
-HEATMAP = re.compile(r"^.+-(filter|head)\d+\.png$")  # heatmaps/<layer>-filter3.png: analyze draws these
+HEATMAP = re.compile(r"^.+-(filter|head|node)\d+\.png$")  # heatmaps/<layer>-filter3.png: analyze draws these
 LOCK, LOCK_INFO = LOCK_FILES
 
 # the folders filterlens makes that are neither run nor sweep directories

@@ -24,7 +24,8 @@ import time
 import torch
 
 from .. import sfp
-from ..config import Config, parse_bytes, parse_thresholds
+from ..capture import pooled_shape
+from ..config import Config, parse_bytes, parse_pool, parse_thresholds
 from ..errors import FilterlensError
 from ..inputs import as_data
 from ..loaders import Feed
@@ -135,6 +136,31 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
         removal["masks"])
 
 
+def check_between(net) -> None:
+    """Refuse, in one line, a range of a diluted network whose consecutive layers no conv (or Linear) joins."""
+    names = net.info["layers"]
+    for prev, cur in zip(names, names[1:]):
+        if cur not in net.info["convs"] and cur not in (net.info.get("linears") or {}):
+            nodes = {prev, cur} & set(net.info.get("nodes") or {})
+            what = (f"no one Linear reads the nodes of '{prev}' and makes those of '{cur}'" if len(nodes) == 2
+                    else f"'{prev}' and '{cur}' are not both conv layers nor both FC node layers" if nodes
+                    else f"its conv feeding '{cur}' cannot be located")
+            raise FilterlensError(f"masks between '{prev}' and '{cur}' are not supported for this model ({what}; "
+                                  "supported: filterlens VGG, torchvision VGG-BN, consecutive hidden FC layers); use "
+                                  f"--afcc-layers {names[-1]} for the FC mask only")
+
+
+def check_range(model, layers, num_labels: int, input_size, cfg: Config) -> None:
+    """Before any work: the AFCC range ``layers`` (:class:`~filterlens.models.Layer`, consecutive) can be masked
+    on ``model`` (its initial weights will do): a diluted network is built on it and :func:`check_between` asked."""
+    if len(layers) < 2:
+        return
+    b = layers[-1]
+    shape = pooled_shape(b.shape, parse_pool(cfg.probe_pool), b.unit_kind)
+    check_between(build_diluted(model, [l.name for l in layers], torch.zeros(num_labels, *shape), input_size,
+                                cfg.probe_pool, tokens=cfg.tokens))
+
+
 class _Plan:
     """The layers AFCC masks, the diluted network built on them, and their clusters at any threshold."""
 
@@ -154,11 +180,7 @@ class _Plan:
                                   "the data the analysis was made on")
         self.spec = analysis.meta.get("spec")
         self.net0 = build_diluted(model, self.names, weights[b], self.input_size, cfg.probe_pool, self.spec, cfg.tokens)
-        for prev, cur in zip(self.names, self.names[1:]):
-            if cur not in self.net0.info["convs"]:
-                raise FilterlensError(f"conv masks between '{prev}' and '{cur}' are not supported for this model (its "
-                                      f"conv feeding '{cur}' cannot be located; supported: filterlens VGG, torchvision "
-                                      f"VGG-BN); use --afcc-layers {b} for the FC mask only")
+        check_between(self.net0)
         self.weights, self.means = weights, means
         self.probe_accuracy = next((r.get("accuracy") for r in analysis.layers if r["layer"] == b), None)
 
@@ -256,7 +278,8 @@ def _variant(net0, clusters, ctx: _Context, cfg: Config, progress) -> dict:
 
 def _curve_row(t: float, v: dict, deepest_clusters, acc_before: float, draws: int) -> dict:
     return {"threshold": t, "dilution": total_dilution(v["masks"]), "fc_dilution": total_dilution(v["masks"], "fc"),
-            "conv_dilution": total_dilution(v["masks"], "conv"), "acc_before": acc_before,
+            "conv_dilution": total_dilution(v["masks"], "conv"),
+            "linear_dilution": total_dilution(v["masks"], "linear"), "acc_before": acc_before,
             "acc_masked": v["acc_masked"], "acc_retrained": v["acc_retrained"],
             "acc_random_masked": v["acc_random_masked"], "acc_random_retrained": v["acc_random_retrained"],
             "acc_random_retrained_sd": v["acc_random_retrained_sd"],
@@ -293,7 +316,7 @@ def _removal(plan: _Plan, main: dict, ctx: _Context, accs: dict, cfg: Config, de
     acc_of = {"original": accs["before"], "masked": accs["masked"], "pruned": acc_pruned}
     notes = {"original": "backbone up to the layer + probe FC, dense, unmasked",
              "masked": "same dense shapes, masked weights are zeros (no speed-up)",
-             "pruned": "filters with all outgoing weights masked physically removed"}
+             "pruned": "units with all outgoing weights masked physically removed"}
     rows = [{"model": k, **cost[k], "latency_ms": lat[k]["median_ms"], "latency_p25_ms": lat[k]["p25_ms"],
              "latency_p75_ms": lat[k]["p75_ms"], "accuracy": acc_of[k], "note": notes[k]} for k in models]
     rows.append({"model": "pruned_retrained", **count_macs(pruned_net, size), "latency_ms": lat["pruned"]["median_ms"],

@@ -22,6 +22,7 @@ from ..config import parse_pool
 from ..errors import FilterlensError
 from ..hooks import Tap, run, taps
 from ..models import VGGBlock, list_layers
+from ..models.nodes import node_links
 from ..models.units import reader
 from .masks import LayerMask, conv_mask, fc_mask
 
@@ -220,9 +221,11 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
             "unit": {"name": b.name, "hook": b.hook, "layout": b.layout, "units": b.units, "tokens": b.tokens,
                      "unit_kind": b.unit_kind},
             "pool": pool_text, "pool_hw": pool_hw, "fc_shape_original": [L, C, H, W],
-            "layer_shapes": {l.name: list(l.shape) for l in chosen}, **structure, "convs": {}, "pruned": None,
-            "spec": asdict(spec) if is_dataclass(spec) else spec}
+            "layer_shapes": {l.name: list(l.shape) for l in chosen}, **structure, "convs": {}, "linears": {},
+            "nodes": {}, "pruned": None, "spec": asdict(spec) if is_dataclass(spec) else spec}
     net = DilutedNet(trunk, fc, (L, C, H, W), pool_hw, info)
+    if structure["mode"] == "hook":
+        _locate_linears(trunk[0].model, chosen, info)
     if structure["mode"] == "prefix":
         pos = {l.name: int(l.name.rpartition(".")[2]) for l in all_layers
                if l.name.rpartition(".")[0] == "features" and l.name.rpartition(".")[2].isdigit()}
@@ -243,12 +246,28 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
     return net.to(device).eval()
 
 
+def _locate_linears(model, chosen, info: dict) -> None:
+    """Node layers of the range: the Linear making each one's nodes and the one reading them
+    (:func:`~filterlens.models.nodes.node_links`, paths in ``model``) in ``info["nodes"]``; where the Linear reading
+    layer l-1's nodes is the one making layer l's, it joins the two as a conv joins two conv layers
+    (``info["linears"][l]``: its path in the diluted network)."""
+    for l in chosen:
+        if l.unit_kind == "node":
+            links = node_links(model, l.hook_module, l.layout, l.units)
+            info["nodes"][l.name] = {"producer": links.producer, "consumer": links.consumer}
+    for prev, cur in zip(chosen, chosen[1:]):
+        a, b = info["nodes"].get(prev.name), info["nodes"].get(cur.name)
+        if a and b and a["consumer"] is not None and a["consumer"] == b["producer"]:
+            info["linears"][cur.name] = {"linear": f"trunk.0.model.{b['producer']}", "prev": prev.name}
+
+
 def make_masks(net, clusters: dict) -> list[LayerMask]:
     """AFCC masks of a :class:`DilutedNet` from per-layer clusters (``{layer: LayerSFP.clusters_}``).
 
-    Conv masks for every consecutive pair of ``net.info["layers"]`` (in layer order), then the FC
-    mask of the deepest layer. A conv that cannot be located (architectures other than
-    filterlens VGG and torchvision VGG-BN) is a :class:`FilterlensError`.
+    Conv masks for every consecutive pair of ``net.info["layers"]`` (in layer order; between two node
+    layers: the mask of the Linear joining them, kind ``linear``), then the FC mask of the deepest layer. A conv
+    that cannot be located (architectures other than filterlens VGG and torchvision VGG-BN), or two node layers
+    that no one Linear joins, is a :class:`FilterlensError`.
     """
     layers = net.info["layers"]
     missing = [n for n in layers if n not in clusters]
@@ -256,10 +275,17 @@ def make_masks(net, clusters: dict) -> list[LayerMask]:
         raise FilterlensError(f"no clusters given for layer '{missing[0]}'; need clusters of {', '.join(layers)}")
     masks = []
     for prev, cur in zip(layers, layers[1:]):
+        lin = (net.info.get("linears") or {}).get(cur)
+        if lin is not None:  # (nodes of cur, nodes of prev): a conv kernel of size 1x1
+            w = net.get_parameter(lin["linear"] + ".weight")
+            masks.append(LayerMask(cur, "linear", lin["linear"] + ".weight",
+                                   conv_mask(clusters[prev], clusters[cur], (*w.shape, 1, 1)), prev))
+            continue
         loc = net.info["convs"].get(cur)
         if loc is None:
             raise FilterlensError(f"conv masks between '{prev}' and '{cur}' need the conv feeding '{cur}', which cannot be "
-                                  "located in this architecture (supported: filterlens VGG, torchvision VGG-BN); use "
+                                  "located in this architecture (supported: filterlens VGG, torchvision VGG-BN, and "
+                                  "two FC node layers one Linear joins); use "
                                   f"--layers {layers[-1]} for the FC mask only")
         w = net.get_parameter(loc["conv"] + ".weight")
         masks.append(LayerMask(cur, "conv", loc["conv"] + ".weight",
@@ -281,13 +307,13 @@ def apply_masks(net, masks: Sequence[LayerMask]):
 
 
 def trainable_parameters(net, masks: Sequence[LayerMask]) -> list[str]:
-    """Names of the parameters retraining updates: the masked convs (weight, bias), the batch-norm
-    affine parameters of their blocks, and the FC. Everything else stays frozen."""
+    """Names of the parameters retraining updates: the masked convs and Linear layers (weight, bias), the
+    batch-norm affine parameters of their blocks, and the FC. Everything else stays frozen."""
     names = ["fc.weight"] + (["fc.bias"] if net.fc.bias is not None else [])
     convs_of = {loc["conv"] + ".weight": loc for loc in net.info["convs"].values()}
     own = dict(net.named_parameters())
     for m in masks:
-        if m.kind != "conv":
+        if m.kind not in ("conv", "linear"):
             continue
         loc = convs_of.get(m.param)
         if loc is None:

@@ -19,8 +19,9 @@ from .removal import remove_units
 FORMAT = "filterlens-afcc"
 FORMAT_VERSION = 1
 MASK_NOTE = ("masks: weights set to exactly 0.0 inside dense tensors (same shapes, parameters and compute as the "
-             "unmasked network: no speed-up by themselves); pruned: filters whose outgoing weights are all masked are "
-             "physically removed (smaller dense convs, batch norms and FC: real savings, identical outputs)")
+             "unmasked network: no speed-up by themselves); pruned: units (filters, heads, nodes) whose outgoing "
+             "weights are all masked are physically removed (smaller dense convs, batch norms, Linear layers and FC: "
+             "real savings, identical outputs)")
 
 
 def _spec_dict(spec):
@@ -56,8 +57,8 @@ def save(path, diluted_model, masks: Sequence[LayerMask], meta: dict | None = No
             raise FilterlensError(f"weights under mask '{m.key}' are not zero; call apply_masks first")
     original = meta.pop("original_shapes", None) or info.get("original_shapes") or \
         {k: list(v.shape) for k, v in sd.items()}
-    structure = {k: info.get(k) for k in ("mode", "source", "trunk_len", "convs", "deepest", "input_size", "pool_hw",
-                                          "fc_shape_original", "layer_shapes", "unit")}
+    structure = {k: info.get(k) for k in ("mode", "source", "trunk_len", "convs", "linears", "nodes", "deepest",
+                                          "input_size", "pool_hw", "fc_shape_original", "layer_shapes", "unit")}
     state = {
         "format": FORMAT,
         "version": FORMAT_VERSION,

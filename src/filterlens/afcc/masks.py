@@ -4,11 +4,12 @@
   c to output unit j is kept only when j is in one of c's clusters.
 * **conv masks** (:func:`conv_mask`), between consecutive layers (l-1, l): the kernel from
   filter c' of layer l-1 to filter c of layer l is kept only when the label sets of the two
-  filters' clusters intersect.
+  filters' clusters intersect. Between two consecutive FC node layers the same rule masks the Linear
+  joining them (kind ``linear``): the weight from node c' of l-1 to node c of l, a 1x1 kernel.
 * **dilution** (:func:`dilution`) = removed / total weights of a masked tensor.
 * **random control** (:func:`random_mask`): for every masked tensor, the same number of kept
-  connections PER UNIT (FC: per unit c the same number of output units; conv: per output
-  filter c the same number of input filters), placed at random by a seeded generator.
+  connections PER UNIT (FC: per unit c the same number of output units; conv and linear: per output
+  unit c the same number of input units), placed at random by a seeded generator.
 
 A mask sets weights to exactly 0.0 inside dense tensors: shapes, parameter counts and
 compute stay those of the unmasked network (see :mod:`filterlens.afcc.removal` for a real
@@ -116,11 +117,12 @@ def random_mask(mask, kind: str, generator=None) -> "torch.Tensor":
     """The random control of ``mask``: per filter the same number of kept connections, placed at random.
 
     ``kind="fc"``: filter c (dim 1) keeps as many output units as in ``mask``, chosen at random
-    among the L units. ``kind="conv"``: output filter c (dim 0) keeps as many input filters as in
-    ``mask``, chosen at random among C_{l-1}. ``generator``: a seeded ``torch.Generator``.
+    among the L units. ``kind="conv"`` (or ``"linear"``, between two FC node layers): output unit c (dim 0) keeps
+    as many input units as in ``mask``, chosen at random among C_{l-1}. ``generator``: a seeded
+    ``torch.Generator``.
     """
-    if kind not in ("fc", "conv"):
-        raise FilterlensError(f"mask kind '{kind}' is invalid; valid: fc, conv")
+    if kind not in ("fc", "conv", "linear"):
+        raise FilterlensError(f"mask kind '{kind}' is invalid; valid: fc, conv, linear")
     conn = connections(mask)
     rows = conn.T if kind == "fc" else conn  # one row per filter whose count is preserved
     k = rows.sum(1)
@@ -136,11 +138,12 @@ class LayerMask:
     """One masked tensor of a :class:`DilutedNet`.
 
     layer : for ``kind="fc"`` the deepest layer b (the mask is on its probe FC); for
-        ``kind="conv"`` layer l (the mask is on the conv feeding l, between l-1 and l).
-    kind : ``"fc"`` or ``"conv"``.
+        ``kind="conv"`` layer l (the mask is on the conv feeding l, between l-1 and l); for ``kind="linear"``
+        node layer l (the mask is on the Linear making l's nodes from l-1's).
+    kind : ``"fc"``, ``"conv"`` or ``"linear"``.
     param : the parameter's name in the :class:`DilutedNet` (``fc.weight``, ``trunk.4.conv.weight``).
-    mask : bool tensor, FC (L, C, H, W) or conv (C_l, C_{l-1}, kh, kw); True = kept.
-    prev : for conv masks, layer l-1.
+    mask : bool tensor, FC (L, C, H, W), conv (C_l, C_{l-1}, kh, kw) or linear (C_l, C_{l-1}, 1, 1); True = kept.
+    prev : for conv and linear masks, layer l-1.
     """
     layer: str
     kind: str

@@ -16,6 +16,10 @@ a concatenation read further on), deleting it would cut it from those readers to
 removal is refused in one line naming the module that also reads the units, and so is a network
 the graph cannot trace (naming the module where tracing failed). The caller checks the outputs
 of the pruned network against the masked one.
+
+Nodes (of a classifier head's hidden layer, of a transformer MLP) are removed the same way: the dependency
+graph of the whole model deletes a node's row of the Linear that makes it (and its bias) and its column of the
+Linear that reads it (:func:`~filterlens.models.nodes.node_links`); the probe FC loses the node's columns.
 """
 from __future__ import annotations
 
@@ -39,6 +43,13 @@ def prune_support(net) -> tuple[bool, str]:
         return False, (f"the heads of '{net.info['deepest']}' live inside an nn.MultiheadAttention's packed weights "
                        "(torchvision's ViT); heads can be removed in timm's layout (attn.qkv, attn.proj) and in "
                        "filterlens' vit_tiny_cifar")
+    if unit.get("unit_kind") == "node":
+        nodes = net.info.get("nodes") or {}
+        lost = next((l for l in net.info["layers"] if not (nodes.get(l) or {}).get("producer")), None)
+        if lost is not None:
+            return False, (f"the nodes of '{lost}' are not made by a Linear filterlens can find (one whose output "
+                           "reaches them through activations and dropout only); removing a node deletes its row "
+                           "of that Linear")
     if unit.get("layout") == "NHWC":
         return False, (f"layer '{net.info['deepest']}' is channels-last (Swin): its units are the residual stream of "
                        "its attention blocks, which every later block reads")
@@ -56,7 +67,7 @@ def _units_to_remove(net, masks: Sequence[LayerMask]) -> dict[str, list[int]]:
     fcm = [m for m in masks if m.kind == "fc" and m.layer == b]
     if len(fcm) != 1:
         raise FilterlensError(f"pruning needs exactly one FC mask of layer '{b}'")
-    convm = {m.layer: m for m in masks if m.kind == "conv"}
+    convm = {m.layer: m for m in masks if m.kind in ("conv", "linear")}
     keep = {b: torch.nonzero(connections(fcm[0].mask.cpu()).any(0)).flatten()}
     for i in range(len(layers) - 1, 0, -1):
         cur, prev = layers[i], layers[i - 1]
@@ -82,6 +93,8 @@ def remove_units(net, removed: dict[str, list[int]]):
     unit = net.info.get("unit") or {}
     if unit.get("unit_kind") == "head":
         return _remove_heads(net, removed)
+    if unit.get("unit_kind") == "node":
+        return _remove_nodes(net, removed)
     import torch_pruning as tp
 
     new = copy.deepcopy(net).eval()
@@ -123,6 +136,64 @@ def remove_units(net, removed: dict[str, list[int]]):
         group.prune()
     kept_b = [c for c in range(C) if c not in set(removed.get(layers[-1], []))]
     new.fc_shape = (L, len(kept_b), H, W)
+    new.info = copy.deepcopy(net.info)
+    new.info["pruned"] = {l: [c for c in range(int(net.info["layer_shapes"][l][0])) if c not in set(removed.get(l, []))]
+                          for l in layers}
+    if not new.info.get("original_shapes"):
+        new.info["original_shapes"] = {k: list(v.shape) for k, v in net.state_dict().items()}
+    return new
+
+
+def _graph(model, input_size):
+    """Torch-Pruning's dependency graph of ``model`` (traced on a seeded random input of ``input_size``)."""
+    import torch_pruning as tp
+
+    device = next(model.parameters()).device
+    example = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():  # traced through autograd; its notes are not ours
+            warnings.simplefilter("ignore")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as exc:  # noqa: BLE001 - the module that could not be traced is what the user needs
+        raise FilterlensError(f"physical removal is not supported here: Torch-Pruning cannot trace this network "
+                              f"({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _remove_nodes(net, removed: dict[str, list[int]]):
+    """Nodes of the range's node layers removed for real: Torch-Pruning's graph of the whole (copied) model
+    deletes each node's row of the Linear that makes it and its column of the Linear that reads it; the probe FC
+    loses the deepest layer's removed nodes' columns. A node the graph ties to any other module with weights (a
+    norm across the nodes, a second reader) is refused, naming that module."""
+    import torch_pruning as tp
+
+    new = copy.deepcopy(net).eval()
+    model = new.trunk[0].model
+    graph = _graph(model, net.info["input_size"])
+    names = graph._module2name
+    layers, links = net.info["layers"], net.info["nodes"]
+    for layer in layers:
+        idxs = sorted(removed.get(layer, []))
+        if not idxs:
+            continue
+        producer = model.get_submodule(links[layer]["producer"])
+        allowed = {producer} | ({model.get_submodule(links[layer]["consumer"])} if links[layer]["consumer"] else set())
+        group = graph.get_pruning_group(producer, tp.prune_linear_out_channels, idxs=idxs)
+        others = [names.get(dep.target.module, type(dep.target.module).__name__) for dep, _ in group.items
+                  if isinstance(dep.target.module, torch.nn.Module) and dep.target.module not in allowed
+                  and any(True for _ in dep.target.module.parameters())]
+        if others:
+            raise FilterlensError(f"physical removal is not supported here: the nodes of layer '{layer}' are also "
+                                  f"read by '{others[0]}'; removing them would change what the network computes")
+        group.prune()
+    b = layers[-1]
+    L, C, H, W = net.fc_shape
+    drop = set(removed.get(b, []))
+    kept = [c for c in range(C) if c not in drop]
+    cols = torch.tensor([c * H * W + p for c in kept for p in range(H * W)])
+    fc = torch.nn.Linear(len(cols), L, bias=False).to(net.fc.weight.device)
+    with torch.no_grad():
+        fc.weight.copy_(net.fc.weight[:, cols])
+    new.fc, new.fc_shape = fc, (L, len(kept), H, W)
     new.info = copy.deepcopy(net.info)
     new.info["pruned"] = {l: [c for c in range(int(net.info["layer_shapes"][l][0])) if c not in set(removed.get(l, []))]
                           for l in layers}

@@ -22,9 +22,9 @@ AFCC_COLUMNS = ["layer", "kind", "prev_layer", "param", "threshold", "dilution",
                 "connections_kept", "connections_total", "filters", "filters_without_connection",
                 "acc_before", "acc_masked", "acc_retrained", "acc_random_masked", "acc_random_retrained",
                 "acc_random_retrained_sd", "random_draws", "probe_accuracy"]
-THRESHOLD_COLUMNS = ["threshold", "dilution", "fc_dilution", "conv_dilution", "acc_before", "acc_masked",
-                     "acc_retrained", "acc_random_masked", "acc_random_retrained", "acc_random_retrained_sd",
-                     "acc_random_retrained_draws", "random_draws", "filters_without_cluster"]
+THRESHOLD_COLUMNS = ["threshold", "dilution", "fc_dilution", "conv_dilution", "linear_dilution", "acc_before",
+                     "acc_masked", "acc_retrained", "acc_random_masked", "acc_random_retrained",
+                     "acc_random_retrained_sd", "acc_random_retrained_draws", "random_draws", "filters_without_cluster"]
 PRUNING_COLUMNS = ["model", "params", "params_nonzero", "macs", "macs_nonzero", "latency_ms", "latency_p25_ms",
                    "latency_p75_ms", "accuracy", "note"]
 
@@ -76,13 +76,15 @@ class AfccResult:
     def to_dict(self) -> dict:
         """The ``afcc`` entry of results.json."""
         a = self.accuracy
-        return {"version": FORMAT_VERSION, "layers": self.layers, "kind": "fc" if len(self.layers) == 1 else "conv+fc",
+        between = "+".join(dict.fromkeys(m.kind for m in self.masks if m.kind != "fc"))
+        return {"version": FORMAT_VERSION, "layers": self.layers, "kind": f"{between}+fc" if between else "fc",
                 "threshold": self.threshold, "analysis": self.analysis, "masked": self.rows(),
                 "dilution": self.dilution, "dilution_total": self.dilution_total,
                 "fc_dilution": total_dilution(self.masks, "fc"), "accuracy": a,
                 "afcc_beats_random": a["retrained"] >= a["random_retrained"], "retrain": self.retrain,
-                "random_control": "per filter the same number of kept connections (FC: output units; conv: input "
-                                  f"filters), placed at random; {a['random_draws']} draw(s), draw k from "
+                "random_control": "per unit the same number of kept connections (FC: output units; conv: input "
+                                  f"filters; linear: input nodes), placed at random; {a['random_draws']} draw(s), "
+                                  "draw k from "
                                   f"torch.Generator seeded {self.settings['seed']}+k; acc_random_* are means over the "
                                   "draws",
                 "thresholds": self.thresholds, "note": MASK_NOTE, "files": self.files(), "timings": self.timings}
@@ -149,7 +151,8 @@ def _cell(v) -> str:
 
 
 def total_dilution(masks, kind=None):
-    """Removed / total weights over ``masks`` (of one ``kind``, fc or conv, when given); None without any."""
+    """Removed / total weights over ``masks`` (of one ``kind``, fc, conv or linear, when given); None without
+    any."""
     sel = [m for m in masks if kind is None or m.kind == kind]
     if not sel:
         return None

@@ -22,6 +22,10 @@ timm models        ``feature_info`` names the stages; a stage's blocks are its `
 anything else      its top-level children whose output is a 4-D map (said so by ``filterlens layers``)
 =================  ===========================================================================
 
+Node layers (``--layers nodes``, :mod:`.nodes`), beside the blocks: the hidden FC layers of a CNN's classifier
+head (torchvision's VGG and AlexNet: ``classifier.1``, ``classifier.4``) and each transformer block's MLP
+(``blocks.i.mlp``; torchvision's ``encoder.layers.encoder_layer_i.mlp``), its hidden nodes as units.
+
 Stages are the families' own stage containers (ResNet's ``layer1``..``layer4`` with the stem,
 EfficientNet's nine ``features``, timm's ``feature_info``); where a family has none (VGG,
 MobileNet, SqueezeNet, GoogLeNet) a stage ends where the spatial resolution next drops.
@@ -31,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch.nn as nn
+
+from .nodes import head_nodes, mlp_nodes
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Discovery:
     fallback: bool = False  # no family rule matched: top-level children with 4-D outputs
     # transformer blocks: layer -> (the attention module path to hook, layout (units.py), number of heads)
     heads: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    # node layers (not blocks: chosen with --layers nodes or by name): layer -> (module to hook, layout, 0)
+    nodes: dict[str, tuple[str, str, int]] = field(default_factory=dict)
 
 
 def _kids(module: nn.Module, prefix: str) -> list[str]:
@@ -224,7 +232,13 @@ def _vit(model) -> Discovery | None:
 
 
 def discover(model: nn.Module) -> Discovery:
-    """The blocks and stages of ``model`` by its family (see the module docstring)."""
+    """The blocks, stages and node layers of ``model`` by its family (see the module docstring)."""
+    found = _blocks(model)
+    found.nodes = {**(mlp_nodes(model, found.blocks) if found.heads else {}), **head_nodes(model)}
+    return found
+
+
+def _blocks(model: nn.Module) -> Discovery:
     found = _vit(model) or _timm(model)
     if found is not None:
         return found

@@ -13,8 +13,14 @@ A layer's output is viewed as ``U units x P positions`` and always handed on uni
   as a module, so the per-head outputs are computed inside the hook from the module's own weights
   (projected by ``out_proj`` they give the module's output).
 
-``tokens`` (heads only): ``all`` keeps every token (P = T x d_head), ``cls`` the first token, ``mean``
-the mean over tokens (P = d_head).
+* ``nodes``: the output of a module that gives ``(N, F)`` (a fully connected layer, its activation) or
+  ``(N, T, F)`` (a token-wise layer: a transformer MLP's hidden activation); units are its F nodes, handed on
+  as ``(N, F, 1, 1)`` or ``(N, F, T, 1)``.
+* ``nodes:in``: the same read from a module's input (a forward pre-hook): the hidden activation of a
+  transformer MLP is the input of its second Linear.
+
+``tokens`` (heads and token-wise nodes): ``all`` keeps every token (heads: P = T x d_head; nodes: P = T),
+``cls`` the first token, ``mean`` the mean over tokens (heads: P = d_head; nodes: P = 1).
 """
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ import torch.nn.functional as F
 
 from ..errors import FilterlensError
 
-LAYOUTS = ("NCHW", "NHWC", "heads:proj", "heads:mha")
+LAYOUTS = ("NCHW", "NHWC", "heads:proj", "heads:mha", "nodes", "nodes:in")
+NODE_LAYOUTS = ("nodes", "nodes:in")
 TOKENS = ("all", "cls", "mean")
 
 
@@ -38,6 +45,26 @@ def _tokens(x: torch.Tensor, tokens: str) -> torch.Tensor:
     if tokens == "mean":
         return x.mean(2, keepdim=True)
     return x
+
+
+def nodes_first(x, tokens: str = "all") -> torch.Tensor | None:
+    """A node layer's output units first: ``(N, F)`` as ``(N, F, 1, 1)``, ``(N, T, F)`` as ``(N, F, T', 1)`` with the
+    tokens the ``tokens`` option keeps (T' = T for ``all``, 1 for ``cls`` and ``mean``); None for anything else."""
+    if not torch.is_tensor(x):
+        return None
+    if x.ndim == 2:
+        return x[:, :, None, None]
+    if x.ndim == 3:
+        return _tokens(x.transpose(1, 2)[..., None], tokens)
+    return None
+
+
+def output_layout(output) -> str | None:
+    """The layout of a module's output read as units: ``NCHW`` for a 4-D map, ``nodes`` for ``(N, F)`` or
+    ``(N, T, F)``, None for anything else (a tuple, a 5-D tensor)."""
+    if not torch.is_tensor(output):
+        return None
+    return "NCHW" if output.ndim == 4 else "nodes" if output.ndim in (2, 3) else None
 
 
 def mha_heads(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
@@ -78,6 +105,14 @@ def reader(layout: str, units: int, tokens: str = "all") -> tuple[bool, Callable
                                       "its heads cannot be read")
             return _tokens(mha_heads(module, *inputs[:3]), tokens)
         return False, read_mha
+    if layout == "nodes:in":
+        def read_nodes_in(module, inputs):
+            return nodes_first(inputs[0] if inputs else None, tokens)
+        return True, read_nodes_in
+    if layout == "nodes":
+        def read_nodes(module, inputs, output):
+            return nodes_first(output, tokens)
+        return False, read_nodes
     if layout == "NHWC":
         def read_nhwc(module, inputs, output):
             return output.permute(0, 3, 1, 2) if torch.is_tensor(output) and output.ndim == 4 else None

@@ -55,9 +55,9 @@ REQUIRED = ("accuracy", "snr", "noise_per_filter", "cluster_size", "clusters_per
 CSV_COLUMNS = ["run", "model", "dataset", "num_labels", "unit_kind", "layer", "position", "relative_depth",
                *(m[0] for m in METRICS)]
 SWEEP_COLUMNS = ["sweep", "num_labels", "max_error", "mean_error", "min_error"]
-CLAIM_COLUMNS = ["run", "claim", "metric", "statistic", "value", "low", "high", "n", "verdict"]
-POOLED_COLUMNS = ["recipe", "runs", "claim", "metric", "statistic", "value", "low", "high", "n", "seeds_holds",
-                  "seeds_fails", "seeds_unclear", "verdict"]
+CLAIM_COLUMNS = ["run", "claim", "metric", "unit_kind", "statistic", "value", "low", "high", "n", "verdict"]
+POOLED_COLUMNS = ["recipe", "runs", "claim", "metric", "unit_kind", "statistic", "value", "low", "high", "n",
+                  "seeds_holds", "seeds_fails", "seeds_unclear", "verdict"]
 OUTPUTS = ("compare.html", "compare.csv", "compare_sweeps.csv", "compare_claims.csv", "compare_pooled.csv",
            "compare_pooled.json", *(m[3] for m in METRICS),
            *(m[2] for m in SWEEP_METRICS))
@@ -129,10 +129,10 @@ def build_compare(dirs, out, pool: bool = False, echo=None) -> Path:
         if key in seen:
             raise FilterlensError(f"input '{p}' is given twice (also as '{seen[key]}'); give each directory once")
         seen[key] = p
-        run, sweep = _read_run(p), _read_sweep(p)
-        if run is None and sweep is None:
+        found, sweep = _read_run(p), _read_sweep(p)
+        if not found and sweep is None:
             raise FilterlensError(f"input '{p}' is neither a finished run nor a finished sweep; give {_VALID}")
-        runs += [run] if run else []
+        runs += found
         sweeps += [sweep] if sweep else []
     if out.resolve() in seen:
         raise FilterlensError(f"output directory '{out}' is one of the inputs; choose another --out")
@@ -247,11 +247,12 @@ def _check_out(out: Path) -> None:
 
 # ------------------------------------------------------------------------------ reading the inputs
 
-def _read_run(p: Path) -> _Run | None:
-    """The finished run in ``p`` (None when it holds no results.json); a damaged one is refused."""
+def _read_run(p: Path) -> list[_Run]:
+    """The finished run in ``p`` ([] when it holds no results.json), one line per unit kind where its layers mix
+    kinds (heads and MLP nodes: each kind's layers with their own relative depth); a damaged one is refused."""
     rd = RunDir(p)
     if not rd.exists("results.json"):
-        return None
+        return []
     res = rd.read_results()
     if not rd.file("layers.csv").is_file():
         raise FilterlensError(f"input '{p}' holds results.json but no layers.csv, so it is not a finished run; "
@@ -262,14 +263,19 @@ def _read_run(p: Path) -> _Run | None:
         missing = [m for m in REQUIRED if not rows or m not in rows[0]]
         raise FilterlensError(f"'{rd.file('layers.csv')}' is damaged or from another filterlens: no "
                               f"{'layer rows' if not rows else 'column ' + ', '.join(missing)}")
-    n = len(rows)
-    for i, r in enumerate(rows):
-        r["position"], r["relative_depth"] = i + 1, (i + 1) / n
     cfg, data = res.get("config", {}), res.get("data", {})
     labels = res.get("label_names") or []
-    return _Run(p, str(cfg.get("model", "?")), str(data.get("dataset", cfg.get("dataset", "?"))),
-                len(labels) or int(data.get("num_labels") or 0), unit_word(rows), rows,
-                _bands(_csv_file(rd.file("bootstrap.csv")), rows), res=res)
+    boot = _csv_file(rd.file("bootstrap.csv"))
+    out = []
+    for kind in dict.fromkeys(r.get("unit_kind") or "filter" for r in rows):
+        mine = [r for r in rows if (r.get("unit_kind") or "filter") == kind]
+        n = len(mine)
+        for i, r in enumerate(mine):
+            r["position"], r["relative_depth"] = i + 1, (i + 1) / n
+        out.append(_Run(p, str(cfg.get("model", "?")), str(data.get("dataset", cfg.get("dataset", "?"))),
+                        len(labels) or int(data.get("num_labels") or 0), unit_word(mine), mine, _bands(boot, mine),
+                        res=res))
+    return out
 
 
 def _csv_file(path: Path) -> list[dict]:
@@ -350,7 +356,7 @@ def _unique_labels(items) -> None:
 def _claim_rows(runs: list[_Run], sweeps: list[_Sweep]) -> list[dict]:
     """One row per run (or sweep) and claim row: claims 1-3 and 6 of each run's results.json, 4-5 of each
     sweep's sweep.json (a run analysed before the claims existed has none)."""
-    items = [(str(r.path), r.res.get("claims")) for r in runs] + [(str(s.path), s.claims) for s in sweeps]
+    items = list({str(r.path): r.res.get("claims") for r in runs}.items()) + [(str(s.path), s.claims) for s in sweeps]
     return [{"run": where, **c} for where, rows in items for c in (rows if isinstance(rows, list) else [])
             if isinstance(c, dict)]
 
@@ -451,8 +457,9 @@ def _page(runs: list[_Run], sweeps: list[_Sweep], pngs: list[Path], pooled: list
                      "(b_low, b_high: 95% interval of b)</p>" + _table(fits, left=("sweep", "line", "fit")))
     claims = _claim_rows(runs, sweeps)
     if runs or sweeps:
-        sentences = [f"{r.label}: {snr_sentence(r.res.get('claims') or [])}" for r in runs
-                     if snr_sentence(r.res.get("claims") or [])]
+        own = {id(r): [c for c in r.res.get("claims") or [] if c.get("unit_kind") in (None, r.unit_kind)]
+               for r in runs}  # a run split by unit kind: each line its own kind's claims
+        sentences = [f"{r.label}: {snr_sentence(own[id(r)])}" for r in runs if snr_sentence(own[id(r)])]
         parts.append("<h2>The papers' claims</h2><p class='muted'>one row per run (or sweep) and claim: the "
                      "statistic, its 95% interval and the verdict of the rule written under the table "
                      "(compare_claims.csv)</p>" + "".join(f"<p>{_esc(t)}</p>" for t in sentences)

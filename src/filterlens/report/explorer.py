@@ -148,8 +148,11 @@ _JS = r"""
   function el(tag, attrs, html) { var e = document.createElement(tag); for (var k in (attrs || {})) e.setAttribute(k, attrs[k]); if (html !== undefined) e.innerHTML = html; return e; }
   function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]; }); }
   var bar = document.getElementById('fl-layers');
+  var kinds = {}; D.layers.forEach(function (L) { kinds[L.kind] = 1; });
+  var mixed = Object.keys(kinds).length > 1;  // a run with several unit kinds: each button says its kind
   D.layers.forEach(function (L, i) {
-    var b = el('button', {'class': 'fl-layer', 'data-layer': String(i)}, esc(L.name));
+    var name = esc(L.name) + (mixed ? ' (' + esc(L.kind) + 's)' : '');
+    var b = el('button', {'class': 'fl-layer', 'data-layer': String(i)}, name);
     b.onclick = function () { showLayer(i); }; bar.appendChild(b);
   });
   function showLayer(i) {

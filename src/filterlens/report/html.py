@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..claims import general_rule, snr_sentence
+from ..claims import general_rule, metric_label, snr_sentence
 from ..config import STAGE_ORDER
 from ..errors import FilterlensError
 from ..files import read_json, write_text
@@ -116,6 +116,7 @@ def claims_table(rows: list[dict], columns: list[str] | None = None) -> str:
     """The claims as an HTML table (the claims' texts and each rule once, below it)."""
     rules = list(dict.fromkeys(general_rule(str(r.get("rule", ""))) for r in rows))
     text = {r.get("claim"): r.get("text", "") for r in rows}
+    rows = [{**r, "metric": metric_label(r, rows)} if r.get("metric") is not None else r for r in rows]
     return (_table(rows, columns or CLAIM_COLUMNS, left=("run", "metric", "statistic", "verdict", "detail"))
             + "<details><summary>the claims and the rules</summary><ul>"
             + "".join(f"<li>claim {k}: {_esc(v)}</li>" for k, v in sorted(text.items()))
