@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn as nn
 
+from ..checks import is_int_text
 from ..errors import FilterlensError, closest
 from ..hooks import Tap, taps
 from ..utils import eval_mode
@@ -222,14 +223,11 @@ def select_layers(layers: list[Layer], spec) -> list[Layer]:
     for item in items:
         text = str(item)
         if text.startswith("last:"):
-            try:
-                k = int(text[5:])
-            except ValueError:
-                k = 0
+            k = int(text[5:]) if is_int_text(text[5:]) else 0  # ASCII digits only (checks.parse_int's rule)
             if not 1 <= k <= len(layers):
                 raise FilterlensError(f"layer selection '{text}' is out of range; valid: last:1..last:{len(layers)}")
             picks = layers[-k:]
-        elif text.lstrip("-").isdigit():
+        elif is_int_text(text) and text not in by_name:
             i = int(text)
             if not -len(layers) <= i < len(layers):
                 raise FilterlensError(f"layer index {i} is out of range; valid: {-len(layers)}..{len(layers) - 1} "

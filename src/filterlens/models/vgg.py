@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..checks import is_int_text
 from ..errors import FilterlensError
 
 # VGG configurations: numbers are conv widths, "M" a 2x2 max-pool after the previous conv.
@@ -81,7 +82,7 @@ def _parse_vgg_cfg(text: str) -> list:
         tok = tok.strip()
         if tok.upper() == "M":
             out.append("M")
-        elif tok.isdigit() and int(tok) > 0:
+        elif is_int_text(tok) and tok.isdigit() and int(tok) > 0:  # ASCII digits only (checks.parse_int's rule)
             out.append(int(tok))
         else:
             raise FilterlensError(f"VGG config token '{tok}' in '{text}' is invalid; use positive widths and M, e.g. 16,16,M,32,M")
