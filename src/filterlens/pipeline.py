@@ -71,7 +71,7 @@ def pool_seed_runs(root, seeds: list[int], runs: list, echo=print) -> dict:
 
     results = [load_run(r).results for r in runs]
     rows = claims.pooled_claims([{"claims": r.get("claims") or [], "afcc": r.get("afcc")} for r in results])
-    out = {"recipe": results[0].get("config", {}) and Config.from_dict(results[0]["config"]).recipe_hash(),
+    out = {"recipe": results[0].get("config", {}) and Config.from_dict(results[0]["config"], stored=True).recipe_hash(),
            "seeds": seeds, "runs": [str(r) for r in runs], "pooled": rows,
            "per_seed": {str(s): r.get("claims") or [] for s, r in zip(seeds, results)}}
     write_json(root / POOLED_JSON, out)
@@ -175,6 +175,12 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
     data = load_data_for(cfg)
     model, _ = make_model(cfg.replace(checkpoint=None, weights=None), data)
     size = data.input_shape
+    if "train" in plan:
+        from .models.contract import check_model
+        from .train import check_schedule
+
+        check_schedule(cfg, -(-len(data.train) // max(cfg.batch_size, 1)))
+        check_model(model, size, data.num_labels, f"model '{cfg.model}'", layers=None)
     analysed = resolve_layers(model, size, cfg.layers, cfg.tokens)
     layers = list_layers(model, size, "blocks", [l.name for l in analysed], cfg.tokens)
     check_heatmaps(cfg.heatmaps, analysed)

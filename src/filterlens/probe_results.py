@@ -100,6 +100,8 @@ class ProbeResult:
     engine_plan: dict | None = None  # which engine and why (engine.EnginePlan.record)
     data: dict = field(default_factory=dict)  # the data analysed (Data.describe())
     precision: dict = field(default_factory=dict)  # the capture's arithmetic, the cache's and the probes' (probes.py)
+    # the model analysed: filterlens.fingerprint.weights_fingerprint (set by analysis.probe_stage; "" when unknown)
+    model_fingerprint: str = ""
 
     def table(self) -> list[dict]:
         return [{"layer": r.name, "filters": r.filters, "features": r.features, "accuracy": r.accuracy}
@@ -131,6 +133,7 @@ class ProbeResult:
             "hash": settings_hash, "mode": self.mode, "engine": self.engine, "engine_choice": self.engine_plan,
             "recipe": asdict(self.recipe), "note": self.note, "forward_passes": self.forward_passes,
             "timings": self.timings, "data": self.data, "fields_kept": "fields" in blob, "precision": self.precision,
+            "model_fingerprint": self.model_fingerprint,
             "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
                         "shape": list(r.shape), "layer_shape": list(r.layer_shape), "features": r.features,
                         "accuracy": r.accuracy, "train_accuracy": r.train_accuracy,
@@ -168,7 +171,8 @@ class ProbeResult:
                                      f"{tuple(r.label_means.shape)} disagree")
             return cls(layers, meta["mode"], meta["engine"], ProbeRecipe(**meta["recipe"]), blob["counts"],
                        meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"),
-                       meta.get("engine_choice"), meta.get("data") or {}, meta.get("precision") or {})
+                       meta.get("engine_choice"), meta.get("data") or {}, meta.get("precision") or {},
+                       str(meta.get("model_fingerprint") or ""))
         except Exception as exc:  # noqa: BLE001 - any unreadable or inconsistent file: one line
             raise FilterlensError(f"the probe files of '{d}' ({', '.join(PROBE_FILES)}) cannot be read ({type(exc).__name__}: "
                                   f"{str(exc)[:100]}); run the probes stage again (filterlens analyze, or filterlens run "

@@ -11,6 +11,7 @@ rank 0 alone writes (:mod:`filterlens.distributed`).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 
@@ -23,13 +24,35 @@ from .config import Config
 from .data import Data, check_labels_present, load_data
 from .errors import FilterlensError
 from .files import write_csv, write_json
+from .fingerprint import digest_matches
 from .loaders import make_loader
 from .names import CONFIG, MODEL
-from .models import ModelSpec, build_model, list_layers, load_checkpoint, read_checkpoint, save_checkpoint
+from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from .models.contract import check_model
 from .progress import progress_bar
 from .rundir import RunDir
 from .precision import FLOAT32, Precision, for_inference, for_training
 from .utils import eval_mode, keeps_global_rng, resolve_device, seed_everything
+
+
+class Diverged(FilterlensError):
+    """The training diverged: its loss became NaN or infinite, or exploded (:func:`loss_limit`)."""
+
+
+def loss_limit(num_labels: int) -> float:
+    """The training loss above which a training has exploded: 100 times the cross-entropy of a chance guess (ln L),
+    at least 100. A training that gets there has logits in the hundreds and learns nothing more."""
+    import math
+
+    return 100.0 * max(math.log(max(num_labels, 2)), 1.0)
+
+
+def check_schedule(cfg: Config, steps_per_epoch: int) -> None:
+    """Refuse (before any work) a warm-up that is not shorter than the training it warms up."""
+    epochs = epochs_of(cfg, steps_per_epoch)
+    if epochs > 0 and cfg.warmup_epochs >= epochs:
+        raise FilterlensError(f"warmup_epochs (--warmup-epochs) = {cfg.warmup_epochs} is not shorter than the training "
+                              f"({epochs} epochs); give fewer warm-up epochs (at most {epochs - 1}) or more --epochs")
 
 
 def load_data_for(cfg: Config) -> Data:
@@ -133,6 +156,9 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
         summary = _finished(rd, cfg, echo)
         if summary is not None:
             return summary
+    if resume and overwrite:
+        raise FilterlensError("resume (--resume) continues the training in the run directory and overwrite "
+                              "(--overwrite) starts it again from scratch; give one of them")
     if same and rd.exists("checkpoint.pt") and (resume or not overwrite):
         _refuse_damaged_checkpoint(rd)
     if same and rd.exists("checkpoint.pt") and not resume and not overwrite:
@@ -145,11 +171,20 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     batch = dist_.per_rank_batch(cfg.batch_size, "batch_size")  # the global batch is the same for any N
     data = load_data_for(cfg)
     check_labels_present(data)
+    check_schedule(cfg, -(-len(data.train) // max(cfg.batch_size, 1)))
     model, spec = make_model(cfg, data)
-    list_layers(model, data.input_shape)  # it runs on this input size (one line)
+    check_model(model, data.input_shape, data.num_labels, f"model '{cfg.model}'", cfg.layers, cfg.tokens)
+    made = not rd.path.exists()
     # only now, with every setting and input checked, is the run directory locked and written
     with rd.lock("filterlens train"):
-        return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress, echo)
+        try:
+            return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress, echo)
+        except Diverged:
+            if made and dist_.is_main():  # a new run directory: nothing of the failed training stays
+                from .rundir import LOCK, LOCK_INFO, remove_owned
+
+                remove_owned(rd.path, keep={LOCK, LOCK_INFO})
+            raise
 
 
 def checkpoint_damage(rd: RunDir) -> str | None:
@@ -158,9 +193,11 @@ def checkpoint_damage(rd: RunDir) -> str | None:
         read_checkpoint(rd.file("checkpoint.pt"))
     except FilterlensError:
         try:
-            torch.load(rd.file("checkpoint.pt"), map_location="cpu", weights_only=True)
+            state = torch.load(rd.file("checkpoint.pt"), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - what the reader says is the reason
             return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__
+        if digest_matches(state) is False:
+            return "what it holds differs from the sha256 saved with it"
         return "not a filterlens checkpoint"
     return None
 
@@ -228,6 +265,7 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         echo(f"resuming from epoch {start} of {epochs}" + (f" on {world} processes" if world > 1 else ""))
 
     show = progress if progress is not None else cfg.progress
+    limit = loss_limit(data.num_labels)
     if start < epochs:
         echo(f"note: training in {precision.name}" + (" with channels-last maps" if precision.channels_last else "")
              + f" ({precision.reason})")
@@ -242,9 +280,8 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
             with precision.autocast():
                 out = logits_of(net(precision.batch(x)))
                 loss = F.cross_entropy(out.float(), y)
-            if not torch.isfinite(loss):
-                raise FilterlensError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr "
-                                      f"(now {cfg.lr})")
+            if not bool(torch.isfinite(loss)) or float(loss) > limit:
+                _diverged(cfg, f"its loss became {float(loss):.4g} at epoch {epoch + 1}", limit)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -256,7 +293,11 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         if world > 1:
             loss_sum, correct, total = dist_.all_reduce_sum([loss_sum, correct, total])
             dist_.broadcast_buffers(model)  # the model rank 0 saves is the one every rank evaluates
+        if any(not bool(torch.isfinite(p).all()) for p in model.parameters()):
+            _diverged(cfg, f"its weights became NaN or infinite at epoch {epoch + 1}", limit)
         ev = evaluate(model, test_loader, device, infer, reduce=world > 1)
+        if not math.isfinite(ev["loss"]):
+            _diverged(cfg, f"its test loss became {ev['loss']} at epoch {epoch + 1}", limit)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / total,
                "train_accuracy": correct / total, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
                "seconds": time.perf_counter() - te, "precision": precision.name}
@@ -288,6 +329,11 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     return summary
 
 
+def _diverged(cfg: Config, what: str, limit: float):
+    raise Diverged(f"the training diverged: {what} (a training that learns stays below {limit:.0f}, 100 times the "
+                   f"loss of a chance guess); no model is written: lower --lr (now {cfg.lr:g}) and train again")
+
+
 def _silent(*args, **kwargs) -> None:
     """The echo of ranks other than 0."""
 
@@ -310,11 +356,12 @@ def load_trained(run_dir, device="cpu") -> tuple[nn.Module, Config, Data, ModelS
     if not rd.path.is_dir() or not rd.exists("config.json") or not rd.exists("model.pt"):
         raise FilterlensError(f"'{rd.path}' is not a trained run directory (no config.json/model.pt); run "
                               "filterlens train --run-dir first")
-    rd.verify("model.pt")
-    cfg = Config.from_dict(rd.read_json("config.json"), source=str(rd.file("config.json")))
+    rd.verify("model.pt", "config.json")
+    cfg = Config.from_dict(rd.read_json("config.json"), source=str(rd.file("config.json")), stored=True)
     data = load_data_for(cfg)
     spec = model_spec_for(cfg, data)
     model = build_model(spec)
     load_checkpoint(rd.file("model.pt"), model, spec)
+    check_model(model, data.input_shape, data.num_labels, f"the model of '{rd.path}'", layers=None)
     model.to(device).eval()
     return model, cfg, data, spec
