@@ -34,7 +34,8 @@ FLOORS = [
 ]
 # Inside a subpackage: its modules from the ground up (its __init__, the face, is on top).
 SUBFLOORS = {
-    "models": [["vgg", "resnet_cifar", "vit_tiny", "user"], ["units"], ["families"], ["layers"], ["build", "checkpoints", "contract"]],
+    "models": [["vgg", "resnet_cifar", "vit_tiny", "user"], ["units"], ["families"], ["layers"],
+               ["build", "checkpoints", "contract"]],
     "afcc": [["masks"], ["diluted"], ["retrain", "cost"], ["removal"], ["export"], ["result"], ["apply"], ["stage"]],
     "report": [["plots"], ["explorer"], ["html", "compare"]],
     "sfp": [["matrices"], ["clusters"], ["stats"], ["layer"], ["bootstrap"]],

@@ -275,3 +275,45 @@ def test_saving_into_a_trained_run_of_another_model_needs_overwrite(tiny_run, tm
     assert tree(run) == before
     analysis.save(run, overwrite=True)
     assert not (run / "model.pt").exists()  # that run is replaced, not mixed with this analysis
+
+
+# ------------------------------------------------------------------------------ item 4: files read back are checked
+
+def _flip_a_weight_bit(path) -> None:
+    """One bit in the middle of the largest tensor a torch file stores (the file still loads)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    torch.load(path, map_location="cpu", weights_only=True)  # still a readable file: only the digest tells
+
+
+def test_a_flipped_byte_in_an_afcc_file_or_a_checkpoint_is_refused(tmp_path):
+    from filterlens import afcc
+    from filterlens.models import ModelSpec, build_model, read_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    spec = ModelSpec("vgg", 4, 1, 8, vgg_cfg="4,M,6,M")
+    model = build_model(spec).eval()
+    w = torch.randn(4, 6, 2, 2, generator=torch.Generator().manual_seed(1))
+    net = afcc.build_diluted(model, ["features.0", "features.1"], w, (1, 8, 8), "none", spec)
+    masks = afcc.make_masks(net, {"features.0": [[[0]], [[1]], [], [[2]]],
+                                  "features.1": [[[0]], [], [[1, 2]], [], [[2]], [[0], [1]]]})
+    afcc.apply_masks(net, masks)
+    path = afcc.save(tmp_path / "m.pt", net, masks, {"config": {"threshold": 0.3}})
+    afcc.load(path)  # intact: loads
+    _flip_a_weight_bit(path)
+    with pytest.raises(FilterlensError, match="damaged"):
+        afcc.load(path)
+    ckpt = save_checkpoint(tmp_path / "c.pt", model, spec, ["a", "b", "c", "d"])
+    read_checkpoint(ckpt)
+    _flip_a_weight_bit(ckpt)
+    with pytest.raises(FilterlensError, match="damaged"):
+        read_checkpoint(ckpt)
+    with pytest.raises(FilterlensError, match="directory"):
+        afcc.load(tmp_path)

@@ -250,6 +250,9 @@ def cmd_layers(args) -> int:
         num_labels = load_data(cfg.dataset, cfg.data_dir).num_labels
     size = cfg.image_size or ds.image_size
     model = build_model(ModelSpec(cfg.model, num_labels, ds.in_channels, size, cfg.width_mult, cfg.vgg_cfg))
+    from .models.contract import check_model
+
+    check_model(model, (ds.in_channels, size, size), num_labels, f"model '{cfg.model}'", layers=None)
     layers = resolve_layers(model, (ds.in_channels, size, size), cfg.layers)
     found = describe(model)
     what = "stages" if cfg.layers.strip() == "stages" else "layers"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import distributed as dist_
 from .config import Config
 from .data import Data, check_labels_present, load_data
-from .errors import FilterlensError
+from .errors import Diverged, FilterlensError
 from .files import write_csv, write_json
 from .fingerprint import digest_matches
 from .loaders import make_loader
@@ -33,10 +33,6 @@ from .progress import progress_bar
 from .rundir import RunDir
 from .precision import FLOAT32, Precision, for_inference, for_training
 from .utils import eval_mode, keeps_global_rng, resolve_device, seed_everything
-
-
-class Diverged(FilterlensError):
-    """The training diverged: its loss became NaN or infinite, or exploded (:func:`loss_limit`)."""
 
 
 def loss_limit(num_labels: int) -> float:
@@ -145,20 +141,24 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     from .checks import of_type
 
     of_type(cfg, Config, "cfg", "a filterlens.config.Config")
+    if resume and overwrite:
+        raise FilterlensError("resume (--resume) continues the training in the run directory and overwrite "
+                              "(--overwrite) starts it again from scratch; give one of them")
     cfg.validate()
     RunDir.validate(run_dir)
     dist_device = dist_.setup(cfg.device)  # under torchrun: join the process group
     if not dist_.is_main():
         echo = _silent
     rd = RunDir(run_dir)
-    same = rd.check(cfg, overwrite=overwrite, stage="train")
+    try:
+        same = rd.check(cfg, overwrite=overwrite, stage="train")
+    except FilterlensError:
+        _prepare(cfg)  # a bad value (a label, a checkpoint) is reported as itself, not as "another config"
+        raise
     if same and not overwrite:
         summary = _finished(rd, cfg, echo)
         if summary is not None:
             return summary
-    if resume and overwrite:
-        raise FilterlensError("resume (--resume) continues the training in the run directory and overwrite "
-                              "(--overwrite) starts it again from scratch; give one of them")
     if same and rd.exists("checkpoint.pt") and (resume or not overwrite):
         _refuse_damaged_checkpoint(rd)
     if same and rd.exists("checkpoint.pt") and not resume and not overwrite:
@@ -169,11 +169,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     seed_everything(cfg.seed)
     device = dist_device or resolve_device(cfg.device)
     batch = dist_.per_rank_batch(cfg.batch_size, "batch_size")  # the global batch is the same for any N
-    data = load_data_for(cfg)
-    check_labels_present(data)
-    check_schedule(cfg, -(-len(data.train) // max(cfg.batch_size, 1)))
-    model, spec = make_model(cfg, data)
-    check_model(model, data.input_shape, data.num_labels, f"model '{cfg.model}'", cfg.layers, cfg.tokens)
+    data, model, spec = _prepare(cfg)
     made = not rd.path.exists()
     # only now, with every setting and input checked, is the run directory locked and written
     with rd.lock("filterlens train"):
@@ -185,6 +181,16 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
 
                 remove_owned(rd.path, keep={LOCK, LOCK_INFO})
             raise
+
+
+def _prepare(cfg: Config) -> tuple[Data, nn.Module, ModelSpec]:
+    """The data and the model of a training, every setting that needs them checked (one line each)."""
+    data = load_data_for(cfg)
+    check_labels_present(data)
+    check_schedule(cfg, -(-len(data.train) // max(cfg.batch_size, 1)))
+    model, spec = make_model(cfg, data)
+    check_model(model, data.input_shape, data.num_labels, f"model '{cfg.model}'", cfg.layers, cfg.tokens)
+    return data, model, spec
 
 
 def checkpoint_damage(rd: RunDir) -> str | None:
@@ -280,13 +286,14 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
             with precision.autocast():
                 out = logits_of(net(precision.batch(x)))
                 loss = F.cross_entropy(out.float(), y)
-            if not bool(torch.isfinite(loss)) or float(loss) > limit:
-                _diverged(cfg, f"its loss became {float(loss):.4g} at epoch {epoch + 1}", limit)
+            value = float(loss.detach())
+            if not math.isfinite(value) or value > limit:
+                _diverged(cfg, f"its loss became {value:.4g} at epoch {epoch + 1}", limit)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            loss_sum += loss.item() * len(y)
+            loss_sum += value * len(y)
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
         sched.step()

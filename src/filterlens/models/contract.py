@@ -51,20 +51,20 @@ def check_model(model, input_shape, num_labels: int | None = None, what: str = "
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - the user's forward (SystemExit included): one line
-        raise FilterlensError(f"{what} fails on a batch of inputs of shape {shape}: its forward pass raised "
+        raise FilterlensError(f"{what}: its forward pass on a batch of inputs of shape {shape} raised "
                               f"{_short(exc)}") from None
     if isinstance(out, tuple) and hasattr(out, "logits") and torch.is_tensor(out.logits):
         out = out.logits
     if isinstance(out, dict):
         keys = ", ".join(map(str, list(out)[:4]))
-        raise FilterlensError(f"{what}'s forward pass returns a dict (keys {keys}); filterlens needs the class "
+        raise FilterlensError(f"{what}: its forward pass returns a dict (keys {keys}); filterlens needs the class "
                               "scores as one tensor (N, labels): return the logits")
     if isinstance(out, (tuple, list)):
-        raise FilterlensError(f"{what}'s forward pass returns a {type(out).__name__} of {len(out)}; filterlens needs "
-                              "the class scores as one tensor (N, labels): return the logits")
+        raise FilterlensError(f"{what}: its forward pass returns a {type(out).__name__} of {len(out)}; filterlens "
+                              "needs the class scores as one tensor (N, labels): return the logits")
     if not torch.is_tensor(out) or out.ndim != 2 or out.shape[0] != 2:
         got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
-        raise FilterlensError(f"{what}'s forward pass on 2 inputs returns {got}; filterlens needs the class scores "
+        raise FilterlensError(f"{what}: its forward pass on 2 inputs returns {got}; filterlens needs the class scores "
                               "as one tensor (N, labels)")
     if num_labels is not None and out.shape[1] != num_labels:
         raise FilterlensError(f"{what} gives {out.shape[1]} class scores per input but the data has {num_labels} "
