@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "filterlens"
 FLOORS = [
     ["errors", "version", "names", "checks"],
     ["distributed"],
-    ["files", "config", "progress", "utils", "hooks", "folders", "precision"],
+    ["files", "config", "progress", "utils", "hooks", "folders", "precision", "fingerprint"],
     ["rundir", "glyphs"],
     ["data", "models", "inputs", "loaders"],
     ["capture", "engine"],
@@ -35,7 +35,7 @@ FLOORS = [
 # Inside a subpackage: its modules from the ground up (its __init__, the face, is on top).
 SUBFLOORS = {
     "models": [["vgg", "resnet_cifar", "vit_tiny", "user"], ["units", "nodes"], ["families"], ["layers"],
-               ["build", "checkpoints"]],
+               ["build", "checkpoints", "contract"]],
     "afcc": [["masks"], ["diluted"], ["retrain", "cost"], ["removal"], ["export"], ["result"], ["apply"], ["stage"]],
     "report": [["plots"], ["explorer"], ["html", "compare"]],
     "sfp": [["matrices"], ["clusters"], ["stats"], ["layer"], ["bootstrap"]],

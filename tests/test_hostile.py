@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -230,6 +231,193 @@ def _truncated_jpeg() -> bytes:
     return data[: len(data) // 3]
 
 
+# issue 32: links out of a folder filterlens owns, files it reads back, a user's model that breaks the contract
+
+MINE = ("features.0-filter1.png", "features.1-filter0.png", "notes.txt")  # the user's files, named like filterlens'
+
+
+def link_dir(rel: str, target: str = "mine") -> Setup:
+    """ws/rel (a folder filterlens made, or none yet) replaced by a link to the user's folder ws/target."""
+    def run(ws: Path) -> None:
+        t = ws / target
+        t.mkdir(exist_ok=True)
+        for name in MINE:
+            (t / name).write_bytes(b"mine: " + name.encode())
+        p = ws / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.symlink_to(t, target_is_directory=True)
+    return run
+
+
+def dangling(rel: str) -> Setup:
+    def run(ws: Path) -> None:
+        p = ws / rel
+        if p.is_dir():
+            shutil.rmtree(p)
+        p.symlink_to(ws / "nowhere", target_is_directory=True)
+    return run
+
+
+def link_file(rel: str, target: str = "mine.json") -> Setup:
+    """ws/rel (a file filterlens wrote) replaced by a link to the user's file ws/target."""
+    def run(ws: Path) -> None:
+        (ws / target).write_text('{"mine": "keep me"}\n')
+        p = ws / rel
+        p.unlink(missing_ok=True)
+        p.symlink_to(ws / target)
+    return run
+
+
+def mine_kept(target: str = "mine") -> tuple:
+    return tuple(f"{target}/{name}" for name in MINE)
+
+
+def flip_tensor_byte(rel: str) -> Setup:
+    """One bit of the largest tensor stored in a torch file flipped (the file still loads)."""
+    def run(ws: Path) -> None:
+        import struct
+        import zipfile
+
+        p = ws / rel
+        with zipfile.ZipFile(p) as z:
+            info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        data = bytearray(p.read_bytes())
+        name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+        data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x01
+        p.write_bytes(bytes(data))
+    return run
+
+
+def edit_json(rel: str, **changes) -> Setup:
+    def run(ws: Path) -> None:
+        p = ws / rel
+        d = json.loads(p.read_text())
+        d.update(changes)
+        p.write_text(json.dumps(d, indent=2) + "\n")
+    return run
+
+
+def reformat_json(rel: str) -> Setup:
+    """The same JSON written differently (the content a reader parses is unchanged, the bytes are not)."""
+    def run(ws: Path) -> None:
+        p = ws / rel
+        p.write_text(json.dumps(json.loads(p.read_text())))
+    return run
+
+
+def flipped_checkpoint(ws: Path) -> None:
+    """An unfinished training whose checkpoint.pt has one flipped bit in its weights."""
+    run = ws / "run"
+    shutil.copy(run / "model.pt", run / "checkpoint.pt")
+    flip_tensor_byte("run/checkpoint.pt")(ws)
+    (run / "model.pt").unlink()
+    (run / "train.json").unlink()
+
+
+def seeds_folder_with_link(ws: Path) -> None:
+    write("run/.filterlens", '{"made_by": "filterlens", "kind": "seeds", "version": "0"}')(ws)
+    link_dir("run/seed-0")(ws)
+
+
+def sweep_folder_with_link(ws: Path) -> None:
+    write("run/.filterlens", '{"made_by": "filterlens", "kind": "sweep", "version": "0"}')(ws)
+    write("run/sweep_plan.json", '{"tasks": ["L003-s1", "L005-s1"], "config": {"model": "vgg_tiny"}}')(ws)
+    link_dir("run/L003-s1")(ws)
+
+
+ZOO = """
+import sys
+import torch
+import torch.nn as nn
+
+
+def net(num_labels=10, in_channels=1, outputs=None):
+    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(16, outputs or num_labels))
+
+
+class Wrap(nn.Module):
+    def __init__(self, inner, how):
+        super().__init__()
+        self.inner, self.how = inner, how
+
+    def forward(self, x):
+        y = self.inner(x)
+        if self.how == "exit":
+            sys.exit(4)
+        return {"dict": {"logits": y}, "tuple": (y, y), "list": [y], "3d": y[:, None], "none": None}[self.how]
+
+
+def dictout(num_labels=10, in_channels=1):
+    return Wrap(net(num_labels, in_channels), "dict")
+
+
+def tupleout(num_labels=10, in_channels=1):
+    return Wrap(net(num_labels, in_channels), "tuple")
+
+
+def listout(num_labels=10, in_channels=1):
+    return Wrap(net(num_labels, in_channels), "list")
+
+
+def threed(num_labels=10, in_channels=1):
+    return Wrap(net(num_labels, in_channels), "3d")
+
+
+def noneout(num_labels=10, in_channels=1):
+    return Wrap(net(num_labels, in_channels), "none")
+
+
+def forward_exits(num_labels=10, in_channels=1):
+    return Wrap(net(num_labels, in_channels), "exit")
+
+
+def three(num_labels=10, in_channels=1):
+    return net(num_labels, in_channels, outputs=3)
+
+
+def nolayer(num_labels=10, in_channels=1, image_size=8):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_labels))
+
+
+def meta(num_labels=10, in_channels=1):
+    with torch.device("meta"):
+        return net(num_labels, in_channels)
+
+
+def double(num_labels=10, in_channels=1):
+    return net(num_labels, in_channels).double()
+
+
+def half(num_labels=10, in_channels=1):
+    return net(num_labels, in_channels).half()
+
+
+def exits(num_labels=10):
+    sys.exit(3)
+
+
+def exits_quietly(num_labels=10):
+    sys.exit(0)
+
+
+def rgb_only(num_labels=10):
+    return net(num_labels, 3)
+"""
+
+
+def zoo(ws: Path) -> None:
+    (ws / "zoo.py").write_text(ZOO)
+    (ws / "exits_on_import.py").write_text("import sys\nsys.exit(2)\n\ndef make(num_labels=10):\n    pass\n")
+
+
+def toml_with(extra: str) -> Setup:
+    """tiny.toml (a valid config) with one more line: the bad value under test."""
+    return write("bad.toml", TOML.replace("[afcc]", extra + "\n[afcc]"))
+
+
 # ------------------------------------------------------------------------------ the table
 
 @dataclass
@@ -242,6 +430,8 @@ class Case:
     rc: int = 2
     same_tree: bool = True   # a refusal changes no file of the case's folder
     timeout: float = TIMEOUT
+    stdout: tuple = ()       # substrings of stdout, where the command succeeds (rc 0)
+    kept: tuple = ()         # files of the case's folder that stay as they are whatever the outcome (the user's)
 
 
 RUN = "{run}"
@@ -503,13 +693,217 @@ CASES = [
          setup=write("out/notes.txt", "mine")),
     Case("compare-out-is-a-run", ["compare", RUN, "--out", "{ws}/other"], ("other", "--out"), base="analysed",
          setup=copy_dir("run", "other")),
+    # ================================================================ issue 32, item 1: links out of owned folders
+    Case("train-overwrite-heatmaps-link", TR + ["--overwrite", "--seed", "1"], ("heatmaps", "link"), base="analysed",
+         setup=link_dir("run/heatmaps"), kept=mine_kept()),
+    A("heatmaps-link", needles=["heatmaps", "link"], setup=link_dir("run/heatmaps"), kept=mine_kept()),
+    A("heatmaps-link-explicit", "--heatmaps", "features.1:0", needles=["heatmaps", "link"],
+      setup=link_dir("run/heatmaps"), kept=mine_kept()),
+    A("heatmaps-dangling-link", needles=["heatmaps", "link"], setup=dangling("run/heatmaps")),
+    A("cache-folder-link", "--engine", "disk", "--cache-budget", "64K", needles=["cache", "link"],
+      setup=link_dir("run/cache"), kept=mine_kept()),
+    A("cache-home-link", "--engine", "disk", "--cache-budget", "64K", "--cache-dir", "{ws}/c",
+      needles=["filterlens-cache", "link"], setup=both(mkdir("c"), link_dir("c/filterlens-cache")), kept=mine_kept()),
+    F("heatmaps-link", needles=["heatmaps", "link"], setup=link_dir("run/heatmaps"), kept=mine_kept()),
+    R("heatmaps-link", needles=["heatmaps", "link"], base="analysed", setup=link_dir("run/heatmaps"),
+      kept=mine_kept()),
+    R("overwrite-heatmaps-link", "--overwrite", "--seed", "3", needles=["heatmaps", "link"], base="analysed",
+      setup=link_dir("run/heatmaps"), kept=mine_kept()),
+    Case("report-heatmaps-link", ["report", RUN], ("heatmaps", "link"), base="analysed",
+         setup=link_dir("run/heatmaps"), kept=mine_kept()),
+    Case("train-overwrite-sweep-link", TR + ["--overwrite", "--seed", "1"], ("sweep", "link"), base="trained",
+         setup=link_dir("run/sweep"), kept=mine_kept()),
+    Case("demo-heatmaps-link", ["demo", "--run-dir", RUN, "--no-progress", "--overwrite"], ("heatmaps", "link"),
+         base="analysed", setup=link_dir("run/heatmaps"), kept=mine_kept()),
+    Case("sweep-task-folder-link", SW, ("L003-s1", "link"), setup=sweep_folder_with_link, kept=mine_kept()),
+    Case("run-seeds-folder-link", RU + ["--seeds", "0,1"], ("seed-0", "link"), setup=seeds_folder_with_link,
+         kept=mine_kept()),
+    A("results-json-link-is-replaced", needles=(), setup=link_file("run/results.json"), rc=0, kept=("mine.json",)),
+    A("layers-csv-link-is-replaced", needles=(), setup=link_file("run/layers.csv"), rc=0, kept=("mine.json",)),
+    # ================================================================ item 4: every file read back is checked
+    A("config-json-edited", needles=["config.json", "changed"], setup=edit_json("run/config.json", labels="first:3")),
+    A("config-json-reformatted", needles=["config.json", "changed"], setup=reformat_json("run/config.json")),
+    F("config-json-edited", needles=["config.json", "changed"], setup=edit_json("run/config.json", epochs=7)),
+    Case("train-config-json-edited", ["train", "--run-dir", RUN, *TINY_TRAIN_ARGS], ("config.json", "changed"),
+         base="trained", setup=edit_json("run/config.json", lr=0.5)),
+    R("config-json-edited", needles=["config.json", "changed"], base="analysed",
+      setup=edit_json("run/config.json", batch_size=32)),
+    A("train-json-edited", needles=["train.json", "changed"], setup=edit_json("run/train.json", test_accuracy=1.0)),
+    A("train-json-garbage", needles=["train.json"], setup=write("run/train.json", GARBAGE)),
+    A("model-flipped-byte", needles=["model.pt"], setup=flip_tensor_byte("run/model.pt")),
+    Case("train-resume-flipped-checkpoint", ["train", "--run-dir", RUN, *TINY_TRAIN_ARGS, "--resume"],
+         ("checkpoint.pt", "sha256"), base="trained", setup=flipped_checkpoint),
+    T("checkpoint-flipped-byte", "--checkpoint", "{ws}/m.pt", needles=["m.pt", "damaged"], base="trained",
+      setup=both(copy_dir("run", "src"), lambda ws: shutil.copy(ws / "src" / "model.pt", ws / "m.pt"),
+                 flip_tensor_byte("m.pt"))),
+    F("probes-json-edited", needles=["probes.json"], setup=edit_json("run/probes.json", engine="disk")),
+    Case("report-layers-csv-edited", ["report", RUN], ("layers.csv",), base="analysed",
+         setup=write("run/layers.csv", "layer,accuracy\nfeatures.0,0.99\n")),
+    # ================================================================ item 5: empty values, zero counts
+    T("labels-empty", "--labels", "", needles=["labels", "''", "empty"]),
+    T("checkpoint-empty", "--checkpoint", "", needles=["checkpoint", "''", "empty"]),
+    T("data-dir-empty", "--data-dir", "", needles=["data_dir", "''", "empty"]),
+    T("weights-empty", "--weights", "", needles=["weights", "''", "empty"]),
+    T("model-empty", "--model", "", needles=["model", "''", "empty"]),
+    T("dataset-empty", "--dataset", "", needles=["dataset", "''", "empty"]),
+    T("device-empty", "--device", "", needles=["device", "''", "empty"]),
+    T("cache-dir-empty", "--cache-dir", "", needles=["cache_dir", "''", "empty"]),
+    T("vgg-cfg-empty", "--model", "vgg", "--vgg-cfg", "", needles=["vgg_cfg", "''", "empty"]),
+    T("labels-blank", "--labels", "  ", needles=["labels", "empty"]),
+    T("optimizer-empty", "--optimizer", "", needles=["--optimizer", "''"]),
+    T("config-empty", "--config", "", needles=["''", "empty"]),
+    T("epochs-empty", "--epochs", "", needles=["--epochs", "''"]),
+    Case("train-labels-empty-existing-run", TR + ["--labels", ""], ("labels", "''", "empty"), base="trained"),
+    A("layers-empty", "--layers", "", needles=["layers", "''", "empty"]),
+    A("probe-pool-empty", "--probe-pool", "", needles=["probe_pool", "''", "empty"]),
+    A("heatmaps-empty", "--heatmaps", "", needles=["heatmaps", "''", "empty"]),
+    A("tokens-empty", "--tokens", "", needles=["--tokens", "''"]),
+    A("engine-empty", "--engine", "", needles=["--engine", "''"]),
+    A("device-empty", "--device", "", needles=["device", "''", "empty"]),
+    A("cache-dir-empty", "--cache-dir", "", needles=["cache_dir", "''", "empty"]),
+    A("probe-epochs-0", "--probe-epochs", "0", needles=["probe_epochs", "0"]),
+    A("probe-batch-size-0", "--probe-batch-size", "0", needles=["probe_batch_size", "0"]),
+    A("probe-seeds-0", "--probe-seeds", "0", needles=["probe_seeds", "0"]),
+    A("probe-pool-0x0", "--probe-pool", "0x0", needles=["0x0"]),
+    F("retrain-batch-size-0", "--retrain-batch-size", "0", needles=["retrain_batch_size", "0"]),
+    F("latency-repeats-0", "--latency-repeats", "0", needles=["latency_repeats", "0"]),
+    F("latency-batch-0", "--latency-batch", "0", needles=["latency_batch", "0"]),
+    F("seed-empty", "--seed", "", needles=["--seed", "''"]),
+    S("sweep-layers-empty", "--sweep-layers", "", needles=["sweep_layers", "''", "empty"]),
+    S("shard-empty", "--shard", "", needles=["shard", "''"]),
+    S("shard-0-of-0", "--shard", "0/0", needles=["shard", "0/0"]),
+    S("probe-epochs-0", "--probe-epochs", "0", needles=["probe_epochs", "0"]),
+    S("num-labels-zero", "--num-labels", "0,3", needles=["0"]),
+    S("jobs-empty", "--jobs", "", needles=["--jobs", "''"]),
+    R("from-empty", "--from", "", needles=["''"]),
+    R("seeds-empty", "--seeds", "", needles=["seeds", "''", "empty"]),
+    R("labels-empty", "--labels", "", needles=["labels", "''", "empty"]),
+    R("checkpoint-empty", "--checkpoint", "", needles=["checkpoint", "''", "empty"]),
+    R("heatmaps-empty", "--heatmaps", "", needles=["heatmaps", "''", "empty"]),
+    R("probe-epochs-0", "--probe-epochs", "0", needles=["probe_epochs", "0"]),
+    L("model-empty", "--model", "", needles=["model", "''", "empty"]),
+    L("dataset-empty", "--dataset", "", needles=["dataset", "''", "empty"]),
+    L("data-dir-empty", "--data-dir", "", needles=["data_dir", "''", "empty"]),
+    L("layers-empty", "--layers", "", needles=["layers", "''", "empty"]),
+    L("vgg-cfg-empty", "--model", "vgg", "--vgg-cfg", "", needles=["vgg_cfg", "''", "empty"]),
+    Case("compare-out-empty", ["compare", RUN, "--out", ""], ("''",), base="analysed"),
+    Case("compare-input-empty", ["compare", "", "--out", "{ws}/out"], ("''",)),
+    Case("run-toml-labels-empty", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("labels", "empty"),
+         setup=toml_with('labels = ""')),
+    Case("run-toml-checkpoint-empty", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"],
+         ("checkpoint", "empty"), setup=toml_with('checkpoint = ""')),
+    Case("run-toml-layers-blank", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("layers", "empty"),
+         setup=toml_with('layers = " "')),
+    Case("analyze-toml-heatmaps-empty", AN + ["--config", "{ws}/bad.toml"], ("heatmaps", "empty"), base="analysed",
+         setup=write("bad.toml", '[sfp]\nheatmaps = ""\n')),
+    # ================================================================ item 6: integers in other digits
+    T("epochs-superscript", "--epochs", "\u00b2", needles=["--epochs", "\u00b2"]),
+    T("epochs-arabic-indic", "--epochs", "\u0661\u0662", needles=["--epochs", "\u0661\u0662"]),
+    T("batch-size-superscript", "--batch-size", "\u00b2", needles=["--batch-size", "\u00b2"]),
+    T("seed-fullwidth", "--seed", "\uff11", needles=["--seed", "\uff11"]),
+    T("labels-first-superscript", "--labels", "first:\u00b2", needles=["first:\u00b2"]),
+    T("labels-random-superscript", "--labels", "random:\u00b2:1", needles=["random:\u00b2:1"]),
+    T("labels-random-seed-superscript", "--labels", "random:3:\u00b2", needles=["random:3:\u00b2"]),
+    T("labels-list-superscript", "--labels", "1,\u00b2", needles=["\u00b2"]),
+    T("labels-list-arabic-indic", "--labels", "1,\u0663", needles=["\u0663"]),
+    T("device-cuda-superscript", "--device", "cuda:\u00b2", needles=["cuda:\u00b2"]),
+    T("image-size-superscript", "--image-size", "\u00b2", needles=["--image-size", "\u00b2"]),
+    A("layers-superscript", "--layers", "\u00b2", needles=["\u00b2"]),
+    A("layers-minus-superscript", "--layers=-\u00b2", needles=["-\u00b2"]),
+    A("layers-last-superscript", "--layers", "last:\u00b2", needles=["last:\u00b2"]),
+    A("layers-arabic-indic", "--layers", "\u0660", needles=["\u0660"]),
+    A("heatmaps-unit-superscript", "--heatmaps", "features.1:\u00b2", needles=["features.1:\u00b2"]),
+    A("heatmaps-unit-arabic-indic", "--heatmaps", "features.1:\u0661", needles=["features.1:\u0661"]),
+    A("probe-pool-max-superscript", "--probe-pool", "max:\u00b2", needles=["max:\u00b2"]),
+    A("probe-pool-size-superscript", "--probe-pool", "\u00b2x4", needles=["\u00b2x4"]),
+    A("probe-epochs-superscript", "--probe-epochs", "\u00b2", needles=["--probe-epochs", "\u00b2"]),
+    A("bootstrap-arabic-indic", "--bootstrap", "\u0665", needles=["--bootstrap", "\u0665"]),
+    F("layers-superscript", "--layers", "\u00b2", needles=["\u00b2"]),
+    F("layers-last-superscript", "--layers", "last:\u00b2", needles=["last:\u00b2"]),
+    F("random-draws-superscript", "--random-draws", "\u00b2", needles=["--random-draws", "\u00b2"]),
+    S("num-labels-superscript", "--num-labels", "3,\u00b2", needles=["\u00b2"]),
+    S("num-labels-arabic-indic", "--num-labels", "3,\u0665", needles=["\u0665"]),
+    S("sweep-layers-superscript", "--sweep-layers", "\u00b2", needles=["\u00b2"]),
+    S("shard-superscript", "--shard", "\u00b2/4", needles=["\u00b2/4"]),
+    S("jobs-superscript", "--jobs", "\u00b2", needles=["--jobs", "\u00b2"]),
+    S("subsets-superscript", "--subsets", "\u00b2", needles=["--subsets", "\u00b2"]),
+    R("seeds-superscript", "--seeds", "0,\u00b2", needles=["\u00b2"]),
+    L("vgg-cfg-superscript", "--model", "vgg", "--vgg-cfg", "16,\u00b2,M", needles=["\u00b2"]),
+    L("vgg-cfg-arabic-indic", "--model", "vgg", "--vgg-cfg", "\u0661\u0666,M", needles=["\u0661\u0666"]),
+    L("layers-superscript", "--layers", "\u00b2", needles=["\u00b2"]),
+    L("image-size-superscript", "--image-size", "\u00b2", needles=["--image-size", "\u00b2"]),
+    Case("run-toml-heatmaps-superscript", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"],
+         ("\u00b2",), setup=toml_with('heatmaps = "features.1:\u00b2"')),
+    Case("run-toml-num-labels-superscript", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"],
+         ("\u00b2",), setup=toml_with('num_labels = "3,\u00b2"')),
+    Case("run-toml-afcc-layers-superscript", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"],
+         ("\u00b2",), setup=write("bad.toml", TOML.replace("afcc = false", 'afcc = true\nafcc_layers = "\u00b2"'))),
+    # ================================================================ item 7: a user's model that breaks the contract
+    T("user-model-returns-dict", "--model", "zoo.py:dictout", needles=["zoo.py:dictout", "dict"], setup=zoo),
+    T("user-model-returns-tuple", "--model", "zoo.py:tupleout", needles=["zoo.py:tupleout", "tuple"], setup=zoo),
+    T("user-model-returns-list", "--model", "zoo.py:listout", needles=["zoo.py:listout", "list"], setup=zoo),
+    T("user-model-returns-3d", "--model", "zoo.py:threed", needles=["zoo.py:threed", "(2, 1, 10)"], setup=zoo),
+    T("user-model-returns-none", "--model", "zoo.py:noneout", needles=["zoo.py:noneout", "NoneType"], setup=zoo),
+    T("user-model-three-outputs", "--model", "zoo.py:three", needles=["3 class scores", "10 labels"], setup=zoo),
+    T("user-model-no-layer", "--model", "zoo.py:nolayer", needles=["zoo.py:nolayer", "no layer"], setup=zoo),
+    T("user-model-meta-device", "--model", "zoo.py:meta", needles=["zoo.py:meta", "meta device"], setup=zoo),
+    T("user-model-float64", "--model", "zoo.py:double", needles=["zoo.py:double", "float64"], setup=zoo),
+    T("user-model-float16", "--model", "zoo.py:half", needles=["zoo.py:half", "float16"], setup=zoo),
+    T("user-model-factory-exits", "--model", "zoo.py:exits", needles=["zoo.py:exits", "SystemExit"], setup=zoo),
+    T("user-model-factory-exits-0", "--model", "zoo.py:exits_quietly", needles=["exits_quietly", "SystemExit"],
+      setup=zoo),
+    T("user-model-forward-exits", "--model", "zoo.py:forward_exits", needles=["forward_exits", "SystemExit"],
+      setup=zoo),
+    T("user-model-exits-on-import", "--model", "exits_on_import.py:make", needles=["exits_on_import.py",
+                                                                                  "SystemExit"], setup=zoo),
+    T("user-model-wrong-channels", "--model", "zoo.py:rgb_only", needles=["zoo.py:rgb_only", "RuntimeError"],
+      setup=zoo),
+    T("user-model-file-is-a-folder", "--model", "{ws}/zoo.d.py:make", needles=["zoo.d.py", "directory"],
+      setup=mkdir("zoo.d.py")),
+    L("user-model-returns-dict", "--model", "zoo.py:dictout", needles=["dict"], setup=zoo),
+    L("user-model-three-outputs", "--model", "zoo.py:three", needles=["3 class scores"], setup=zoo),
+    Case("run-user-model-returns-tuple", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("tuple",),
+         setup=both(zoo, write("bad.toml", TOML.replace('"vgg_tiny"', '"zoo.py:tupleout"')))),
+    # ================================================================ item 9: a training that diverges
+    T("lr-explodes", "--lr", "10", needles=["diverged", "--lr"]),
+    T("lr-explodes-two-epochs", "--lr", "10", "--epochs", "2", "--momentum", "0.99", needles=["diverged"]),
+    Case("run-lr-explodes", ["run", "{ws}/bad.toml", "--run-dir", RUN, "--no-progress"], ("diverged",),
+         setup=write("bad.toml", TOML.replace("seed = 0", "seed = 0\nlr = 10.0"))),
+    # ================================================================ item 10: messages
+    T("vgg-cfg-with-vgg-tiny", "--vgg-cfg", "16,M", needles=["--vgg-cfg", "vgg_tiny"]),
+    L("vgg-cfg-with-vgg16", "--model", "vgg16", "--vgg-cfg", "16,M", needles=["--vgg-cfg", "vgg16"]),
+    T("warmup-longer-than-training", "--warmup-epochs", "3", needles=["warmup", "3"]),
+    T("warmup-as-long-as-training", "--epochs", "2", "--warmup-epochs", "2", needles=["warmup", "2"]),
+    T("resume-with-overwrite", "--resume", "--overwrite", needles=["--resume", "--overwrite"]),
+    T("gamma-with-cosine", "--gamma", "0.5", needles=["--gamma", "cosine"]),
+    T("step-epochs-with-constant", "--schedule", "constant", "--step-epochs", "3", needles=["--step-epochs",
+                                                                                        "constant"]),
+    T("momentum-with-adamw", "--optimizer", "adamw", "--momentum", "0.5", needles=["--momentum", "adamw"]),
+    T("checkpoint-is-a-folder", "--checkpoint", "{ws}/ckpt", needles=["ckpt", "directory"], setup=mkdir("ckpt")),
+    T("data-dir-is-a-file", "--dataset", "fashion-mnist", "--data-dir", "{ws}/afile", needles=["afile", "a file"],
+      setup=write("afile", "precious")),
+    T("cifar-data-dir-is-a-file", "--dataset", "cifar10", "--data-dir", "{ws}/afile", needles=["afile", "a file"],
+      setup=write("afile", "precious")),
+    L("data-dir-is-a-file", "--dataset", "imagefolder", "--data-dir", "{ws}/afile", needles=["afile", "a file"],
+      setup=write("afile", "precious")),
+    Case("train-bad-labels-existing-run", TR + ["--labels", "first:1000"], ("first:1000",), base="trained"),
+    Case("train-duplicate-labels-existing-run", TR + ["--labels", "3,5,3"], ("3,5,3",), base="trained"),
+    Case("train-unknown-label-existing-run", TR + ["--labels", "zebra"], ("zebra",), base="trained"),
+    Case("train-missing-checkpoint-existing-run", TR + ["--checkpoint", "{ws}/absent.pt"], ("absent.pt",),
+         base="trained"),
+    Case("train-unknown-model-existing-run", TR + ["--model", "resnet9000"], ("resnet9000",), base="trained"),
+    Case("train-warmup-existing-run", TR + ["--warmup-epochs", "5"], ("warmup",), base="trained"),
+    R("bad-labels-existing-run", "--labels", "first:1000", needles=["first:1000"], base="analysed"),
+    R("unknown-layer-existing-run", "--layers", "features.42", needles=["features.42"], base="analysed"),
+    Case("report-without-filters-csv", ["report", RUN], (), base="analysed", setup=delete("run/filters.csv"), rc=0,
+         stdout=("explorer", "left out", "filters.csv")),
 ]
 
 
 def test_the_table_is_big_and_ids_are_unique():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
-    assert len(CASES) >= 85
+    assert len(CASES) >= 300
     assert {c.argv[0] for c in CASES} == {"train", "analyze", "layers", "sweep", "run", "report", "afcc", "demo",
                                           "compare"}
 
@@ -534,17 +928,21 @@ def test_hostile(case: Case, request, tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail(f"`filterlens {' '.join(argv)}` still running after {case.timeout} s (a refusal is expected)")
     assert "Traceback" not in out + err, f"traceback in output:\n{out}\n{err}"
+    after = tree(ws)
+    for rel in case.kept:
+        assert after.get(rel) == before.get(rel) and before.get(rel) is not None, f"{rel} changed"
     if case.rc == 0:
         assert rc == 0, f"exit status {rc}, expected 0\nstdout:\n{out[-3000:]}\nstderr:\n{err}"
         stages = json.loads((run / "stages.json").read_text())
         assert isinstance(stages, dict) and "sfp" in stages, stages
+        for needle in case.stdout:
+            assert needle in out, f"{needle!r} not in stdout:\n{out[-3000:]}"
         return
     if case.rc == 2:
         assert_user_error(rc, out, err, *case.needles)
     else:
         assert rc == case.rc, f"exit status {rc}, expected {case.rc}\n{out}\n{err}"
     if case.same_tree:
-        after = tree(ws)
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         assert after == before, f"a refused command changed files: {changed}"
 
@@ -738,3 +1136,99 @@ def test_afcc_on_a_torchvision_vit_does_not_throw_its_work_away(tmp_path):
     res = json.loads((run / "results.json").read_text())
     assert res["afcc_pruned"]["supported"] is False and "MultiheadAttention" in res["afcc_pruned"]["reason"]
     assert (run / "afcc.csv").exists() and not (run / "afcc_pruned.pt").exists()
+
+
+# ------------------------------------------------------------------------------ issue 32: links, signals, pipes
+
+def test_a_linked_cache_file_is_replaced_never_written_through(tiny_run, memory_accuracies, tmp_path):
+    """Item 1: a complete disk cache (an analysis killed while its probes trained) whose feature file and lock are
+    then replaced by links to the user's files. The next analysis rebuilds the cache in files of its own: the
+    user's files keep every byte, the numbers are the memory engine's."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    copy_run(tiny_run, run)
+    args = ["analyze", "--run-dir", run, "--no-progress", *DISK, "--cache-dir", cache]
+    assert _kill_at("training", args, tmp_path) == -9
+    home = cache / "filterlens-cache"
+    features = sorted(home.glob("*.train.f16"))
+    assert features, sorted(home.iterdir())
+    mine = {"mine.bin": bytes(range(256)) * 64, "mine.lock": b"my lock notes\n"}
+    for name, data in mine.items():
+        (tmp_path / name).write_bytes(data)
+    features[0].unlink()
+    features[0].symlink_to(tmp_path / "mine.bin")
+    lock = features[0].with_name(features[0].name.split(".")[0] + ".lock")
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(tmp_path / "mine.lock")
+    rc, out, err = run_cli(*args, cwd=tmp_path)
+    assert rc == 0 and "Traceback" not in out + err, err
+    assert "rebuilt" in out and "link" in out, out
+    assert _accuracies(run) == memory_accuracies and _recorded_as_good(run)
+    for name, data in mine.items():
+        assert (tmp_path / name).read_bytes() == data, name
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def _alive(pids) -> list[int]:
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_sigterm_stops_a_sweep_and_its_workers(tmp_path):
+    """Item 9: SIGTERM to `sweep --jobs 2` ends it and its worker processes at once: nothing is written after it
+    ended, no traceback (BrokenPipeError included), one line, exit 143."""
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "filterlens", "sweep", "--run-dir", str(sweep), "--no-progress",
+                             "--dataset", "digits", "--model", "vgg_tiny", "--epochs", "200", "--num-labels", "3,5",
+                             "--subsets", "2", "--probe-epochs", "1", "--jobs", "2"], cwd=tmp_path, env=cli_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(sweep.glob("L*-s*/train_log.csv")):  # the workers train
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+    assert list(sweep.glob("L*-s*/train_log.csv")), "no worker started training"
+    workers = _children(proc.pid)
+    assert workers
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    time.sleep(3)
+    assert _alive(workers) == [], "workers still running after the sweep ended"
+    before = tree(sweep)
+    time.sleep(5)
+    assert tree(sweep) == before, "files written after the sweep ended"
+    assert "Traceback" not in out + err and "BrokenPipe" not in err, err
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err.strip().splitlines() == [err.strip()] and "terminated" in err, err
+
+
+def test_output_read_by_head_ends_quietly(tiny_run, tmp_path):
+    """Item 9: `filterlens analyze ... | head -1`: the reader goes after the first line; the command ends without a
+    word (no internal error, no error log in the run), as a command whose pipe closed ends (exit 141)."""
+    run = copy_run(tiny_run, tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-m", "filterlens", "analyze", "--run-dir", str(run), "--no-progress",
+                             "--probe-epochs", "1"], cwd=tmp_path, env=cli_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    assert first
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=TIMEOUT)
+    assert err == "", err
+    assert proc.returncode == 141, proc.returncode
+    assert not list(run.glob("filterlens-error-*.log"))
+    assert not (run / ".filterlens.lock.json").exists()

@@ -22,11 +22,14 @@ from . import claims, sfp
 from .config import Config, parse_heatmaps, parse_thresholds
 from .data import Data, check_labels_present
 from .errors import FilterlensError, closest
-from .files import write_csv, write_json
+from .files import remove_file, write_csv, write_json
 from .inputs import as_data
 from .loaders import Feed
+from .fingerprint import weights_fingerprint
 from .models import resolve_layers
-from .names import CONFIG, FILTERS, LAYERS, PROBE_FILES, RESULTS, THUMBNAILS
+from .models.contract import check_model
+from .folders import LOCK_FILES, MARK, kind_of
+from .names import CONFIG, FILTERS, LAYERS, MANIFEST, MODEL, PROBE_FILES, RESULTS, THUMBNAILS
 from .probe_results import ProbeResult
 from .probes import train_probes
 from .report.explorer import explorer_data, thumbnails
@@ -63,7 +66,7 @@ class Analysis:
 
     @property
     def config(self) -> Config:
-        return Config.from_dict(self.meta["config"])
+        return Config.from_dict(self.meta["config"], stored=True)
 
     def to_frame(self, table: str = "layers"):
         """The layers (or ``"filters"``: units) table as a pandas DataFrame."""
@@ -111,13 +114,28 @@ class Analysis:
     def __repr__(self) -> str:
         return f"<filterlens Analysis: {self.meta.get('title', '')}, {len(self.layers)} layer(s)>"
 
-    def save(self, directory) -> list[str]:
+    def save(self, directory, overwrite: bool = False) -> list[str]:
         """Write the analysis as a run directory (``filterlens report``, ``compare`` and, when its model and data
         can be rebuilt, ``afcc`` read it): the stage-2 files, the tables, the figures, the heatmaps, the thumbnails
-        and results.json (last), each recorded with its checksum; returns the file names written."""
+        and results.json (last), each recorded with its checksum; returns the file names written.
+
+        A folder that already holds a run takes the analysis of that run's own model (its weights' fingerprint
+        and labels, :func:`check_pair`'s record) and no other: saving another model's analysis there is refused
+        unless ``overwrite=True``, which replaces that run (every file filterlens wrote there), as ``--overwrite``
+        does on the command line."""
+        from .checks import of_type
+        from .rundir import remove_owned
+
+        of_type(overwrite, bool, "overwrite", "True or False")
         rd = RunDir(RunDir.validate(directory))
         cfg = self.config
         with rd.lock("filterlens analysis.save"):
+            other = self._other_run(rd)
+            if other and not overwrite:
+                raise FilterlensError(f"'{rd.path}' holds a run of {other}, not of the model this analysis was made "
+                                      "of; save(..., overwrite=True) replaces that run, or choose another folder")
+            if other:
+                remove_owned(rd.path, keep=set(LOCK_FILES) | {MARK})
             if not rd.exists(CONFIG):
                 rd.claim(cfg, stage="train")
             if self.probes is not None:
@@ -128,6 +146,30 @@ class Analysis:
             rd.record("sfp", cfg.stage_hash("sfp"), files, self.meta["timings"].get("sfp_s"))
         return files
 
+    def _other_run(self, rd: RunDir) -> str | None:
+        """What ``rd`` holds when it is a run of another model than this analysis' (None: no run yet, or a run of
+        the same weights and labels)."""
+        if kind_of(rd.path) != "run" or not any(rd.exists(n) for n in (CONFIG, MODEL, RESULTS, MANIFEST)):
+            return None
+        mine, names = self.meta.get("model_fingerprint"), list(self.meta.get("label_names") or [])
+        theirs, their_names, what = None, None, "another model"
+        if rd.exists(MODEL):
+            from .models import read_checkpoint
+
+            rd.verify(MODEL)
+            state = read_checkpoint(rd.file(MODEL))
+            theirs, what = weights_fingerprint(state["model"]), f"the model in {MODEL}"
+            their_names = state.get("label_names")
+        elif rd.exists(RESULTS):
+            res = rd.read_results()
+            theirs, their_names = res.get("model_fingerprint"), res.get("label_names")
+            what = f"another analysis ({res.get('title', '?')})"
+        if not (mine and theirs and mine == theirs):
+            return what
+        if their_names is not None and list(their_names) != names:
+            return f"{what} with other labels"
+        return None
+
     def write(self, directory) -> list[str]:
         """Stage 3's files in ``directory`` (tables, figures, heatmaps, thumbnails, results.json last); returns
         their names relative to it."""
@@ -135,9 +177,8 @@ class Analysis:
         written = [write_csv(d / LAYERS, self.layers, LAYER_COLUMNS), write_csv(d / FILTERS, self.filters, FILTER_COLUMNS)]
         # a new analysis replaces results.json whole: later stages (AFCC) add their entries again
         results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers}
-        for name in ("thresholds.csv", "bootstrap.csv", THUMBNAILS):
-            if (d / name).exists():  # from an earlier analysis with other settings
-                (d / name).unlink()
+        for name in ("thresholds.csv", "bootstrap.csv", THUMBNAILS):  # from an earlier analysis with other settings
+            remove_file(d / name)
         if self.meta.get("thresholds"):
             written.append(write_csv(d / "thresholds.csv", self.meta["thresholds"]))
         if self.meta.get("bootstrap"):
@@ -171,7 +212,7 @@ class Analysis:
         if folder.is_dir():  # drop the previous analysis' pictures (they may show other filters or thresholds), not
             for old in folder.glob("*.png"):  # the user's: only filterlens' names, <layer>-filter3.png
                 if HEATMAP.match(old.name):
-                    old.unlink()
+                    remove_file(old)
         out = []
         for layer, c in picks:
             est = self.sfp[layer]
@@ -229,6 +270,7 @@ def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Co
         raise FilterlensError("the model has no parameters; give a trained torch.nn.Module")
     data = as_data(train, test, labels)
     cfg = with_settings(config, _layer_choice(model, data, settings))
+    check_model(model, data.input_shape, data.num_labels, "the model", cfg.layers, cfg.tokens)  # one dry forward
     pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress, echo=echo)
     result = sfp_stage(pr, data.describe(), cfg)
     result.data = data
@@ -238,6 +280,34 @@ def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Co
     where = "your data" if data.name == "python" else data.name
     result.meta["title"] = f"{type(model).__name__} on {where} ({data.num_labels} labels)"
     return result
+
+
+def check_pair(model: torch.nn.Module, analysis, data: Data | None = None, what: str = "the model") -> None:
+    """Refuse (one line) a model and an analysis that do not belong together: the analysis records the fingerprint
+    of the weights it analysed (:func:`filterlens.fingerprint.weights_fingerprint`) and its labels; the model's
+    weights must have that fingerprint, its output one score per label, and ``data`` (when given) those labels.
+    Every call that pairs a model with an analysis (``afcc.apply``, ``filterlens afcc``) checks it first."""
+    meta = analysis.meta
+    names = [str(n) for n in (meta.get("label_names") or [])]
+    recorded = meta.get("model_fingerprint")
+    if recorded and weights_fingerprint(model) != recorded:
+        raise FilterlensError(f"{what} is not the model this analysis was made of: its weights differ (fingerprint "
+                              f"{weights_fingerprint(model)[:12]}, the analysis recorded {str(recorded)[:12]}); give "
+                              "the model it analysed, or analyse this one (filterlens.analyze)")
+    if data is None:
+        return
+    outputs = check_model(model, data.input_shape, None, what, layers=None)
+    if names and outputs != len(names):
+        raise FilterlensError(f"{what} gives {outputs} class scores per input but the analysis has {len(names)} "
+                              "labels; give the model the analysis was made of")
+    if names and data.num_labels != len(names):
+        raise FilterlensError(f"the data has {data.num_labels} labels but the analysis {len(names)}; give the data "
+                              "the analysis was made on")
+    given = [str(n) for n in data.label_names]
+    if names and given != names and given != [str(i) for i in range(len(given))]:
+        shown = ", ".join(n for n, m in zip(given, names) if n != m)
+        raise FilterlensError(f"the data's labels are not the analysis' (they differ at {shown[:80]}); give the data "
+                              "the analysis was made on, with its label names")
 
 
 def with_settings(config: Config | None, settings: dict) -> Config:
@@ -294,6 +364,7 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
                 world_size=dist_.world_size())
     pr = train_probes(model, layers, feed, cfg, cache_dir=cache_dir, progress=show, echo=echo,
                       keep_fields=cfg.bootstrap > 0)
+    pr.model_fingerprint = weights_fingerprint(model)  # what was analysed: every pairing call checks it
     pr.timings["stage_s"] = time.perf_counter() - t0
     return pr
 
@@ -354,6 +425,7 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
                    "forward_passes": pr.forward_passes, "timings": pr.timings,
                    "pool": cfg.probe_pool, "augment": pr.recipe.augment, "precision": pr.precision},
         "sfp": {"threshold": cfg.threshold, "normalise": cfg.normalise},
+        "model_fingerprint": pr.model_fingerprint or None,
         "timings": {"probes_s": pr.timings.get("stage_s", pr.timings.get("total_s")), "sfp_s": t_sfp},
         "title": f"{cfg.model} on {data_meta.get('dataset', '?')} ({len(label_names)} labels)",
         "thresholds": sweep_rows,
@@ -406,10 +478,13 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
     if not rd.path.is_dir():
         raise FilterlensError(f"'{rd.path}' is not a trained run directory; run filterlens train --run-dir first")
     with rd.lock("filterlens analyze"):
-        model, cfg, data, _ = load_trained(run_dir)
+        # every input and setting is checked before any work: a refused analysis writes nothing
+        model, cfg, data, _ = load_trained(run_dir)  # config.json and model.pt checked against their records
         if overrides:
             cfg = cfg.replace(**overrides)
         cfg.validate()
+        rd.check(cfg, stage="train")  # what claim() checks below, once the analysis succeeded
+        train_summary = read_train_summary(rd)
         device = dist_.setup(cfg.device)
         if not dist_.is_main():
             echo = _silent
@@ -422,17 +497,26 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
             rd.record("probes", cfg.stage_hash("probes"),
                       [str(p.relative_to(rd.path)) for p in pr.save(rd.path, cfg.stage_hash("probes"))],
                       pr.timings.get("stage_s"))
-            write_sfp_result(rd, cfg, result)
+            write_sfp_result(rd, cfg, result, train_summary)
         dist_.barrier()
     return result
 
 
-def write_sfp_result(rd: RunDir, cfg: Config, result: Analysis) -> list[str]:
-    """Stage 3's files in the run directory (with the training summary), recorded in stages.json."""
+def read_train_summary(rd: RunDir) -> dict | None:
+    """The training summary of the run (train.json, checked against its record; without its history), or None
+    when the run has none."""
+    if not rd.exists("train.json"):
+        return None
+    rd.verify("train.json")
+    train = rd.read_json("train.json")
+    return {k: v for k, v in train.items() if k != "history"} if isinstance(train, dict) else None
+
+
+def write_sfp_result(rd: RunDir, cfg: Config, result: Analysis, train_summary: dict | None = None) -> list[str]:
+    """Stage 3's files in the run directory (with the training summary, read here unless given), recorded in
+    stages.json."""
     if rd.exists("train.json"):
-        rd.verify("train.json")
-        train = rd.read_json("train.json")
-        result.meta["train"] = {k: v for k, v in train.items() if k != "history"} if isinstance(train, dict) else None
+        result.meta["train"] = train_summary if train_summary is not None else read_train_summary(rd)
     files = result.write(rd.path)
     rd.record("sfp", cfg.stage_hash("sfp"), files, result.meta["timings"].get("sfp_s"))
     return files

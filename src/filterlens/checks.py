@@ -60,3 +60,21 @@ def _span(low, high) -> str:
     if high is not None:
         return f" <= {high}"
     return ""
+
+
+def int_flag(text: str) -> int:
+    """An integer flag of the command line (argparse's ``type``): :func:`parse_int`'s rule, so ``"²"`` or
+    ``"١٢"`` (which ``int`` takes or half-takes) is refused in argparse's one line naming the flag."""
+    import argparse
+
+    if not is_int_text(text):
+        shown = "''" if str(text).strip() == "" else repr(text)
+        raise argparse.ArgumentTypeError(f"{shown} is not an integer; give whole numbers in ASCII digits, e.g. 3")
+    return int(text.strip())
+
+
+def not_empty(value, what: str, valid: str):
+    """``value`` unless it is an empty (or blank) string: an empty value is one line, never read as the default."""
+    if isinstance(value, str) and value.strip() == "":
+        raise FilterlensError(f"{what} '{value}' is empty; give {valid} (or leave it out for the default)")
+    return value

@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import fields
 
+from .checks import int_flag, not_empty, parse_int
 from .config import Config, stage_fields
 from . import distributed  # light: imports torch only inside torchrun
 from .errors import FilterlensError
@@ -32,7 +33,7 @@ def _add_config_flags(p: argparse.ArgumentParser, stages, only=None, aliases: di
             g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=f.metadata["help"] + f" (default: {default})")
             continue
-        conv = {"int": int, "float": float}.get(base, str)
+        conv = {"int": int_flag, "float": float}.get(base, str)
         g.add_argument(*flags, dest=f.name, type=conv, default=None, metavar=f.name.upper(),
                        choices=f.metadata.get("choices"), help=f.metadata["help"] + f" (default: {default})")
 
@@ -80,7 +81,23 @@ def _config_from_args(args, base: Config | None = None) -> Config:
             d[f.name] = v
     if getattr(args, "no_progress", False):
         d["progress"] = False
-    return Config.from_dict(d)
+    cfg = Config.from_dict(d)
+    _check_flags_apply(cfg, {f.name for f in fields(Config) if getattr(args, f.name, None) is not None})
+    return cfg
+
+
+# flags that only mean something with another setting: (flag's field, the setting, the values it applies to)
+_APPLIES = [("gamma", "schedule", ("step",)), ("step_epochs", "schedule", ("step",)),
+            ("momentum", "optimizer", ("sgd",))]
+
+
+def _check_flags_apply(cfg: Config, given: set) -> None:
+    """Refuse a flag given on the command line that its settings make meaningless (said, never silently unused)."""
+    for name, setting, values in _APPLIES:
+        if name in given and getattr(cfg, setting) not in values:
+            flag, other = "--" + name.replace("_", "-"), "--" + setting.replace("_", "-")
+            raise FilterlensError(f"{flag} applies to {other} {' or '.join(values)} only, and {other} is "
+                                  f"'{getattr(cfg, setting)}'; leave {flag} out or give {other} {values[0]}")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -136,14 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     l.add_argument("--data-dir", default=None, help="data folder (only needed for imagefolder)")
     l.add_argument("--width-mult", type=float, default=1.0, help="width multiplier of our VGG models")
     l.add_argument("--vgg-cfg", default=None, help="explicit VGG widths for --model vgg")
-    l.add_argument("--image-size", type=int, default=None, help="input size (default: the dataset's)")
+    l.add_argument("--image-size", type=int_flag, default=None, help="input size (default: the dataset's)")
     l.add_argument("--layers", default="all", help="all (the blocks), stages, indices, last:N or dotted module paths")
     l.add_argument("--list-models", action="store_true", help="list the model names instead")
 
     w = sub.add_parser("sweep", help="error against the number of labels: train on label subsets, fit a line",
                        formatter_class=_HelpFormatter)
     w.add_argument("--run-dir", required=True, help="sweep directory (one folder per trained model)")
-    w.add_argument("--jobs", type=int, default=1, help="processes on this machine")
+    w.add_argument("--jobs", type=int_flag, default=1, help="processes on this machine")
     w.add_argument("--shard", default="0/1", help="run the i-th of n shards (i/n), for several machines")
     w.add_argument("--merge", action="store_true", help="only combine the finished models of all shards")
     w.add_argument("--config", default=None, help="TOML file with settings (flags given here override it)")
@@ -205,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from .train import train
 
+    if args.resume and args.overwrite:
+        raise FilterlensError("--resume continues the training in the run directory and --overwrite starts it again "
+                              "from scratch; give one of them")
     cfg = _config_from_args(args)
     s = train(cfg, args.run_dir, resume=args.resume, overwrite=args.overwrite)
     if distributed.is_main():
@@ -233,7 +253,10 @@ def cmd_layers(args) -> int:
         num_labels = load_data(cfg.dataset, cfg.data_dir).num_labels
     size = cfg.image_size or ds.image_size
     model = build_model(ModelSpec(cfg.model, num_labels, ds.in_channels, size, cfg.width_mult, cfg.vgg_cfg))
+    from .models.contract import check_model
+
     shape = (ds.in_channels, size, size)
+    check_model(model, shape, num_labels, f"model '{cfg.model}'", layers=None)
     layers = resolve_layers(model, shape, cfg.layers)
     found = describe(model)
     if found.nodes and "nodes" not in [t.strip() for t in cfg.layers.split(",")]:
@@ -293,10 +316,11 @@ def cmd_sweep(args) -> int:
     from .sweep import print_sweep, run_sweep
 
     cfg = _config_from_args(args)
-    try:
-        i, n = (int(v) for v in str(args.shard).split("/"))
-    except ValueError:
-        raise FilterlensError(f"shard '{args.shard}' is invalid; use i/n, e.g. 0/4") from None
+    parts = str(args.shard).split("/")
+    if len(parts) != 2:
+        raise FilterlensError(f"shard '{args.shard}' is invalid; use i/n, e.g. 0/4")
+    n = parse_int(parts[1], f"shard '{args.shard}': its count n", low=1)
+    i = parse_int(parts[0], f"shard '{args.shard}': its index i", low=0, high=n - 1)
     if args.jobs < 1:
         raise FilterlensError(f"jobs = {args.jobs} must be >= 1")
     if args.num_labels is not None and not args.num_labels.strip():
@@ -334,7 +358,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from .report import build_report
 
-    print(f"wrote {build_report(args.run_dir)}")
+    print(f"wrote {build_report(args.run_dir, echo=print)}")
     return 0
 
 
@@ -369,27 +393,53 @@ COMMANDS = {"afcc": cmd_afcc, "run": cmd_run, "report": cmd_report, "compare": c
 _USER_ERRNOS = ("EACCES", "EPERM", "EROFS", "ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ENAMETOOLONG", "ELOOP")
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised where the command is, so that every ``finally`` runs (locks released, temporary files
+    removed, worker processes stopped) before it ends."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _quiet_stdout() -> None:
+    """Whoever read our output has gone (``| head -1``): point stdout at /dev/null so that nothing more fails."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv=None) -> int:
     import errno
     import logging
+    import signal
 
     logging.basicConfig(level=os.environ.get("FILTERLENS_LOGLEVEL", "WARNING"), format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if distributed.env_world_size() > 1 and args.command not in DISTRIBUTED_COMMANDS:
             raise FilterlensError(f"'filterlens {args.command}' runs in one process; under torchrun "
                                   f"(WORLD_SIZE={distributed.env_world_size()}) use "
                                   f"{' or '.join('filterlens ' + c for c in DISTRIBUTED_COMMANDS)}")
-        return COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a reader that went away is caught (not at the interpreter's exit)
+        return rc
     except FilterlensError as exc:
         _say_error(exc)
         return 2
+    except BrokenPipeError:  # the reader of our output went away (filterlens ... | head -1): end quietly
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, as a command killed by the broken pipe ends
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            _say_error(f"disk full{where}: {exc.strerror}; free some space and run the same command again: files "
-                       "already written are intact")
+            _say_error(f"disk full{where}: {exc.strerror}{_free_space(exc.filename)}; free some space and run the same "
+                       "command again: files already written are intact")
             return 1
         if exc.errno is not None and errno.errorcode.get(exc.errno) in _USER_ERRNOS:
             _say_error(f"{exc.strerror}{where}; check the path and its permissions")
@@ -398,10 +448,33 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("filterlens: interrupted; run the same command again (with --resume for train) to continue\n")
         return 130
+    except Terminated:
+        sys.stderr.write("filterlens: terminated (SIGTERM); run the same command again (with --resume for train) to "
+                         "continue\n")
+        return 143
     except Exception:  # noqa: BLE001 - a bug: one line, the traceback in a log file
         return _internal_error(args)
     finally:
         distributed.cleanup()
+
+
+def _free_space(path) -> str:
+    """`` (12.0 KiB free there)``: the free space of the file system holding ``path``, in useful units ("" when
+    it cannot be read)."""
+    import shutil
+    from pathlib import Path
+
+    try:
+        p = Path(path).absolute()
+        while not p.exists():
+            p = p.parent
+        free = shutil.disk_usage(p).free
+    except (OSError, TypeError, ValueError):
+        return ""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if free >= scale:
+            return f" ({free / scale:.1f} {unit} free there)"
+    return f" ({free} bytes free there)"
 
 
 def _is_run_dir(path) -> bool:

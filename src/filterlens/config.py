@@ -14,8 +14,12 @@ import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from .checks import is_int_text, parse_int
 from .errors import FilterlensError, closest
 
+# the settings whose empty value has a meaning of its own, stated in their help (every other empty value is refused:
+# an empty string is never read as a default)
+EMPTY_MEANS = ("thresholds", "afcc_thresholds", "afcc_layers", "num_labels")
 STAGES = ("data", "model", "train", "probes", "sfp", "afcc", "sweep", "run")
 # the stages of `filterlens run`, in the order they run (each keyed by Config.stage_hash)
 STAGE_ORDER = ("train", "probes", "sfp", "afcc", "sweep", "report")
@@ -74,7 +78,8 @@ class Config:
     optimizer: str = _f("sgd", "train", "sgd (Nesterov momentum, the papers' recipe) or adamw (--momentum unused; "
                                         "the usual choice for vision transformers)", choices=("sgd", "adamw"))
     schedule: str = _f("cosine", "train", "learning-rate schedule", choices=("cosine", "step", "constant"))
-    warmup_epochs: int = _f(0, "train", "epochs of linear learning-rate warm-up before the schedule",
+    warmup_epochs: int = _f(0, "train", "epochs of linear learning-rate warm-up before the schedule (fewer "
+                                             "than the training's epochs)",
                             bounds="[0, 100000]")
     step_epochs: int = _f(30, "train", "step schedule: epochs between decays", bounds="[1, 100000]")
     gamma: float = _f(0.1, "train", "step schedule: decay factor", bounds="(0, 1]")
@@ -90,7 +95,8 @@ class Config:
                                            "authors' recipe, one forward pass per epoch for all layers",
                          choices=("fast", "paper"))
     probe_epochs: int | None = _f(None, "probes", "epochs of every layer's FC probe (default: 30 in fast mode, "
-                                                  "200 in paper mode)", bounds="[0, 100000]")
+                                                  "200 in paper mode; an untrained probe measures nothing, so at "
+                                                  "least 1)", bounds="[1, 100000]")
     probe_lr: float | None = _f(None, "probes", "probe learning rate (default: 1e-2 Adam in fast mode, 0.01 SGD in paper mode)", bounds="(0, 10]")
     probe_batch_size: int = _f(100, "probes", "probe mini-batch size (paper: 100)", bounds="[1, 65536]")
     probe_weight_decay: float | None = _f(None, "probes", "probe weight decay (default: 0 fast, 1e-3 paper)", bounds="[0, 1]")
@@ -117,11 +123,12 @@ class Config:
     # sfp (METHOD.md stage 3)
     threshold: float = _f(0.3, "sfp", "binarisation threshold of the normalised unit matrices", bounds="(0, 1)")
     normalise: str = _f("max", "sfp", "filter-matrix normalisation", choices=("max", "column-centred"))
-    thresholds: str = _f("", "sfp", "also report every layer's summary at these thresholds, e.g. 0.1,0.2,0.3,0.4,0.5")
+    thresholds: str = _f("", "sfp", "also report every layer's summary at these thresholds, e.g. 0.1,0.2,0.3,0.4,0.5 "
+                                      "(empty: none)")
     bootstrap: int = _f(0, "sfp", "resample the test set N times for 95%% intervals of every layer metric (0: off)", bounds="[0, 100000]")
     explorer_units: int = _f(32, "sfp", "units per layer shown with thumbnails and matrices in report.html's "
                                         "explorer (the most and least noisy, and the heatmaps' ones); the rest as "
-                                        "numbers", bounds="[0, 100000]")
+                                        "numbers (0: every unit as numbers only)", bounds="[0, 100000]")
     heatmaps: str = _f("auto", "sfp", "filter heatmaps to draw: auto (3 filters of the first, middle and last "
                                       "layer), none, or LAYER:FILTER,...")
     # afcc (METHOD.md stage 5)
@@ -129,14 +136,17 @@ class Config:
     afcc_layers: str = _f("", "afcc", "layers whose cluster connections are kept: one layer (FC mask) or "
                                        "consecutive analysed layers (conv masks between them + the deepest FC), e.g. "
                                        "-1 or last:3 (empty: the deepest analysed layer)")
-    retrain_epochs: int = _f(3, "afcc", "epochs of masked retraining (masks re-applied after every step)", bounds="[0, 100000]")
+    retrain_epochs: int = _f(3, "afcc", "epochs of masked retraining (masks re-applied after every step; 0: no "
+                                      "retraining, the masked accuracies stand for the retrained ones)",
+                        bounds="[0, 100000]")
     retrain_lr: float = _f(0.01, "afcc", "SGD learning rate of masked retraining (constant)", bounds="(0, 10]")
     retrain_momentum: float = _f(0.9, "afcc", "SGD momentum of masked retraining (no Nesterov)", bounds="[0, 1)")
     retrain_weight_decay: float = _f(0.0, "afcc", "weight decay of masked retraining", bounds="[0, 1]")
     retrain_batch_size: int = _f(100, "afcc", "mini-batch size of masked retraining", bounds="[1, 65536]")
     retrain_augment: bool = _f(False, "afcc", "the dataset's training augmentation during masked retraining")
     random_draws: int = _f(3, "afcc", "random-control draws per threshold (mean and sd reported)", bounds="[1, 1000]")
-    afcc_thresholds: str = _f("0.2,0.3,0.4", "afcc", "thresholds of the AFCC accuracy-against-dilution plot")
+    afcc_thresholds: str = _f("0.2,0.3,0.4", "afcc", "thresholds of the AFCC accuracy-against-dilution plot (empty: "
+                                                         "the main --threshold only)")
     latency_batch: int = _f(64, "afcc", "batch size of the CPU latency of the original, masked and pruned networks",
                             bounds="[1, 65536]")
     latency_repeats: int = _f(10, "afcc", "timed repeats of that latency (median and quartiles reported)",
@@ -151,7 +161,8 @@ class Config:
     device: str = _f("auto", "run", "auto, cpu, cuda or cuda:N")
     cache_dir: str | None = _f(None, "run", "folder of the disk engine's feature cache (default: cache/ in the run "
                                             "directory, or a temporary folder outside one)")
-    num_workers: int = _f(0, "run", "DataLoader workers for folder datasets", bounds="[0, 64]")
+    num_workers: int = _f(0, "run", "DataLoader workers for folder datasets (0: read in this process)",
+                          bounds="[0, 64]")
     compile: bool = _f(False, "run", "torch.compile the network for training (worth it on GPUs)")
     progress: bool = _f(True, "run", "progress bars (off when not a terminal)")
 
@@ -160,13 +171,17 @@ class Config:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "Config":
+    def from_dict(cls, d: dict, source: str = "config", stored: bool = False) -> "Config":
+        """The settings of ``d`` (every key a field), validated. ``stored``: ``d`` is a run's own record
+        (config.json, results.json), where an earlier filterlens wrote an unset optional setting as ""."""
         if not isinstance(d, dict):
             raise FilterlensError(f"{source} holds a {type(d).__name__}, not a table of settings (damaged?)")
         names = [f.name for f in fields(cls)]
         for k in d:
             if k not in names:
                 raise FilterlensError(f"unknown key '{k}' in {source}{closest(k, names)}")
+        if stored:  # an earlier filterlens wrote an empty optional setting as "": it meant none
+            d = {k: None if v == "" and default_of(_FIELDS[k]) is None else v for k, v in d.items()}
         cfg = cls(**{k: v for k, v in d.items()})
         cfg.validate()
         return cfg
@@ -191,6 +206,10 @@ class Config:
                   "bool": isinstance(v, bool), "str": isinstance(v, str)}.get(base, True)
             if not ok:
                 raise FilterlensError(f"setting '{f.name}' = {v!r} has the wrong type; expected {base}")
+            if isinstance(v, str) and v.strip() == "" and f.name not in EMPTY_MEANS:
+                flag = "--" + f.name.replace("_", "-")
+                raise FilterlensError(f"setting '{f.name}' ({flag}) = {v!r} is empty; give a value ("
+                                      f"{f.metadata['help'].split(';')[0][:90]}) or leave it out for the default")
             if isinstance(v, str) and any(ord(ch) < 32 for ch in v):
                 raise FilterlensError(f"setting '{f.name}' = {v!r} holds control characters (a newline?)")
             choices = f.metadata.get("choices")
@@ -199,6 +218,9 @@ class Config:
                                       f"{', '.join(choices)}")
             if f.metadata.get("bounds"):
                 check_interval(f.name, v, f.metadata["bounds"])
+        if self.vgg_cfg is not None and self.model != "vgg":
+            raise FilterlensError(f"setting 'vgg_cfg' (--vgg-cfg) = {self.vgg_cfg!r} applies to --model vgg only, and "
+                                  f"the model is {self.model!r}; leave it out or use --model vgg")
         parse_thresholds(self.afcc_thresholds)
         parse_thresholds(self.thresholds)
         parse_bytes(self.cache_budget)
@@ -265,6 +287,9 @@ def python_values(settings: dict) -> dict:
                                   "[('features.3', 12)]")
         out["heatmaps"] = ",".join(f"{layer}:{unit}" for layer, unit in v) or "none"
     return out
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
 
 
 def stage_fields(*stages: str) -> list:
@@ -334,17 +359,17 @@ def parse_heatmaps(text) -> str | list[tuple[str, int]]:
     picks = []
     for tok in s.split(","):
         layer, _, unit = tok.strip().rpartition(":")
-        if not layer or not unit.isdigit():
-            raise FilterlensError(f"heatmap '{tok.strip()}' in '{text}' is not LAYER:UNIT (e.g. features.3:12); "
-                                  "valid: auto, none or a list of LAYER:UNIT")
-        picks.append((layer, int(unit)))
+        if not layer or not is_int_text(unit) or unit.strip().startswith(("-", "+")):
+            raise FilterlensError(f"heatmap '{tok.strip()}' in '{text}' is not LAYER:UNIT with UNIT a whole number "
+                                  "in ASCII digits (e.g. features.3:12); valid: auto, none or a list of LAYER:UNIT")
+        picks.append((layer, parse_int(unit, f"unit '{unit}' of heatmap '{tok.strip()}'", low=0)))
     return picks
 
 
 def parse_device(text) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; whether that device exists is checked where it is used."""
     s = str(text).strip()
-    if s in ("auto", "cpu", "cuda") or (s.startswith("cuda:") and s[5:].isdigit()):
+    if s in ("auto", "cpu", "cuda") or (s.startswith("cuda:") and is_int_text(s[5:]) and s[5:].isdigit()):
         return s
     raise FilterlensError(f"device '{text}' is invalid; use auto, cpu, cuda or cuda:N")
 def parse_thresholds(text) -> list[float]:
@@ -365,12 +390,15 @@ def parse_thresholds(text) -> list[float]:
 def parse_pool(text):
     """``none`` -> None; ``"4x4"`` -> ("size", (4, 4)); ``"max:8192"`` -> ("max", 8192)."""
     s = str(text).strip().lower()
-    if s in ("none", ""):
+    if s == "none":
         return None
-    if s.startswith("max:") and s[4:].isdigit() and int(s[4:]) > 0:
+    def positive(t: str) -> bool:  # ASCII digits only (checks.parse_int's rule), above 0
+        return is_int_text(t) and t.isdigit() and int(t) > 0
+
+    if s.startswith("max:") and positive(s[4:]):
         return ("max", int(s[4:]))
     parts = s.split("x")
-    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+    if len(parts) == 2 and all(positive(p) for p in parts):
         return ("size", (int(parts[0]), int(parts[1])))
     raise FilterlensError(f"probe_pool '{text}' is invalid; use none, HxW (e.g. 4x4) or max:N (e.g. max:8192)")
 

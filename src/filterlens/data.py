@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import glyphs
+from .checks import is_int_text
 from .errors import FilterlensError, closest
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -134,8 +135,11 @@ class DatasetSplit(torch.utils.data.Dataset):
     channels last and neither first, is read channels first), the label an int. ``labels``: every sample's label, read once
     (:mod:`filterlens.inputs`). ``keys``: for samples that are dicts, the image's and the label's key."""
 
-    def __init__(self, dataset, labels: torch.Tensor, keys: tuple[str, str] | None = None):
+    def __init__(self, dataset, labels: torch.Tensor, keys: tuple[str, str] | None = None, which: str = "",
+                 shape: tuple[int, int, int] | None = None):
         self.dataset, self.labels, self.keys = dataset, labels.long(), keys
+        self.which = which  # "train" or "test", for messages
+        self.shape = shape  # every image's shape (C, H, W), once known; a sample of another shape is refused
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -149,6 +153,13 @@ class DatasetSplit(torch.utils.data.Dataset):
             x = x.unsqueeze(0)
         elif x.ndim == 3 and x.shape[-1] in (1, 3) and x.shape[0] not in (1, 3):  # H x W x C (Hugging Face's)
             x = x.permute(2, 0, 1)
+        where = f"sample {i} of the {self.which + ' ' if self.which else ''}dataset"
+        if self.shape is not None and tuple(x.shape) != tuple(self.shape):
+            raise FilterlensError(f"{where} has an image of shape {tuple(x.shape)}, sample 0 of the train dataset "
+                                  f"{tuple(self.shape)}; every image must have one shape (C, H, W): resize them in "
+                                  "the dataset's transform")
+        if not bool(torch.isfinite(x).all()):
+            raise FilterlensError(f"{where} holds NaN or infinite pixel values; filterlens reads finite images only")
         return x, int(y)
 
 
@@ -277,8 +288,7 @@ def parse_labels(spec, label_names: Sequence[str]) -> list[int]:
     index = {name: i for i, name in enumerate(label_names)}
     chosen = []
     for item in items:
-        if isinstance(item, (int, np.integer)) or (isinstance(item, str) and item.lstrip("-").isdigit()
-                                                   and item not in index):
+        if isinstance(item, (int, np.integer)) or (isinstance(item, str) and is_int_text(item) and item not in index):
             i = int(item)
             if not 0 <= i < n:
                 raise FilterlensError(f"label index {i} is out of range; valid: 0..{n - 1}")
@@ -295,10 +305,10 @@ def parse_labels(spec, label_names: Sequence[str]) -> list[int]:
 
 
 def _parse_int(text, spec) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise FilterlensError(f"'{text}' in label spec '{spec}' is not an integer") from None
+    if not is_int_text(text):  # ASCII digits only: "²" passes str.isdigit and fails int
+        raise FilterlensError(f"'{text}' in label spec '{spec}' is not an integer; give whole numbers in ASCII "
+                              "digits, e.g. first:5 or random:5:0")
+    return int(text)
 
 
 def _check_k(k: int, n: int, spec) -> None:
@@ -548,6 +558,9 @@ def _load_data(dataset, data_dir, labels, download, image_size, split_seed) -> D
     if dataset in ("imagenet", "imagefolder") and data_dir is None:
         raise FilterlensError(f"dataset '{dataset}' needs --data-dir (a folder with train/ and val/ class folders)")
     path = Path(data_dir) if data_dir is not None else None
+    if path is not None and path.exists() and not path.is_dir():
+        raise FilterlensError(f"data directory '{path}' for {dataset} is a file, not a directory; give the folder "
+                              "that holds the dataset's files")
     if path is not None and not path.is_dir() and not (download and dataset.startswith("cifar")):
         hint = " (install the Debian package dataset-fashion-mnist)" if dataset == "fashion-mnist" else ""
         raise FilterlensError(f"data directory '{path}' for {dataset} does not exist{hint}")

@@ -40,7 +40,7 @@ import torch
 
 from .capture import Capture, CaptureLayer, FeatureCache
 from .errors import FilterlensError
-from .files import read_json, sha256_file, write_bytes, write_json
+from .files import read_json, remove_file, sha256_file, write_bytes, write_json
 from .folders import (CACHE_FILE, CACHE_FOLDER, MARK, is_temporary, kind_of, make_dirs, mark, named, read_mark,
                       remove_empty)
 
@@ -168,6 +168,9 @@ def cache_home(cache_dir) -> Path | None:
 
 def check_home(home: Path) -> None:
     """Refuse a cache folder that filterlens did not make, or that holds files the disk cache did not write."""
+    if home.is_symlink():
+        raise FilterlensError(f"the disk cache's folder '{home}' is a link to '{os.path.realpath(home)}'; filterlens "
+                              "never writes or deletes through a link: remove the link or choose another --cache-dir")
     if not home.exists():
         return
     if not home.is_dir():
@@ -225,7 +228,8 @@ class DiskCache:
                 why = f"it cannot be read ({type(exc).__name__})"
         if why:
             self.echo(f"note: the disk cache in {self.home} was damaged after it was written ({why}); it is rebuilt")
-        self._marker().unlink(missing_ok=True)
+        for name in self._names() + [self._marker().name]:  # a link among them is replaced, its target untouched
+            remove_file(self.home / name)
         self.caches = {s: FeatureCache(self.layers, self.rows[s], self.home, f"{self.key}.{s}", dtype=self.dtype)
                        for s in self.SPLITS}
         return False
@@ -247,6 +251,8 @@ class DiskCache:
             return "its completion marker does not describe this cache"
         for name in self._names():
             path = self.home / name
+            if path.is_symlink():
+                return f"{name} is a link, not the cache's own file"
             if not path.is_file():
                 return f"{name} is missing"
             if sha256_file(path) != done["sha256"].get(name):
@@ -278,9 +284,9 @@ class DiskCache:
         """Delete this cache's files; then the folder, and the folders made for it, when nothing else is left."""
         self.caches = {}
         for name in self._names() + [self._marker().name]:
-            (self.home / name).unlink(missing_ok=True)
+            remove_file(self.home / name)
         if self._lock is not None:
-            (self.home / f"{self.key}.lock").unlink(missing_ok=True)
+            remove_file(self.home / f"{self.key}.lock")
         self.release()
         _tidy(self.home)
 
@@ -305,6 +311,8 @@ class DiskCache:
     def _take_lock(self) -> None:
         from filelock import FileLock, Timeout
 
+        if (self.home / f"{self.key}.lock").is_symlink():  # never opened through a link: replaced
+            remove_file(self.home / f"{self.key}.lock")
         self._lock = FileLock(str(self.home / f"{self.key}.lock"), timeout=0)
         try:
             self._lock.acquire()
@@ -326,7 +334,7 @@ def _tidy(home: Path) -> None:
     except FileNotFoundError:
         return
     made = (read_mark(home) or {}).get("made") or []
-    (home / MARK).unlink(missing_ok=True)
+    remove_file(home / MARK)
     try:
         home.rmdir()
     except OSError:  # another command put its files here meanwhile: the folder stays, marked again
@@ -426,5 +434,5 @@ def _existing(path: Path) -> Path:
 def _check_disk_room(cache_dir: Path, need: int) -> None:
     free = shutil.disk_usage(_existing(cache_dir)).free
     if free < need:
-        raise FilterlensError(f"engine disk needs {need / 2**30:.1f} GiB in '{cache_dir}', which has "
-                              f"{free / 2**30:.1f} GiB free; choose another --cache-dir or --engine")
+        raise FilterlensError(f"engine disk needs {size_text(need)} in '{cache_dir}', which has {size_text(free)} "
+                              "free; choose another --cache-dir or --engine")

@@ -12,6 +12,10 @@ class FilterlensError(ValueError):
     """
 
 
+class Diverged(FilterlensError):
+    """A training diverged: its loss became NaN or infinite, or exploded (``filterlens.train.loss_limit``)."""
+
+
 def closest(name, valid):
     """Return ``" (did you mean 'x'?)"`` for the closest valid name, or ``""``."""
     import difflib

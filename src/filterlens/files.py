@@ -2,6 +2,12 @@
 
 A reader (or an interrupted run) therefore sees either the old file or the new
 one, never a half-written one.
+
+No write or delete goes through a link inside a folder filterlens owns (a folder holding its marker,
+``.filterlens``): :func:`check_no_link` refuses a path whose way down from such a folder passes a symbolic
+link (``heatmaps/`` replaced by a link to the user's pictures), so nothing outside the folder is written or
+deleted. A link in the last place of the path is replaced, never followed: the rename of a write puts the file
+in the link's place, and :func:`remove_file` unlinks the link itself, leaving its target as it is.
 """
 from __future__ import annotations
 
@@ -18,6 +24,45 @@ from typing import Any, Callable, Iterable, Mapping
 from .errors import FilterlensError
 
 TMP_SUFFIX = ".tmp"  # temporary files are ".NAME.<random>.tmp" beside NAME
+MARK = ".filterlens"  # the marker of a folder filterlens made (filterlens.folders)
+
+
+def link_inside(path) -> Path | None:
+    """The first symbolic link among the folders of ``path`` that lies inside a folder filterlens owns (one with
+    its marker above the link), or None. The link is looked for between the folder and ``path``'s parent; a link
+    in the last place of ``path`` is the caller's to replace."""
+    p = Path(path).absolute()
+    link = None
+    for d in p.parents:
+        if link is not None and (d / MARK).is_file():
+            return link
+        if link is None and d.is_symlink():
+            link = d
+    return None
+
+
+def check_no_link(path, doing: str = "write") -> Path:
+    """``path`` unless a symbolic link inside a folder filterlens owns lies on its way (:func:`link_inside`):
+    then one line naming the link and where it leads; nothing is written or deleted through it."""
+    link = link_inside(path)
+    if link is not None:
+        raise FilterlensError(f"'{link}' is a link to '{os.path.realpath(link)}'; filterlens does not {doing} "
+                              f"through a link inside a folder it made ('{path}'): remove the link (the folder "
+                              "filterlens makes there is its own) or choose another folder")
+    return Path(path)
+
+
+def remove_file(path) -> bool:
+    """Delete the file ``path`` (a link: the link itself, never its target), refused through a link inside a
+    folder filterlens owns (:func:`check_no_link`); returns whether something was deleted."""
+    p = check_no_link(path, "delete")
+    if p.is_symlink() or p.is_file():
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+    return False
 
 
 def _umask() -> int:
@@ -37,6 +82,7 @@ def _atomic(path, write: Callable[[Any], None], mode: str = "wb", private: bool 
     path = Path(path)
     if not private:
         check_write(path)  # under torchrun only rank 0 writes
+    check_no_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:

@@ -14,9 +14,8 @@ import json
 import re
 from pathlib import Path
 
-from .files import write_json
-
-MARK = ".filterlens"
+from .errors import FilterlensError
+from .files import MARK, write_json
 KINDS = ("run", "sweep", "cache", "compare", "glyphs", "seeds")  # glyphs: the rendered images of filterlens.glyphs;
 # seeds: the runs of one recipe over seeds (filterlens run --seeds), one run directory per seed inside
 LOCK_FILES = (".filterlens.lock", ".filterlens.lock.json")  # a run directory's lock (filterlens.rundir)
@@ -82,6 +81,41 @@ def kind_of(folder) -> str:
     if isinstance(plan, dict) and isinstance(plan.get("tasks"), list):
         return "sweep"
     return "foreign"
+
+
+# the folders filterlens makes inside its own (a run's heatmaps, disk cache and sweep; the cache's own folder)
+OWN_SUBFOLDERS = ("heatmaps", "cache", "sweep", CACHE_FOLDER)
+
+
+def links_in(folder) -> list[Path]:
+    """The symbolic links under ``folder`` (itself not followed into any link) that lead to a folder, or that
+    dangle where filterlens makes a folder of its own: filterlens would write or delete through them."""
+    import os
+
+    root = Path(folder)
+    found = []
+    if not root.is_dir():
+        return found
+    for top, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            p = Path(top) / name
+            if p.is_symlink() and (p.is_dir() or (not p.exists() and name in OWN_SUBFOLDERS)):
+                found.append(p)
+    return sorted(found)
+
+
+def check_links(folder, what: str = "folder") -> None:
+    """Refuse (one line, before any work) a folder filterlens owns that holds a link to a folder (:func:`links_in`):
+    filterlens never writes or deletes through a link out of the folder it owns."""
+    import os
+
+    found = links_in(folder)
+    if found:
+        link = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise FilterlensError(f"'{link}' in the {what} '{folder}' is a link to '{os.path.realpath(link)}'{more}; "
+                              "filterlens never writes or deletes through a link out of a folder it made: remove "
+                              "the link (the folder filterlens makes there is its own) or choose another folder")
 
 
 def some_files(folder, limit: int = 4) -> tuple[list[str], bool]:

@@ -48,6 +48,9 @@ def as_data(train: Any, test: Any = None, labels: Sequence[str] | None = None, n
     if shapes[0] != shapes[1]:
         raise FilterlensError(f"train images have shape {shapes[0]} but test images {shapes[1]}; both splits must "
                               "give inputs of one shape (C, H, W)")
+    for split in splits:  # a dataset's samples are read lazily: each one is checked when it is read
+        if isinstance(split, DatasetSplit):
+            split.shape = shapes[0]
     names = _label_names(labels, [train, test], splits)
     for split, which in zip(splits, ("train", "test")):
         bad = split.labels[(split.labels < 0) | (split.labels >= len(names))]
@@ -67,6 +70,8 @@ def _split(obj: Any, which: str):
             raise FilterlensError(f"the {which} DataLoader reads an IterableDataset; filterlens reads every sample by "
                                   "index (twice: capture and test pass): give a map-style Dataset")
         obj = obj.dataset
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and _is_array(obj[0]) and isinstance(obj[1], (list, tuple)):
+        obj = (obj[0], _label_list(obj[1], which))  # labels as a Python list
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(_is_array(a) for a in obj):
         return _array_split(obj[0], obj[1], which)
     if isinstance(obj, torch.utils.data.IterableDataset):
@@ -91,7 +96,23 @@ def _what(obj) -> str:
         f"a {type(obj).__name__} ({obj!r:.40})"
 
 
+def _label_list(values, which: str) -> np.ndarray:
+    """Labels given as a Python list: integers, else one line naming the first that is not."""
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise FilterlensError(f"{which} label {v!r:.40} is a {type(v).__name__}; labels must be integers 0..L-1 "
+                                  "(give the names with labels=[...])")
+    return np.asarray(values, dtype=np.int64)
+
+
 def _array_split(images, labels, which: str) -> ArraySplit:
+    if isinstance(labels, np.ndarray) and labels.dtype.kind not in "iub":
+        first = labels.reshape(-1)[0] if labels.size else None
+        raise FilterlensError(f"{which} labels are a NumPy array of {labels.dtype} ({first!r:.40}, ...); labels must "
+                              "be integers 0..L-1 (give the names with labels=[...])")
+    if isinstance(images, np.ndarray) and images.dtype.kind not in "uif":
+        raise FilterlensError(f"{which} images are a NumPy array of {images.dtype}; give floating-point images or "
+                              "uint8")
     x = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
     y = torch.as_tensor(labels) if isinstance(labels, np.ndarray) else labels
     if x.ndim == 3:
@@ -130,7 +151,7 @@ def _dataset_split(ds, which: str) -> DatasetSplit:
         raise FilterlensError(f"sample 0 of the {which} dataset has a {type(image).__name__} image; filterlens needs a "
                               f"tensor (C, H, W){hint}")
     labels = _labels_of(ds, n, keys, which)
-    return DatasetSplit(ds, labels, keys)
+    return DatasetSplit(ds, labels, keys, which)
 
 
 def _keys(sample, which: str) -> tuple[str, str] | None:

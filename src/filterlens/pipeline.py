@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from .config import STAGE_ORDER, Config
-from .errors import FilterlensError, closest
+from .errors import Diverged, FilterlensError, closest
 from .names import LABEL_MEANS, POOLED_CSV, POOLED_JSON, PROBES_JSON, REPORT, SEED_RUN, STAGE_FILES, SWEEP_CSV, SWEEP_JSON
 from .rundir import RunDir
 
@@ -71,7 +71,7 @@ def pool_seed_runs(root, seeds: list[int], runs: list, echo=print) -> dict:
 
     results = [load_run(r).results for r in runs]
     rows = claims.pooled_claims([{"claims": r.get("claims") or [], "afcc": r.get("afcc")} for r in results])
-    out = {"recipe": results[0].get("config", {}) and Config.from_dict(results[0]["config"]).recipe_hash(),
+    out = {"recipe": results[0].get("config", {}) and Config.from_dict(results[0]["config"], stored=True).recipe_hash(),
            "seeds": seeds, "runs": [str(r) for r in runs], "pooled": rows,
            "per_seed": {str(s): r.get("claims") or [] for s, r in zip(seeds, results)}}
     write_json(root / POOLED_JSON, out)
@@ -96,6 +96,8 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
     ``from_stage`` forces that stage and the later ones. Returns the per-stage records.
     """
     from .checks import of_type
+    from .folders import remove_empty
+    from .rundir import remove_owned
 
     of_type(cfg, Config, "cfg", "a filterlens.config.Config")
     if from_stage is not None and (not isinstance(from_stage, str) or from_stage not in PIPELINE):
@@ -104,18 +106,44 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
     cfg.validate()
     RunDir.validate(run_dir)
     rd = RunDir(run_dir)
-    rd.check(cfg, overwrite=overwrite, stage="train")
     wanted = [s for s in PIPELINE if (s != "afcc" or cfg.afcc) and (s != "sweep" or cfg.num_labels)]
+    try:
+        rd.check(cfg, overwrite=overwrite, stage="train")
+    except FilterlensError:  # a bad value is reported as itself, not as "another config"
+        if rd.exists("config.json") and not rd.manifest_damaged() and not rd.changed(["config.json"]):
+            _check_before_work(cfg, wanted)
+        raise
     hashes = hashes_of(cfg)
-    if not rd.path.is_dir():  # a new run: everything is checked before the directory is made
+    made = not rd.path.is_dir()
+    if made:  # a new run: everything is checked before the directory is made
         _check_before_work(cfg, wanted)
     timeline = dict.fromkeys(wanted)
+    try:
+        _stages(rd, cfg, wanted, hashes, from_stage, overwrite, echo, timeline)
+    except Diverged:
+        if made:  # the training diverged in a new run directory: nothing of it stays
+            remove_owned(rd.path)
+            remove_empty([rd.path])
+        raise
+    if not timeline:
+        return rd.stages()
+    total = sum(v for v in timeline.values() if v)
+    parts = ", ".join(f"{k} {v:.1f}s" if v is not None else f"{k} cached" for k, v in timeline.items())
+    echo(f"done in {total:.1f}s ({parts}); report: {rd.file(REPORT)}")
+    return rd.stages()
+
+
+def _stages(rd: RunDir, cfg: Config, wanted: list[str], hashes: dict, from_stage, overwrite: bool, echo,
+            timeline: dict) -> None:
+    """The stages of :func:`run_pipeline` that are not done, under the run directory's lock; ``timeline`` gets each
+    stage's seconds (it is emptied when nothing was to do)."""
     with rd.lock("filterlens run"):
         plan, damaged = _plan(rd, wanted, hashes, from_stage, cfg, echo)
         if not plan:
             echo(f"done in 0.0s ({', '.join(f'{k} cached' for k in wanted)}; nothing read or written); report: "
                  f"{rd.file(REPORT)}")
-            return rd.stages()
+            timeline.clear()
+            return
         _check_before_work(cfg, plan)
         for name in damaged:  # never read, never kept: their stage writes them again
             rd.remove(name)
@@ -127,10 +155,6 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
             timeline[stage] = time.perf_counter() - t0
             if stage == "sfp":
                 rd.claim(cfg, stage="train")  # stages 2-3 accepted these settings: config.json records them
-    total = sum(v for v in timeline.values() if v)
-    parts = ", ".join(f"{k} {v:.1f}s" if v is not None else f"{k} cached" for k, v in timeline.items())
-    echo(f"done in {total:.1f}s ({parts}); report: {rd.file(REPORT)}")
-    return rd.stages()
 
 
 def hashes_of(cfg: Config) -> dict[str, str]:
@@ -175,6 +199,12 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
     data = load_data_for(cfg)
     model, _ = make_model(cfg.replace(checkpoint=None, weights=None), data)
     size = data.input_shape
+    if "train" in plan:
+        from .models.contract import check_model
+        from .train import check_schedule
+
+        check_schedule(cfg, -(-len(data.train) // max(cfg.batch_size, 1)))
+        check_model(model, size, data.num_labels, f"model '{cfg.model}'", layers=None)
     analysed = resolve_layers(model, size, cfg.layers, cfg.tokens)
     layers = list_layers(model, size, "blocks", [l.name for l in analysed], cfg.tokens)
     check_heatmaps(cfg.heatmaps, analysed)

@@ -110,6 +110,8 @@ class ProbeResult:
     engine_plan: dict | None = None  # which engine and why (engine.EnginePlan.record)
     data: dict = field(default_factory=dict)  # the data analysed (Data.describe())
     precision: dict = field(default_factory=dict)  # the capture's arithmetic, the cache's and the probes' (probes.py)
+    # the model analysed: filterlens.fingerprint.weights_fingerprint (set by analysis.probe_stage; "" when unknown)
+    model_fingerprint: str = ""
 
     def table(self) -> list[dict]:
         return [{"layer": r.name, "filters": r.filters, "features": r.features, "accuracy": r.accuracy}
@@ -148,7 +150,7 @@ class ProbeResult:
             # every layer's per-sample fields; every layer's bootstrap input (its fields or its test features)
             "fields_kept": bool(inputs) and all(k == "fields" for k in inputs),
             "bootstrap_inputs_kept": bool(inputs) and all(k is not None for k in inputs),
-            "precision": self.precision,
+            "precision": self.precision, "model_fingerprint": self.model_fingerprint,
             "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
                         "shape": list(r.shape), "layer_shape": list(r.layer_shape), "features": r.features,
                         "accuracy": r.accuracy, "train_accuracy": r.train_accuracy,
@@ -194,7 +196,8 @@ class ProbeResult:
                                      f"{tuple(r.weight.shape)} disagree")
             return cls(layers, meta["mode"], meta["engine"], ProbeRecipe(**meta["recipe"]), blob["counts"],
                        meta["timings"], meta["forward_passes"], meta["note"], blob.get("test_labels"),
-                       meta.get("engine_choice"), meta.get("data") or {}, meta.get("precision") or {})
+                       meta.get("engine_choice"), meta.get("data") or {}, meta.get("precision") or {},
+                       str(meta.get("model_fingerprint") or ""))
         except Exception as exc:  # noqa: BLE001 - any unreadable or inconsistent file: one line
             raise FilterlensError(f"the probe files of '{d}' ({', '.join(PROBE_FILES)}) cannot be read ({type(exc).__name__}: "
                                   f"{str(exc)[:100]}); run the probes stage again (filterlens analyze, or filterlens run "

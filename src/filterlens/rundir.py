@@ -33,13 +33,14 @@ from pathlib import Path
 from .checks import path_arg
 from .config import STAGE_ORDER, Config
 from .errors import FilterlensError
-from .files import read_json, sha256_file, write_json
-from .folders import (CACHE_FILE, CACHE_FOLDER, LOCK_FILES, MARK, is_temporary, kind_of, make_dirs, mark, named,
-                      remove_empty, some_files)
+from .files import read_json, remove_file, sha256_file, write_json
+from .folders import (CACHE_FILE, CACHE_FOLDER, LOCK_FILES, MARK, check_links, is_temporary, kind_of, make_dirs, mark,
+                      named, remove_empty, some_files)
 from .names import MANIFEST, RUN_FILES, SWEEP_FILES
 
 HEATMAP = re.compile(r"^.+-(filter|head|node)\d+\.png$")  # heatmaps/<layer>-filter3.png: analyze draws these
 LOCK, LOCK_INFO = LOCK_FILES
+CONFIG_RECORD = "config"  # the record of config.json in stages.json (not a stage: claim writes it)
 
 # the folders filterlens makes that are neither run nor sweep directories
 _OTHER_KINDS = {"cache": "the disk engine's cache folder", "compare": "the output folder of filterlens compare",
@@ -72,8 +73,7 @@ class RunDir:
 
         p = self.path / name
         check_write(p)
-        if p.is_file() or p.is_symlink():
-            p.unlink()
+        remove_file(p)
 
     # ------------------------------------------------------------------ the path
     @staticmethod
@@ -105,6 +105,7 @@ class RunDir:
         returns its kind (``run``, ``missing`` or ``empty``)."""
         kind = kind_of(self.path)
         if kind in ("run", "missing", "empty"):
+            check_links(self.path, "run directory")
             return kind
         if kind == "sweep":
             raise FilterlensError(f"'{self.path}' is a sweep directory (filterlens sweep), not a run directory; give "
@@ -126,8 +127,10 @@ class RunDir:
         self.check_folder()
         if not self.exists("config.json"):
             return False
+        if not overwrite and not self.manifest_damaged():  # (a damaged stages.json: filterlens run recomputes)
+            self.verify("config.json")
         try:
-            old = Config.from_dict(self.read_json("config.json"), source=str(self.file("config.json")))
+            old = Config.from_dict(self.read_json("config.json"), source=str(self.file("config.json")), stored=True)
         except FilterlensError:
             old = None
         if old is not None and old.stage_hash(stage) == cfg.stage_hash(stage):
@@ -155,10 +158,25 @@ class RunDir:
         if self.exists("config.json"):
             try:
                 if self.read_json("config.json") == json.loads(json.dumps(cfg.to_dict())):
-                    return  # unchanged: leave the file alone
+                    self.record_config()  # unchanged: leave the file alone (recorded, if it was not yet)
+                    return
             except FilterlensError:
                 pass
         write_json(self.file("config.json"), cfg.to_dict())
+        self.record_config()
+
+    def record_config(self) -> None:
+        """Record config.json's sha256 in stages.json (under ``config``): every reader then checks it, so an edited
+        config.json is never trusted. A damaged stages.json is left as it is (nothing it vouched for is trusted)."""
+        if self.manifest_damaged() or not self.exists("config.json"):
+            return
+        stages = self.stages()
+        want = sha256_file(self.file("config.json"))
+        if stages.get(CONFIG_RECORD, {}).get("sha256", {}).get("config.json") == want:
+            return
+        stages[CONFIG_RECORD] = {"hash": "config", "seconds": None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                 "sha256": {"config.json": want}}
+        write_json(self.file(MANIFEST), stages)
 
     # ------------------------------------------------------------------ one command at a time
     @contextmanager
@@ -183,6 +201,8 @@ class RunDir:
         self.validate(self.path)
         self.check_folder()
         made = make_dirs(self.path)
+        if self.file(LOCK).is_symlink():  # never opened through a link: replaced by a lock file of its own
+            remove_file(self.file(LOCK))
         fresh = not self.exists(LOCK)
         lock = FileLock(str(self.file(LOCK)), timeout=0)
         try:
@@ -219,10 +239,11 @@ class RunDir:
     def remove_temporary_files(self) -> list[Path]:
         """Remove the temporary files (``.NAME.*.tmp``) a killed command left anywhere in the directory."""
         gone = []
-        for p in self.path.rglob(".*"):
-            if is_temporary(p.name) and p.is_file():
-                p.unlink()
-                gone.append(p)
+        for top, _, names in os.walk(self.path, followlinks=False):
+            for name in names:
+                p = Path(top) / name
+                if is_temporary(name) and (p.is_file() or p.is_symlink()) and remove_file(p):
+                    gone.append(p)
         return gone
 
     def read_results(self) -> dict:
@@ -301,6 +322,11 @@ class RunDir:
         for name in names:
             if name in recorded and self.exists(name) and sha256_file(self.file(name)) != recorded[name]:
                 stage = next(s for s, r in stages.items() if name in r.get("sha256", {}))
+                if stage == CONFIG_RECORD:
+                    raise FilterlensError(f"'{self.file(name)}' changed since filterlens wrote it (its sha256 differs "
+                                          "from stages.json); the settings of this run are not trusted: start it "
+                                          "again with --overwrite (filterlens train or run), or choose another "
+                                          "--run-dir")
                 raise FilterlensError(f"'{self.file(name)}' changed since stage {stage} wrote it (its sha256 differs "
                                       f"from stages.json); it is not trusted: run that stage again (filterlens run "
                                       f"--from {stage}, or the command that wrote it)")
@@ -370,7 +396,7 @@ def owned(folder) -> list[Path]:
         out = [p for p in root.iterdir() if p.is_file() and (p.name in SWEEP_FILES or p.name == MARK
                                                              or is_temporary(p.name))]
         for p in root.iterdir():
-            if p.is_dir() and re.fullmatch(r"L\d+-s\d+", p.name):
+            if p.is_dir() and not p.is_symlink() and re.fullmatch(r"L\d+-s\d+", p.name):
                 out += owned(p)
         return out
     if kind != "run":
@@ -383,12 +409,14 @@ def owned(folder) -> list[Path]:
         if p.is_file() and (name in recorded or name in RUN_FILES or name in (MARK, LOCK, LOCK_INFO)
                             or is_temporary(name) or re.fullmatch(r"filterlens-error-.*\.log", name)):
             out.append(p)
+        elif p.is_symlink():  # a link to a folder is never entered (check_links refuses it before any work)
+            continue
         elif p.is_dir() and name == "heatmaps":
             out += [f for f in p.iterdir() if f.is_file() and (f"heatmaps/{f.name}" in recorded
                                                                or HEATMAP.match(f.name) or is_temporary(f.name))]
         elif p.is_dir() and name in ("cache", "sweep"):
             inner = p / CACHE_FOLDER if name == "cache" else p
-            out += owned(inner) if inner.is_dir() else []
+            out += owned(inner) if inner.is_dir() and not inner.is_symlink() else []
             out += [f for f in p.iterdir() if f.is_file() and (f"{name}/{f.name}" in recorded or is_temporary(f.name))]
     return out
 
@@ -404,7 +432,7 @@ def remove_owned(folder, keep=()) -> None:
         if p.parent == root and p.name in keep:
             continue
         check_write(p)
-        p.unlink(missing_ok=True)
+        remove_file(p)
         d = p.parent
         while d != root and root in d.parents:
             emptied.add(d)
@@ -418,6 +446,7 @@ def check_seeds_folder(path) -> Path:
     p = RunDir.validate(path, "seeds folder")
     kind = kind_of(p)
     if kind in ("seeds", "missing", "empty"):
+        check_links(p, "seeds folder")
         return p
     if kind == "run" or kind in _OTHER_KINDS:
         what = "a run directory" if kind == "run" else _OTHER_KINDS[kind]
@@ -433,6 +462,7 @@ def check_sweep_folder(path, merge_only: bool = False) -> Path:
     p = RunDir.validate(path, "sweep directory")
     kind = kind_of(p)
     if kind == "sweep":
+        check_links(p, "sweep directory")
         return p
     if kind in ("missing", "empty"):
         if merge_only:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 
 from . import claims
 from .claims import fit_line
+from .checks import is_int_text
 from .config import Config
 from .errors import FilterlensError
 from .files import read_json, write_csv, write_json
@@ -60,8 +62,9 @@ def parse_counts(text, total: int | None = None) -> list[int]:
         tok = tok.strip()
         if not tok:
             continue
-        if not tok.isdigit():
-            raise FilterlensError(f"label count '{tok}' in '{text}' is not a positive integer")
+        if not (is_int_text(tok) and tok.isdigit()):  # ASCII digits only: "²" passes str.isdigit and fails int
+            raise FilterlensError(f"label count '{tok}' in '{text}' is not a positive integer in ASCII digits; give "
+                                  "e.g. 3,5,10")
         k = int(tok)
         if not 2 <= k <= (total or k):
             raise FilterlensError(f"label count {k} is out of range; valid: 2..{total} for this dataset")
@@ -183,7 +186,7 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
         if jobs > 1 and len(todo) > 1:
             import multiprocessing as mp
 
-            with mp.get_context("spawn").Pool(min(jobs, len(todo))) as pool:
+            with mp.get_context("spawn").Pool(min(jobs, len(todo)), initializer=_worker_signals) as pool:
                 for row in pool.imap_unordered(_run_task, work):
                     echo(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}")
         else:
@@ -197,6 +200,25 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
              "then filterlens sweep --merge")
         return None
     return merge(sweep_dir, echo=echo)
+
+
+def _worker_signals() -> None:
+    """In a worker of ``sweep --jobs N``: Ctrl-C is the parent's to handle (it stops the pool), and the worker ends
+    with its parent, however the parent ends (SIGTERM from the parent's pool, or Linux's parent-death signal)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() == 1:  # the parent already died before the signal was set
+                os._exit(1)
+        except (OSError, AttributeError):
+            pass
 
 
 def _check_layers(cfg: Config, data, sweep_layers: str) -> None:

@@ -11,6 +11,7 @@ rank 0 alone writes (:mod:`filterlens.distributed`).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 
@@ -21,15 +22,33 @@ import torch.nn.functional as F
 from . import distributed as dist_
 from .config import Config
 from .data import Data, check_labels_present, load_data
-from .errors import FilterlensError
+from .errors import Diverged, FilterlensError
 from .files import write_csv, write_json
+from .fingerprint import digest_matches
 from .loaders import make_loader
 from .names import CONFIG, MODEL
-from .models import ModelSpec, build_model, list_layers, load_checkpoint, read_checkpoint, save_checkpoint
+from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from .models.contract import check_model
 from .progress import progress_bar
 from .rundir import RunDir
 from .precision import FLOAT32, Precision, for_inference, for_training
 from .utils import eval_mode, keeps_global_rng, resolve_device, seed_everything
+
+
+def loss_limit(num_labels: int) -> float:
+    """The training loss above which a training has exploded: 100 times the cross-entropy of a chance guess (ln L),
+    at least 100. A training that gets there has logits in the hundreds and learns nothing more."""
+    import math
+
+    return 100.0 * max(math.log(max(num_labels, 2)), 1.0)
+
+
+def check_schedule(cfg: Config, steps_per_epoch: int) -> None:
+    """Refuse (before any work) a warm-up that is not shorter than the training it warms up."""
+    epochs = epochs_of(cfg, steps_per_epoch)
+    if epochs > 0 and cfg.warmup_epochs >= epochs:
+        raise FilterlensError(f"warmup_epochs (--warmup-epochs) = {cfg.warmup_epochs} is not shorter than the training "
+                              f"({epochs} epochs); give fewer warm-up epochs (at most {epochs - 1}) or more --epochs")
 
 
 def load_data_for(cfg: Config) -> Data:
@@ -122,13 +141,20 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     from .checks import of_type
 
     of_type(cfg, Config, "cfg", "a filterlens.config.Config")
+    if resume and overwrite:
+        raise FilterlensError("resume (--resume) continues the training in the run directory and overwrite "
+                              "(--overwrite) starts it again from scratch; give one of them")
     cfg.validate()
     RunDir.validate(run_dir)
     dist_device = dist_.setup(cfg.device)  # under torchrun: join the process group
     if not dist_.is_main():
         echo = _silent
     rd = RunDir(run_dir)
-    same = rd.check(cfg, overwrite=overwrite, stage="train")
+    try:
+        same = rd.check(cfg, overwrite=overwrite, stage="train")
+    except FilterlensError:
+        _prepare(cfg)  # a bad value (a label, a checkpoint) is reported as itself, not as "another config"
+        raise
     if same and not overwrite:
         summary = _finished(rd, cfg, echo)
         if summary is not None:
@@ -143,13 +169,28 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     seed_everything(cfg.seed)
     device = dist_device or resolve_device(cfg.device)
     batch = dist_.per_rank_batch(cfg.batch_size, "batch_size")  # the global batch is the same for any N
-    data = load_data_for(cfg)
-    check_labels_present(data)
-    model, spec = make_model(cfg, data)
-    list_layers(model, data.input_shape)  # it runs on this input size (one line)
+    data, model, spec = _prepare(cfg)
+    made = not rd.path.exists()
     # only now, with every setting and input checked, is the run directory locked and written
     with rd.lock("filterlens train"):
-        return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress, echo)
+        try:
+            return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress, echo)
+        except Diverged:
+            if made and dist_.is_main():  # a new run directory: nothing of the failed training stays
+                from .rundir import LOCK, LOCK_INFO, remove_owned
+
+                remove_owned(rd.path, keep={LOCK, LOCK_INFO})
+            raise
+
+
+def _prepare(cfg: Config) -> tuple[Data, nn.Module, ModelSpec]:
+    """The data and the model of a training, every setting that needs them checked (one line each)."""
+    data = load_data_for(cfg)
+    check_labels_present(data)
+    check_schedule(cfg, -(-len(data.train) // max(cfg.batch_size, 1)))
+    model, spec = make_model(cfg, data)
+    check_model(model, data.input_shape, data.num_labels, f"model '{cfg.model}'", cfg.layers, cfg.tokens)
+    return data, model, spec
 
 
 def checkpoint_damage(rd: RunDir) -> str | None:
@@ -158,9 +199,11 @@ def checkpoint_damage(rd: RunDir) -> str | None:
         read_checkpoint(rd.file("checkpoint.pt"))
     except FilterlensError:
         try:
-            torch.load(rd.file("checkpoint.pt"), map_location="cpu", weights_only=True)
+            state = torch.load(rd.file("checkpoint.pt"), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - what the reader says is the reason
             return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__
+        if digest_matches(state) is False:
+            return "what it holds differs from the sha256 saved with it"
         return "not a filterlens checkpoint"
     return None
 
@@ -228,6 +271,7 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         echo(f"resuming from epoch {start} of {epochs}" + (f" on {world} processes" if world > 1 else ""))
 
     show = progress if progress is not None else cfg.progress
+    limit = loss_limit(data.num_labels)
     if start < epochs:
         echo(f"note: training in {precision.name}" + (" with channels-last maps" if precision.channels_last else "")
              + f" ({precision.reason})")
@@ -242,21 +286,25 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
             with precision.autocast():
                 out = logits_of(net(precision.batch(x)))
                 loss = F.cross_entropy(out.float(), y)
-            if not torch.isfinite(loss):
-                raise FilterlensError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr "
-                                      f"(now {cfg.lr})")
+            value = float(loss.detach())
+            if not math.isfinite(value) or value > limit:
+                _diverged(cfg, f"its loss became {value:.4g} at epoch {epoch + 1}", limit)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            loss_sum += loss.item() * len(y)
+            loss_sum += value * len(y)
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
         sched.step()
         if world > 1:
             loss_sum, correct, total = dist_.all_reduce_sum([loss_sum, correct, total])
             dist_.broadcast_buffers(model)  # the model rank 0 saves is the one every rank evaluates
+        if any(not bool(torch.isfinite(p).all()) for p in model.parameters()):
+            _diverged(cfg, f"its weights became NaN or infinite at epoch {epoch + 1}", limit)
         ev = evaluate(model, test_loader, device, infer, reduce=world > 1)
+        if not math.isfinite(ev["loss"]):
+            _diverged(cfg, f"its test loss became {ev['loss']} at epoch {epoch + 1}", limit)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / total,
                "train_accuracy": correct / total, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
                "seconds": time.perf_counter() - te, "precision": precision.name}
@@ -288,6 +336,11 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     return summary
 
 
+def _diverged(cfg: Config, what: str, limit: float):
+    raise Diverged(f"the training diverged: {what} (a training that learns stays below {limit:.0f}, 100 times the "
+                   f"loss of a chance guess); no model is written: lower --lr (now {cfg.lr:g}) and train again")
+
+
 def _silent(*args, **kwargs) -> None:
     """The echo of ranks other than 0."""
 
@@ -310,11 +363,12 @@ def load_trained(run_dir, device="cpu") -> tuple[nn.Module, Config, Data, ModelS
     if not rd.path.is_dir() or not rd.exists("config.json") or not rd.exists("model.pt"):
         raise FilterlensError(f"'{rd.path}' is not a trained run directory (no config.json/model.pt); run "
                               "filterlens train --run-dir first")
-    rd.verify("model.pt")
-    cfg = Config.from_dict(rd.read_json("config.json"), source=str(rd.file("config.json")))
+    rd.verify("model.pt", "config.json")
+    cfg = Config.from_dict(rd.read_json("config.json"), source=str(rd.file("config.json")), stored=True)
     data = load_data_for(cfg)
     spec = model_spec_for(cfg, data)
     model = build_model(spec)
     load_checkpoint(rd.file("model.pt"), model, spec)
+    check_model(model, data.input_shape, data.num_labels, f"the model of '{rd.path}'", layers=None)
     model.to(device).eval()
     return model, cfg, data, spec

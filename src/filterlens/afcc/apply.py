@@ -67,7 +67,7 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
     (``afcc_layers``, ``threshold``, ``retrain_epochs``, ``retrain_lr``, ``random_draws``,
     ``afcc_thresholds``, ``seed``, ...). The model is not modified.
     """
-    from ..analysis import with_settings
+    from ..analysis import check_pair, with_settings
 
     if not isinstance(model, torch.nn.Module):
         raise FilterlensError(f"model is a {type(model).__name__}; give the torch.nn.Module the analysis was made of")
@@ -81,6 +81,7 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
     data = as_data(train, test, labels) if train is not None else getattr(analysis, "data", None)
     if data is None:
         raise FilterlensError("the analysis holds no data (it was loaded from a run directory); give train and test")
+    check_pair(model, analysis, data)  # the weights it analysed, one score per label, its labels
     device = resolve_device(str(device) if device is not None else cfg.device)
     t_start = time.perf_counter()
     plan = _Plan(model, analysis, data, cfg, device)

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from ..errors import FilterlensError
 from ..files import torch_save
+from ..fingerprint import digest_matches, with_digest
 from ..models import ModelSpec, build_model
 from .diluted import DilutedNet, hook_trunk
 from .masks import LayerMask
@@ -76,7 +77,7 @@ def save(path, diluted_model, masks: Sequence[LayerMask], meta: dict | None = No
         "config": meta.pop("config", None),
         "meta": meta,
     }
-    return torch_save(path, state)
+    return torch_save(path, with_digest(state))  # load() checks the digest: a flipped byte is refused
 
 
 def load(path, model=None, device="cpu"):
@@ -90,6 +91,9 @@ def load(path, model=None, device="cpu"):
     :class:`FilterlensError` with one line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FilterlensError(f"AFCC file '{path}' is a directory, not a file; give the file filterlens afcc wrote "
+                              "(RUN_DIR/afcc_model.pt or afcc_pruned.pt)")
     if not path.is_file():
         raise FilterlensError(f"AFCC file '{path}' does not exist")
     try:
@@ -103,6 +107,10 @@ def load(path, model=None, device="cpu"):
     if state.get("version") != FORMAT_VERSION:
         raise FilterlensError(f"'{path}' has AFCC format version {state.get('version')!r}; this filterlens reads "
                               f"version {FORMAT_VERSION}")
+    if digest_matches(state) is False:
+        raise FilterlensError(f"AFCC file '{path}' is damaged: what it holds differs from the sha256 filterlens saved "
+                              "with it (a changed byte); it is not loaded: use an intact copy or run filterlens afcc "
+                              "again")
     spec = state["spec"]
     what = f"it was made from model {spec.get('model')!r} ({spec.get('num_labels')} labels)"
     base = model if model is not None else build_model(ModelSpec(**spec))

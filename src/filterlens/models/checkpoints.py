@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ..errors import FilterlensError
 from ..files import torch_save
+from ..fingerprint import digest_matches, with_digest
 from .build import ModelSpec
 
 CHECKPOINT_FORMAT = "filterlens-checkpoint"
@@ -20,12 +21,15 @@ def save_checkpoint(path, model: nn.Module, spec: ModelSpec, label_names: list[s
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "spec": asdict(spec),
              "label_names": list(label_names), "model": model.state_dict()}
     state.update(extra or {})
-    return torch_save(path, state)
+    return torch_save(path, with_digest(state))  # read_checkpoint checks the digest: a flipped byte is refused
 
 
 def read_checkpoint(path) -> dict:
     """Load a filterlens checkpoint (or a plain state_dict) and check it is one."""
     path = Path(path)
+    if path.is_dir():
+        raise FilterlensError(f"checkpoint '{path}' is a directory, not a file; give the checkpoint file (e.g. "
+                              "RUN_DIR/model.pt)")
     if not path.is_file():
         raise FilterlensError(f"checkpoint '{path}' does not exist")
     try:
@@ -35,6 +39,9 @@ def read_checkpoint(path) -> dict:
                               "written by filterlens train or torch.save(model.state_dict())") from None
     if not isinstance(state, dict):
         raise FilterlensError(f"'{path}' holds a {type(state).__name__}, not a checkpoint dict or state_dict")
+    if state.get("format") == CHECKPOINT_FORMAT and digest_matches(state) is False:
+        raise FilterlensError(f"checkpoint '{path}' is damaged: what it holds differs from the sha256 filterlens "
+                              "saved with it (a changed byte); it is not loaded: use an intact copy or train again")
     if state.get("format") != CHECKPOINT_FORMAT:
         if all(torch.is_tensor(v) for v in state.values()) and state:
             return {"model": state, "spec": None}

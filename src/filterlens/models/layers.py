@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn as nn
 
+from ..checks import is_int_text
 from ..errors import FilterlensError, closest
 from ..hooks import Tap, taps
 from ..utils import eval_mode
@@ -264,14 +265,11 @@ def select_layers(layers: list[Layer], spec) -> list[Layer]:
                                       f"{valid}")
             picks = nodes
         elif text.startswith("last:"):
-            try:
-                k = int(text[5:])
-            except ValueError:
-                k = 0
+            k = int(text[5:]) if is_int_text(text[5:]) else 0  # ASCII digits only (checks.parse_int's rule)
             if not 1 <= k <= len(units):
                 raise FilterlensError(f"layer selection '{text}' is out of range; valid: last:1..last:{len(units)}")
             picks = units[-k:]
-        elif text.lstrip("-").isdigit():
+        elif is_int_text(text) and text not in by_name:
             i = int(text)
             if not -len(units) <= i < len(units):
                 raise FilterlensError(f"layer index {i} is out of range; valid: {-len(units)}..{len(units) - 1} "

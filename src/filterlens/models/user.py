@@ -42,7 +42,9 @@ def load_callable(reference: str):
         except ImportError as exc:
             raise FilterlensError(f"model '{reference}': module '{target}' cannot be imported ({exc}); give "
                                   "path/to/file.py:CALLABLE or an importable package.module:CALLABLE") from None
-        except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the user's module raised (or exited) while importing
             raise FilterlensError(f"model '{reference}': importing '{target}' raised {type(exc).__name__}: "
                                   f"{str(exc)[:120]}") from None
     obj = module
@@ -59,6 +61,9 @@ def load_callable(reference: str):
 
 
 def _load_file(path: Path, reference: str):
+    if path.is_dir():
+        raise FilterlensError(f"model '{reference}': '{path}' is a directory, not a Python file; give "
+                              "path/to/file.py:CALLABLE")
     if not path.is_file():
         raise FilterlensError(f"model '{reference}': file '{path}' does not exist")
     if path.suffix != ".py":
@@ -71,7 +76,9 @@ def _load_file(path: Path, reference: str):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - the user's file raised while running (a syntax error included)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the user's file raised or exited (a syntax error included)
         del sys.modules[name]
         raise FilterlensError(f"model '{reference}': running '{path}' raised {type(exc).__name__}: "
                               f"{str(exc)[:120]}") from None
@@ -89,7 +96,9 @@ def build_user_model(spec) -> nn.Module:
     kwargs = {p: values[ARGUMENTS[p]] for p in params if p in ARGUMENTS}
     try:
         model = factory(**kwargs)
-    except Exception as exc:  # noqa: BLE001 - the user's code: one line naming what it raised
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the user's code raised or exited: one line naming what
         given = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "no arguments"
         raise FilterlensError(f"model '{spec.model}': calling it with {given} raised {type(exc).__name__}: "
                               f"{str(exc)[:120]}") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..checks import is_int_text
 from ..errors import FilterlensError
 
 # VGG configurations: numbers are conv widths, "M" a 2x2 max-pool after the previous conv, "F<n>" (after the convs)
@@ -103,7 +104,7 @@ def _parse_vgg_cfg(text: str) -> list:
         tok = tok.strip()
         if tok.upper() == "M":
             out.append("M")
-        elif tok.isdigit() and int(tok) > 0:
+        elif is_int_text(tok) and tok.isdigit() and int(tok) > 0:  # ASCII digits only (checks.parse_int's rule)
             out.append(int(tok))
         elif tok[:1].upper() == "F" and tok[1:].isdigit() and int(tok[1:]) > 0:
             out.append(f"F{int(tok[1:])}")

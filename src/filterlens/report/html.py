@@ -84,12 +84,22 @@ def _read_csv(path: Path) -> list[dict]:
 READS = REPORT_READS
 
 
-def build_report(run_dir, settings_hash: str | None = None) -> Path:
+def explorer_left_out(d: Path) -> str | None:
+    """Why the report's unit explorer cannot be built from the run ``d`` (a file it reads is missing), or None."""
+    missing = [n for n in ("filters.csv", "probes.pt", "label_means.pt") if not (Path(d) / n).exists()]
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from the run directory; "
+            "run filterlens analyze again to have it")
+
+
+def build_report(run_dir, settings_hash: str | None = None, echo=None) -> Path:
     """Write ``report.html``: one self-contained file (images embedded) from the run's saved results.
 
     Nothing is recomputed; ``filterlens report RUN_DIR`` calls this. A file it reads that changed
     since its stage wrote it is refused (one line). ``settings_hash``: the report's key in
-    ``stages.json`` (default: the hashes of the stages it reports on).
+    ``stages.json`` (default: the hashes of the stages it reports on). ``echo``: where a part left out of the
+    report is said (the unit explorer without filters.csv).
     """
     rd = RunDir(RunDir.validate(run_dir))
     if not rd.path.is_dir():
@@ -106,6 +116,9 @@ def build_report(run_dir, settings_hash: str | None = None) -> Path:
         if settings_hash is None:
             settings_hash = "|".join(stages[s]["hash"] for s in STAGE_ORDER if s in stages and s != "report")
         rd.record("report", settings_hash, ("report.html",), time.perf_counter() - t0)
+    left_out = explorer_left_out(rd.path)
+    if left_out and echo is not None:
+        echo(f"note: the report's unit explorer is left out: {left_out}")
     return path
 
 
@@ -176,7 +189,10 @@ def _page(d: Path, res: dict, stages: dict) -> str:
     if plots:
         parts.append("<div class='grid'>" + "".join(_img(d / p, p) for p in plots) + "</div>")
     filters = _read_csv(d / "filters.csv")
-    if filters and (d / "probes.pt").exists() and (d / "label_means.pt").exists():
+    left_out = explorer_left_out(d)
+    if left_out:
+        parts.append(f"<h2>Unit explorer</h2><p class='muted'>left out: {_esc(left_out)}</p>")
+    elif filters and (d / "probes.pt").exists() and (d / "label_means.pt").exists():
         # the heatmaps' units come first in the explorer; their PNGs stay in heatmaps/, every unit in filters.csv
         data = explorer_data(d, res, filters)
         saved = read_json(d / THUMBNAILS) if (d / THUMBNAILS).exists() else {}
