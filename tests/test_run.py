@@ -145,7 +145,7 @@ def _one_line_error(r, *needles, code=2):
     ("thresold = 0.4\n", ["thresold", "threshold"]),            # unknown key: the closest valid key suggested
     ("[train]\nepochs = \"ten\"\n", ["epochs", "ten"]),        # wrong type
     ("", ["1.5", "(0, 1)"]),                                     # threshold outside (0, 1): given as a flag below
-    ("layers = \"\"\n", ["empty", "features.0"]),               # empty layer list
+    ("layers = \"\"\n", ["empty", "leave it out"]),            # empty layer list
     ("labels = \"first:11\"\n", ["11", "2..10"]),               # label count out of range
 ])
 def test_bad_config_is_one_line_and_keeps_earlier_results(tmp_path, extra, needles):
@@ -173,7 +173,9 @@ def test_nan_checkpoint_is_refused(tmp_path):
     state = torch.load(d / "model.pt", weights_only=False)
     key = next(k for k in state["model"] if k.endswith("conv.weight"))
     state["model"][key][0, 0, 0, 0] = float("nan")
-    torch.save(state, tmp_path / "nan.pt")
+    from filterlens.fingerprint import with_digest
+
+    torch.save(with_digest(state), tmp_path / "nan.pt")  # saved whole (with its digest): the NaN is what is wrong
     r = cli("train", "--dataset", "digits", "--model", "vgg_tiny", "--epochs", "1", "--checkpoint",
             str(tmp_path / "nan.pt"), "--run-dir", str(tmp_path / "other"), "--no-progress")
     _one_line_error(r, "NaN", key)

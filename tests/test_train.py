@@ -160,7 +160,7 @@ def test_run_files_are_consistent(tiny_run):
     assert sorted(p.name for p in tiny_run.iterdir()) == [".filterlens", ".filterlens.lock", "config.json",
                                                           "model.pt", "stages.json", "train.json", "train_log.csv"]
     stages = json.loads((tiny_run / "stages.json").read_text())
-    assert set(stages) == {"train"} and set(stages["train"]["sha256"]) == {"model.pt", "train.json"}
+    assert set(stages) == {"config", "train"} and set(stages["train"]["sha256"]) == {"model.pt", "train.json"}
     log = read_log(tiny_run / "train_log.csv")
     assert [int(r["epoch"]) for r in log] == [1, 2]
     for r in log:

@@ -10,6 +10,8 @@ the same for a run directory written by ``filterlens train``.
 """
 from __future__ import annotations
 
+import os
+
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -268,6 +270,9 @@ def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Co
         raise FilterlensError(f"model is a {type(model).__name__}; give a torch.nn.Module")
     if next(model.parameters(), None) is None:
         raise FilterlensError("the model has no parameters; give a trained torch.nn.Module")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise FilterlensError(f"cache_dir is a {type(cache_dir).__name__} ({cache_dir!r}); give a folder path (str or "
+                              "pathlib.Path), or None for a temporary one")
     data = as_data(train, test, labels)
     cfg = with_settings(config, _layer_choice(model, data, settings))
     check_model(model, data.input_shape, data.num_labels, "the model", cfg.layers, cfg.tokens)  # one dry forward
