@@ -57,9 +57,9 @@ except ImportError:  # running from a checkout without an installed package
 
 from filterlens.cli import load_toml
 from filterlens.config import Config
-from filterlens.loaders import make_loader
 from filterlens.errors import FilterlensError
 from filterlens.files import read_json, write_json
+from filterlens.loaders import make_loader
 from filterlens.pipeline import run_pipeline
 from filterlens.train import load_trained
 from filterlens.utils import resolve_device

@@ -97,10 +97,9 @@ except ImportError:  # running from a checkout without an installed package
 from filterlens.capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, pooled_shape
 from filterlens.config import Config, parse_bytes, parse_pool
 from filterlens.data import FASHION_MNIST_DEBIAN_DIR
-from filterlens.loaders import make_loader
 from filterlens.errors import FilterlensError
+from filterlens.loaders import Feed, make_loader
 from filterlens.models import build_model, list_layers, load_checkpoint, select_layers
-from filterlens.loaders import Feed
 from filterlens.precision import for_inference
 from filterlens.probes import ProbeEval, ProbeRecipe, ProbeSet, train_probes
 from filterlens.train import load_data_for, model_spec_for, train

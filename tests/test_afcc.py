@@ -19,8 +19,6 @@ from filterlens.errors import FilterlensError
 from filterlens.models import ModelSpec, build_model
 
 
-
-
 def _expand(conn, h, w):
     conn = torch.tensor(conn, dtype=torch.bool)
     return conn[:, :, None, None].expand(*conn.shape, h, w)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -19,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import cli_env
 import torch
 
+from conftest import cli_env
 from filterlens import sfp
 from filterlens.models import ModelSpec, build_model, list_layers
 

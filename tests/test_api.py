@@ -16,9 +16,8 @@ import torch
 import torch.nn as nn
 
 import filterlens
-from filterlens.errors import FilterlensError
-
 from conftest import as_filterlens_runs, run_cli
+from filterlens.errors import FilterlensError
 
 SIZE = 16
 LABELS = ["circle", "cross", "stripe"]
@@ -59,7 +58,8 @@ def _pattern(label: int, rng) -> np.ndarray:
 def world(tmp_path_factory):
     """The image folder, the torchvision datasets read from it, the factory file, the model and its checkpoint."""
     from PIL import Image
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     root = tmp_path_factory.mktemp("api")
     rng = np.random.default_rng(0)

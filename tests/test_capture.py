@@ -23,8 +23,8 @@ from filterlens.capture import (
     pooled_shape,
 )
 from filterlens.data import load_data
-from filterlens.loaders import make_loader
 from filterlens.errors import FilterlensError
+from filterlens.loaders import make_loader
 from filterlens.models import VGG, VGG_CONFIGS, Layer, list_layers, select_layers
 
 INPUT = (1, 8, 8)

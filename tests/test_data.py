@@ -13,12 +13,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import (
+    CIFAR10_NAMES,
+    CIFAR100_NAMES,
+    FASHION_NAMES,
+    FOLDER_COLOURS,
+    idx_bytes,
+    make_idx_arrays,
+    write_idx,
+    write_idx_dataset,
+)
 from filterlens.data import ArraySplit, load_data, parse_labels
-from filterlens.loaders import ArrayLoader, augment_batch, make_loader
 from filterlens.errors import FilterlensError
-
-from conftest import (CIFAR10_NAMES, CIFAR100_NAMES, FASHION_NAMES, FOLDER_COLOURS, idx_bytes, make_idx_arrays,
-                      write_idx, write_idx_dataset)
+from filterlens.loaders import ArrayLoader, augment_batch, make_loader
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

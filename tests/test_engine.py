@@ -18,8 +18,8 @@ from filterlens.config import Config
 from filterlens.data import load_data
 from filterlens.engine import DiskCache, group_layers
 from filterlens.errors import FilterlensError
-from filterlens.models import ModelSpec, build_model, list_layers
 from filterlens.loaders import Feed
+from filterlens.models import ModelSpec, build_model, list_layers
 from filterlens.probes import train_probes
 
 

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from browser import Page, chromium
+from conftest import run_cli, tiny_toml
 from filterlens import sfp
 from filterlens.capture import CaptureLayer
 from filterlens.models import Layer
 from filterlens.probes import ProbeEval, ProbeRecipe, ProbeSet
-
-from browser import Page, chromium
-from conftest import run_cli, tiny_toml
 
 TOML = tiny_toml("vgg_small", 2, 3)
 

@@ -15,13 +15,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import LABELS, SIZE, brute_force_matrices, synthetic_data
 from filterlens import afcc
 from filterlens.analysis import analyze
 from filterlens.config import Config
 from filterlens.errors import FilterlensError
 from filterlens.models import ModelSpec, build_model, list_layers
-
-from conftest import LABELS, SIZE, brute_force_matrices, synthetic_data
 
 TORCHVISION = ["vgg16", "resnet18", "resnet50", "resnet20", "wide_resnet50_2", "resnext50_32x4d", "densenet121",
                "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_s", "regnet_y_400mf",

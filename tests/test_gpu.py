@@ -62,8 +62,8 @@ def test_training_on_the_gpu_matches_the_cpu(cpu_run, tmp_path, extra):
 
 
 def _probe(run: Path, device: str):
-    from filterlens.models import list_layers, select_layers
     from filterlens.loaders import Feed
+    from filterlens.models import list_layers, select_layers
     from filterlens.probes import train_probes
     from filterlens.train import load_trained
 

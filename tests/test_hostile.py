@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (TINY_TRAIN_ARGS, tiny_toml,
+
+from conftest import (
+    TINY_TRAIN_ARGS,
     assert_user_error,
     cifar_row,
     cli_env,
@@ -35,6 +37,7 @@ from conftest import (TINY_TRAIN_ARGS, tiny_toml,
     idx_bytes,
     make_idx_arrays,
     run_cli,
+    tiny_toml,
 )
 
 pytestmark = pytest.mark.slow  # about 3 CPU-minutes: `make test-slow`, a step of .ci/run

@@ -12,8 +12,15 @@ import torch
 import torch.nn as nn
 
 from filterlens.errors import FilterlensError
-from filterlens.models import (ModelSpec, build_model, list_layers, load_checkpoint, read_checkpoint, save_checkpoint,
-                               select_layers)
+from filterlens.models import (
+    ModelSpec,
+    build_model,
+    list_layers,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    select_layers,
+)
 
 VGG16_WIDTHS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
 POOL_AFTER = {2, 4, 7, 10, 13}  # 1-based conv numbers

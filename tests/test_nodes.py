@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import LABELS, SIZE, run_cli, synthetic_data
 from filterlens import afcc
 from filterlens.analysis import analyze
 from filterlens.capture import Capture
@@ -24,8 +25,6 @@ from filterlens.errors import FilterlensError
 from filterlens.models import ModelSpec, build_model, list_layers, resolve_layers
 from filterlens.models.nodes import node_links
 from filterlens.models.vit_tiny import TinyViT
-
-from conftest import LABELS, SIZE, assert_user_error, run_cli, synthetic_data
 
 FC_CFG = "8,M,16,M,F32,F24"  # filterlens' VGG with two hidden FC layers of 32 and 24 nodes
 

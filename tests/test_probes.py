@@ -16,10 +16,8 @@ import torch.nn as nn
 
 from filterlens.capture import Capture, FeatureCache, capture_pass
 from filterlens.config import Config
-from filterlens.data import load_data
-from filterlens.loaders import make_loader
+from filterlens.loaders import Feed, make_loader
 from filterlens.models import list_layers, select_layers
-from filterlens.loaders import Feed
 from filterlens.precision import for_inference
 from filterlens.probes import ProbeRecipe, ProbeSet, train_probes
 from filterlens.train import load_trained, train

@@ -512,7 +512,7 @@ def test_plot_filter_matrix_writes_reordered_figure(tmp_path):
     clusters = LayerSFP.from_matrices(m).clusters_[0]
     assert clusters == [[0], [1, 3], [2], [4]]
     fig = plots.filter_matrix_figure(m, 0.3, [[1, 3]], names, "t", "max")
-    ax_norm, ax_bin = fig.axes[0], fig.axes[1]
+    ax_bin = fig.axes[1]  # the binarised matrix, beside the normalised one (axes[0])
     assert [t.get_text() for t in ax_bin.get_xticklabels()] == ["b", "d", "a", "c", "e"]
     assert [t.get_text() for t in ax_bin.get_yticklabels()] == ["b", "d", "a", "c", "e"]
     assert ax_bin.get_xlabel() == "output unit" and ax_bin.get_ylabel() == "input label"

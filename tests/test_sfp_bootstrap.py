@@ -17,8 +17,14 @@ import torch
 
 import filterlens.sfp.bootstrap as boot
 from filterlens.claims import percentile_interval
-from filterlens.sfp import (bootstrap_summary, clusters_from_labels, correct_from_fields, greedy_cluster_labels,
-                            greedy_clusters, resample_counts)
+from filterlens.sfp import (
+    bootstrap_summary,
+    clusters_from_labels,
+    correct_from_fields,
+    greedy_cluster_labels,
+    greedy_clusters,
+    resample_counts,
+)
 
 
 # ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import LABELS, SIZE, assert_user_error, brute_force_matrices, run_cli, synthetic_data
 from filterlens import afcc
 from filterlens.analysis import analyze
 from filterlens.capture import Capture, num_hooks
@@ -20,8 +21,6 @@ from filterlens.config import Config
 from filterlens.errors import FilterlensError
 from filterlens.models import ModelSpec, build_model, list_layers
 from filterlens.models.units import mha_heads
-
-from conftest import LABELS, SIZE, assert_user_error, brute_force_matrices, run_cli, synthetic_data
 
 MODELS = ["vit_b_16", "vit_tiny_cifar", "timm:vit_tiny_patch16_224", "timm:deit_tiny_patch16_224"]
 

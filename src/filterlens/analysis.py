@@ -11,7 +11,6 @@ the same for a run directory written by ``filterlens train``.
 from __future__ import annotations
 
 import os
-
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,18 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed as dist_
 from . import claims, sfp
+from . import distributed as dist_
 from .config import Config, parse_heatmaps, parse_thresholds
 from .data import Data, check_labels_present
 from .errors import FilterlensError, closest
 from .files import remove_file, write_csv, write_json
+from .fingerprint import weights_fingerprint
+from .folders import LOCK_FILES, MARK, kind_of
 from .inputs import as_data
 from .loaders import Feed
-from .fingerprint import weights_fingerprint
 from .models import resolve_layers
 from .models.contract import check_model
-from .folders import LOCK_FILES, MARK, kind_of
 from .names import CONFIG, FILTERS, LAYERS, MANIFEST, MODEL, PROBE_FILES, RESULTS, THUMBNAILS
 from .probe_results import ProbeResult
 from .probes import train_probes

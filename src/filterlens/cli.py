@@ -12,9 +12,9 @@ import os
 import sys
 from dataclasses import fields
 
-from .checks import int_flag, not_empty, parse_int
-from .config import Config, stage_fields
 from . import distributed  # light: imports torch only inside torchrun
+from .checks import int_flag, parse_int
+from .config import Config, stage_fields
 from .errors import FilterlensError
 
 TRAIN_STAGES = ("data", "model", "train", "run")

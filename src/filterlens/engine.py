@@ -41,8 +41,18 @@ import torch
 from .capture import Capture, CaptureLayer, FeatureCache
 from .errors import FilterlensError
 from .files import read_json, remove_file, sha256_file, write_bytes, write_json
-from .folders import (CACHE_FILE, CACHE_FOLDER, MARK, is_temporary, kind_of, make_dirs, mark, named, read_mark,
-                      remove_empty)
+from .folders import (
+    CACHE_FILE,
+    CACHE_FOLDER,
+    MARK,
+    is_temporary,
+    kind_of,
+    make_dirs,
+    mark,
+    named,
+    read_mark,
+    remove_empty,
+)
 
 ENGINES = ("auto", "memory", "groups", "disk", "stream")
 

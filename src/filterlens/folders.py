@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import FilterlensError
 from .files import MARK, write_json
+
 KINDS = ("run", "sweep", "cache", "compare", "glyphs", "seeds")  # glyphs: the rendered images of filterlens.glyphs;
 # seeds: the runs of one recipe over seeds (filterlens run --seeds), one run directory per seed inside
 LOCK_FILES = (".filterlens.lock", ".filterlens.lock.json")  # a run directory's lock (filterlens.rundir)

@@ -323,7 +323,8 @@ def copies_of(faces: list[Face]) -> dict[str, int]:
 
 def render_constants(image_size: int) -> dict:
     """Every constant the images depend on (with the rasteriser's versions)."""
-    from PIL import ImageFont, __version__ as pil_version
+    from PIL import ImageFont
+    from PIL import __version__ as pil_version
 
     return {"labels": "GB2312 level 1 (rows 0xB0-0xD7)", "image_size": image_size, "ink_extent": INK_EXTENT,
             "scale_jitter": SCALE_JITTER, "rotation_jitter": ROTATION_JITTER, "shift_jitter": SHIFT_JITTER,

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .data import ArraySplit, Data, DatasetSplit, DatasetSpec
+from .data import ArraySplit, Data, DatasetSpec, DatasetSplit
 from .errors import FilterlensError
 
 ACCEPTED = ("a pair (images, labels) of tensors or NumPy arrays, a map-style torch Dataset of (image, label) "

@@ -11,9 +11,18 @@ import time
 
 from .config import STAGE_ORDER, Config
 from .errors import Diverged, FilterlensError, closest
-from .names import LABEL_MEANS, POOLED_CSV, POOLED_JSON, PROBES_JSON, REPORT, SEED_RUN, STAGE_FILES, SWEEP_CSV, SWEEP_JSON
+from .names import (
+    LABEL_MEANS,
+    POOLED_CSV,
+    POOLED_JSON,
+    PROBES_JSON,
+    REPORT,
+    SEED_RUN,
+    STAGE_FILES,
+    SWEEP_CSV,
+    SWEEP_JSON,
+)
 from .rundir import RunDir
-
 
 PIPELINE = STAGE_ORDER
 
@@ -255,7 +264,6 @@ def _sfp(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
 
 def _afcc(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
     from . import afcc
-
     from .claims import format_table
 
     overrides = {f: getattr(cfg, f) for f in ("afcc_layers", "retrain_epochs", "retrain_lr", "retrain_momentum",

@@ -45,7 +45,6 @@ from .probe_results import LayerProbeResult, ProbeRecipe, ProbeResult
 from .progress import progress_bar
 from .utils import derive_seed
 
-
 #: the seed stream of the probes of other seeds (probe_seeds > 1): probe k's weights and sample order derive from it
 PROBE_SEED_STREAM = 7_000
 #: bytes per value of the per-sample fields the bootstrap can read (float32)

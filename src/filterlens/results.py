@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
-from importlib import resources
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .errors import FilterlensError
 from .names import TABLES
+
 
 def schema() -> dict:
     """The JSON Schema of ``results.json``."""
@@ -158,9 +159,9 @@ class UnitView:
 def unit_view(layer: str, index, unit_kind: str, weight, means, top, threshold: float, normalise: str, k: int,
               label_names: list) -> UnitView:
     """Unit ``index`` of ``layer`` from its layer's probe weight and label means (:func:`sfp.analyze_unit`)."""
-    from . import sfp
-
     import numpy as np
+
+    from . import sfp
 
     units = int(weight.shape[1])
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)):

@@ -34,8 +34,20 @@ from .checks import path_arg
 from .config import STAGE_ORDER, Config
 from .errors import FilterlensError
 from .files import read_json, remove_file, sha256_file, write_json
-from .folders import (CACHE_FILE, CACHE_FOLDER, LOCK_FILES, MARK, check_links, is_temporary, kind_of, make_dirs, mark,
-                      named, remove_empty, some_files)
+from .folders import (
+    CACHE_FILE,
+    CACHE_FOLDER,
+    LOCK_FILES,
+    MARK,
+    check_links,
+    is_temporary,
+    kind_of,
+    make_dirs,
+    mark,
+    named,
+    remove_empty,
+    some_files,
+)
 from .names import MANIFEST, RUN_FILES, SWEEP_FILES
 
 HEATMAP = re.compile(r"^.+-(filter|head|node)\d+\.png$")  # heatmaps/<layer>-filter3.png: analyze draws these

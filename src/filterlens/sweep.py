@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from . import claims
-from .claims import fit_line
 from .checks import is_int_text
+from .claims import fit_line
 from .config import Config
 from .errors import FilterlensError
 from .files import read_json, write_csv, write_json

@@ -26,12 +26,12 @@ from .errors import Diverged, FilterlensError
 from .files import write_csv, write_json
 from .fingerprint import digest_matches
 from .loaders import make_loader
-from .names import CONFIG, MODEL
 from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from .models.contract import check_model
+from .names import CONFIG, MODEL
+from .precision import FLOAT32, Precision, for_inference, for_training
 from .progress import progress_bar
 from .rundir import RunDir
-from .precision import FLOAT32, Precision, for_inference, for_training
 from .utils import eval_mode, keeps_global_rng, resolve_device, seed_everything
 
 

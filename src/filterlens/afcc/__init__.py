@@ -17,14 +17,14 @@ One module per concern, from the ground up:
 A **mask** zeroes weights inside dense tensors (no speed-up by itself); a **removal** deletes
 whole units, so tensors really shrink. Every name below is importable from ``filterlens.afcc``.
 """
+from .apply import apply, choose_layers
 from .cost import count_macs, measure_latency
 from .diluted import DilutedNet, HookTrunk, apply_masks, build_diluted, make_masks, trainable_parameters
 from .export import FORMAT, FORMAT_VERSION, MASK_NOTE, load, save
-from .masks import LayerMask, conv_mask, connections, dilution, fc_mask, random_mask, random_masks
+from .masks import LayerMask, connections, conv_mask, dilution, fc_mask, random_mask, random_masks
 from .removal import prune, prune_support
-from .retrain import TensorLoader, accuracy, retrain
 from .result import AfccResult
-from .apply import apply, choose_layers
+from .retrain import TensorLoader, accuracy, retrain
 from .stage import print_afcc, run_afcc
 
 __all__ = [

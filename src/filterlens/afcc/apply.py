@@ -30,8 +30,8 @@ from ..errors import FilterlensError
 from ..inputs import as_data
 from ..loaders import Feed
 from ..models import list_layers, select_layers
-from ..progress import progress_bar
 from ..precision import for_inference
+from ..progress import progress_bar
 from ..utils import keeps_global_rng, resolve_device, seed_everything
 from .cost import count_macs, measure_latency
 from .diluted import _check_consecutive, _first_trainable, apply_masks, build_diluted, make_masks, trainable_parameters

@@ -15,9 +15,8 @@
 from __future__ import annotations
 
 import copy
-import statistics
-
 import logging
+import statistics
 
 import torch
 import torch.nn as nn

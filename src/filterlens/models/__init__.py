@@ -1,8 +1,7 @@
 """Architectures (:mod:`.build`, with filterlens' own in :mod:`.vgg`), layer discovery (:mod:`.layers`) and
 checkpoints (:mod:`.checkpoints`). Every name below is importable from ``filterlens.models``."""
 from .build import ModelSpec, available_models, build_model
-from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, read_checkpoint,
-                          save_checkpoint)
+from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, read_checkpoint, save_checkpoint
 from .families import Discovery, discover
 from .layers import Layer, candidate_layers, describe, list_layers, resolve_layers, select_layers, smallest_input
 from .resnet_cifar import CIFAR_RESNET_DEPTHS, CifarResNet

@@ -9,8 +9,8 @@ import torch.nn as nn
 from ..errors import FilterlensError, closest
 from .resnet_cifar import CIFAR_RESNET_DEPTHS, CifarResNet
 from .user import build_user_model, is_reference
-from .vit_tiny import VIT_CONFIGS, TinyViT
 from .vgg import VGG, VGG_CONFIGS, _parse_vgg_cfg, _scaled
+from .vit_tiny import VIT_CONFIGS, TinyViT
 
 
 @dataclass

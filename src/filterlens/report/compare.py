@@ -23,13 +23,13 @@ Every input is checked before anything is written; a bad one is one line naming 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..claims import format_pooled, snr_sentence
 from ..errors import FilterlensError
 from ..files import read_json, write_csv, write_json, write_text
-from ..claims import format_pooled, snr_sentence
 from ..folders import is_temporary, kind_of, make_dirs, mark, named, some_files
 from ..rundir import RunDir
 from .html import _CHECK_JS, _CSS, _esc, _img, _read_csv, _table, claims_table

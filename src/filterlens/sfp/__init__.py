@@ -30,13 +30,32 @@ Design choices (see METHOD.md stage 3 for the ones the method leaves open):
 * The bootstrap resamples test inputs with replacement *within each label* (stratified), so
   every label keeps its number of samples and every matrix row stays defined.
 """
-from .bootstrap import (bootstrap_summary, bootstrap_summary_from_features, correct_from_features, correct_from_fields,
-                        resample_counts)
-from .clusters import (binarise_matrices, cluster_order, clusters_from_labels, greedy_cluster_labels, greedy_clusters,
-                       normalise_matrices, top_samples)
+from .bootstrap import (
+                        bootstrap_summary,
+                        bootstrap_summary_from_features,
+                        correct_from_features,
+                        correct_from_fields,
+                        resample_counts,
+)
+from .clusters import (
+                        binarise_matrices,
+                        cluster_order,
+                        clusters_from_labels,
+                        greedy_cluster_labels,
+                        greedy_clusters,
+                        normalise_matrices,
+                        top_samples,
+)
 from .layer import LayerSFP, UnitSFP, analyze_layer, analyze_unit, threshold_sweep, vote_fractions
-from .matrices import (DEFAULT_THRESHOLD, NORMALISE_CHOICES, SUMMARY_KEYS, NotFittedError, filter_matrices,
-                       matrices_from_fields, sample_fields)
+from .matrices import (
+                        DEFAULT_THRESHOLD,
+                        NORMALISE_CHOICES,
+                        SUMMARY_KEYS,
+                        NotFittedError,
+                        filter_matrices,
+                        matrices_from_fields,
+                        sample_fields,
+)
 
 __all__ = [
     "NORMALISE_CHOICES",

@@ -12,7 +12,6 @@ from .clusters import _greedy_labels_unchecked, _process_block
 from .matrices import DEFAULT_THRESHOLD, _as_tensor, _check_labels, _check_normalise, _check_threshold
 from .stats import UNIT_KEYS, layer_summaries, unit_stats
 
-
 # The bootstrap's working memory beyond its input fields and its output, in bytes (see bootstrap_summary)
 _WORK_BYTES = 256 * 2**20
 

@@ -8,11 +8,29 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .clusters import (_as_matrices, _binarise, _greedy_labels_unchecked, clusters_from_labels, normalise_matrices,
-                       top_samples)
-from .matrices import (_CHUNK_ELEMENTS, DEFAULT_THRESHOLD, NotFittedError, _as_tensor, _check_dtype,
-                       _check_layer_shapes, _check_normalise, _check_threshold, _nanmean, _shape, contract,
-                       filter_matrices, sample_fields)
+from .clusters import (
+    _as_matrices,
+    _binarise,
+    _greedy_labels_unchecked,
+    clusters_from_labels,
+    normalise_matrices,
+    top_samples,
+)
+from .matrices import (
+    _CHUNK_ELEMENTS,
+    DEFAULT_THRESHOLD,
+    NotFittedError,
+    _as_tensor,
+    _check_dtype,
+    _check_layer_shapes,
+    _check_normalise,
+    _check_threshold,
+    _nanmean,
+    _shape,
+    contract,
+    filter_matrices,
+    sample_fields,
+)
 from .stats import unit_stats
 
 # LayerSFP keeps a layer's matrices (and their binarised copies) only up to this size ("auto")
