@@ -1,8 +1,8 @@
 """Stages 2 and 3 on a trained model: layer accuracies, then every unit's clusters, noise and SNR.
 
-``filterlens.analyze(model, train, test, **settings)`` (this module's :func:`analyze`) is the library entry point: any ``nn.Module`` and
-any data :mod:`filterlens.inputs` accepts (tensors, arrays, a torch Dataset or DataLoader, a torchvision
-dataset, or a named dataset's :class:`~filterlens.data.Data`). It returns an :class:`Analysis`: the
+``filterlens.analyze(model, train, test, **settings)`` (this module's :func:`analyze`) is the library entry point: any
+``nn.Module`` and any data :mod:`filterlens.inputs` accepts (tensors, arrays, a torch Dataset or DataLoader, a
+torchvision dataset, or a named dataset's :class:`~filterlens.data.Data`). It returns an :class:`Analysis`: the
 tables, the stage-2 arrays (:class:`~filterlens.probe_results.ProbeResult`), the fitted unit analyses,
 one unit on demand (:meth:`Analysis.unit`), its figures (:meth:`Analysis.plot`) and
 :meth:`Analysis.save`, which writes a run directory every command reads. ``analyze_run(run_dir)`` does
@@ -175,7 +175,8 @@ class Analysis:
         """Stage 3's files in ``directory`` (tables, figures, heatmaps, thumbnails, results.json last); returns
         their names relative to it."""
         d = Path(directory)
-        written = [write_csv(d / LAYERS, self.layers, LAYER_COLUMNS), write_csv(d / FILTERS, self.filters, FILTER_COLUMNS)]
+        written = [write_csv(d / LAYERS, self.layers, LAYER_COLUMNS),
+                   write_csv(d / FILTERS, self.filters, FILTER_COLUMNS)]
         # a new analysis replaces results.json whole: later stages (AFCC) add their entries again
         results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers}
         for name in ("thresholds.csv", "bootstrap.csv", THUMBNAILS):  # from an earlier analysis with other settings
@@ -381,8 +382,8 @@ def check_heatmaps(spec: str, layers) -> None:
     by_name = {l.name: l for l in layers}
     for layer, unit in picks:
         if layer not in by_name:
-            raise FilterlensError(f"heatmap '{layer}:{unit}' names a layer that is not analysed{closest(layer, by_name)}; "
-                                  f"analysed layers: {', '.join(by_name)}")
+            raise FilterlensError(f"heatmap '{layer}:{unit}' names a layer that is not analysed"
+                                  f"{closest(layer, by_name)}; analysed layers: {', '.join(by_name)}")
         if unit >= by_name[layer].filters:
             raise FilterlensError(f"heatmap '{layer}:{unit}': layer '{layer}' has {by_name[layer].filters} units "
                                   f"(0..{by_name[layer].filters - 1})")

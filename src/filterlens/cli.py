@@ -53,7 +53,8 @@ def load_toml(path) -> dict:
     except FileNotFoundError:
         raise FilterlensError(f"config file '{path}' does not exist") from None
     except IsADirectoryError:
-        raise FilterlensError(f"config file '{path}' is a directory; give a TOML file, e.g. configs/demo.toml") from None
+        raise FilterlensError(f"config file '{path}' is a directory; give a TOML file, "
+                              "e.g. configs/demo.toml") from None
     except UnicodeDecodeError:
         raise FilterlensError(f"config file '{path}' is not UTF-8 text (a binary file?); give a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
@@ -386,7 +387,8 @@ def cmd_demo(args) -> int:
 
 
 DISTRIBUTED_COMMANDS = ("train", "analyze")  # the commands that run under torchrun
-COMMANDS = {"afcc": cmd_afcc, "run": cmd_run, "report": cmd_report, "compare": cmd_compare, "sweep": cmd_sweep, "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
+COMMANDS = {"afcc": cmd_afcc, "run": cmd_run, "report": cmd_report, "compare": cmd_compare, "sweep": cmd_sweep,
+            "train": cmd_train, "layers": cmd_layers, "analyze": cmd_analyze, "demo": cmd_demo}
 
 
 # errno values that mean "the user pointed at something unusable" (exit 2) rather than an internal error

@@ -52,14 +52,19 @@ class Config:
                                             "data/<dataset>; glyphs: its render cache, ~/.cache/filterlens/glyphs)")
     labels: str = _f("all", "data", "label subset: all, first:K, random:K:SEED, or a list of names/indices")
     download: bool = _f(False, "data", "download CIFAR through torchvision when the files are absent (needs internet)")
-    image_size: int | None = _f(None, "data", "input size: every split (train and test) resized to N x N (glyphs: rendered at N x N; default: the dataset's own, 224 for folders)", bounds="[8, 2048]")
-    train_samples: int = _f(0, "data", "use a seeded random subset of this many training samples (0: all)", bounds="[0, 1000000000]")
-    test_samples: int = _f(0, "data", "use a seeded random subset of this many test samples (0: all)", bounds="[0, 1000000000]")
+    image_size: int | None = _f(None, "data", "input size: every split (train and test) resized to N x N (glyphs: "
+                                              "rendered at N x N; default: the dataset's own, 224 for folders)",
+                                bounds="[8, 2048]")
+    train_samples: int = _f(0, "data", "use a seeded random subset of this many training samples (0: all)",
+                            bounds="[0, 1000000000]")
+    test_samples: int = _f(0, "data", "use a seeded random subset of this many test samples (0: all)",
+                           bounds="[0, 1000000000]")
     # model
     model: str = _f("vgg_small", "model", "architecture: vgg16, vgg16_fc (two hidden FC "
                                           "layers), vgg16_slim, vgg_small, vgg_tiny, vgg11, vgg "
                                           "(with --vgg-cfg), vgg16_imagenet, efficientnet_b0, any torchvision model, "
-                                          "timm:<name>, or your own: path/to/file.py:factory or package.module:callable")
+                                          "timm:<name>, or your own: path/to/file.py:factory or "
+                                          "package.module:callable")
     width_mult: float = _f(1.0, "model", "width multiplier of our VGG models", bounds="(0, 16]")
     vgg_cfg: str | None = _f(None, "model", "explicit VGG widths for --model vgg, e.g. 16,16,M,32,M; "
                                                "F<n> entries after the convs add hidden FC layers: 16,M,32,M,F64,F64")
@@ -97,9 +102,11 @@ class Config:
     probe_epochs: int | None = _f(None, "probes", "epochs of every layer's FC probe (default: 30 in fast mode, "
                                                   "200 in paper mode; an untrained probe measures nothing, so at "
                                                   "least 1)", bounds="[1, 100000]")
-    probe_lr: float | None = _f(None, "probes", "probe learning rate (default: 1e-2 Adam in fast mode, 0.01 SGD in paper mode)", bounds="(0, 10]")
+    probe_lr: float | None = _f(None, "probes", "probe learning rate (default: 1e-2 Adam in fast mode, 0.01 SGD in "
+                                                "paper mode)", bounds="(0, 10]")
     probe_batch_size: int = _f(100, "probes", "probe mini-batch size (paper: 100)", bounds="[1, 65536]")
-    probe_weight_decay: float | None = _f(None, "probes", "probe weight decay (default: 0 fast, 1e-3 paper)", bounds="[0, 1]")
+    probe_weight_decay: float | None = _f(None, "probes", "probe weight decay (default: 0 fast, 1e-3 paper)",
+                                          bounds="[0, 1]")
     probe_pool: str = _f("none", "probes", "adaptive max-pool of each layer's map before its FC: none, HxW (e.g. 4x4), "
                                            "or max:N (pool to at most N features)")
     tokens: str = _f("all", "probes", "transformer blocks: the tokens each head's probe reads: all (tokens x d_head), "
@@ -108,9 +115,9 @@ class Config:
     probe_augment: bool = _f(False, "probes", "training augmentation during probe training (the authors: on; "
                                               "forces streaming)")
     engine: str = _f("auto", "probes", "how the probes get their features: auto (memory when the cache fits the "
-                                       "budget, else the cheapest of groups, disk and stream by measured speed), memory, "
-                                       "groups (one capture pass per group of layers that fits), disk (a memory-mapped "
-                                       "cache in --cache-dir), stream (one forward pass per epoch)",
+                                       "budget, else the cheapest of groups, disk and stream by measured speed), "
+                                       "memory, groups (one capture pass per group of layers that fits), disk (a "
+                                       "memory-mapped cache in --cache-dir), stream (one forward pass per epoch)",
                      choices=("auto", "memory", "groups", "disk", "stream"))
     cache_budget: str = _f("auto", "probes", "bytes of cached float16 features (e.g. 500M, 4G; auto: 40%% of the "
                                              "available memory, at most 16G); above it, --engine decides")
@@ -125,7 +132,8 @@ class Config:
     normalise: str = _f("max", "sfp", "filter-matrix normalisation", choices=("max", "column-centred"))
     thresholds: str = _f("", "sfp", "also report every layer's summary at these thresholds, e.g. 0.1,0.2,0.3,0.4,0.5 "
                                       "(empty: none)")
-    bootstrap: int = _f(0, "sfp", "resample the test set N times for 95%% intervals of every layer metric (0: off)", bounds="[0, 100000]")
+    bootstrap: int = _f(0, "sfp", "resample the test set N times for 95%% intervals of every layer metric (0: off)",
+                        bounds="[0, 100000]")
     explorer_units: int = _f(32, "sfp", "units per layer shown with thumbnails and matrices in report.html's "
                                         "explorer (the most and least noisy, and the heatmaps' ones); the rest as "
                                         "numbers (0: every unit as numbers only)", bounds="[0, 100000]")

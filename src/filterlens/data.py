@@ -59,7 +59,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True, True),
     "cifar100": DatasetSpec("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True, True),
     "imagenet": DatasetSpec("imagenet", 3, 224, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True, False),
-    "imagefolder": DatasetSpec("imagefolder", 3, 224, None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True, False),
+    "imagefolder": DatasetSpec("imagefolder", 3, 224, None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True,
+                               False),
     # glyphs: rendered from the installed CJK fonts (filterlens.glyphs: its constants, cache and fonts); no flip
     "glyphs": DatasetSpec("glyphs", 1, glyphs.IMAGE_SIZE, glyphs.NUM_LABELS, (glyphs.MEAN,), (glyphs.STD,), 2, False,
                           True),
@@ -132,8 +133,8 @@ class DatasetSplit(torch.utils.data.Dataset):
     """A user's map-style dataset as a split: each sample as the dataset's own ``__getitem__`` (and its
     transforms) gives it, as (image, label); the image a float32 tensor (C, H, W) (a uint8 one scaled to
     [0, 1], nothing else added; an image stored H x W x C, as Hugging Face datasets give them, with 1 or 3
-    channels last and neither first, is read channels first), the label an int. ``labels``: every sample's label, read once
-    (:mod:`filterlens.inputs`). ``keys``: for samples that are dicts, the image's and the label's key."""
+    channels last and neither first, is read channels first), the label an int. ``labels``: every sample's label, read
+    once (:mod:`filterlens.inputs`). ``keys``: for samples that are dicts, the image's and the label's key."""
 
     def __init__(self, dataset, labels: torch.Tensor, keys: tuple[str, str] | None = None, which: str = "",
                  shape: tuple[int, int, int] | None = None):
@@ -613,4 +614,5 @@ def check_labels_present(data: Data) -> None:
         empty = [data.label_names[i] for i in range(data.num_labels) if counts[i] == 0]
         if empty:
             raise FilterlensError(
-                f"the {split_name} split has no sample of label(s) {', '.join(empty)}; choose labels present in both splits")
+                f"the {split_name} split has no sample of label(s) {', '.join(empty)}; "
+                "choose labels present in both splits")

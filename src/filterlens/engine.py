@@ -196,9 +196,10 @@ def check_home(home: Path) -> None:
 
 
 class DiskCache:
-    """The half-precision (float16 or bfloat16) features of one group of layers on disk: ``<key>.train.f16`` and ``.labels``, the same for
-    ``test``, the label means (``<key>.means.pt``) and, written last, the completion marker ``<key>.json`` with
-    every file's sha256. ``<key>.lock`` keeps a second command off the same cache while this one uses it.
+    """The half-precision (float16 or bfloat16) features of one group of layers on disk: ``<key>.train.f16`` and
+    ``.labels``, the same for ``test``, the label means (``<key>.means.pt``) and, written last, the completion marker
+    ``<key>.json`` with every file's sha256. ``<key>.lock`` keeps a second command off the same cache while this one
+    uses it.
 
     :meth:`open` makes (or checks) the folder, takes the lock and opens the files: a complete cache whose
     checksums match is reused; a damaged one is rebuilt, saying so through ``echo``. :meth:`finish` after the

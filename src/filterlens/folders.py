@@ -1,8 +1,8 @@
 """Folders filterlens makes, and how it knows them: a marker file, ``.filterlens``.
 
 Every folder filterlens makes for its own use (a run directory, a sweep directory, the disk engine's
-cache folder, the output of ``filterlens compare``, the glyphs dataset's rendered images) holds ``.filterlens`` (JSON: ``made_by``, ``kind``,
-``version``); :func:`kind_of` reads it.
+cache folder, the output of ``filterlens compare``, the glyphs dataset's rendered images) holds ``.filterlens`` (JSON:
+``made_by``, ``kind``, ``version``); :func:`kind_of` reads it.
 A folder without the marker is recognised as an earlier filterlens left it: a run directory by its
 ``config.json`` (a JSON object naming ``dataset`` and ``model``, which every filterlens wrote first) or its
 ``stages.json``; a sweep directory by its ``sweep_plan.json`` (a JSON object listing ``tasks``). Anything

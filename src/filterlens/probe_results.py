@@ -199,8 +199,8 @@ class ProbeResult:
                        meta.get("engine_choice"), meta.get("data") or {}, meta.get("precision") or {},
                        str(meta.get("model_fingerprint") or ""))
         except Exception as exc:  # noqa: BLE001 - any unreadable or inconsistent file: one line
-            raise FilterlensError(f"the probe files of '{d}' ({', '.join(PROBE_FILES)}) cannot be read ({type(exc).__name__}: "
-                                  f"{str(exc)[:100]}); run the probes stage again (filterlens analyze, or filterlens run "
-                                  "--from probes)") from None
+            raise FilterlensError(f"the probe files of '{d}' ({', '.join(PROBE_FILES)}) cannot be read "
+                                  f"({type(exc).__name__}: {str(exc)[:100]}); run the probes stage again "
+                                  "(filterlens analyze, or filterlens run --from probes)") from None
 
 

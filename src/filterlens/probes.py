@@ -277,8 +277,9 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
     ``cfg`` supplies ``probe_mode``, ``probe_epochs``, ``probe_lr``, ``probe_batch_size``,
     ``probe_weight_decay``, ``probe_pool``, ``probe_augment``, ``cache_budget``, ``engine`` and
     ``seed``; ``feed`` (:class:`~filterlens.loaders.Feed`) every batch of this rank, on the model's device;
-    ``cache_dir`` is where the disk engine keeps its cache (a temporary directory when None). Under torchrun every rank captures and trains on its shard (``probe_batch_size / N`` per
-    rank and step, gradients averaged), and every rank returns the same, global, result.
+    ``cache_dir`` is where the disk engine keeps its cache (a temporary directory when None). Under torchrun every rank
+    captures and trains on its shard (``probe_batch_size / N`` per rank and step, gradients averaged), and every rank
+    returns the same, global, result.
     ``keep_fields``: keep, for the bootstrap, every layer's per-sample test fields or its test features
     (:func:`bootstrap_input`: the smaller of the two) with the test labels.
     """

@@ -58,12 +58,13 @@ CONFIG_RECORD = "config"  # the record of config.json in stages.json (not a stag
 _OTHER_KINDS = {"cache": "the disk engine's cache folder", "compare": "the output folder of filterlens compare",
                 "glyphs": "the glyphs dataset's cache folder",
                 "seeds": "a folder of the runs of one recipe over seeds (filterlens run --seeds)"}
+# run directories this process holds the lock of (nested lock() calls)
 _held: dict[Path, int] = {}
 # the entries of results.json and the JSON types they must have (None: the entry may be null)
 _RESULT_KEYS = {"config": dict, "environment": dict, "data": dict, "probes": dict, "sfp": dict, "timings": dict,
                 "layers": list, "label_names": list, "thresholds": list, "heatmaps": list, "title": str,
                 "train": (dict, type(None)), "bootstrap": (dict, type(None)), "afcc": (dict, type(None)),
-                "afcc_pruned": (dict, type(None)), "claims": list}  # run directories this process holds the lock of (nested lock() calls)
+                "afcc_pruned": (dict, type(None)), "claims": list}
 
 
 class RunDir:

@@ -260,8 +260,8 @@ def merge(sweep_dir, echo=print) -> dict:
     for k in sorted({r["num_labels"] for r in rows}):
         errs = [r["error"] for r in rows if r["num_labels"] == k]
         sel = [r for r in rows if r["num_labels"] == k]
-        per_count.append({"num_labels": k, "subsets": len(errs), "max_error": max(errs), "mean_error": float(np.mean(errs)),
-                          "min_error": min(errs),
+        per_count.append({"num_labels": k, "subsets": len(errs), "max_error": max(errs),
+                          "mean_error": float(np.mean(errs)), "min_error": min(errs),
                           **{f"mean_{key}": _nanmean([r.get(key) for r in sel])
                              for key in ("last_layer_accuracy", *LAST_LAYER_KEYS)}})
     xs = [c["num_labels"] for c in per_count]

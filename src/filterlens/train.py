@@ -5,8 +5,8 @@ cosine/step/constant decay, the
 dataset's training augmentation, a checkpoint written atomically after every
 epoch, ``resume`` from it (same weights as an uninterrupted run: the loader's
 order and augmentation are drawn from a generator seeded by (seed, epoch)),
-bfloat16 autocast and channels-last where the hardware has them (:mod:`filterlens.precision`). Under torchrun the model is wrapped in
-DistributedDataParallel, each rank trains on its shard of every global mini-batch and
+bfloat16 autocast and channels-last where the hardware has them (:mod:`filterlens.precision`). Under torchrun the model
+is wrapped in DistributedDataParallel, each rank trains on its shard of every global mini-batch and
 rank 0 alone writes (:mod:`filterlens.distributed`).
 """
 from __future__ import annotations
@@ -321,8 +321,8 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     final = evaluate(model, test_loader, device, infer, reduce=world > 1) if not history or start == epochs \
         else {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
     summary = {"train_hash": cfg.stage_hash("train"), "test_accuracy": final["accuracy"], "test_loss": final["loss"],
-               "epochs": epochs, "steps": epochs * len(train_loader), "seconds": time.perf_counter() - t0, "model": asdict(spec),
-               "data": data.describe(), "history": history, "processes": world,
+               "epochs": epochs, "steps": epochs * len(train_loader), "seconds": time.perf_counter() - t0,
+               "model": asdict(spec), "data": data.describe(), "history": history, "processes": world,
                "precision": {"train": precision.record(), "evaluation": infer.record()}}
     if main:
         save_checkpoint(rd.file("model.pt"), _unwrap(model), spec, data.label_names,
@@ -358,8 +358,9 @@ def load_trained(run_dir, device="cpu") -> tuple[nn.Module, Config, Data, ModelS
     """The trained model of a run directory, with its config and data."""
     rd = RunDir(run_dir)
     if rd.exists(CONFIG) and not rd.exists(MODEL) and _analysed_in_python(rd):
-        raise FilterlensError(f"'{rd.path}' was analysed from Python (filterlens.analyze): its model and data cannot be "
-                              "rebuilt by the command line; run AFCC from Python: filterlens.afcc.apply(model, analysis)")
+        raise FilterlensError(f"'{rd.path}' was analysed from Python (filterlens.analyze): its model and data "
+                              "cannot be rebuilt by the command line; run AFCC from Python: "
+                              "filterlens.afcc.apply(model, analysis)")
     if not rd.path.is_dir() or not rd.exists("config.json") or not rd.exists("model.pt"):
         raise FilterlensError(f"'{rd.path}' is not a trained run directory (no config.json/model.pt); run "
                               "filterlens train --run-dir first")

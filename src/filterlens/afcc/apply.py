@@ -51,8 +51,9 @@ def choose_layers(all_layers, spec, analysed: set):
     chosen = select_layers(all_layers, spec)
     missing = [l.name for l in chosen if l.name not in analysed]
     if missing:
-        raise FilterlensError(f"layer '{missing[0]}' was not analysed (the analysis has {', '.join(l.name for l in have)}); "
-                              "choose among those or analyse again with --layers including it")
+        raise FilterlensError(f"layer '{missing[0]}' was not analysed (the analysis has "
+                              f"{', '.join(l.name for l in have)}); choose among those or analyse again with "
+                              "--layers including it")
     _check_consecutive(chosen, all_layers)
     return chosen
 
@@ -76,8 +77,8 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
                               "filterlens.analysis.Analysis.load(run_dir))")
     cfg = with_settings(config or analysis.config, settings)
     if analysis.probes is None:
-        raise FilterlensError("the analysis holds no probe weights and label means; load it with Analysis.load(run_dir) "
-                              "from a run directory that has them")
+        raise FilterlensError("the analysis holds no probe weights and label means; load it with "
+                              "Analysis.load(run_dir) from a run directory that has them")
     data = as_data(train, test, labels) if train is not None else getattr(analysis, "data", None)
     if data is None:
         raise FilterlensError("the analysis holds no data (it was loaded from a run directory); give train and test")
@@ -231,7 +232,8 @@ class _Context:
 
     def train_loader(self):
         if self.engine == "cache":
-            return TensorLoader(self.train_x, self.train_y, self.cfg.retrain_batch_size, True, self.cfg.seed), self.start
+            return (TensorLoader(self.train_x, self.train_y, self.cfg.retrain_batch_size, True, self.cfg.seed),
+                    self.start)
         return self.feed.shuffled(self.cfg.retrain_batch_size, self.cfg.retrain_augment), 0
 
     def accuracy(self, net) -> float:

@@ -205,8 +205,8 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
     w = torch.as_tensor(fc_weight).detach().float().cpu()
     L = int(w.shape[0])
     if w.numel() != L * C * H * W:
-        raise FilterlensError(f"the FC weight has shape {tuple(w.shape)}; layer '{b.name}' (output {b.shape}, probe_pool "
-                              f"{pool_text}) needs ({L}, {C}, {H}, {W})")
+        raise FilterlensError(f"the FC weight has shape {tuple(w.shape)}; layer '{b.name}' (output {b.shape}, "
+                              f"probe_pool {pool_text}) needs ({L}, {C}, {H}, {W})")
     fc = nn.Linear(C * H * W, L, bias=False)
     with torch.no_grad():
         fc.weight.copy_(w.reshape(L, -1))
@@ -283,9 +283,9 @@ def make_masks(net, clusters: dict) -> list[LayerMask]:
             continue
         loc = net.info["convs"].get(cur)
         if loc is None:
-            raise FilterlensError(f"conv masks between '{prev}' and '{cur}' need the conv feeding '{cur}', which cannot be "
-                                  "located in this architecture (supported: filterlens VGG, torchvision VGG-BN, and "
-                                  "two FC node layers one Linear joins); use "
+            raise FilterlensError(f"conv masks between '{prev}' and '{cur}' need the conv feeding '{cur}', which "
+                                  "cannot be located in this architecture (supported: filterlens VGG, torchvision "
+                                  "VGG-BN, and two FC node layers one Linear joins); use "
                                   f"--layers {layers[-1]} for the FC mask only")
         w = net.get_parameter(loc["conv"] + ".weight")
         masks.append(LayerMask(cur, "conv", loc["conv"] + ".weight",
@@ -301,7 +301,8 @@ def apply_masks(net, masks: Sequence[LayerMask]):
         for m in masks:
             p = net.get_parameter(m.param)
             if m.mask.numel() != p.numel():
-                raise FilterlensError(f"mask '{m.key}' has {m.mask.numel()} entries; parameter '{m.param}' has {p.numel()}")
+                raise FilterlensError(f"mask '{m.key}' has {m.mask.numel()} entries; "
+                                      f"parameter '{m.param}' has {p.numel()}")
             p.mul_(m.mask.reshape(p.shape).to(p.device, p.dtype))
     return net
 

@@ -86,8 +86,8 @@ def retrain(net, masks: Sequence[LayerMask], loader, epochs: int = 3, lr: float 
                 out = net(x, start=start)
                 loss = F.cross_entropy(out, y)
                 if not torch.isfinite(loss):
-                    raise FilterlensError(f"retraining loss became {loss.item()} in epoch {epoch + 1}; lower the retrain "
-                                          f"learning rate (now {lr})")
+                    raise FilterlensError(f"retraining loss became {loss.item()} in epoch {epoch + 1}; lower the "
+                                          f"retrain learning rate (now {lr})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -37,8 +37,8 @@ def run_afcc(run_dir, overrides: dict | None = None, progress: bool | None = Non
     with rd.lock("filterlens afcc"):
         for name in (PROBES, LABEL_MEANS, RESULTS):
             if not rd.exists(name):
-                raise FilterlensError(f"'{rd.path}' has not been analysed (no {name}); run filterlens analyze --run-dir "
-                                      f"{rd.path} first")
+                raise FilterlensError(f"'{rd.path}' has not been analysed (no {name}); run filterlens analyze "
+                                      f"--run-dir {rd.path} first")
         analysis = Analysis.load(rd.path)
         cfg = with_settings(analysis.config, dict(overrides or {}))  # every setting checked before any work
         model, run_cfg, data, spec = load_trained(rd.path)
@@ -86,7 +86,8 @@ def print_afcc(out: dict, echo=print) -> None:
     n = a.get("random_draws", 1)
     spread = f" ± {a['random_retrained_sd']:.4f} (sd of {n} draws)" if n > 1 else ""
     echo(f"accuracy: before {a['before']:.4f}  masked {a['masked']:.4f}  retrained {a['retrained']:.4f}  |  random"
-         f"{' (mean)' if n > 1 else ''}: masked {a['random_masked']:.4f}  retrained {a['random_retrained']:.4f}{spread}")
+         f"{' (mean)' if n > 1 else ''}: masked {a['random_masked']:.4f}  "
+         f"retrained {a['random_retrained']:.4f}{spread}")
     p = out.get("pruned") or {}
     if p.get("supported"):
         f = "; ".join(f"{k} {v['filters_before']}->{v['filters_after']}" for k, v in p["filters"].items())

@@ -8,6 +8,7 @@ from .resnet_cifar import CIFAR_RESNET_DEPTHS, CifarResNet
 from .vgg import VGG, VGG_CONFIGS, VGGBlock
 from .vit_tiny import VIT_CONFIGS, TinyViT
 
-__all__ = ["VIT_CONFIGS", "TinyViT", "CIFAR_RESNET_DEPTHS", "CifarResNet", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Layer", "ModelSpec", "VGG", "VGGBlock", "VGG_CONFIGS",
-           "Discovery", "available_models", "build_model", "candidate_layers", "describe", "discover", "list_layers", "load_checkpoint",
-           "read_checkpoint", "resolve_layers", "save_checkpoint", "select_layers", "smallest_input"]
+__all__ = ["VIT_CONFIGS", "TinyViT", "CIFAR_RESNET_DEPTHS", "CifarResNet", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
+           "Layer", "ModelSpec", "VGG", "VGGBlock", "VGG_CONFIGS",
+           "Discovery", "available_models", "build_model", "candidate_layers", "describe", "discover", "list_layers",
+           "load_checkpoint", "read_checkpoint", "resolve_layers", "save_checkpoint", "select_layers", "smallest_input"]

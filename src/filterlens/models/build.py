@@ -33,8 +33,8 @@ def _torchvision_names() -> list[str]:
 
 def available_models() -> list[str]:
     return sorted(VGG_CONFIGS) + ["vgg"] + sorted(CIFAR_RESNET_DEPTHS) + [
-        "resnet18_cifar"] + sorted(VIT_CONFIGS) + ["vgg16_imagenet", "<any torchvision classification model>", "timm:<name>", "path/to/file.py:factory",
-        "package.module:callable"]
+        "resnet18_cifar"] + sorted(VIT_CONFIGS) + ["vgg16_imagenet", "<any torchvision classification model>",
+        "timm:<name>", "path/to/file.py:factory", "package.module:callable"]
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
@@ -160,7 +160,8 @@ def _torchvision_model(spec: ModelSpec, weights: str | None) -> nn.Module:
             w = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
         except KeyError:
             options = [m.name for m in enum]
-            raise FilterlensError(f"unknown weights '{weights}' for {tv_name}; valid: DEFAULT, {', '.join(options)}") from None
+            raise FilterlensError(f"unknown weights '{weights}' for {tv_name}; "
+                                  f"valid: DEFAULT, {', '.join(options)}") from None
         try:
             model = torchvision.models.get_model(tv_name, weights=w)
         except (OSError, RuntimeError) as exc:  # offline (URLError is an OSError) or a damaged download
@@ -169,9 +170,9 @@ def _torchvision_model(spec: ModelSpec, weights: str | None) -> nn.Module:
             import torch.hub
 
             target = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(w.url))
-            raise FilterlensError(f"the pretrained weights {tv_name} {w.name} could not be loaded ({type(exc).__name__}: "
-                                  f"{str(exc)[:100]}); without internet, download {w.url} elsewhere and put it at "
-                                  f"{target}") from None
+            raise FilterlensError(f"the pretrained weights {tv_name} {w.name} could not be loaded "
+                                  f"({type(exc).__name__}: {str(exc)[:100]}); without internet, download {w.url} "
+                                  f"elsewhere and put it at {target}") from None
         _replace_head(model, spec.num_labels)
     else:
         extra = {"aux_logits": False, "init_weights": True} if tv_name in ("googlenet", "inception_v3") else {}

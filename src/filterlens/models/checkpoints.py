@@ -74,7 +74,8 @@ def load_checkpoint(path, model: nn.Module, spec: ModelSpec | None = None) -> di
     shape_bad = [k for k in sd if k in own and own[k].shape != sd[k].shape]
     if missing or unexpected or shape_bad:
         what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected else
-                f"shape of {shape_bad[0]} is {tuple(sd[shape_bad[0]].shape)}, model has {tuple(own[shape_bad[0]].shape)}")
+                f"shape of {shape_bad[0]} is {tuple(sd[shape_bad[0]].shape)}, "
+                f"model has {tuple(own[shape_bad[0]].shape)}")
         raise FilterlensError(f"checkpoint '{path}' does not fit this architecture ({what}); it is for another "
                               "model or label count")
     model.load_state_dict(sd)

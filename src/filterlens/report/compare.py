@@ -180,7 +180,8 @@ def _expand_seeds(dirs: list) -> list:
             found = sorted((q for q in p.iterdir() if q.is_dir() and q.name.startswith("seed-")
                             and q.name[5:].isdigit()), key=lambda q: int(q.name[5:]))
             if not found:
-                raise FilterlensError(f"folder of seeds '{p}' holds no seed-N run yet; run filterlens run --seeds first")
+                raise FilterlensError(f"folder of seeds '{p}' holds no seed-N run yet; "
+                                      "run filterlens run --seeds first")
             out += found
         else:
             out.append(d)
@@ -431,7 +432,8 @@ def _page(runs: list[_Run], sweeps: list[_Sweep], pngs: list[Path], pooled: list
              f"{time.strftime('%Y-%m-%d %H:%M')} &middot; method: Meir et al., arXiv 2309.07537</p>"]
     for g in pooled or []:
         rows = [{**row, "each seed": ", ".join(f"{s}: {v:.4g} ({vd})" for s, v, vd in
-                                              zip(g["seeds"], row.get("per_seed", []), row.get("per_seed_verdicts", [])))}
+                                              zip(g["seeds"], row.get("per_seed", []),
+                                                  row.get("per_seed_verdicts", [])))}
                 for row in g["rows"]]
         parts.append(f"<h2>The papers' claims pooled over seeds</h2><p class='muted'>{_esc(g['note'])}; per claim the "
                      "pooled statistic with its 95% hierarchical interval and verdict, how many seeds hold, do not "
@@ -463,8 +465,9 @@ def _page(runs: list[_Run], sweeps: list[_Sweep], pngs: list[Path], pooled: list
         parts.append("<h2>The papers' claims</h2><p class='muted'>one row per run (or sweep) and claim: the "
                      "statistic, its 95% interval and the verdict of the rule written under the table "
                      "(compare_claims.csv)</p>" + "".join(f"<p>{_esc(t)}</p>" for t in sentences)
-                     + (claims_table(claims, ["run", *CLAIM_COLUMNS[1:], "detail"]) if claims else "<p class='muted'>(no run or sweep here has a claims "
-                        "table: analyse it again with this filterlens)</p>"))
+                     + (claims_table(claims, ["run", *CLAIM_COLUMNS[1:], "detail"]) if claims else
+                        "<p class='muted'>(no run or sweep here has a claims table: analyse it again with this "
+                        "filterlens)</p>"))
     if pngs:
         parts.append("<h2>Figures</h2><div class='grid'>" + "".join(_img(p, p.stem) for p in pngs) + "</div>")
     if runs:

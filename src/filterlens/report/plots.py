@@ -248,8 +248,8 @@ def plot_filter_matrix(matrix: Any, threshold: float, clusters: Sequence[Sequenc
                        max_ticks: int = 100) -> Path:
     """Plot one filter matrix: normalised heatmap and binarised matrix side by side.
 
-    METHOD.md stage 3 (``filterlens.sfp`` computes the matrices). Rows and columns are reordered so that the cluster labels come first,
-    grouped by cluster (clusters appear as diagonal blocks, outlined), then the remaining
+    METHOD.md stage 3 (``filterlens.sfp`` computes the matrices). Rows and columns are reordered so that the cluster
+    labels come first, grouped by cluster (clusters appear as diagonal blocks, outlined), then the remaining
     labels. Tick labels are the (reordered) label names; at most ``max_ticks`` of them are
     drawn per axis (every k-th when L is larger). x axis: "output unit", y axis: "input
     label". Uses matplotlib's Agg canvas directly (imported lazily; no pyplot, no global
