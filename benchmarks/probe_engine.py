@@ -231,9 +231,9 @@ def pick_dataset(requested: str) -> str:
 
 
 def train_config(args) -> Config:
-    return Config(dataset=args.dataset, model=args.model, width_mult=args.width_mult, epochs=args.train_epochs, train_samples=args.train_samples,
-                  test_samples=args.test_samples, seed=args.seed, device=str(args.device), progress=False,
-                  layers=args.layers)
+    return Config(dataset=args.dataset, model=args.model, width_mult=args.width_mult, epochs=args.train_epochs,
+                  train_samples=args.train_samples, test_samples=args.test_samples, seed=args.seed,
+                  device=str(args.device), progress=False, layers=args.layers)
 
 
 def trained_model(args, echo):
@@ -275,7 +275,8 @@ def floor_pass(model, data, device) -> None:
 
 def engine_mode(model, layers, data, cfg: Config, device):
     """(b) or (c): filterlens.probes.train_probes."""
-    return train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False, echo=lambda s: None)
+    return train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False,
+                        echo=lambda s: None)
 
 
 def warm_up(model, layers, data, cfg: Config, device) -> None:
@@ -367,7 +368,8 @@ def memory_worker(spec: dict) -> dict:
     hwm_before = peak_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    res = train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False, echo=lambda s: None)
+    res = train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False,
+                       echo=lambda s: None)
     sync(device)
     peak = peak_bytes()
     gpu_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -377,7 +379,8 @@ def memory_worker(spec: dict) -> dict:
     cache = FeatureCache.nbytes(cls, n) + 8 * n  # float16 features + int64 labels
     batch = 4 * CAPTURE_BATCH * (data.in_channels * data.image_size ** 2 + sum(cl.features for cl in cls))
     return {"engine": res.engine, "mode": res.mode, "train_samples": len(data.train), "test_samples": len(data.test),
-            "cold_baseline_bytes": cold, "baseline_bytes": baseline, "peak_bytes": peak, "peak_over_baseline_bytes": peak - baseline,
+            "cold_baseline_bytes": cold, "baseline_bytes": baseline, "peak_bytes": peak,
+            "peak_over_baseline_bytes": peak - baseline,
             "hwm_reset": reset_ok, "hwm_at_baseline_bytes": hwm_before,
             "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "cache_bytes": cache if res.engine == "memory" else 0, "model_bytes": model_bytes(model),
@@ -433,8 +436,8 @@ def scale_case(args) -> int:
             d.train, d.test = data.train.subset(torch.arange(subset[0])), data.test.subset(torch.arange(subset[1]))
         try:
             with Meter() as m:
-                res = train_probes(model, layers, Feed(d, device, seed=cfg.seed), cfg, cache_dir=scratch / key, progress=False,
-                                   echo=lambda s: None)
+                res = train_probes(model, layers, Feed(d, device, seed=cfg.seed), cfg, cache_dir=scratch / key,
+                                   progress=False, echo=lambda s: None)
                 sync(device)
         except FilterlensError as exc:  # e.g. groups when one layer alone is over the budget
             runs[key] = {"refused": str(exc)}
@@ -458,21 +461,24 @@ def scale_case(args) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     ref = {r.name: r.accuracy for r in results["memory"].layers}
-    diff = {k: max(abs(r.accuracy - ref[r.name]) for r in results[k].layers) for k in ("groups", "disk", "auto", "stream")
-            if k in results}
+    diff = {k: max(abs(r.accuracy - ref[r.name]) for r in results[k].layers)
+            for k in ("groups", "disk", "auto", "stream") if k in results}
     wall = {k: v["wall_s"] for k, v in runs.items() if "wall_s" in v}
     echo("memory: auto in a subprocess ...")
-    mem = run_worker({"run_dir": str(run_dir), "config": base.replace(engine="auto", cache_budget=str(quarter)).to_dict(),
+    mem = run_worker({"run_dir": str(run_dir),
+                      "config": base.replace(engine="auto", cache_budget=str(quarter)).to_dict(),
                       "threads": args.threads, "device": str(device)}, echo)
     batch = mem["batch_bytes"]
     peak_ratio = mem["peak_over_baseline_bytes"] / (quarter + mem["model_bytes"] + batch)
     ratios = {"auto_over_memory": wall["auto"] / wall["memory"], "stream_over_auto": wall["stream"] / wall["auto"],
               "auto_peak_over_bound": peak_ratio}
-    targets = {"auto_over_memory": ratios["auto_over_memory"] <= 2.0, "stream_over_auto": ratios["stream_over_auto"] >= 5.0,
+    targets = {"auto_over_memory": ratios["auto_over_memory"] <= 2.0,
+               "stream_over_auto": ratios["stream_over_auto"] >= 5.0,
                "auto_peak_over_bound": peak_ratio <= 1.5}
-    echo(f"auto chose {runs['auto']['engine']}: auto / memory {ratios['auto_over_memory']:.2f} (target <= 2), stream / auto "
-         f"{ratios['stream_over_auto']:.2f} (target >= 5), peak / (budget + model + batch) {peak_ratio:.2f} (target <= 1.5); "
-         f"largest accuracy difference against memory: " + ", ".join(f"{k} {v:.4f}" for k, v in diff.items()))
+    echo(f"auto chose {runs['auto']['engine']}: auto / memory {ratios['auto_over_memory']:.2f} (target <= 2), "
+         f"stream / auto {ratios['stream_over_auto']:.2f} (target >= 5), peak / (budget + model + batch) "
+         f"{peak_ratio:.2f} (target <= 1.5); largest accuracy difference against memory: "
+         + ", ".join(f"{k} {v:.4f}" for k, v in diff.items()))
     out = args.out
     write_json_atomic(out, {"benchmark": "probe_engine --scale", "model": args.model, "width_mult": args.width_mult,
                             "train_samples": len(data.train), "test_samples": len(data.test), "layers": len(layers),
@@ -651,7 +657,8 @@ def main(argv=None) -> int:
 
     ratios = {"naive_over_fast": sec["naive"] / sec["fast"], "naive_aug_over_paper": sec["naive_aug"] / sec["paper"],
               "fast_over_floor": sec["fast"] / sec["floor"]}
-    cpu_ratios = {"naive_over_fast": cpu["naive"] / cpu["fast"], "naive_aug_over_paper": cpu["naive_aug"] / cpu["paper"],
+    cpu_ratios = {"naive_over_fast": cpu["naive"] / cpu["fast"],
+                  "naive_aug_over_paper": cpu["naive_aug"] / cpu["paper"],
                   "fast_over_floor": cpu["fast"] / cpu["floor"]}
     share = fast.timings.get("probe_train_s", 0.0) / sec["fast"]
     capture_over_floor = fast.timings.get("capture_s", 0.0) / sec["floor"]
@@ -671,7 +678,8 @@ def main(argv=None) -> int:
         memory = {
             "method": "each measurement in its own subprocess; baseline = VmRSS right before train_probes "
                       "(python, torch, filterlens imported, data loaded, model built, every code path run once on "
-                      "one batch: the optimiser's first use imports torch._dynamo, ~150 MiB, see cold_baseline_bytes); peak = VmHWM after it, "
+                      "one batch: the optimiser's first use imports torch._dynamo, ~150 MiB, see cold_baseline_bytes); "
+                      "peak = VmHWM after it, "
                       "reset to the baseline through /proc/self/clear_refs when hwm_reset is true; reported "
                       "peaks are peak - baseline. Cache mode: fast, 1 probe epoch; stream mode: paper, 1 epoch. "
                       "On CUDA each worker also records gpu_peak_bytes (torch.cuda.max_memory_allocated over "
@@ -716,7 +724,8 @@ def main(argv=None) -> int:
         "cpu_time_ratios": cpu_ratios,
         "runs": runs,
         "fast_probe_train_share": share,
-        "fast_over_floor_each_floor_run": [sec["fast"] / runs["floor_1"]["wall_s"], sec["fast"] / runs["floor_2"]["wall_s"]],
+        "fast_over_floor_each_floor_run": [sec["fast"] / runs["floor_1"]["wall_s"],
+                                           sec["fast"] / runs["floor_2"]["wall_s"]],
         "fast_capture_over_floor": capture_over_floor,
         "fast_without_probe_train_over_floor": (sec["fast"] - fast.timings.get("probe_train_s", 0.0)) / sec["floor"],
         "fast_timings": fast.timings,
@@ -741,7 +750,8 @@ def main(argv=None) -> int:
             "fast_epochs": args.epochs, "naive_epochs": args.epochs, "paper_epochs": args.paper_epochs,
             "naive_aug_epochs": args.paper_epochs, "recipe_fast": vars(recipe_fast), "recipe_paper": vars(recipe_paper),
             "probe_batch_size": recipe_fast.batch_size, "capture_batch_size": CAPTURE_BATCH,
-            "cache_budget": cfg_fast.cache_budget, "cache_budget_bytes": parse_bytes(cfg_fast.cache_budget), "fast_engine": fast.engine, "paper_engine": paper.engine,
+            "cache_budget": cfg_fast.cache_budget, "cache_budget_bytes": parse_bytes(cfg_fast.cache_budget),
+            "fast_engine": fast.engine, "paper_engine": paper.engine,
             "device": str(device), "device_name": device_name(device),
             "seed": args.seed, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -772,7 +782,8 @@ def main(argv=None) -> int:
     echo("")
     echo(f"{'mode':<34}{'seconds':>9}{'cpu s':>9}{'others':>8}")
     for label, key in (("(a) naive, no augmentation", "naive"), ("(a) naive, augmentation", "naive_aug"),
-                       ("(b) paper (stream)", "paper"), ("(c) fast (cache)", "fast"), ("(d) floor (1 inference pass)", "floor")):
+                       ("(b) paper (stream)", "paper"), ("(c) fast (cache)", "fast"),
+                       ("(d) floor (1 inference pass)", "floor")):
         o = runs[key]["others_cpu_share"]
         echo(f"{label:<34}{sec[key]:>9.2f}{cpu[key]:>9.2f}{'?' if o is None else f'{100 * o:.0f}%':>8}")
     echo("ratios (wall / cpu time): " + ", ".join(f"{k} {ratios[k]:.2f} / {cpu_ratios[k]:.2f}" for k in ratios))

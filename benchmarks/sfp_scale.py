@@ -148,7 +148,8 @@ def main() -> int:
         rec = row.get("recovery", {})
         print(f"{case:8s} {normalise:15s} {row['seconds']:6.2f} s   peak +{row['peak_growth_bytes'] / 2**30:5.2f} GiB"
               f"   (inputs {row['inputs_bytes'] / 2**20:.0f} MiB; clusters/unit "
-              f"{row['summary']['clusters_per_filter_all']:.2f}, noise/unit {row['summary']['noise_per_filter_all']:.1f})"
+              f"{row['summary']['clusters_per_filter_all']:.2f}, "
+              f"noise/unit {row['summary']['noise_per_filter_all']:.1f})"
               + (f"   recovered: clusters {rec['clusters_exact']:.3f}, noise {rec['noise_exact']:.3f}" if rec else ""))
     target = rows[0]
     ok_time, ok_mem = target["seconds"] < 2.0, target["peak_growth_bytes"] < 2**30

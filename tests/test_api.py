@@ -124,7 +124,8 @@ def analyses(world):
 def cli_run(world):
     """The same through the command line: the images as an image folder, the model by reference."""
     run = world["root"] / "cli-run"
-    rc, out, err = run_cli("train", "--run-dir", run, "--dataset", "imagefolder", "--data-dir", world["root"] / "images",
+    rc, out, err = run_cli("train", "--run-dir", run, "--dataset", "imagefolder",
+                           "--data-dir", world["root"] / "images",
                            "--image-size", SIZE, "--model", f"{world['zoo']}:make", "--checkpoint",
                            world["root"] / "weights.pt", "--epochs", 0, "--seed", 0, "--no-progress", cwd=world["root"])
     assert rc == 0, err
@@ -307,7 +308,8 @@ def _bad_cases(world):
         (lambda: filterlens.analyze(m, _Iterable(), ok), "IterableDataset"),
         (lambda: filterlens.analyze(m, _PIL(), ok), "ToTensor"),
         (lambda: filterlens.analyze(m, _Dicts(), ok), "an image key"),
-        (lambda: filterlens.analyze(m, ok, ok, probe_epoch=3), "unknown setting 'probe_epoch' (did you mean 'probe_epochs'?)"),
+        (lambda: filterlens.analyze(m, ok, ok, probe_epoch=3),
+         "unknown setting 'probe_epoch' (did you mean 'probe_epochs'?)"),
         (lambda: filterlens.analyze(m, ok, ok, threshold=2.0), "threshold"),
         (lambda: filterlens.analyze(m, ok, ok, config={"threshold": 0.3}), "give a filterlens.config.Config"),
         (lambda: filterlens.analyze(m, ok, ok, labels="abc"), "list of label names"),

@@ -167,7 +167,8 @@ def test_imports_run_downhill():
         here = _floor(module)
         for dep in deps:
             there = _floor(dep)
-            same_subpackage = module.partition(".")[0] == dep.partition(".")[0] and module.partition(".")[0] in SUBFLOORS
+            same_subpackage = (module.partition(".")[0] == dep.partition(".")[0]
+                               and module.partition(".")[0] in SUBFLOORS)
             if (there[0] > here[0]) or (same_subpackage and there[0] == here[0] and there[1] > here[1]):
                 uphill.append(f"{_name(module)} -> {_name(dep)}")
     assert not uphill, "imports from a lower floor to a higher one: " + "; ".join(sorted(uphill))

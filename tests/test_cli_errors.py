@@ -312,7 +312,8 @@ def _offline_env(tmp_path):
     from conftest import cli_env
 
     return {**cli_env(), "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "TORCH_HOME": str(tmp_path / "hub")}
+            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+            "TORCH_HOME": str(tmp_path / "hub")}
 
 
 def _run_offline(tmp_path, *args):

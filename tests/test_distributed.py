@@ -288,7 +288,8 @@ def test_collectives_go_through_the_distributed_module():
     import re
 
     offenders = [f.name for f in Path(distributed.__file__).parent.glob("*.py") if f.name != "distributed.py"
-                 and re.search(r"import torch\.distributed|from torch\.distributed|torch\.distributed\.", f.read_text())]
+                 and re.search(r"import torch\.distributed|from torch\.distributed|torch\.distributed\.",
+                               f.read_text())]
     assert offenders == []
 
 

@@ -36,7 +36,8 @@ def setup():
 def _train(setup, tmp_path=None, **kw):
     model, data, layers, _ = setup
     cfg = Config(probe_epochs=3, seed=0, progress=False, **kw)
-    return train_probes(model, layers, Feed(data, seed=cfg.seed), cfg, cache_dir=tmp_path, progress=False, echo=lambda *a: None)
+    return train_probes(model, layers, Feed(data, seed=cfg.seed), cfg, cache_dir=tmp_path, progress=False,
+                        echo=lambda *a: None)
 
 
 def _same(a, b):

@@ -75,7 +75,8 @@ def test_clicking_a_layer_then_a_unit_shows_its_matrix_and_thumbnails(run, tmp_p
         page.evaluate("document.querySelector('#fl-layers button[data-layer=\"2\"]').click()")
         rows = page.evaluate("document.querySelectorAll('#fl-units tr[data-unit]').length")
         assert rows == 32  # vgg_small's third layer: 32 filters
-        noise_js = "Array.from(document.querySelectorAll('#fl-units tr[data-unit]')).map(r => +r.children[4].textContent)"
+        noise_js = ("Array.from(document.querySelectorAll('#fl-units tr[data-unit]'))"
+                    ".map(r => +r.children[4].textContent)")
         first = page.evaluate(noise_js)
         assert first == sorted(first, reverse=True) and first[0] > first[-1]  # the noisiest first
         page.evaluate("document.querySelector('#fl-units th[data-sort=\"noise\"]').click()")
@@ -85,7 +86,8 @@ def test_clicking_a_layer_then_a_unit_shows_its_matrix_and_thumbnails(run, tmp_p
             return {title: d.querySelector('h3').textContent, canvases: d.querySelectorAll('canvas').length,
                     clusters: d.querySelectorAll('.fl-cluster').length,
                     thumbs: d.querySelectorAll('img.fl-thumb').length,
-                    loaded: Array.from(d.querySelectorAll('img.fl-thumb')).every(i => i.complete && i.naturalWidth > 0)};
+                    loaded: Array.from(d.querySelectorAll('img.fl-thumb'))
+                                 .every(i => i.complete && i.naturalWidth > 0)};
         })()""")
         assert detail["title"].startswith("features.2 filter") and detail["canvases"] == 2
         assert detail["clusters"] >= 1 and detail["thumbs"] >= 1 and detail["loaded"]

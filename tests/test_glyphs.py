@@ -99,7 +99,8 @@ def test_train_and_test_designs_are_disjoint_and_sized(five):
     counts = torch.bincount(data.train.labels, minlength=5)
     assert counts.tolist() == [100] * 5
     assert torch.bincount(data.test.labels, minlength=5).tolist() == [glyphs.TEST_COPIES] * 5
-    assert data.train.images.dtype == torch.uint8 and tuple(data.train.images.shape[1:]) == (1, glyphs.IMAGE_SIZE, glyphs.IMAGE_SIZE)
+    assert (data.train.images.dtype == torch.uint8
+            and tuple(data.train.images.shape[1:]) == (1, glyphs.IMAGE_SIZE, glyphs.IMAGE_SIZE))
 
 
 def test_test_images_come_from_the_held_out_font(five, fonts):

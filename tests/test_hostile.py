@@ -582,7 +582,8 @@ CASES = [
     Case("sweep-config-invalid-toml", SW + ["--config", "{ws}/bad.toml"], ("bad.toml",),
          setup=write("bad.toml", "subsets = [\n")),
     # ================================================================ bad run-directory paths
-    Case("train-run-dir-under-file", TR[:2] + ["{ws}/afile/run"] + TR[3:], ("afile",), setup=write("afile", "precious")),
+    Case("train-run-dir-under-file", TR[:2] + ["{ws}/afile/run"] + TR[3:], ("afile",),
+         setup=write("afile", "precious")),
     Case("train-run-dir-is-file", TR[:2] + ["{ws}/afile"] + TR[3:], ("afile",), setup=write("afile", "precious")),
     Case("train-run-dir-in-proc", TR[:2] + ["/proc/filterlens-hostile"] + TR[3:], ("/proc/filterlens-hostile",)),
     Case("train-run-dir-empty", TR[:2] + [""] + TR[3:], ("''", "empty")),

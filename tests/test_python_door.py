@@ -186,7 +186,8 @@ def _entry_points(analysed: Path, ws: Path):
         ("run_sweep-jobs-str", lambda: run_sweep(cfg, ws / "s", "3,5", jobs="2"), ("jobs", "'2'")),
         ("run_sweep-shard-str", lambda: run_sweep(cfg, ws / "s", "3,5", shard="0/1"), ("shard", "'0/1'")),
         ("run_afcc-int", lambda: run_afcc(5), ("5",)),
-        ("run_afcc-batch-str", lambda: run_afcc(analysed, {"retrain_batch_size": "100"}), ("retrain_batch_size", "'100'")),
+        ("run_afcc-batch-str", lambda: run_afcc(analysed, {"retrain_batch_size": "100"}),
+         ("retrain_batch_size", "'100'")),
         ("run_afcc-overrides-list", lambda: run_afcc(analysed, [1]), ("overrides", "list")),
         ("build_report-int", lambda: build_report(5), ("5",)),
         ("build_compare-out-int", lambda: build_compare([analysed], 5), ("5",)),
@@ -200,8 +201,8 @@ ENTRY_IDS = ["load_run-int", "load_run-none", "load_run-list", "load_run-missing
              "analyze-data-str", "analyze-cfg-dict", "analyze-cache-dir-int", "analysis-save-int", "analysis-load-int",
              "analyze_run-int", "analyze_run-overrides-list", "train-cfg-dict", "train-run-dir-int",
              "run_pipeline-cfg-str", "run_pipeline-from-int", "run_sweep-counts-int", "run_sweep-cfg-none",
-             "run_sweep-jobs-str", "run_sweep-shard-str", "run_afcc-int", "run_afcc-batch-str", "run_afcc-overrides-list",
-             "build_report-int",
+             "run_sweep-jobs-str", "run_sweep-shard-str", "run_afcc-int", "run_afcc-batch-str",
+             "run_afcc-overrides-list", "build_report-int",
              "build_compare-out-int", "build_compare-dirs-int", "build_compare-dirs-list-of-int"]
 
 

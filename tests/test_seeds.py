@@ -81,7 +81,8 @@ def test_seed_placeholder_in_checkpoint_loads_each_seeds_weights(tmp_path):
         want = torch.load(tmp_path / f"t{s}" / "model.pt", weights_only=True)["model"]
         got = torch.load(tmp_path / "r" / f"seed-{s}" / "model.pt", weights_only=True)["model"]
         assert all(torch.equal(want[k], got[k]) for k in want)
-    assert json.loads((tmp_path / "r" / "seed-1" / "config.json").read_text())["checkpoint"].endswith("t{seed}/model.pt")
+    assert (json.loads((tmp_path / "r" / "seed-1" / "config.json").read_text())["checkpoint"]
+            .endswith("t{seed}/model.pt"))
 
 
 @pytest.mark.parametrize("seeds, message", [("", "is empty"), ("0,0", "repeat a seed"), ("1,²", "not an integer"),

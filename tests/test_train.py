@@ -308,9 +308,9 @@ def test_min_steps_raises_the_epochs_of_a_small_training(tmp_path):
     assert epochs_of(Config(epochs=2, min_steps=40), 3) == 14
     assert epochs_of(Config(epochs=2, min_steps=40), 100) == 2
     assert epochs_of(Config(epochs=0, min_steps=40), 3) == 0  # epochs 0: the weights as they are
-    rc, out, err = run_cli("train", "--dataset", "digits", "--labels", "first:5", "--model", "vgg_tiny", "--epochs", "2",
-                           "--min-steps", "40", "--train-samples", "180", "--seed", "0", "--no-progress", "--run-dir",
-                           tmp_path / "r", cwd=tmp_path)
+    rc, out, err = run_cli("train", "--dataset", "digits", "--labels", "first:5", "--model", "vgg_tiny",
+                           "--epochs", "2", "--min-steps", "40", "--train-samples", "180", "--seed", "0",
+                           "--no-progress", "--run-dir", tmp_path / "r", cwd=tmp_path)
     assert rc == 0, out + err
     summary = json.loads((tmp_path / "r" / "train.json").read_text())
     n_train = summary["data"]["train_size"]
