@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.filterlens-installed
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo lint test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/filterlens demo
+
+# ruff under pyproject.toml's [tool.ruff] settings (pyflakes, pycodestyle, import order, 120 columns)
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 
 # the default run (under 10 minutes on 2 cores); the slow tests (marked `slow`) run in their own CI step
 test: setup
