@@ -37,7 +37,7 @@ SUBFLOORS = {
     "models": [["vgg", "resnet_cifar", "vit_tiny", "user"], ["units", "nodes"], ["families"], ["layers"],
                ["build", "checkpoints", "contract"]],
     "afcc": [["masks"], ["diluted"], ["retrain", "cost"], ["removal"], ["export"], ["result"], ["apply"], ["stage"]],
-    "report": [["plots"], ["explorer"], ["html", "compare"]],
+    "report": [["plots", "pages"], ["explorer"], ["html", "compare"]],
     "sfp": [["matrices"], ["clusters"], ["stats"], ["layer"], ["bootstrap"]],
 }
 

@@ -32,7 +32,8 @@ from ..errors import FilterlensError
 from ..files import read_json, write_csv, write_json, write_text
 from ..folders import is_temporary, kind_of, make_dirs, mark, named, some_files
 from ..rundir import RunDir
-from .html import _CHECK_JS, _CSS, _esc, _img, _read_csv, _table, claims_table
+from .html import _read_csv
+from .pages import claims, image, render, table
 from .plots import _new_figure, _values, save_figure, unit_word
 
 # (column of layers.csv, its name in the figures, the y-axis label, the file name)
@@ -424,55 +425,36 @@ def _sweep_figure(sweeps: list[_Sweep], key: str, name: str, path: Path) -> Path
 # ------------------------------------------------------------------------------ the page
 
 def _page(runs: list[_Run], sweeps: list[_Sweep], pngs: list[Path], pooled: list[dict] | None = None) -> str:
+    """compare.html (``templates/compare.html.j2``) from the runs, the sweeps, the figures and the pooled claims."""
     import time
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>filterlens compare</title>"
-             f"<style>{_CSS}</style><script>{_CHECK_JS}</script></head><body>",
-             f"<h1>filterlens compare</h1><p class='muted'>{len(runs)} run(s), {len(sweeps)} sweep(s) &middot; built "
-             f"{time.strftime('%Y-%m-%d %H:%M')} &middot; method: Meir et al., arXiv 2309.07537</p>"]
+    pooled_view = []
     for g in pooled or []:
-        rows = [{**row, "each seed": ", ".join(f"{s}: {v:.4g} ({vd})" for s, v, vd in
-                                              zip(g["seeds"], row.get("per_seed", []),
-                                                  row.get("per_seed_verdicts", [])))}
-                for row in g["rows"]]
-        parts.append(f"<h2>The papers' claims pooled over seeds</h2><p class='muted'>{_esc(g['note'])}; per claim the "
-                     "pooled statistic with its 95% hierarchical interval and verdict, how many seeds hold, do not "
-                     "hold and cannot tell on their own, and each seed's statistic (compare_pooled.csv)</p>"
-                     + claims_table(rows, ["claim", "metric", "statistic", "value", "low", "high", "n", "seeds_holds",
-                                           "seeds_fails", "seeds_unclear", "verdict", "each seed"]))
-    if runs:
-        table = [{"run": str(r.path), "line": r.label, "model": r.model, "dataset": r.dataset, "labels": r.num_labels,
-                  "units": r.unit_kind, "layers": len(r.rows),
-                  "test accuracy": (r.res.get("train") or {}).get("test_accuracy"),
-                  "threshold": (r.res.get("sfp") or {}).get("threshold"),
-                  "bootstrap": "yes" if r.bands else "no"} for r in runs]
-        parts.append("<h2>Runs</h2>" + _table(table, left=("run", "line", "model", "dataset", "units", "bootstrap")))
-        parts.append("<p class='muted'>relative depth: the layer's position among the run's analysed layers divided "
-                     "by their number (1 is the last analysed layer). Noise and clusters per unit are averaged over "
-                     "the units with a cluster; a unit is a filter in a CNN and an attention head in a "
-                     "transformer.</p>")
-    if sweeps:
-        fits = [{"sweep": str(s.path), "line": s.label, "fit": key,
-                 **{k: (s.fits.get(key) or {}).get(k) for k in ("a", "b", "r2", "b_low", "b_high", "n")}}
-                for s in sweeps for key, *_ in SWEEP_METRICS]
-        parts.append("<h2>Error against the number of labels</h2><p class='muted'>least-squares fits error = a + b L "
-                     "(b_low, b_high: 95% interval of b)</p>" + _table(fits, left=("sweep", "line", "fit")))
-    claims = _claim_rows(runs, sweeps)
+        rows = [{**row, "each seed": ", ".join(f"{s}: {v:.4g} ({vd})" for s, v, vd in zip(
+            g["seeds"], row.get("per_seed", []), row.get("per_seed_verdicts", [])))} for row in g["rows"]]
+        pooled_view.append({"note": g["note"], "claims": claims(rows, [
+            "claim", "metric", "statistic", "value", "low", "high", "n", "seeds_holds", "seeds_fails", "seeds_unclear",
+            "verdict", "each seed"])})
+    runs_table = table([{"run": str(r.path), "line": r.label, "model": r.model, "dataset": r.dataset,
+                         "labels": r.num_labels, "units": r.unit_kind, "layers": len(r.rows),
+                         "test accuracy": (r.res.get("train") or {}).get("test_accuracy"),
+                         "threshold": (r.res.get("sfp") or {}).get("threshold"),
+                         "bootstrap": "yes" if r.bands else "no"} for r in runs],
+                       left=("run", "line", "model", "dataset", "units", "bootstrap")) if runs else None
+    fits = table([{"sweep": str(s.path), "line": s.label, "fit": key,
+                   **{k: (s.fits.get(key) or {}).get(k) for k in ("a", "b", "r2", "b_low", "b_high", "n")}}
+                  for s in sweeps for key, *_ in SWEEP_METRICS], left=("sweep", "line", "fit")) if sweeps else None
+    section = None
     if runs or sweeps:
         own = {id(r): [c for c in r.res.get("claims") or [] if c.get("unit_kind") in (None, r.unit_kind)]
                for r in runs}  # a run split by unit kind: each line its own kind's claims
-        sentences = [f"{r.label}: {snr_sentence(own[id(r)])}" for r in runs if snr_sentence(own[id(r)])]
-        parts.append("<h2>The papers' claims</h2><p class='muted'>one row per run (or sweep) and claim: the "
-                     "statistic, its 95% interval and the verdict of the rule written under the table "
-                     "(compare_claims.csv)</p>" + "".join(f"<p>{_esc(t)}</p>" for t in sentences)
-                     + (claims_table(claims, ["run", *CLAIM_COLUMNS[1:], "detail"]) if claims else
-                        "<p class='muted'>(no run or sweep here has a claims table: analyse it again with this "
-                        "filterlens)</p>"))
-    if pngs:
-        parts.append("<h2>Figures</h2><div class='grid'>" + "".join(_img(p, p.stem) for p in pngs) + "</div>")
-    if runs:
-        parts.append(f"<details><summary>Every layer ({sum(len(r.rows) for r in runs)} rows, compare.csv)</summary>"
-                     + _table([row for r in runs for row in _csv_rows(r)], CSV_COLUMNS,
-                              left=("run", "model", "dataset", "unit_kind", "layer")) + "</details>")
-    parts.append(f"<p class='muted'>{_esc('files: ' + ', '.join(p.name for p in pngs))}</p></body></html>\n")
-    return "\n".join(parts)
+        rows = _claim_rows(runs, sweeps)
+        section = {"sentences": [f"{r.label}: {snr_sentence(own[id(r)])}" for r in runs if snr_sentence(own[id(r)])],
+                   "table": claims(rows, ["run", *CLAIM_COLUMNS[1:], "detail"]) if rows else None}
+    every = {"n": sum(len(r.rows) for r in runs),
+             "table": table([row for r in runs for row in _csv_rows(r)], CSV_COLUMNS,
+                            left=("run", "model", "dataset", "unit_kind", "layer"))} if runs else None
+    return render("compare.html.j2", title="filterlens compare", runs=len(runs), sweeps=len(sweeps),
+                  built=time.strftime("%Y-%m-%d %H:%M"), pooled=pooled_view, runs_table=runs_table, fits=fits,
+                  claims=section, figures=[image(p, p.stem) for p in pngs], every=every,
+                  files=", ".join(p.name for p in pngs))

@@ -7,13 +7,13 @@ The page stays bounded: matrices and thumbnails are embedded for at most ``explo
 :data:`MAX_SHOWN_LABELS` labels (the clusters' labels first), and every thumbnail is embedded once however
 many units show it; the other units are listed with their numbers, and the page says so. The top images come
 from the test pass the probes already made (``label_means.pt``, ``top``): no pass over the data of their own.
-Everything is inline (data URIs, one script): the page makes no request.
+Everything is inline (data URIs, the data as JSON, one script): the page makes no request. This module computes the
+data; the section is the template ``templates/explorer.html.j2`` and its script ``templates/explorer.js``.
 """
 from __future__ import annotations
 
 import base64
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +83,8 @@ def explorer_data(d: Path, res: dict, filters: list[dict]) -> dict:
             parts = [p for p in unit[1].split("|") if p]
             unit[3] = round(sum(len(p.split("+")) for p in parts) / len(parts), 2) if parts else None
         layers.append({"name": name, "kind": row.get("unit_kind", "filter"), "units": units, "detail": detail})
-    return {"columns": UNIT_COLUMNS, "labels": res.get("label_names", []), "threshold": threshold, "normalise": normalise, "k": k,
-            "limit": limit, "max_labels": MAX_SHOWN_LABELS, "layers": layers, "wanted": sorted(wanted)}
+    return {"columns": UNIT_COLUMNS, "labels": res.get("label_names", []), "threshold": threshold,
+            "normalise": normalise, "k": k, "limit": limit, "max_labels": MAX_SHOWN_LABELS, "layers": layers, "wanted": sorted(wanted)}
 
 
 def _unit_detail(weight, means, top, u: int, threshold: float, normalise: str, k: int) -> dict:
@@ -116,95 +116,9 @@ def thumbnails(data, indices: list[int], size: int = 48) -> dict[str, str]:
     return out
 
 
-def explorer_html(data: dict) -> str:
-    """The explorer's section of report.html: the data as JSON and the script that draws it."""
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    shown = sum(len(layer["detail"]) for layer in data["layers"])
-    total = sum(len(layer["units"]) for layer in data["layers"])
-    note = (f"Matrices and thumbnails are embedded for {shown} of {total} units (at most {data['limit']} per layer: "
-            "the heatmaps' units, then the most and the least noisy in turn); the others are listed with their "
-            "numbers. Show more with <code>--explorer-units N</code> (then <code>filterlens run</code> again, or "
-            f"<code>filterlens analyze</code> and <code>filterlens report</code>). A matrix shows at most "
-            f"{data['max_labels']} labels, its clusters' first. Thumbnails: the test images with the largest field "
-            "on one of the cluster's output units (from the test pass of the probes).")
-    return (f"<h2>Unit explorer</h2><p class='muted'>{note}</p><div id='fl-layers'></div>"
-            "<div id='fl-main'><div id='fl-table'></div><div id='fl-detail'></div></div>"
-            f"<script id='fl-data' type='application/json'>{payload}</script><script>{_JS}</script>")
-
-
-EXPLORER_CSS = """
-#fl-layers button{margin:2px;padding:3px 8px;border:1px solid #bbb;background:#f7f7f7;cursor:pointer;font-size:0.85em}
-#fl-layers button.on{background:#2c6fbb;color:#fff} #fl-main{display:flex;gap:1em;align-items:flex-start}
-#fl-table{max-height:520px;overflow:auto;flex:0 0 46%} #fl-table th{cursor:pointer} #fl-table tr.sel td{background:#dbe8f7}
-#fl-table tr[data-detail='1'] td:first-child{font-weight:bold} #fl-detail{flex:1}
-.fl-thumb{width:48px;height:48px;image-rendering:pixelated;margin:1px;border:1px solid #ccc}
-canvas.fl-m{border:1px solid #ccc;image-rendering:pixelated;margin-right:6px}
-"""
-
-_JS = r"""
-(function () {
-  var D = JSON.parse(document.getElementById('fl-data').textContent);
-  var cur = null, sortKey = 'noise', sortDir = -1;
-  function el(tag, attrs, html) { var e = document.createElement(tag); for (var k in (attrs || {})) e.setAttribute(k, attrs[k]); if (html !== undefined) e.innerHTML = html; return e; }
-  function esc(s) { return String(s).replace(/[&<>"]/g, function (c) { return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]; }); }
-  var bar = document.getElementById('fl-layers');
-  var kinds = {}; D.layers.forEach(function (L) { kinds[L.kind] = 1; });
-  var mixed = Object.keys(kinds).length > 1;  // a run with several unit kinds: each button says its kind
-  D.layers.forEach(function (L, i) {
-    var name = esc(L.name) + (mixed ? ' (' + esc(L.kind) + 's)' : '');
-    var b = el('button', {'class': 'fl-layer', 'data-layer': String(i)}, name);
-    b.onclick = function () { showLayer(i); }; bar.appendChild(b);
-  });
-  function showLayer(i) {
-    cur = i;
-    Array.prototype.forEach.call(bar.children, function (b) { b.className = 'fl-layer' + (b.getAttribute('data-layer') == i ? ' on' : ''); });
-    renderTable(); document.getElementById('fl-detail').innerHTML = '';
-  }
-  var cols = [['u', '#'], ['clusters', 'clusters'], ['n', 'n'], ['size', 'size'], ['noise', 'noise'], ['vote', 'vote']];
-  D.layers.forEach(function (L) { L.units = L.units.map(function (r) { var o = {}; D.columns.forEach(function (c, i) { o[c] = r[i]; }); return o; }); });
-  function renderTable() {
-    var L = D.layers[cur], units = L.units.slice();
-    units.sort(function (a, b) { var x = a[sortKey], y = b[sortKey]; if (x === null) return 1; if (y === null) return -1; return (x < y ? -1 : x > y ? 1 : 0) * sortDir; });
-    var t = el('table', {'id': 'fl-units'}), head = el('tr');
-    cols.forEach(function (c) { var th = el('th', {'data-sort': c[0]}, c[1] + (sortKey === c[0] ? (sortDir > 0 ? ' &#9650;' : ' &#9660;') : ''));
-      th.onclick = function () { if (sortKey === c[0]) sortDir = -sortDir; else { sortKey = c[0]; sortDir = c[0] === 'u' ? 1 : -1; } renderTable(); }; head.appendChild(th); });
-    t.appendChild(head);
-    units.forEach(function (u) {
-      var tr = el('tr', {'data-unit': String(u.u), 'data-detail': L.detail[u.u] ? '1' : '0'});
-      cols.forEach(function (c) { var v = u[c[0]]; tr.appendChild(el('td', c[0] === 'clusters' ? {'class': 'l'} : {}, v === null ? '' : esc(v))); });
-      tr.onclick = function () { showUnit(u.u, tr); }; t.appendChild(tr);
-    });
-    var box = document.getElementById('fl-table'); box.innerHTML = ''; box.appendChild(t);
-  }
-  function color(v) { var a = Math.min(1, Math.abs(v)); var r = v > 0 ? 255 : Math.round(255 * (1 - a)), b = v < 0 ? 255 : Math.round(255 * (1 - a)), g = Math.round(255 * (1 - a)); return [r, g, b]; }
-  function draw(det, binary) {
-    var n = det.order.length, raw = atob(det.m), px = Math.max(2, Math.floor(300 / n)), c = el('canvas', {'class': 'fl-m ' + (binary ? 'fl-bin' : 'fl-raw'), 'width': n * px, 'height': n * px});
-    var g = c.getContext('2d');
-    for (var i = 0; i < n; i++) for (var j = 0; j < n; j++) {
-      var q = raw.charCodeAt(i * n + j); if (q > 127) q -= 256; var v = q / 100;
-      var rgb = binary ? (v > D.threshold ? [20, 20, 20] : [255, 255, 255]) : color(v);
-      g.fillStyle = 'rgb(' + rgb.join(',') + ')'; g.fillRect(j * px, i * px, px, px);
-    }
-    var pos = 0; g.strokeStyle = '#f28e2b'; g.lineWidth = 2;
-    det.clusters.forEach(function (cl) { g.strokeRect(pos * px, pos * px, cl.length * px, cl.length * px); pos += cl.length; });
-    return c;
-  }
-  function showUnit(u, tr) {
-    Array.prototype.forEach.call(document.querySelectorAll('#fl-units tr'), function (r) { r.className = ''; });
-    tr.className = 'sel';
-    var L = D.layers[cur], det = L.detail[u], box = document.getElementById('fl-detail');
-    box.innerHTML = '<h3>' + esc(L.name) + ' ' + L.kind + ' ' + u + '</h3>';
-    if (!det) { box.appendChild(el('p', {'class': 'muted fl-none'}, 'Numbers only: this unit\'s matrix and thumbnails are not embedded (raise --explorer-units).')); return; }
-    var names = det.order.map(function (i) { return D.labels[i]; });
-    box.appendChild(el('p', {'class': 'muted'}, 'rows: input label, columns: output unit, in this order: ' + esc(names.join(', ')) + (det.dead ? ' (largest element &le; 0: no clusters)' : '')));
-    var row = el('div'); row.appendChild(draw(det, false)); row.appendChild(draw(det, true)); box.appendChild(row);
-    det.clusters.forEach(function (cl, k) {
-      var p = el('div', {'class': 'fl-cluster'}, '<b>cluster ' + (k + 1) + '</b>: ' + esc(cl.map(function (i) { return D.labels[i]; }).join(' + ')) + '<br>');
-      (det.top[k] || []).forEach(function (i) { var src = D.images[String(i)]; if (src) p.appendChild(el('img', {'class': 'fl-thumb', 'src': src, 'alt': 'test image ' + i, 'title': 'test image ' + i})); });
-      box.appendChild(p);
-    });
-    if (!det.clusters.length) box.appendChild(el('p', {'class': 'muted'}, 'no cluster at this threshold'));
-  }
-  if (D.layers.length) showLayer(0);
-})();
-"""
+def explorer_view(data: dict) -> dict:
+    """The explorer's section of report.html for its template (``templates/explorer.html.j2``, drawn by
+    ``templates/explorer.js``): the data (:func:`explorer_data`, with its thumbnails) and how many units of how
+    many have a matrix and thumbnails."""
+    return {"left_out": None, "data": data, "shown": sum(len(layer["detail"]) for layer in data["layers"]),
+            "total": sum(len(layer["units"]) for layer in data["layers"])}
