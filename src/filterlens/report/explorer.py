@@ -84,7 +84,8 @@ def explorer_data(d: Path, res: dict, filters: list[dict]) -> dict:
             unit[3] = round(sum(len(p.split("+")) for p in parts) / len(parts), 2) if parts else None
         layers.append({"name": name, "kind": row.get("unit_kind", "filter"), "units": units, "detail": detail})
     return {"columns": UNIT_COLUMNS, "labels": res.get("label_names", []), "threshold": threshold,
-            "normalise": normalise, "k": k, "limit": limit, "max_labels": MAX_SHOWN_LABELS, "layers": layers, "wanted": sorted(wanted)}
+            "normalise": normalise, "k": k, "limit": limit, "max_labels": MAX_SHOWN_LABELS, "layers": layers,
+            "wanted": sorted(wanted)}
 
 
 def _unit_detail(weight, means, top, u: int, threshold: float, normalise: str, k: int) -> dict:
