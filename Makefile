@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.filterlens-installed
 
-.PHONY: setup demo lint test test-slow bench clean
+.PHONY: setup demo lint test test-slow bench docs clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,18 @@ test-slow: setup
 
 bench: setup
 	$(PY) benchmarks/probe_engine.py --quick
+
+# the API reference from the docstrings (pdoc, the `docs` extra, installed on first use) into build/api/ (ignored by
+# git; open build/api/index.html). pdoc follows only the submodules a package's __all__ names, so every module is
+# named, as a path (this tree's src/ goes first on sys.path); __main__ is left out (importing it runs the command),
+# and the warning for a module named twice (a package's __all__ names it too) is silenced
+API_MODULES := src/filterlens $(patsubst %/__init__.py,%,$(wildcard src/filterlens/*/__init__.py)) \
+	$(filter-out %/__init__.py %/__main__.py,$(wildcard src/filterlens/*.py src/filterlens/*/*.py))
+docs: setup
+	$(PY) -c "import pdoc" 2>/dev/null || $(PY) -m pip install --quiet -e ".[docs]"
+	rm -rf build/api
+	$(PY) -W "ignore:The module specification" -m pdoc --docformat numpy -t docs/pdoc \
+		--footer-text "filterlens API reference" -o build/api $(API_MODULES)
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

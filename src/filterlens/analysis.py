@@ -67,6 +67,7 @@ class Analysis:
 
     @property
     def config(self) -> Config:
+        """The settings the analysis ran with (a :class:`~filterlens.config.Config`, read from ``meta``)."""
         return Config.from_dict(self.meta["config"], stored=True)
 
     def to_frame(self, table: str = "layers"):

@@ -65,10 +65,12 @@ class CaptureLayer:
 
     @property
     def name(self) -> str:
+        """The layer's module path."""
         return self.layer.name
 
     @property
     def features(self) -> int:
+        """The FC's input size: C x H x W of the (pooled) shape."""
         return int(np.prod(self.shape))
 
 
@@ -195,6 +197,7 @@ class LabelMeanSink:
         self.counts += torch.bincount(y, minlength=self.num_labels).double().to(self.counts.device)
 
     def means(self) -> dict[str, torch.Tensor]:
+        """Per layer, the per-label mean maps, (L, C, H, W) in float64 (a label without samples: zeros)."""
         c = self.counts.clamp_min(1).view(-1, 1, 1, 1)
         return {name: s / c for name, s in self.sums.items()}
 
@@ -287,9 +290,12 @@ class FeatureCache:
 
     @staticmethod
     def nbytes(layers: Sequence[CaptureLayer], num_samples: int) -> int:
+        """Bytes a cache of ``layers`` for ``num_samples`` samples takes: 2 per feature (half precision)."""
         return 2 * num_samples * sum(cl.features for cl in layers)
 
     def update(self, feats: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        """Append one batch: per layer its features (n, ...) as n rows of its column block, and the
+        labels (n,); more rows than the cache was sized for is an error."""
         n = len(y)
         a, b = self._filled, self._filled + n
         if b > self.num_samples:
@@ -302,6 +308,7 @@ class FeatureCache:
 
     @property
     def complete(self) -> bool:
+        """True when every one of ``num_samples`` rows has been written."""
         return self._filled == self.num_samples
 
 

@@ -126,6 +126,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``filterlens`` argument parser: every subcommand with its flags (one per :class:`Config` field of
+    its stages, grouped by stage)."""
     p = _Parser(prog="filterlens", description="What each layer and each filter of a CNN does "
                                               "(Meir et al., arXiv 2309.07537).")
     from .version import __version__
@@ -221,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    """``filterlens train``: stage 1 into ``--run-dir``; prints the test accuracy. Returns the exit status."""
     from .train import train
 
     if args.resume and args.overwrite:
@@ -234,6 +237,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_layers(args) -> int:
+    """``filterlens layers``: the model's family and analysable layers (blocks, stages or named modules, and its
+    node layers) with their units and shapes; ``--list-models``: the models by name. Returns the exit status."""
     from .data import dataset_spec
     from .models import ModelSpec, available_models, build_model, describe, resolve_layers
 
@@ -289,6 +294,7 @@ def cmd_layers(args) -> int:
 
 
 def cmd_analyze(args) -> int:
+    """``filterlens analyze``: stages 2 and 3 on a trained run; prints the layer table. Returns the exit status."""
     from .analysis import analyze_run, print_table
 
     result = analyze_run(args.run_dir, overrides=_overrides(args))
@@ -314,6 +320,8 @@ def _overrides(args) -> dict:
 
 
 def cmd_sweep(args) -> int:
+    """``filterlens sweep``: (one shard of) the label-count study (stage 4); prints it once merged. Returns the exit
+    status."""
     from .sweep import print_sweep, run_sweep
 
     cfg = _config_from_args(args)
@@ -335,6 +343,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """``filterlens run CONFIG``: every stage of the config file into ``--run-dir`` (default runs/CONFIG's stem),
+    once per seed with ``--seeds``. Returns the exit status."""
     from pathlib import Path
 
     from .pipeline import run_pipeline
@@ -357,6 +367,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """``filterlens report``: report.html from a run's saved results. Returns the exit status."""
     from .report import build_report
 
     print(f"wrote {build_report(args.run_dir, echo=print)}")
@@ -364,6 +375,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """``filterlens compare``: several runs and sweeps side by side in ``--out``. Returns the exit status."""
     from .report import build_compare
 
     print(f"wrote {build_compare(args.dirs, args.out, pool=args.pool, echo=print)}")
@@ -371,6 +383,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_afcc(args) -> int:
+    """``filterlens afcc``: AFCC (stage 5) on an analysed run; prints its table. Returns the exit status."""
     from .afcc import print_afcc, run_afcc
 
     overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name, None) is not None}
@@ -380,6 +393,7 @@ def cmd_afcc(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    """``filterlens demo`` (:func:`filterlens.demo.run_demo`). Returns the exit status."""
     from .demo import run_demo
 
     run_demo(args.run_dir, progress=not args.no_progress, overwrite=args.overwrite)
@@ -414,6 +428,9 @@ def _quiet_stdout() -> None:
 
 
 def main(argv=None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status: 0 done, 2 a user's mistake
+    (one line on stderr), 1 a full disk or an internal error (its traceback in a log file), 130 / 143 interrupted
+    (Ctrl-C / SIGTERM), 141 the reader of the output gone."""
     import errno
     import logging
     import signal

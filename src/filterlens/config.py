@@ -45,6 +45,9 @@ def _f(default, stage: str, help: str, choices=None, flag=True, bounds: str | No
 
 @dataclass
 class Config:
+    """The settings of one run (see the module docstring): each field a ``--flag`` and a key of config.json, its
+    stage, help text and bounds in its metadata; :meth:`validate` checks them all."""
+
     # data
     dataset: str = _f("digits", "data", "dataset name: digits, mnist, fashion-mnist, cifar10, cifar100, imagenet, "
                                         "imagefolder, glyphs")
@@ -176,6 +179,7 @@ class Config:
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict:
+        """Every setting by field name (config.json's table)."""
         return asdict(self)
 
     @classmethod
@@ -195,6 +199,7 @@ class Config:
         return cfg
 
     def replace(self, **kw) -> "Config":
+        """A copy with the settings ``kw`` changed, validated (an unknown name is refused in one line)."""
         d = self.to_dict()
         d.update(kw)
         return Config.from_dict(d)
@@ -301,10 +306,12 @@ _FIELDS = {f.name: f for f in fields(Config)}
 
 
 def stage_fields(*stages: str) -> list:
+    """The fields of :class:`Config` that belong to any of ``stages`` (``data``, ``probes``, ...), in order."""
     return [f for f in fields(Config) if f.metadata["stage"] in stages]
 
 
 def default_of(f):
+    """A :class:`Config` field's default (None where it has none)."""
     return f.default if f.default is not MISSING else None
 
 

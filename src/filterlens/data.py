@@ -76,6 +76,7 @@ DEFAULT_DATA_DIRS = {
 
 
 def dataset_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a named dataset; an unknown name is refused in one line."""
     if name not in DATASETS:
         raise FilterlensError(
             f"unknown dataset '{name}'{closest(name, DATASETS)}; valid: {', '.join(DATASETS)}")
@@ -104,6 +105,8 @@ class ArraySplit(torch.utils.data.Dataset):
         return len(self.labels)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as float32: uint8 scaled to [0, 1] then normalised by ``mean``/``std`` when set;
+        floating-point images as they are."""
         if images.is_floating_point():
             return images.float()
         x = images.float().div_(255.0)
@@ -122,6 +125,7 @@ class ArraySplit(torch.utils.data.Dataset):
         return self.resize(self.normalise(self.images[i : i + 1]))[0], int(self.labels[i])
 
     def subset(self, index) -> "ArraySplit":
+        """The split's samples at ``index`` (images, labels), with the same normalisation and resize."""
         index = torch.as_tensor(index, dtype=torch.long)
         out = ArraySplit.__new__(ArraySplit)
         out.images, out.labels = self.images[index], self.labels[index]
@@ -214,10 +218,12 @@ class Data:
 
     @property
     def num_labels(self) -> int:
+        """The number of labels L (after the label subset)."""
         return len(self.label_names)
 
     @property
     def in_channels(self) -> int:
+        """The number of input channels (the dataset's)."""
         return self.spec.in_channels
 
     @property
@@ -226,6 +232,7 @@ class Data:
         return self.shape or (self.in_channels, self.image_size, self.image_size)
 
     def describe(self) -> dict:
+        """The data as the result files record it: name, labels, split sizes, input shape, source and more facts."""
         return {"dataset": self.name, "num_labels": self.num_labels, "label_names": self.label_names,
                 "label_map": self.label_map, "train_size": len(self.train), "test_size": len(self.test),
                 "image_size": self.image_size, "in_channels": self.in_channels, "input_shape": list(self.input_shape),

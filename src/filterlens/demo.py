@@ -13,6 +13,8 @@ DEMO = dict(dataset="digits", model="vgg_small", epochs=15, batch_size=64, lr=0.
 
 
 def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False, echo=print):
+    """``filterlens demo``: train vgg_small on digits into ``run_dir``, analyse every layer, run AFCC on the
+    last two and write report.html; returns the training summary and the analysis."""
     from .analysis import analyze_run, print_table
     from .train import train
 

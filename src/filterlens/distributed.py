@@ -58,11 +58,13 @@ def active() -> bool:
 
 
 def rank() -> int:
+    """This process' rank in the process group (0 outside one)."""
     d = _dist()
     return d.get_rank() if d is not None else 0
 
 
 def world_size() -> int:
+    """The number of processes in the group (1 outside one)."""
     d = _dist()
     return d.get_world_size() if d is not None else 1
 
@@ -73,6 +75,7 @@ def is_main() -> bool:
 
 
 def local_rank() -> int:
+    """torchrun's ``LOCAL_RANK``: this process' GPU index on its machine (0 when unset)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
@@ -128,6 +131,7 @@ def cleanup() -> None:
 
 
 def barrier() -> None:
+    """Wait for every rank (a no-op outside a process group of more than one process)."""
     if active():
         import torch.distributed as dist
 

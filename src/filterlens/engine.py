@@ -69,6 +69,7 @@ class EnginePlan:
     estimates: dict = field(default_factory=dict)
 
     def record(self) -> dict:
+        """The plan as plain data for results.json: engine, layer names per group, capture passes, note, estimates."""
         return {"engine": self.engine, "groups": [[cl.name for cl in g] for g in self.groups],
                 "capture_passes": len(self.groups) if self.engine != "stream" else None, "note": self.note,
                 "estimates": self.estimates, "cache_dir": str(self.cache_dir) if self.cache_dir else None}

@@ -110,6 +110,7 @@ def write_bytes(path, data: bytes, private: bool = False) -> Path:
 
 
 def write_text(path, text: str) -> Path:
+    """``text`` into ``path`` as UTF-8, atomically (:func:`write_bytes`)."""
     return write_bytes(path, text.encode("utf-8"))
 
 
@@ -129,6 +130,8 @@ def _jsonable(obj):
 
 
 def write_json(path, obj, private: bool = False) -> Path:
+    """``obj`` into ``path`` as indented JSON, atomically; NumPy and torch values, paths and non-finite floats made
+    JSON-safe. ``private``: as for :func:`write_bytes`."""
     return write_bytes(path, (json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n").encode("utf-8"), private)
 
 
@@ -154,6 +157,8 @@ def sha256_file(path) -> str:
 
 
 def write_csv(path, rows: Iterable[Mapping], columns: list[str] | None = None) -> Path:
+    """``rows`` into ``path`` as CSV, atomically: ``columns`` (default: every key in first-seen order), floats to
+    6 significant digits, None as an empty cell."""
     rows = list(rows)
     if columns is None:
         columns = []
@@ -198,6 +203,7 @@ class _RecordingWriter:
 
 
 def torch_save(path, obj) -> Path:
+    """``torch.save(obj)`` into ``path``, atomically; a failed write raises its own OSError (a full disk says so)."""
     import torch
 
     def write(fh):

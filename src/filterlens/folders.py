@@ -132,6 +132,7 @@ def some_files(folder, limit: int = 4) -> tuple[list[str], bool]:
 
 
 def named(paths: list[str], more: bool = False) -> str:
+    """``paths`` joined by commas, with ``, ...`` when there are ``more``: a list for a one-line message."""
     return ", ".join(paths) + (", ..." if more else "")
 
 

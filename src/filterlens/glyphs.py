@@ -148,6 +148,7 @@ class Face:
 
     @property
     def split(self) -> str:
+        """``test`` for a face of the held-out designs (:data:`TEST_DESIGNS`), else ``train``."""
         return "test" if self.design in TEST_DESIGNS else "train"
 
     @property
@@ -157,9 +158,11 @@ class Face:
 
     @property
     def seed(self) -> int:
+        """The face's seed in every image's jitter: from its :attr:`ident` (design and weight), not its file."""
         return int(hashlib.sha256(f"{_FACE_SEED_DOMAIN}|{self.ident}".encode()).hexdigest()[:8], 16)
 
     def record(self) -> dict:
+        """The face as recorded in face.json and the data's description: file, index, names, split, sha256."""
         return {"file": self.file, "index": self.index, "family": self.family, "style": self.style,
                 "design": self.design, "split": self.split, "sha256": self.sha256}
 
@@ -459,12 +462,15 @@ class GlyphCache:
         self.constants = render_constants(image_size)
 
     def folder(self, face: Face) -> Path:
+        """The face's folder in the cache: its design, style and size, and a key hashing the font and
+        every render constant."""
         key = _hash({"font": [face.sha256, face.index, face.family, face.style, face.design],
                      "copies": self.copies[face.split], "block": BLOCK_LABELS, "render": self.constants})[:12]
         return self.root / f"{_slug(face.design + ' ' + face.style)}-{self.size}px-{key}"
 
     @staticmethod
     def blocks_of(labels) -> list[int]:
+        """The indices of the blocks (:data:`BLOCK_LABELS` labels each) that hold ``labels``, sorted."""
         return sorted({int(i) // BLOCK_LABELS for i in labels})
 
     def _read(self, path: Path, shape: tuple) -> np.ndarray | None:

@@ -62,6 +62,7 @@ class ArrayLoader:
         self.rank, self.world_size, self.pad = rank, world_size, pad
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order and augmentation the next iteration draws (seeded by (seed, epoch))."""
         self.epoch = epoch
 
     def _indices(self, gen) -> torch.Tensor:
@@ -109,6 +110,7 @@ class DatasetLoader:
         self.rank, self.world_size, self.pad = rank, world_size, pad
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch whose shuffle the next iteration draws (seeded by (seed, epoch))."""
         self.epoch = epoch
 
     def _loader(self, sampler=None):
@@ -222,6 +224,7 @@ class Feed:
 
     @property
     def num_labels(self) -> int:
+        """The number of labels L of the data."""
         return self.data.num_labels
 
     @property
@@ -231,9 +234,11 @@ class Feed:
 
     @property
     def n_test(self) -> int:
+        """Test samples this rank reads (each test sample on exactly one rank)."""
         return len(self.test_index)
 
     def describe(self) -> dict:
+        """The data as the result files record it (:meth:`filterlens.data.Data.describe`)."""
         return self.data.describe()
 
     def ordered(self, order: torch.Tensor, batch_size: int, augment: bool = False, epoch: int = 0):

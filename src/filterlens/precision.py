@@ -106,6 +106,7 @@ class Precision:
 
     @property
     def reduced(self) -> bool:
+        """True for bfloat16 or float16 autocast, False for float32."""
         return self.dtype is not None
 
     def autocast(self):

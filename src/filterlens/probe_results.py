@@ -39,6 +39,8 @@ class ProbeRecipe:
 
     @classmethod
     def paper(cls, epochs: int = 200, **kw) -> "ProbeRecipe":
+        """The papers' recipe: SGD, lr 0.01, momentum 0.975 (Nesterov), weight decay 1e-3, lr x 0.975 per
+        epoch, batch 100, augmentation, ``epochs`` epochs; ``kw`` (None: kept) overrides."""
         base = dict(optimizer="sgd", lr=0.01, epochs=epochs, batch_size=100, momentum=0.975, nesterov=True,
                     weight_decay=1e-3, lr_decay="exp:0.975", augment=True)
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -46,6 +48,8 @@ class ProbeRecipe:
 
     @classmethod
     def fast(cls, epochs: int = 30, **kw) -> "ProbeRecipe":
+        """The fast recipe: Adam, lr 1e-2, cosine decay, batch 100, no weight decay nor augmentation, ``epochs``
+        epochs; ``kw`` (None: kept) overrides."""
         base = dict(optimizer="adam", lr=1e-2, epochs=epochs, batch_size=100, weight_decay=0.0, lr_decay="cosine",
                     augment=False)
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -53,6 +57,8 @@ class ProbeRecipe:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "ProbeRecipe":
+        """The recipe of ``cfg.probe_mode`` (paper: 200 epochs by default, fast: 30) with the probe
+        settings ``cfg`` gives."""
         kw = dict(lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay, batch_size=cfg.probe_batch_size)
         if cfg.probe_mode == "paper":
             return cls.paper(epochs=cfg.probe_epochs if cfg.probe_epochs is not None else 200, **kw)
@@ -62,6 +68,9 @@ class ProbeRecipe:
 
 @dataclass
 class LayerProbeResult:
+    """Stage 2 of one layer: its probe FC's weight (L, C, H, W), test accuracy, the per-label mean maps of
+    the test set, the votes, the top test images and the bootstrap's input (see the module docstring)."""
+
     name: str
     index: int
     filters: int
@@ -88,6 +97,7 @@ class LayerProbeResult:
 
     @property
     def units(self) -> int:
+        """The layer's number of units (filters, heads or nodes): C."""
         return self.filters
 
     @property
@@ -98,6 +108,9 @@ class LayerProbeResult:
 
 @dataclass
 class ProbeResult:
+    """Stage 2 of every analysed layer (:class:`LayerProbeResult`, in layer order), with how the probes were
+    trained and by which engine; :meth:`save` writes its files, :meth:`load` reads them back."""
+
     layers: list[LayerProbeResult]
     mode: str  # "fast", "paper"
     engine: str  # "cache" or "stream"
@@ -114,6 +127,7 @@ class ProbeResult:
     model_fingerprint: str = ""
 
     def table(self) -> list[dict]:
+        """One row per layer: its name, filters (units), features and accuracy."""
         return [{"layer": r.name, "filters": r.filters, "features": r.features, "accuracy": r.accuracy}
                 for r in self.layers]
 

@@ -156,6 +156,7 @@ class ProbeSet:
         self.opt.step()
 
     def end_epoch(self) -> None:
+        """Step the learning-rate schedule (cosine or exponential) at the end of an epoch."""
         self.sched.step()
 
     def weight(self, name: str) -> torch.Tensor:
@@ -267,6 +268,7 @@ class ProbeEval:
             self.labels = [dist_.all_gather_cat(torch.cat(self.labels))]
 
     def accuracy(self) -> dict[str, float]:
+        """Per layer, the test accuracy of its FC: correct / samples seen."""
         return {n: c / max(self.total, 1) for n, c in self.correct.items()}
 
 

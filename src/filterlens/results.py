@@ -55,6 +55,7 @@ class Run:
         self.config = self.results.get("config", {})
 
     def tables(self) -> list[str]:
+        """The names of the tables (``layers``, ``filters``, ``afcc``, ...) whose files this run has."""
         return [name for name, file in TABLES.items() if (self.path / file).exists()]
 
     def _table_file(self, name) -> Path:
@@ -68,6 +69,8 @@ class Run:
         return p
 
     def table(self, name: str) -> list[dict]:
+        """The table ``name`` as a list of dicts, one per row, numbers converted (an empty cell: None); a
+        changed or damaged file is refused in one line."""
         p = self._table_file(name)
         try:
             with open(p, newline="", encoding="utf-8") as fh:
@@ -84,6 +87,7 @@ class Run:
         return [{k: _convert(v) for k, v in row.items()} for row in rows]
 
     def frame(self, name: str = "layers"):
+        """The table ``name`` (default ``layers``) as a pandas DataFrame, after the checks of :meth:`table`."""
         self.table(name)  # the same checks
         try:
             import pandas as pd
@@ -94,6 +98,7 @@ class Run:
 
     @property
     def layers(self) -> list[dict]:
+        """The layers table (layers.csv): one row per layer."""
         return self.table("layers")
 
     def unit(self, layer: str, index: int) -> "UnitView":

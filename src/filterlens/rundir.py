@@ -68,16 +68,22 @@ _RESULT_KEYS = {"config": dict, "environment": dict, "data": dict, "probes": dic
 
 
 class RunDir:
+    """One run directory (see the module docstring): its files, config, lock and the checksums of what its
+    stages wrote."""
+
     def __init__(self, path):
         self.path = Path(path)
 
     def file(self, name: str) -> Path:
+        """The path of the file ``name`` in the run directory."""
         return self.path / name
 
     def exists(self, name: str) -> bool:
+        """Whether the run directory holds ``name``."""
         return (self.path / name).exists()
 
     def read_json(self, name: str):
+        """The JSON file ``name`` of the run directory, parsed (a damaged file is refused in one line)."""
         return read_json(self.path / name)
 
     def remove(self, name: str) -> None:

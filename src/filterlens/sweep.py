@@ -42,12 +42,15 @@ LAST_LAYER_KEYS = ("clusters_per_filter", "cluster_size", "noise_per_filter", "s
 
 @dataclass(frozen=True)
 class SweepTask:
+    """One model of the label-count study: a label count, the subset's number and its labels."""
+
     num_labels: int
     subset: int  # 1-based index among the subsets of this label count
     labels: tuple[int, ...]  # original label indices, ascending
 
     @property
     def folder(self) -> str:
+        """The task's folder in the sweep directory: ``L005-s1`` for 5 labels, subset 1."""
         return f"L{self.num_labels:03d}-s{self.subset}"
 
 
@@ -299,6 +302,8 @@ def _nanmean(values) -> float:
 
 
 def print_sweep(out: dict, echo=print) -> None:
+    """Print the sweep's table: per label count, the errors (max, mean, min), the last layer's accuracy,
+    clusters per filter, cluster size and SNR."""
     echo(f"{'L':>5}{'subsets':>9}{'max err':>9}{'mean err':>10}{'min err':>9}{'last acc':>10}{'clus/f':>8}"
          f"{'size':>7}{'SNR':>7}")
     for c in out["per_count"]:

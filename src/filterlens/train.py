@@ -52,11 +52,13 @@ def check_schedule(cfg: Config, steps_per_epoch: int) -> None:
 
 
 def load_data_for(cfg: Config) -> Data:
+    """The data ``cfg`` names: dataset, folder, label subset, image size and sample counts."""
     return load_data(cfg.dataset, cfg.data_dir, cfg.labels, cfg.download, cfg.image_size,
                      train_samples=cfg.train_samples, test_samples=cfg.test_samples)
 
 
 def model_spec_for(cfg: Config, data: Data) -> ModelSpec:
+    """The :class:`~filterlens.models.ModelSpec` of ``cfg``'s model for ``data`` (its labels, channels, size)."""
     return ModelSpec(cfg.model, data.num_labels, data.in_channels, data.image_size, cfg.width_mult, cfg.vgg_cfg)
 
 

@@ -61,6 +61,7 @@ def module_modes(model: torch.nn.Module) -> dict:
 
 
 def restore_modes(modes: dict) -> None:
+    """Put back every module's train/eval flag that :func:`module_modes` recorded."""
     for m, flag in modes.items():
         m.training = flag
 
@@ -77,6 +78,8 @@ def eval_mode(model: torch.nn.Module):
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device of ``device``: ``auto`` is CUDA when available, else the CPU; an invalid name, or
+    CUDA without a GPU, is refused in one line."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -45,6 +45,7 @@ class HookTrunk(nn.Module):
         self.layer, self.hook, self.layout, self.units, self.tokens = layer, hook, layout, units, tokens
 
     def forward(self, x):
+        """Run the model on ``x`` until ``layer`` and return the layer's units, units first: (N, U, A, B)."""
         box = {}
         pre, read = reader(self.layout, self.units, self.tokens)
         with taps(self.model, {self.layer: Tap(self.hook or self.layer, lambda *a: box.update(out=read(*a)), pre)},
@@ -79,6 +80,8 @@ class DilutedNet(nn.Module):
         self.info = dict(info or {})
 
     def pool(self, h):
+        """``h`` max-pooled to ``pool_hw`` (the run's ``probe_pool``) when that is set and differs from its
+        H x W; else ``h`` as it is."""
         if self.pool_hw is not None and tuple(h.shape[2:]) != self.pool_hw:
             h = F.adaptive_max_pool2d(h, self.pool_hw)
         return h
@@ -90,11 +93,14 @@ class DilutedNet(nn.Module):
         return self.pool(x) if stop >= len(self.trunk) else x
 
     def forward(self, x, start: int = 0):
+        """The probe FC's logits (N, L) from ``trunk[start:]`` on ``x``: images when ``start`` is 0, else the
+        cached activations at trunk position ``start``."""
         for i in range(start, len(self.trunk)):
             x = self.trunk[i](x)
         return self.fc(self.pool(x).flatten(1))
 
     def extra_repr(self) -> str:
+        """The layers, the FC's input shape, the pool and whether units were removed, for ``repr``."""
         return (f"layers={self.info.get('layers')}, fc_shape={self.fc_shape}, pool_hw={self.pool_hw}, "
                 f"pruned={bool(self.info.get('pruned'))}")
 

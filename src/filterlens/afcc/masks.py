@@ -153,26 +153,32 @@ class LayerMask:
 
     @property
     def key(self) -> str:
+        """``kind:layer`` (``fc:features.5``, ``conv:features.4``): the mask's name in tables and results."""
         return f"{self.kind}:{self.layer}"
 
     @property
     def kept(self) -> int:
+        """The number of weights the mask keeps (True elements)."""
         return int(self.mask.sum())
 
     @property
     def total(self) -> int:
+        """The number of weights of the masked tensor."""
         return int(self.mask.numel())
 
     @property
     def dilution(self) -> float:
+        """Removed / total weights of this mask (:func:`dilution`)."""
         return dilution(self.mask)
 
     def to_state(self) -> dict:
+        """The mask as plain data (its mask a CPU bool tensor), for ``torch.save``; :meth:`from_state` reads it."""
         return {"layer": self.layer, "kind": self.kind, "param": self.param, "prev": self.prev,
                 "mask": self.mask.detach().cpu().bool()}
 
     @classmethod
     def from_state(cls, d: dict) -> "LayerMask":
+        """The mask :meth:`to_state` wrote."""
         return cls(d["layer"], d["kind"], d["param"], d["mask"], d.get("prev"))
 
 

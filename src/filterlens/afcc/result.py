@@ -52,10 +52,12 @@ class AfccResult:
 
     @property
     def dilution(self) -> dict:
+        """Per mask (``kind:layer``, :attr:`LayerMask.key`), its dilution: removed / total weights."""
         return {m.key: m.dilution for m in self.masks}
 
     @property
     def dilution_total(self) -> float | None:
+        """Removed / total weights over every mask together (None without any mask)."""
         return total_dilution(self.masks)
 
     @property

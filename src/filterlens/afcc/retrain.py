@@ -29,6 +29,7 @@ class TensorLoader:
         self.x, self.y, self.batch_size, self.shuffle, self.seed, self.epoch = x, y, int(batch_size), shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch whose shuffle the next iteration uses (the order is seeded by (seed, epoch))."""
         self.epoch = epoch
 
     def __len__(self) -> int:

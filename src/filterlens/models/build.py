@@ -32,6 +32,8 @@ def _torchvision_names() -> list[str]:
 
 
 def available_models() -> list[str]:
+    """The model names ``--model`` takes: filterlens' own, then the forms of torchvision, timm and a
+    user's callable."""
     return sorted(VGG_CONFIGS) + ["vgg"] + sorted(CIFAR_RESNET_DEPTHS) + [
         "resnet18_cifar"] + sorted(VIT_CONFIGS) + ["vgg16_imagenet", "<any torchvision classification model>",
         "timm:<name>", "path/to/file.py:factory", "package.module:callable"]

@@ -18,6 +18,8 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path, model: nn.Module, spec: ModelSpec, label_names: list[str], extra: dict | None = None):
+    """Write a filterlens checkpoint to ``path`` atomically: format, version, ``spec``, label names, the
+    model's state_dict and ``extra``, with a digest that reading checks."""
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "spec": asdict(spec),
              "label_names": list(label_names), "model": model.state_dict()}
     state.update(extra or {})

@@ -49,18 +49,22 @@ class Layer:
 
     @property
     def hook_module(self) -> str:
+        """The module path the hook goes on to read the layer's units (``hook``, else the layer itself)."""
         return self.hook or self.name
 
     @property
     def filters(self) -> int:  # the name before units beyond filters existed
+        """The layer's number of units (its name from before units beyond filters existed)."""
         return self.units
 
     @property
     def features(self) -> int:
+        """The probe's input size: units x H x W of ``shape``."""
         c, h, w = self.shape
         return c * h * w
 
     def as_dict(self) -> dict:
+        """The layer as plain data (``shape`` a list), with ``features``."""
         d = asdict(self)
         d["shape"] = list(self.shape)
         d["features"] = self.features

@@ -26,6 +26,7 @@ class ShortcutA(nn.Module):
         self.cin, self.cout, self.stride = cin, cout, stride
 
     def forward(self, x):
+        """``x`` (N, cin, H, W) subsampled by ``stride`` and zero-padded to (N, cout, H', W')."""
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
         extra = self.cout - self.cin
@@ -46,6 +47,7 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
 
     def forward(self, x):
+        """The block's output (N, cout, H', W'): ReLU of the two convs plus the shortcut."""
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu2(out + self.shortcut(x))
@@ -73,6 +75,7 @@ class CifarResNet(nn.Module):
         init_conv_bn(self)
 
     def forward(self, x):
+        """Logits (N, L) of images (N, C, H, W)."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.avgpool(x).flatten(1))

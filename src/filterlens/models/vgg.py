@@ -47,6 +47,7 @@ class VGGBlock(nn.Module):
         self.pool = nn.MaxPool2d(2, 2, ceil_mode=True) if pool else nn.Identity()
 
     def forward(self, x):
+        """The layer's map (N, cout, H', W'): Conv-BN-ReLU, then the pool (H' = H / 2 rounded up) if any."""
         return self.pool(self.relu(self.bn(self.conv(x))))
 
 
@@ -87,9 +88,12 @@ class VGG(nn.Module):
         init_conv_bn(self)
 
     def forward(self, x):
+        """Logits (N, L) of images (N, C, H, W)."""
         return self.classifier(self.flatten(self.features(x)))
 
     def filterlens_layers(self) -> list[str]:
+        """The layer protocol (:mod:`.families`): the model's layers are its blocks ``features.0`` ..
+        ``features.K-1``, one per conv."""
         return [f"features.{i}" for i in range(len(self.features))]
 
 

@@ -26,6 +26,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
+        """Self-attention of tokens (N, T, width): the heads' outputs concatenated (N, T, heads x d_head),
+        then ``proj``."""
         n, t, _ = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, T, d)
@@ -33,6 +35,9 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
+    """One pre-norm encoder block (a layer; its units are its attention's heads): attention, then the MLP,
+    each with its residual."""
+
     def __init__(self, dim: int, num_heads: int, mlp_ratio: int):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -41,11 +46,15 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x):
+        """The block's tokens (N, T, width): ``x`` plus attention, plus the MLP."""
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
 
 class TinyViT(nn.Module):
+    """``vit_tiny_cifar`` (see the module docstring): patch embedding, class token, ``blocks``, final norm,
+    the linear head on the class token."""
+
     def __init__(self, image_size: int = 32, num_labels: int = 10, in_channels: int = 3, patch: int = 4,
                  depth: int = 6, heads: int = 4, width: int = 128, mlp_ratio: int = 2):
         super().__init__()
@@ -61,6 +70,7 @@ class TinyViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward(self, x):
+        """Logits (N, L) of images (N, C, H, W); the blocks see (N, 1 + patches, width) tokens."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, T, width)
         x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
         x = self.norm(self.blocks(x))

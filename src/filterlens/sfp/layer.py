@@ -101,10 +101,12 @@ class LayerSFP:
 
     # -- scikit-learn style parameter access ------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The estimator's parameters (threshold, normalise, dtype, keep_matrices), scikit-learn style."""
         return {"threshold": self.threshold, "normalise": self.normalise, "dtype": self.dtype,
                 "keep_matrices": self.keep_matrices}
 
     def set_params(self, **params: Any) -> "LayerSFP":
+        """Set some of the parameters of :meth:`get_params` (any other name is a ValueError); returns self."""
         for key, value in params.items():
             if key not in ("threshold", "normalise", "dtype", "keep_matrices"):
                 raise ValueError(f"invalid parameter {key!r} for LayerSFP")
