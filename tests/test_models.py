@@ -340,3 +340,60 @@ def test_unknown_model_suggests_the_closest():
         build_model(ModelSpec("vgg_smal", 10))
     with pytest.raises(FilterlensError, match="resnt18"):
         build_model(ModelSpec("resnt18", 10))
+
+
+# ------------------------------------------------------------------------------ the layer protocol
+
+class _OwnLayers(nn.Module):
+    """A user's model naming its layers with filterlens_layers() (the README's example)."""
+
+    filterlens_family = "mine"
+
+    def __init__(self, names=("stem", "body.2")):
+        super().__init__()
+        self.names = list(names)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)))
+
+    def filterlens_layers(self):
+        return self.names
+
+
+def test_own_layers_method_names_the_layers():
+    assert [l.name for l in list_layers(_OwnLayers(), (3, 16, 16))] == ["stem", "body.2"]
+
+
+@pytest.mark.parametrize("bad", ["body.9", "nope", ""])
+def test_own_layers_method_with_a_name_that_is_no_module_is_one_line(bad):
+    # before: an internal AttributeError ("Sequential has no attribute 9")
+    with pytest.raises(FilterlensError) as info:
+        list_layers(_OwnLayers(["stem", bad]), (3, 16, 16))
+    msg = str(info.value)
+    assert "filterlens_layers()" in msg and repr(bad) in msg and "\n" not in msg
+
+
+def test_own_layers_method_comes_before_the_family_rules():
+    # a model with a transformer's layout that names its own layers: its method wins (the README's rule 1)
+    class Own(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                                          nn.ReLU())
+            self.fc = nn.Linear(8, 10)
+            attn = nn.Module()
+            attn.proj, attn.num_heads = nn.Linear(8, 8), 2
+            block = nn.Module()
+            block.attn = attn
+            self.blocks = nn.ModuleList([block])  # a transformer's layout (timm's blocks.i.attn.proj), unused here
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean((2, 3)))
+
+        def filterlens_layers(self):
+            return ["features.1"]  # the VGG-like rule alone would read features.0 and features.2's chain
+
+    assert [l.name for l in list_layers(Own(), (3, 16, 16))] == ["features.1"]

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
+from ..errors import FilterlensError, closest
 from .nodes import head_nodes, mlp_nodes
 
 
@@ -165,8 +166,6 @@ def _inception(model):
 
 def _vgg_like(family: str):
     def rule(model):
-        if hasattr(model, "filterlens_layers"):
-            return Discovery(family, list(model.filterlens_layers()))
         return Discovery(family, _flat_chain(model, "features"))
     return rule
 
@@ -238,12 +237,26 @@ def discover(model: nn.Module) -> Discovery:
     return found
 
 
+def _own_layers(model: nn.Module) -> Discovery:
+    """The layers a model names with its own ``filterlens_layers()``: module paths as ``named_modules()`` names
+    them, each checked (one line naming a path that is no module, and the model's top-level modules)."""
+    names = [str(n) for n in model.filterlens_layers()]
+    modules = dict(model.named_modules())
+    for name in names:
+        if not name or name not in modules:
+            top = ", ".join(n for n, _ in model.named_children())
+            raise FilterlensError(f"{type(model).__name__}.filterlens_layers() names {name!r}, which is no module of "
+                                  f"the model{closest(name, [n for n in modules if n])}; give module paths as "
+                                  f"named_modules() names them (its top-level modules: {top})")
+    return Discovery(getattr(model, "filterlens_family", "vgg"), names)
+
+
 def _blocks(model: nn.Module) -> Discovery:
+    if hasattr(model, "filterlens_layers"):  # the model's own word comes first
+        return _own_layers(model)
     found = _vit(model) or _timm(model)
     if found is not None:
         return found
-    if hasattr(model, "filterlens_layers"):
-        return Discovery(getattr(model, "filterlens_family", "vgg"), list(model.filterlens_layers()))
     rule = _TORCHVISION.get(type(model).__name__)
     if rule is None and _has(model, "conv1", "layer1"):
         rule = _resnet  # any ResNet-shaped model (filterlens' CIFAR ResNets, a user's own)
