@@ -39,8 +39,9 @@ def test_config_runs_at_tiny_scale(path, tmp_path, request):  # the paper recipe
         small["data_dir"] = str(request.getfixturevalue("cifar100_dir")[0])
     elif cfg.dataset in ("imagenet", "imagefolder"):
         small.update(data_dir=str(request.getfixturevalue("imagefolder_dir")), image_size=32)
-    elif cfg.dataset == "glyphs":  # rendered from the fonts installed here, into a folder of this test's
-        small.update(train_samples=300, test_samples=300, data_dir=str(tmp_path / "glyphs"))
+    elif cfg.dataset == "glyphs":  # rendered from the fonts installed here, into a folder of this test's; 10 of
+        # the 3,755 labels, so that 300 samples hold every label in both splits
+        small.update(labels="first:10", train_samples=300, test_samples=300, data_dir=str(tmp_path / "glyphs"))
     elif cfg.dataset == "fashion-mnist":
         if not FASHION.exists():
             pytest.skip("Fashion-MNIST files absent (Debian package dataset-fashion-mnist)")

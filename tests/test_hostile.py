@@ -503,7 +503,7 @@ CASES = [
     A("cache-budget-0", "--cache-budget", "0", needles=["cache budget", "'0'"]),
     A("cache-budget-negative", "--cache-budget=-5", needles=["-5"]),
     A("cache-budget-12Q", "--cache-budget", "12Q", needles=["12Q"]),
-    A("cache-budget-empty", "--cache-budget", "", needles=["cache budget", "''"]),
+    A("cache-budget-empty", "--cache-budget", "", needles=["--cache-budget", "is empty"]),
     A("threshold-0", "--threshold", "0", needles=["threshold", "0"]),
     A("threshold-1", "--threshold", "1", needles=["threshold", "1"]),
     A("threshold-1.5", "--threshold", "1.5", needles=["threshold", "1.5"]),
