@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import signal
 import subprocess
@@ -114,6 +115,9 @@ def test_interrupted_training_resumed_gives_the_same_weights(interrupted, tmp_pa
         ra.pop("seconds"), rb.pop("seconds")
         assert ra == rb
     assert not (b / "checkpoint.pt").exists()  # finished: the checkpoint is gone, model.pt stays
+    # the training's time counts every epoch, those before the interruption too (was: only the resumed ones)
+    logged = sum(float(r["seconds"]) for r in read_log(b / "train_log.csv"))
+    assert json.loads((b / "train.json").read_text())["seconds"] >= logged
 
 
 def test_without_resume_an_unfinished_run_is_refused(interrupted, tmp_path):

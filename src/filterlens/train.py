@@ -323,7 +323,9 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     final = evaluate(model, test_loader, device, infer, reduce=world > 1) if not history or start == epochs \
         else {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
     summary = {"train_hash": cfg.stage_hash("train"), "test_accuracy": final["accuracy"], "test_loss": final["loss"],
-               "epochs": epochs, "steps": epochs * len(train_loader), "seconds": time.perf_counter() - t0,
+               "epochs": epochs, "steps": epochs * len(train_loader),
+               # the whole training: the epochs before a resume (their logged times) and this process's time
+               "seconds": sum(float(r.get("seconds", 0.0)) for r in history[:start]) + time.perf_counter() - t0,
                "model": asdict(spec), "data": data.describe(), "history": history, "processes": world,
                "precision": {"train": precision.record(), "evaluation": infer.record()}}
     if main:
