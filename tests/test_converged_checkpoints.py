@@ -14,17 +14,30 @@ from filterlens.train import evaluate, load_data_for, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-CASES = {  # name: (sha256 in checkpoints/converged/README.md, test accuracy of the run on all 10,000 images)
-    "vgg16": ("a383cb73755ad2af23d69b1f92fc2abfe0ba7cb3f68c5d3dd3a906f3a0daf81c", 0.9374),
-    "resnet20": ("11ba52dbd31c93c45d94ca3706707171f890b06ffc51a901a316909793ea439e", 0.9424),
-    "vit-tiny": ("5290d2348d11b087fa202eff2e78ec0098b1af00bfa22b7bac1edd0b05021a4c", 0.8764),
+CASES = {  # file: (config, sha256 in checkpoints/converged/README.md, test accuracy of the run on 10,000 images)
+    "fashion-mnist-vgg16.pt": ("vgg16", "a383cb73755ad2af23d69b1f92fc2abfe0ba7cb3f68c5d3dd3a906f3a0daf81c", 0.9374),
+    "fashion-mnist-resnet20.pt": ("resnet20", "11ba52dbd31c93c45d94ca3706707171f890b06ffc51a901a316909793ea439e",
+                                  0.9424),
+    "fashion-mnist-vit-tiny.pt": ("vit-tiny", "5290d2348d11b087fa202eff2e78ec0098b1af00bfa22b7bac1edd0b05021a4c",
+                                  0.8764),
+    # the same recipes with other seeds (seed 0: a copy of the file above)
+    "seeds/fashion-mnist-vgg16-seed0.pt": ("vgg16",
+                                           "a383cb73755ad2af23d69b1f92fc2abfe0ba7cb3f68c5d3dd3a906f3a0daf81c", 0.9374),
+    "seeds/fashion-mnist-vgg16-seed1.pt": ("vgg16",
+                                           "e73880a7e962d359fff395bad8ff50c1b4fc8d13daf182073a488eedab3a03c9", 0.9405),
+    "seeds/fashion-mnist-vgg16-seed2.pt": ("vgg16",
+                                           "e63a0a3d08b0969dd6f8c890bf059fa5067ea5cb0fb76539fe7b7bb137d1282c", 0.9396),
+    "seeds/fashion-mnist-resnet20-seed0.pt": ("resnet20",
+                                              "11ba52dbd31c93c45d94ca3706707171f890b06ffc51a901a316909793ea439e", 0.9424),
+    "seeds/fashion-mnist-resnet20-seed1.pt": ("resnet20",
+                                              "36e5fdb9938931d2bdf0eb60ccf3fc62999211130373d8d19612233a18b6b55d", 0.9425),
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_committed_weights_are_the_trained_networks(name):
-    path = ROOT / "checkpoints" / "converged" / f"fashion-mnist-{name}.pt"
-    sha, accuracy = CASES[name]
+@pytest.mark.parametrize("file", sorted(CASES))
+def test_committed_weights_are_the_trained_networks(file):
+    path = ROOT / "checkpoints" / "converged" / file
+    name, sha, accuracy = CASES[file]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
     assert sha in (ROOT / "checkpoints" / "converged" / "README.md").read_text()
     if not FASHION.exists():
