@@ -27,10 +27,10 @@ CASES = {  # file: (config, sha256 in checkpoints/converged/README.md, test accu
                                            "e73880a7e962d359fff395bad8ff50c1b4fc8d13daf182073a488eedab3a03c9", 0.9405),
     "seeds/fashion-mnist-vgg16-seed2.pt": ("vgg16",
                                            "e63a0a3d08b0969dd6f8c890bf059fa5067ea5cb0fb76539fe7b7bb137d1282c", 0.9396),
-    "seeds/fashion-mnist-resnet20-seed0.pt": ("resnet20",
-                                              "11ba52dbd31c93c45d94ca3706707171f890b06ffc51a901a316909793ea439e", 0.9424),
-    "seeds/fashion-mnist-resnet20-seed1.pt": ("resnet20",
-                                              "36e5fdb9938931d2bdf0eb60ccf3fc62999211130373d8d19612233a18b6b55d", 0.9425),
+    "seeds/fashion-mnist-resnet20-seed0.pt": (
+        "resnet20", "11ba52dbd31c93c45d94ca3706707171f890b06ffc51a901a316909793ea439e", 0.9424),
+    "seeds/fashion-mnist-resnet20-seed1.pt": (
+        "resnet20", "36e5fdb9938931d2bdf0eb60ccf3fc62999211130373d8d19612233a18b6b55d", 0.9425),
 }
 
 
