@@ -16,7 +16,8 @@ What counts and what does not:
 * a name that is a plain word (``str.isidentifier``: ``"cache"``, ``"heatmaps"``, ``"sweep"``) is also a word of
   other concepts (the folder kind ``cache``, the option ``heatmaps``, the stage ``sweep``), so it counts only
   where it builds or names a path: an operand of ``/``, an argument of ``Path(...)``, ``os.path.join(...)`` or
-  ``.joinpath(...)``, or compared with a ``.name`` or a variable called ``name``.
+  ``.joinpath(...)``, or compared with a ``.name`` or a variable called ``name`` (alone or in a tuple:
+  ``name in ("cache", "sweep")``).
 """
 from __future__ import annotations
 
@@ -45,8 +46,12 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return out
 
 
-def _names_a_path(node: ast.Constant, parent: ast.AST | None) -> bool:
+def _names_a_path(node: ast.AST, parent: ast.AST | None, parents: dict) -> bool:
     """Whether the constant ``node`` builds or names a path where it stands (for the plain-word names)."""
+    if isinstance(parent, (ast.Tuple, ast.List, ast.Set)):  # name in ("cache", "sweep")
+        node, parent = parent, parents.get(id(parent))
+        if not isinstance(parent, ast.Compare):
+            return False
     if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div):
         return True
     if isinstance(parent, ast.Call) and node in parent.args:
@@ -71,7 +76,7 @@ def literal_names(path: Path) -> list[tuple[int, str]]:
             continue
         if node.value not in NAMES:
             continue
-        if node.value.isidentifier() and not _names_a_path(node, parents.get(id(node))):
+        if node.value.isidentifier() and not _names_a_path(node, parents.get(id(node)), parents):
             continue
         found.append((node.lineno, node.value))
     return sorted(found)
@@ -107,6 +112,7 @@ def test_the_check_sees_what_it_should(tmp_path):
                    '    g = {"heatmaps": 1}\n'
                    '    h = name == "cache"\n'
                    '    i = stage == "sweep"\n'
+                   '    j = name in ("cache", "x") or stage in ("sweep",)\n'
                    '    return Path(d, "sweep"), ("model.pt", "train.json")\n', encoding="utf-8")
-    assert literal_names(src) == [(5, "results.json"), (8, "heatmaps"), (10, "cache"), (12, "model.pt"),
-                                  (12, "sweep"), (12, "train.json")]
+    assert literal_names(src) == [(5, "results.json"), (8, "heatmaps"), (10, "cache"), (12, "cache"),
+                                  (13, "model.pt"), (13, "sweep"), (13, "train.json")]
