@@ -30,7 +30,20 @@ from .inputs import as_data
 from .loaders import Feed
 from .models import resolve_layers
 from .models.contract import check_model
-from .names import CONFIG, FILTERS, LAYERS, MANIFEST, MODEL, PROBE_FILES, RESULTS, THUMBNAILS
+from .names import (
+    BOOTSTRAP,
+    CONFIG,
+    FILTERS,
+    HEATMAPS,
+    LAYERS,
+    MANIFEST,
+    MODEL,
+    PROBE_FILES,
+    RESULTS,
+    THRESHOLDS,
+    THUMBNAILS,
+    TRAIN_SUMMARY,
+)
 from .probe_results import ProbeResult
 from .probes import train_probes
 from .report.explorer import explorer_data, thumbnails
@@ -180,12 +193,12 @@ class Analysis:
                    write_csv(d / FILTERS, self.filters, FILTER_COLUMNS)]
         # a new analysis replaces results.json whole: later stages (AFCC) add their entries again
         results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers}
-        for name in ("thresholds.csv", "bootstrap.csv", THUMBNAILS):  # from an earlier analysis with other settings
+        for name in (THRESHOLDS, BOOTSTRAP, THUMBNAILS):  # from an earlier analysis with other settings
             remove_file(d / name)
         if self.meta.get("thresholds"):
-            written.append(write_csv(d / "thresholds.csv", self.meta["thresholds"]))
+            written.append(write_csv(d / THRESHOLDS, self.meta["thresholds"]))
         if self.meta.get("bootstrap"):
-            written.append(write_csv(d / "bootstrap.csv", self.meta["bootstrap"]["intervals"]))
+            written.append(write_csv(d / BOOTSTRAP, self.meta["bootstrap"]["intervals"]))
         written += plot_layers(self.layers, d, title=self.meta.get("title", ""))
         heat = self.heatmaps(d)
         written += heat
@@ -211,7 +224,7 @@ class Analysis:
         else:  # checked against the analysed layers before any work (check_heatmaps)
             picks = parse_heatmaps(spec)
         labels = self.meta.get("label_names")
-        folder = Path(directory) / "heatmaps"
+        folder = Path(directory) / HEATMAPS
         if folder.is_dir():  # drop the previous analysis' pictures (they may show other filters or thresholds), not
             for old in folder.glob("*.png"):  # the user's: only filterlens' names, <layer>-filter3.png
                 if HEATMAP.match(old.name):
@@ -220,7 +233,7 @@ class Analysis:
         for layer, c in picks:
             est = self.sfp[layer]
             kind = next((r.get("unit_kind", "filter") for r in self.layers if r["layer"] == layer), "filter")
-            path = Path(directory) / "heatmaps" / f"{layer}-{kind}{c}.png"
+            path = Path(directory) / HEATMAPS / f"{layer}-{kind}{c}.png"
             plot_filter_matrix(est.matrix(c), est.threshold, est.clusters_[c], labels, path,
                                title=f"{layer} {kind} {c}", normalise=est.normalise)
             out.append(path)
@@ -511,17 +524,17 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
 def read_train_summary(rd: RunDir) -> dict | None:
     """The training summary of the run (train.json, checked against its record; without its history), or None
     when the run has none."""
-    if not rd.exists("train.json"):
+    if not rd.exists(TRAIN_SUMMARY):
         return None
-    rd.verify("train.json")
-    train = rd.read_json("train.json")
+    rd.verify(TRAIN_SUMMARY)
+    train = rd.read_json(TRAIN_SUMMARY)
     return {k: v for k, v in train.items() if k != "history"} if isinstance(train, dict) else None
 
 
 def write_sfp_result(rd: RunDir, cfg: Config, result: Analysis, train_summary: dict | None = None) -> list[str]:
     """Stage 3's files in the run directory (with the training summary, read here unless given), recorded in
     stages.json."""
-    if rd.exists("train.json"):
+    if rd.exists(TRAIN_SUMMARY):
         result.meta["train"] = train_summary if train_summary is not None else read_train_summary(rd)
     files = result.write(rd.path)
     rd.record("sfp", cfg.stage_hash("sfp"), files, result.meta["timings"].get("sfp_s"))
