@@ -20,7 +20,7 @@ import torch
 
 from . import claims, sfp
 from . import distributed as dist_
-from .config import Config, parse_heatmaps, parse_thresholds
+from .config import DEFAULT_THRESHOLD, Config, parse_heatmaps, parse_thresholds
 from .data import Data, check_labels_present
 from .errors import FilterlensError, closest
 from .files import remove_file, write_csv, write_json
@@ -105,7 +105,7 @@ class Analysis:
         sfp_meta = self.meta.get("sfp", {})
         return unit_view(layer, index, r.unit_kind, r.weight, r.label_means,
                          (r.top_values, r.top_indices) if r.top_indices is not None else None,
-                         float(sfp_meta.get("threshold", 0.3)), sfp_meta.get("normalise", "max"),
+                         float(sfp_meta.get("threshold", DEFAULT_THRESHOLD)), sfp_meta.get("normalise", "max"),
                          int(self.meta.get("config", {}).get("top_images", 8)), self.meta.get("label_names", []))
 
     @property
