@@ -57,9 +57,10 @@ LAYER_COLUMNS = ["layer", "index", "unit_kind", "units", "features", "accuracy",
                  "clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
                  "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr",
                  "snr_median", "snr_field", "signal_field", "noise_field", "vote_fraction"]
-SUMMARY_KEYS = ["clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
-                "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr", "snr_median",
-                "snr_field"]
+# the layer metrics that thresholds.csv gives at every extra threshold and bootstrap.csv intervals of (after the
+# accuracy): the summary METHOD.md requires (sfp.SUMMARY_KEYS) and signal_per_filter_all, the SNR's numerator, in
+# layers.csv's order
+LAYER_METRICS = [k for k in LAYER_COLUMNS if k in sfp.SUMMARY_KEYS or k == "signal_per_filter_all"]
 FILTER_COLUMNS = ["layer", "unit", "unit_kind", "num_clusters", "clusters", "signal", "noise", "preferred_label",
                   "vote_fraction"]  # one row per unit (filter, head or node); the file keeps its name, filters.csv
 
@@ -424,7 +425,7 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         rows.append(row)
         if thresholds:
             for srow in est.summaries(thresholds):
-                sweep_rows.append({"layer": r.name, **{k: srow[k] for k in ["threshold"] + SUMMARY_KEYS if k in srow}})
+                sweep_rows.append({"layer": r.name, **{k: srow[k] for k in ["threshold"] + LAYER_METRICS if k in srow}})
         if cfg.bootstrap > 0:
             boot_rows += _bootstrap_layer(r, pr, cfg, {**summary, **row}, replicates)
         for fr, vf in zip(est.filter_table(r.name, label_names), frac):
@@ -479,7 +480,7 @@ def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicate
     for key, values in samples.items():
         replicates.setdefault(key, []).append(values)
     return [{"layer": r.name, "metric": key, "estimate": estimates.get(key), "low": intervals[key][0],
-             "high": intervals[key][1]} for key in ["accuracy", *SUMMARY_KEYS] if key in intervals]
+             "high": intervals[key][1]} for key in ["accuracy", *LAYER_METRICS] if key in intervals]
 
 
 @keeps_global_rng
