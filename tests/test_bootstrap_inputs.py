@@ -17,7 +17,7 @@ import torch
 
 import filterlens
 from filterlens import probes as probes_mod
-from filterlens.analysis import SUMMARY_KEYS
+from filterlens.analysis import LAYER_METRICS
 from filterlens.capture import Capture, FeatureCache, capture_pass
 from filterlens.config import Config
 from filterlens.data import load_data
@@ -142,7 +142,7 @@ def test_without_bootstrap_nothing_is_kept(setup, tmp_path):
 
 
 # the bootstrap metrics whose replicates are counts (equal whichever input); snr_field is a ratio of field means
-COUNT_METRICS = ["accuracy", *[k for k in SUMMARY_KEYS if k != "snr_field"]]
+COUNT_METRICS = ["accuracy", *[k for k in LAYER_METRICS if k != "snr_field"]]
 
 
 def test_analysis_reads_features_or_fields_alike(setup, monkeypatch):
@@ -162,7 +162,7 @@ def test_analysis_reads_features_or_fields_alike(setup, monkeypatch):
         assert torch.equal(x.weight, y.weight) and x.fields is not None and y.test_features is not None
     rows_f, rows_g = f.meta["bootstrap"]["intervals"], g.meta["bootstrap"]["intervals"]
     assert [(r["layer"], r["metric"]) for r in rows_f] == [(r["layer"], r["metric"]) for r in rows_g]
-    assert len(rows_f) == 6 * (1 + len(SUMMARY_KEYS))
+    assert len(rows_f) == 6 * (1 + len(LAYER_METRICS))
     for a, b in zip(rows_f, rows_g):
         assert a["estimate"] == b["estimate"] or (a["estimate"] != a["estimate"] and b["estimate"] != b["estimate"])
         if a["metric"] in COUNT_METRICS:

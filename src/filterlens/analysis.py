@@ -20,7 +20,7 @@ import torch
 
 from . import claims, sfp
 from . import distributed as dist_
-from .config import Config, parse_heatmaps, parse_thresholds
+from .config import DEFAULT_THRESHOLD, Config, parse_heatmaps, parse_thresholds
 from .data import Data, check_labels_present
 from .errors import FilterlensError, closest
 from .files import remove_file, write_csv, write_json
@@ -30,7 +30,20 @@ from .inputs import as_data
 from .loaders import Feed
 from .models import resolve_layers
 from .models.contract import check_model
-from .names import CONFIG, FILTERS, LAYERS, MANIFEST, MODEL, PROBE_FILES, RESULTS, THUMBNAILS
+from .names import (
+    BOOTSTRAP,
+    CONFIG,
+    FILTERS,
+    HEATMAPS,
+    LAYERS,
+    MANIFEST,
+    MODEL,
+    PROBE_FILES,
+    RESULTS,
+    THRESHOLDS,
+    THUMBNAILS,
+    TRAIN_SUMMARY,
+)
 from .probe_results import ProbeResult
 from .probes import train_probes
 from .report.explorer import explorer_data, thumbnails
@@ -44,9 +57,10 @@ LAYER_COLUMNS = ["layer", "index", "unit_kind", "units", "features", "accuracy",
                  "clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
                  "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr",
                  "snr_median", "snr_field", "signal_field", "noise_field", "vote_fraction"]
-SUMMARY_KEYS = ["clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
-                "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr", "snr_median",
-                "snr_field"]
+# the layer metrics that thresholds.csv gives at every extra threshold and bootstrap.csv intervals of (after the
+# accuracy): the summary METHOD.md requires (sfp.SUMMARY_KEYS) and signal_per_filter_all, the SNR's numerator, in
+# layers.csv's order
+LAYER_METRICS = [k for k in LAYER_COLUMNS if k in sfp.SUMMARY_KEYS or k == "signal_per_filter_all"]
 FILTER_COLUMNS = ["layer", "unit", "unit_kind", "num_clusters", "clusters", "signal", "noise", "preferred_label",
                   "vote_fraction"]  # one row per unit (filter, head or node); the file keeps its name, filters.csv
 
@@ -92,7 +106,7 @@ class Analysis:
         sfp_meta = self.meta.get("sfp", {})
         return unit_view(layer, index, r.unit_kind, r.weight, r.label_means,
                          (r.top_values, r.top_indices) if r.top_indices is not None else None,
-                         float(sfp_meta.get("threshold", 0.3)), sfp_meta.get("normalise", "max"),
+                         float(sfp_meta.get("threshold", DEFAULT_THRESHOLD)), sfp_meta.get("normalise", "max"),
                          int(self.meta.get("config", {}).get("top_images", 8)), self.meta.get("label_names", []))
 
     @property
@@ -180,12 +194,12 @@ class Analysis:
                    write_csv(d / FILTERS, self.filters, FILTER_COLUMNS)]
         # a new analysis replaces results.json whole: later stages (AFCC) add their entries again
         results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers}
-        for name in ("thresholds.csv", "bootstrap.csv", THUMBNAILS):  # from an earlier analysis with other settings
+        for name in (THRESHOLDS, BOOTSTRAP, THUMBNAILS):  # from an earlier analysis with other settings
             remove_file(d / name)
         if self.meta.get("thresholds"):
-            written.append(write_csv(d / "thresholds.csv", self.meta["thresholds"]))
+            written.append(write_csv(d / THRESHOLDS, self.meta["thresholds"]))
         if self.meta.get("bootstrap"):
-            written.append(write_csv(d / "bootstrap.csv", self.meta["bootstrap"]["intervals"]))
+            written.append(write_csv(d / BOOTSTRAP, self.meta["bootstrap"]["intervals"]))
         written += plot_layers(self.layers, d, title=self.meta.get("title", ""))
         heat = self.heatmaps(d)
         written += heat
@@ -211,7 +225,7 @@ class Analysis:
         else:  # checked against the analysed layers before any work (check_heatmaps)
             picks = parse_heatmaps(spec)
         labels = self.meta.get("label_names")
-        folder = Path(directory) / "heatmaps"
+        folder = Path(directory) / HEATMAPS
         if folder.is_dir():  # drop the previous analysis' pictures (they may show other filters or thresholds), not
             for old in folder.glob("*.png"):  # the user's: only filterlens' names, <layer>-filter3.png
                 if HEATMAP.match(old.name):
@@ -220,7 +234,7 @@ class Analysis:
         for layer, c in picks:
             est = self.sfp[layer]
             kind = next((r.get("unit_kind", "filter") for r in self.layers if r["layer"] == layer), "filter")
-            path = Path(directory) / "heatmaps" / f"{layer}-{kind}{c}.png"
+            path = Path(directory) / HEATMAPS / f"{layer}-{kind}{c}.png"
             plot_filter_matrix(est.matrix(c), est.threshold, est.clusters_[c], labels, path,
                                title=f"{layer} {kind} {c}", normalise=est.normalise)
             out.append(path)
@@ -411,7 +425,7 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         rows.append(row)
         if thresholds:
             for srow in est.summaries(thresholds):
-                sweep_rows.append({"layer": r.name, **{k: srow[k] for k in ["threshold"] + SUMMARY_KEYS if k in srow}})
+                sweep_rows.append({"layer": r.name, **{k: srow[k] for k in ["threshold"] + LAYER_METRICS if k in srow}})
         if cfg.bootstrap > 0:
             boot_rows += _bootstrap_layer(r, pr, cfg, {**summary, **row}, replicates)
         for fr, vf in zip(est.filter_table(r.name, label_names), frac):
@@ -466,7 +480,7 @@ def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicate
     for key, values in samples.items():
         replicates.setdefault(key, []).append(values)
     return [{"layer": r.name, "metric": key, "estimate": estimates.get(key), "low": intervals[key][0],
-             "high": intervals[key][1]} for key in ["accuracy", *SUMMARY_KEYS] if key in intervals]
+             "high": intervals[key][1]} for key in ["accuracy", *LAYER_METRICS] if key in intervals]
 
 
 @keeps_global_rng
@@ -511,17 +525,17 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
 def read_train_summary(rd: RunDir) -> dict | None:
     """The training summary of the run (train.json, checked against its record; without its history), or None
     when the run has none."""
-    if not rd.exists("train.json"):
+    if not rd.exists(TRAIN_SUMMARY):
         return None
-    rd.verify("train.json")
-    train = rd.read_json("train.json")
+    rd.verify(TRAIN_SUMMARY)
+    train = rd.read_json(TRAIN_SUMMARY)
     return {k: v for k, v in train.items() if k != "history"} if isinstance(train, dict) else None
 
 
 def write_sfp_result(rd: RunDir, cfg: Config, result: Analysis, train_summary: dict | None = None) -> list[str]:
     """Stage 3's files in the run directory (with the training summary, read here unless given), recorded in
     stages.json."""
-    if rd.exists("train.json"):
+    if rd.exists(TRAIN_SUMMARY):
         result.meta["train"] = train_summary if train_summary is not None else read_train_summary(rd)
     files = result.write(rd.path)
     rd.record("sfp", cfg.stage_hash("sfp"), files, result.meta["timings"].get("sfp_s"))

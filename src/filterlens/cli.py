@@ -16,6 +16,7 @@ from . import distributed  # light: imports torch only inside torchrun
 from .checks import int_flag, parse_int
 from .config import Config, stage_fields
 from .errors import FilterlensError
+from .names import ERROR_LOG_PREFIX
 
 TRAIN_STAGES = ("data", "model", "train", "run")
 ANALYZE_STAGES = ("probes", "sfp", "run")
@@ -518,13 +519,13 @@ def _internal_error(args) -> int:
     log = None
     if run_dir and _is_run_dir(run_dir):  # never into a folder filterlens did not make
         try:
-            log = os.path.join(str(run_dir), f"filterlens-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+            log = os.path.join(str(run_dir), f"{ERROR_LOG_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
             with open(log, "w", encoding="utf-8") as fh:
                 fh.write(text)
         except OSError:
             log = None
     if log is None:
-        fd, log = tempfile.mkstemp(prefix="filterlens-error-", suffix=".log")
+        fd, log = tempfile.mkstemp(prefix=ERROR_LOG_PREFIX, suffix=".log")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
     _say_error(f"internal error ({exc_line[:200]}); the traceback is in {log}; please report it")

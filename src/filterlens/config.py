@@ -19,6 +19,9 @@ from .errors import FilterlensError, closest
 
 # the settings whose empty value has a meaning of its own, stated in their help (every other empty value is refused:
 # an empty string is never read as a default)
+# the binarisation threshold of the unit matrices (METHOD.md stage 3, item 2): --threshold's default, filterlens.sfp's
+# and what a reader of an older results.json without one assumes
+DEFAULT_THRESHOLD = 0.3
 EMPTY_MEANS = ("thresholds", "afcc_thresholds", "afcc_layers", "num_labels")
 STAGES = ("data", "model", "train", "probes", "sfp", "afcc", "sweep", "run")
 # the stages of `filterlens run`, in the order they run (each keyed by Config.stage_hash)
@@ -131,7 +134,8 @@ class Config:
     top_images: int = _f(8, "probes", "per unit and output unit, remember the test images with the largest field "
                                        "(the report's thumbnails; 0: none)", bounds="[0, 64]")
     # sfp (METHOD.md stage 3)
-    threshold: float = _f(0.3, "sfp", "binarisation threshold of the normalised unit matrices", bounds="(0, 1)")
+    threshold: float = _f(DEFAULT_THRESHOLD, "sfp", "binarisation threshold of the normalised unit matrices",
+                          bounds="(0, 1)")
     normalise: str = _f("max", "sfp", "filter-matrix normalisation", choices=("max", "column-centred"))
     thresholds: str = _f("", "sfp", "also report every layer's summary at these thresholds, e.g. 0.1,0.2,0.3,0.4,0.5 "
                                       "(empty: none)")

@@ -43,8 +43,6 @@ from .errors import FilterlensError
 from .files import read_json, remove_file, sha256_file, write_bytes, write_json
 from .folders import (
     CACHE_FILE,
-    CACHE_FOLDER,
-    MARK,
     is_temporary,
     kind_of,
     make_dirs,
@@ -53,6 +51,7 @@ from .folders import (
     read_mark,
     remove_empty,
 )
+from .names import CACHE_FOLDER, MARK
 
 ENGINES = ("auto", "memory", "groups", "disk", "stream")
 

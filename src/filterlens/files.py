@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import FilterlensError
+from .names import MARK  # the marker of a folder filterlens made (filterlens.folders)
 
 TMP_SUFFIX = ".tmp"  # temporary files are ".NAME.<random>.tmp" beside NAME
-MARK = ".filterlens"  # the marker of a folder filterlens made (filterlens.folders)
 
 
 def link_inside(path) -> Path | None:

@@ -15,12 +15,12 @@ import re
 from pathlib import Path
 
 from .errors import FilterlensError
-from .files import MARK, write_json
+from .files import write_json
+from .names import CONFIG, LOCK, LOCK_INFO, MANIFEST, MARK, OWN_SUBFOLDERS, SWEEP_PLAN
 
 KINDS = ("run", "sweep", "cache", "compare", "glyphs", "seeds")  # glyphs: the rendered images of filterlens.glyphs;
 # seeds: the runs of one recipe over seeds (filterlens run --seeds), one run directory per seed inside
-LOCK_FILES = (".filterlens.lock", ".filterlens.lock.json")  # a run directory's lock (filterlens.rundir)
-CACHE_FOLDER = "filterlens-cache"  # the disk engine's own folder inside --cache-dir
+LOCK_FILES = (LOCK, LOCK_INFO)  # a run directory's lock (filterlens.rundir)
 # the disk engine's files in its folder: <key>.{train,test}.{f16,labels}, <key>.means.pt, <key>.json, <key>.lock
 CACHE_FILE = re.compile(r"^[0-9a-f]{24}\.(train\.f16|train\.labels|test\.f16|test\.labels|means\.pt|json|lock)$")
 # the temporary files of files._atomic: ".NAME.<8 characters of tempfile's alphabet>.tmp"
@@ -72,20 +72,16 @@ def kind_of(folder) -> str:
         return found["kind"]
     if all(e.name in LOCK_FILES for e in p.iterdir()):
         return "empty"  # nothing but the lock of a command that is making it
-    config = _json(p / "config.json")
+    config = _json(p / CONFIG)
     if isinstance(config, dict) and "dataset" in config and "model" in config:
         return "run"
-    stages = _json(p / "stages.json")
+    stages = _json(p / MANIFEST)
     if isinstance(stages, dict) and stages and all(isinstance(v, dict) and "sha256" in v for v in stages.values()):
         return "run"
-    plan = _json(p / "sweep_plan.json")
+    plan = _json(p / SWEEP_PLAN)
     if isinstance(plan, dict) and isinstance(plan.get("tasks"), list):
         return "sweep"
     return "foreign"
-
-
-# the folders filterlens makes inside its own (a run's heatmaps, disk cache and sweep; the cache's own folder)
-OWN_SUBFOLDERS = ("heatmaps", "cache", "sweep", CACHE_FOLDER)
 
 
 def links_in(folder) -> list[Path]:

@@ -12,7 +12,10 @@ import time
 from .config import STAGE_ORDER, Config
 from .errors import Diverged, FilterlensError, closest
 from .names import (
+    CHECKPOINT,
+    CONFIG,
     LABEL_MEANS,
+    MANIFEST,
     POOLED_CSV,
     POOLED_JSON,
     PROBES_JSON,
@@ -119,7 +122,7 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
     try:
         rd.check(cfg, overwrite=overwrite, stage="train")
     except FilterlensError:  # a bad value is reported as itself, not as "another config"
-        if rd.exists("config.json") and not rd.manifest_damaged() and not rd.changed(["config.json"]):
+        if rd.exists(CONFIG) and not rd.manifest_damaged() and not rd.changed([CONFIG]):
             _check_before_work(cfg, wanted)
         raise
     hashes = hashes_of(cfg)
@@ -180,7 +183,7 @@ def _plan(rd: RunDir, wanted: list[str], hashes: dict, from_stage: str | None, c
     file, to the end) and the changed files, which the caller removes once everything is checked."""
     stages = rd.stages(echo)
     if rd.manifest_damaged():  # nothing it vouched for is trusted: it goes, and every stage runs
-        return wanted, ["stages.json"]
+        return wanted, [MANIFEST]
     for i, stage in enumerate(wanted):
         rec = stages.get(stage)
         if from_stage == stage or not rec or rec["hash"] != hashes[stage]:
@@ -232,11 +235,11 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
 def _train(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
     from .train import checkpoint_damage, train
 
-    damage = checkpoint_damage(rd) if rd.exists("checkpoint.pt") and not fresh else None
+    damage = checkpoint_damage(rd) if rd.exists(CHECKPOINT) and not fresh else None
     if damage:  # nothing to resume from: the training starts again (and writes a new checkpoint)
-        echo(f"note: {rd.file('checkpoint.pt')} is damaged ({damage}); it cannot be resumed: training starts again")
+        echo(f"note: {rd.file(CHECKPOINT)} is damaged ({damage}); it cannot be resumed: training starts again")
         fresh = True
-    train(cfg, rd.path, resume=rd.exists("checkpoint.pt") and not fresh, overwrite=fresh, echo=echo)
+    train(cfg, rd.path, resume=rd.exists(CHECKPOINT) and not fresh, overwrite=fresh, echo=echo)
 
 
 def _probes(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:

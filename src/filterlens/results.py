@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .config import DEFAULT_THRESHOLD
 from .errors import FilterlensError
 from .names import TABLES
 
@@ -117,7 +118,7 @@ class Run:
         sfp_cfg = self.results.get("sfp", {})
         return unit_view(layer, index, r.unit_kind, r.weight, r.label_means,
                          (r.top_values, r.top_indices) if r.top_indices is not None else None,
-                         float(sfp_cfg.get("threshold", 0.3)), sfp_cfg.get("normalise", "max"),
+                         float(sfp_cfg.get("threshold", DEFAULT_THRESHOLD)), sfp_cfg.get("normalise", "max"),
                          int(self.config.get("top_images", 8)), self.results.get("label_names", []))
 
     def __repr__(self) -> str:
@@ -138,7 +139,7 @@ class UnitView:
     top_images: list  # per cluster, test indices (into the analysed test split), strongest first
     cluster_labels: list  # the clusters' label names, flattened in cluster order
     noise: float
-    threshold: float = 0.3
+    threshold: float = DEFAULT_THRESHOLD
     normalise: str = "max"
     label_names: list | None = None
 

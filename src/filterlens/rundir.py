@@ -36,9 +36,6 @@ from .errors import FilterlensError
 from .files import read_json, remove_file, sha256_file, write_json
 from .folders import (
     CACHE_FILE,
-    CACHE_FOLDER,
-    LOCK_FILES,
-    MARK,
     check_links,
     is_temporary,
     kind_of,
@@ -48,10 +45,23 @@ from .folders import (
     remove_empty,
     some_files,
 )
-from .names import MANIFEST, RUN_FILES, SWEEP_FILES
+from .names import (
+    CACHE_DIR,
+    CACHE_FOLDER,
+    CONFIG,
+    ERROR_LOG_PREFIX,
+    HEATMAPS,
+    LOCK,
+    LOCK_INFO,
+    MANIFEST,
+    MARK,
+    RESULTS,
+    RUN_FILES,
+    SWEEP,
+    SWEEP_FILES,
+)
 
 HEATMAP = re.compile(r"^.+-(filter|head|node)\d+\.png$")  # heatmaps/<layer>-filter3.png: analyze draws these
-LOCK, LOCK_INFO = LOCK_FILES
 CONFIG_RECORD = "config"  # the record of config.json in stages.json (not a stage: claim writes it)
 
 # the folders filterlens makes that are neither run nor sweep directories
@@ -144,12 +154,12 @@ class RunDir:
         """
         self.validate(self.path)
         self.check_folder()
-        if not self.exists("config.json"):
+        if not self.exists(CONFIG):
             return False
         if not overwrite and not self.manifest_damaged():  # (a damaged stages.json: filterlens run recomputes)
-            self.verify("config.json")
+            self.verify(CONFIG)
         try:
-            old = Config.from_dict(self.read_json("config.json"), source=str(self.file("config.json")), stored=True)
+            old = Config.from_dict(self.read_json(CONFIG), source=str(self.file(CONFIG)), stored=True)
         except FilterlensError:
             old = None
         if old is not None and old.stage_hash(stage) == cfg.stage_hash(stage):
@@ -174,27 +184,27 @@ class RunDir:
             remove_owned(self.path, keep={LOCK, LOCK_INFO, MARK})
         make_dirs(self.path)
         mark(self.path, "run")
-        if self.exists("config.json"):
+        if self.exists(CONFIG):
             try:
-                if self.read_json("config.json") == json.loads(json.dumps(cfg.to_dict())):
+                if self.read_json(CONFIG) == json.loads(json.dumps(cfg.to_dict())):
                     self.record_config()  # unchanged: leave the file alone (recorded, if it was not yet)
                     return
             except FilterlensError:
                 pass
-        write_json(self.file("config.json"), cfg.to_dict())
+        write_json(self.file(CONFIG), cfg.to_dict())
         self.record_config()
 
     def record_config(self) -> None:
         """Record config.json's sha256 in stages.json (under ``config``): every reader then checks it, so an edited
         config.json is never trusted. A damaged stages.json is left as it is (nothing it vouched for is trusted)."""
-        if self.manifest_damaged() or not self.exists("config.json"):
+        if self.manifest_damaged() or not self.exists(CONFIG):
             return
         stages = self.stages()
-        want = sha256_file(self.file("config.json"))
-        if stages.get(CONFIG_RECORD, {}).get("sha256", {}).get("config.json") == want:
+        want = sha256_file(self.file(CONFIG))
+        if stages.get(CONFIG_RECORD, {}).get("sha256", {}).get(CONFIG) == want:
             return
         stages[CONFIG_RECORD] = {"hash": "config", "seconds": None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                 "sha256": {"config.json": want}}
+                                 "sha256": {CONFIG: want}}
         write_json(self.file(MANIFEST), stages)
 
     # ------------------------------------------------------------------ one command at a time
@@ -267,12 +277,12 @@ class RunDir:
 
     def read_results(self) -> dict:
         """``results.json``, verified against its checksum and checked for the shape filterlens writes."""
-        if not self.exists("results.json"):
+        if not self.exists(RESULTS):
             raise FilterlensError(f"'{self.path}' holds no results.json; run filterlens analyze (or filterlens run) "
                                   "first")
-        self.verify("results.json")
-        res = self.read_json("results.json")
-        where = f"'{self.file('results.json')}' is damaged"
+        self.verify(RESULTS)
+        res = self.read_json(RESULTS)
+        where = f"'{self.file(RESULTS)}' is damaged"
         if not isinstance(res, dict):
             raise FilterlensError(f"{where}: it holds a {type(res).__name__}, not the object filterlens writes")
         if res.get("version") != 1:
@@ -426,15 +436,15 @@ def owned(folder) -> list[Path]:
     for p in root.iterdir():
         name = p.name
         if p.is_file() and (name in recorded or name in RUN_FILES or name in (MARK, LOCK, LOCK_INFO)
-                            or is_temporary(name) or re.fullmatch(r"filterlens-error-.*\.log", name)):
+                            or is_temporary(name) or re.fullmatch(re.escape(ERROR_LOG_PREFIX) + r".*\.log", name)):
             out.append(p)
         elif p.is_symlink():  # a link to a folder is never entered (check_links refuses it before any work)
             continue
-        elif p.is_dir() and name == "heatmaps":
-            out += [f for f in p.iterdir() if f.is_file() and (f"heatmaps/{f.name}" in recorded
+        elif p.is_dir() and name == HEATMAPS:
+            out += [f for f in p.iterdir() if f.is_file() and (f"{HEATMAPS}/{f.name}" in recorded
                                                                or HEATMAP.match(f.name) or is_temporary(f.name))]
-        elif p.is_dir() and name in ("cache", "sweep"):
-            inner = p / CACHE_FOLDER if name == "cache" else p
+        elif p.is_dir() and name in (CACHE_DIR, SWEEP):
+            inner = p / CACHE_FOLDER if name == CACHE_DIR else p
             out += owned(inner) if inner.is_dir() and not inner.is_symlink() else []
             out += [f for f in p.iterdir() if f.is_file() and (f"{name}/{f.name}" in recorded or is_temporary(f.name))]
     return out

@@ -31,6 +31,7 @@ from .config import Config
 from .errors import FilterlensError
 from .files import read_json, write_csv, write_json
 from .folders import make_dirs, mark
+from .names import CHECKPOINT, SWEEP_COUNTS, SWEEP_PLAN, SWEEP_SUMMARY, SWEEP_TABLE, TASK
 from .rundir import check_sweep_folder
 from .utils import keeps_global_rng
 
@@ -112,7 +113,7 @@ def _run_task(args) -> dict:
     from .train import load_trained, train
 
     run_dir = Path(folder)
-    done = run_dir / "task.json"
+    done = run_dir / TASK
     cfg = Config.from_dict(cfg_dict)
     if done.exists():
         try:
@@ -123,7 +124,7 @@ def _run_task(args) -> dict:
             pass  # damaged: redo
     t0 = time.perf_counter()
     quiet = (lambda *a, **k: None)
-    summary = train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists(), echo=quiet, progress=progress)
+    summary = train(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), echo=quiet, progress=progress)
     model, cfg, data, _ = load_trained(run_dir)
     result = analyze(model, data, config=cfg.replace(layers=sweep_layers), progress=progress, echo=quiet)
     result.save(run_dir)
@@ -169,7 +170,7 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
     mine = tasks[i::n]
     plan = {"counts": counts, "subsets": subsets, "layers": sweep_layers, "seed": cfg.seed, "total_labels": total,
             "config": cfg.to_dict(), "tasks": [t.folder for t in tasks]}
-    plan_path = sweep_dir / "sweep_plan.json"
+    plan_path = sweep_dir / SWEEP_PLAN
     if plan_path.exists():
         old = read_json(plan_path)
         if old.get("tasks") != plan["tasks"] or old.get("config", {}).get("model") != cfg.model:
@@ -184,7 +185,7 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
             tcfg = cfg.replace(labels=",".join(map(str, t.labels)), progress=cfg.progress and jobs == 1)
             work.append((tcfg.to_dict(), str(sweep_dir / t.folder), t, sweep_layers, cfg.progress and jobs == 1,
                          max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0))
-        todo = [w for w in work if not (Path(w[1]) / "task.json").exists()]
+        todo = [w for w in work if not (Path(w[1]) / TASK).exists()]
         echo(f"sweep: {len(tasks)} models in all, {len(mine)} in this shard, {len(mine) - len(todo)} already done")
         if jobs > 1 and len(todo) > 1:
             import multiprocessing as mp
@@ -197,7 +198,7 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
                 row = _run_task(w)
                 echo(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}"
                      f"  ({row['seconds']:.1f}s)")
-    missing = [t.folder for t in tasks if not (sweep_dir / t.folder / "task.json").exists()]
+    missing = [t.folder for t in tasks if not (sweep_dir / t.folder / TASK).exists()]
     if missing:
         echo(f"sweep: {len(missing)} model(s) not done yet ({', '.join(missing[:4])}...); run the other shards, "
              "then filterlens sweep --merge")
@@ -236,13 +237,13 @@ def _check_layers(cfg: Config, data, sweep_layers: str) -> None:
 def merge(sweep_dir, echo=print) -> dict:
     """Combine every finished task of a sweep into sweep.csv, sweep.json, the fits and the plots."""
     sweep_dir = Path(sweep_dir)
-    plan_path = sweep_dir / "sweep_plan.json"
+    plan_path = sweep_dir / SWEEP_PLAN
     if not plan_path.exists():
         raise FilterlensError(f"'{sweep_dir}' is not a sweep directory (no sweep_plan.json)")
     plan = read_json(plan_path)
     rows, missing = [], []
     for folder in plan["tasks"]:
-        p = sweep_dir / folder / "task.json"
+        p = sweep_dir / folder / TASK
         if p.exists():
             rows.append(read_json(p))
         else:
@@ -270,13 +271,13 @@ def merge(sweep_dir, echo=print) -> dict:
     xs = [c["num_labels"] for c in per_count]
     fits = {"max_error": fit_line(xs, [c["max_error"] for c in per_count]),
             "mean_error": fit_line(xs, [c["mean_error"] for c in per_count])}
-    write_csv(sweep_dir / "sweep.csv", rows, SWEEP_COLUMNS)
-    write_csv(sweep_dir / "sweep_counts.csv", per_count)
+    write_csv(sweep_dir / SWEEP_TABLE, rows, SWEEP_COLUMNS)
+    write_csv(sweep_dir / SWEEP_COUNTS, per_count)
     out = {"version": 1, "plan": plan, "data_key": next(iter(keys), None), "per_count": per_count, "fits": fits,
            "rows": [{k: v for k, v in r.items() if k != "layers"} for r in rows],
            "seconds": float(sum(r.get("seconds", 0.0) for r in rows)),
            "claims": claims.sweep_claims(per_count, rows)}  # claims 4-5, one point per trained model
-    write_json(sweep_dir / "sweep.json", out)
+    write_json(sweep_dir / SWEEP_SUMMARY, out)
     from .report import plot_sweep
 
     plot_sweep(per_count, fits, rows, sweep_dir)

@@ -28,7 +28,7 @@ from .fingerprint import digest_matches
 from .loaders import make_loader
 from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from .models.contract import check_model
-from .names import CONFIG, MODEL
+from .names import CHECKPOINT, CONFIG, MODEL, RESULTS, TRAIN_LOG, TRAIN_SUMMARY
 from .precision import FLOAT32, Precision, for_inference, for_training
 from .progress import progress_bar
 from .rundir import RunDir
@@ -161,10 +161,10 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
         summary = _finished(rd, cfg, echo)
         if summary is not None:
             return summary
-    if same and rd.exists("checkpoint.pt") and (resume or not overwrite):
+    if same and rd.exists(CHECKPOINT) and (resume or not overwrite):
         _refuse_damaged_checkpoint(rd)
-    if same and rd.exists("checkpoint.pt") and not resume and not overwrite:
-        state = read_checkpoint(rd.file("checkpoint.pt"))
+    if same and rd.exists(CHECKPOINT) and not resume and not overwrite:
+        state = read_checkpoint(rd.file(CHECKPOINT))
         raise FilterlensError(f"run directory '{rd.path}' holds an unfinished training (epoch {state.get('epoch')} "
                               f"of {cfg.epochs}); add --resume to continue it or --overwrite to start again")
 
@@ -198,10 +198,10 @@ def _prepare(cfg: Config) -> tuple[Data, nn.Module, ModelSpec]:
 def checkpoint_damage(rd: RunDir) -> str | None:
     """Why the run's own checkpoint.pt cannot be resumed from (it cannot be read), or None."""
     try:
-        read_checkpoint(rd.file("checkpoint.pt"))
+        read_checkpoint(rd.file(CHECKPOINT))
     except FilterlensError:
         try:
-            state = torch.load(rd.file("checkpoint.pt"), map_location="cpu", weights_only=True)
+            state = torch.load(rd.file(CHECKPOINT), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - what the reader says is the reason
             return f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}" if str(exc) else type(exc).__name__
         if digest_matches(state) is False:
@@ -213,20 +213,20 @@ def checkpoint_damage(rd: RunDir) -> str | None:
 def _refuse_damaged_checkpoint(rd: RunDir) -> None:
     damage = checkpoint_damage(rd)
     if damage:
-        raise FilterlensError(f"'{rd.file('checkpoint.pt')}' (the checkpoint filterlens train writes after every "
+        raise FilterlensError(f"'{rd.file(CHECKPOINT)}' (the checkpoint filterlens train writes after every "
                               f"epoch) is damaged and cannot be resumed ({damage}); start the training again with "
                               "--overwrite (filterlens run --from train)")
 
 
 def _finished(rd: RunDir, cfg: Config, echo) -> dict | None:
     """The summary of a finished training with these settings, or None (also when its files changed since)."""
-    if not (rd.exists("model.pt") and rd.exists("train.json")):
+    if not (rd.exists(MODEL) and rd.exists(TRAIN_SUMMARY)):
         return None
-    if "train" in rd.stages(strict=True) and rd.changed(("model.pt", "train.json")):
-        echo(f"note: {', '.join(rd.changed(('model.pt', 'train.json')))} in {rd.path} changed since stage train "
+    if "train" in rd.stages(strict=True) and rd.changed((MODEL, TRAIN_SUMMARY)):
+        echo(f"note: {', '.join(rd.changed((MODEL, TRAIN_SUMMARY)))} in {rd.path} changed since stage train "
              "wrote it (checksum); it is not trusted: training again")
         return None
-    summary = rd.read_json("train.json")
+    summary = rd.read_json(TRAIN_SUMMARY)
     if not isinstance(summary, dict) or summary.get("train_hash") != cfg.stage_hash("train"):
         return None
     echo(f"model already trained in {rd.path} (test accuracy {summary['test_accuracy']:.4f}); nothing to do")
@@ -262,8 +262,8 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none
     scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "float16")
     history, start = [], 0
-    if resume and rd.exists("checkpoint.pt"):
-        state = load_checkpoint(rd.file("checkpoint.pt"), model, spec)  # before any step: DDP replicas agree
+    if resume and rd.exists(CHECKPOINT):
+        state = load_checkpoint(rd.file(CHECKPOINT), model, spec)  # before any step: DDP replicas agree
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if state.get("grad_scaler"):  # float16 AMP: the loss scale it had reached
@@ -314,11 +314,11 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         echo(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  train acc "
              f"{row['train_accuracy']:.4f}  test acc {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)")
         if main:
-            save_checkpoint(rd.file("checkpoint.pt"), _unwrap(model), spec, data.label_names,
+            save_checkpoint(rd.file(CHECKPOINT), _unwrap(model), spec, data.label_names,
                             {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
                              "history": history, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
                              "world_size": world, "grad_scaler": scaler.state_dict()})
-            write_csv(rd.file("train_log.csv"), history)
+            write_csv(rd.file(TRAIN_LOG), history)
 
     final = evaluate(model, test_loader, device, infer, reduce=world > 1) if not history or start == epochs \
         else {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
@@ -329,11 +329,11 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
                "model": asdict(spec), "data": data.describe(), "history": history, "processes": world,
                "precision": {"train": precision.record(), "evaluation": infer.record()}}
     if main:
-        save_checkpoint(rd.file("model.pt"), _unwrap(model), spec, data.label_names,
+        save_checkpoint(rd.file(MODEL), _unwrap(model), spec, data.label_names,
                         {"epoch": epochs, "history": history, "config": cfg.to_dict()})
-        write_json(rd.file("train.json"), summary)
-        rd.remove("checkpoint.pt")
-        rd.record("train", cfg.stage_hash("train"), ("model.pt", "train.json"), summary["seconds"])
+        write_json(rd.file(TRAIN_SUMMARY), summary)
+        rd.remove(CHECKPOINT)
+        rd.record("train", cfg.stage_hash("train"), (MODEL, TRAIN_SUMMARY), summary["seconds"])
     if world > 1:
         del net  # DDP's reducer, with its communication hooks, goes before the process group does
         dist_.barrier()  # every rank returns once the files are there
@@ -355,7 +355,7 @@ def _unwrap(model):
 
 def _analysed_in_python(rd: RunDir) -> bool:
     """An analysis saved from Python (``Analysis.save``): results without a training of this run."""
-    return rd.exists("results.json") and "train" not in rd.stages()
+    return rd.exists(RESULTS) and "train" not in rd.stages()
 
 
 def load_trained(run_dir, device="cpu") -> tuple[nn.Module, Config, Data, ModelSpec]:
@@ -365,15 +365,15 @@ def load_trained(run_dir, device="cpu") -> tuple[nn.Module, Config, Data, ModelS
         raise FilterlensError(f"'{rd.path}' was analysed from Python (filterlens.analyze): its model and data "
                               "cannot be rebuilt by the command line; run AFCC from Python: "
                               "filterlens.afcc.apply(model, analysis)")
-    if not rd.path.is_dir() or not rd.exists("config.json") or not rd.exists("model.pt"):
+    if not rd.path.is_dir() or not rd.exists(CONFIG) or not rd.exists(MODEL):
         raise FilterlensError(f"'{rd.path}' is not a trained run directory (no config.json/model.pt); run "
                               "filterlens train --run-dir first")
-    rd.verify("model.pt", "config.json")
-    cfg = Config.from_dict(rd.read_json("config.json"), source=str(rd.file("config.json")), stored=True)
+    rd.verify(MODEL, CONFIG)
+    cfg = Config.from_dict(rd.read_json(CONFIG), source=str(rd.file(CONFIG)), stored=True)
     data = load_data_for(cfg)
     spec = model_spec_for(cfg, data)
     model = build_model(spec)
-    load_checkpoint(rd.file("model.pt"), model, spec)
+    load_checkpoint(rd.file(MODEL), model, spec)
     check_model(model, data.input_shape, data.num_labels, f"the model of '{rd.path}'", layers=None)
     model.to(device).eval()
     return model, cfg, data, spec

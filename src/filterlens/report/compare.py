@@ -31,6 +31,20 @@ from ..claims import format_pooled, snr_sentence
 from ..errors import FilterlensError
 from ..files import read_json, write_csv, write_json, write_text
 from ..folders import is_temporary, kind_of, make_dirs, mark, named, some_files
+from ..names import (
+    BOOTSTRAP,
+    COMPARE_CLAIMS,
+    COMPARE_CSV,
+    COMPARE_HTML,
+    COMPARE_POOLED_CSV,
+    COMPARE_POOLED_JSON,
+    COMPARE_SWEEPS,
+    LAYERS,
+    RESULTS,
+    SEED_PREFIX,
+    SWEEP_JSON,
+    SWEEP_SUMMARY,
+)
 from ..rundir import RunDir
 from .html import _read_csv
 from .pages import claims, image, render, table
@@ -59,8 +73,8 @@ SWEEP_COLUMNS = ["sweep", "num_labels", "max_error", "mean_error", "min_error"]
 CLAIM_COLUMNS = ["run", "claim", "metric", "unit_kind", "statistic", "value", "low", "high", "n", "verdict"]
 POOLED_COLUMNS = ["recipe", "runs", "claim", "metric", "unit_kind", "statistic", "value", "low", "high", "n",
                   "seeds_holds", "seeds_fails", "seeds_unclear", "verdict"]
-OUTPUTS = ("compare.html", "compare.csv", "compare_sweeps.csv", "compare_claims.csv", "compare_pooled.csv",
-           "compare_pooled.json", *(m[3] for m in METRICS),
+OUTPUTS = (COMPARE_HTML, COMPARE_CSV, COMPARE_SWEEPS, COMPARE_CLAIMS, COMPARE_POOLED_CSV, COMPARE_POOLED_JSON,
+           *(m[3] for m in METRICS),
            *(m[2] for m in SWEEP_METRICS))
 _VALID = ("a finished run directory (results.json and layers.csv: filterlens run or analyze) or a finished sweep "
           "directory (sweep.json or sweep/sweep.json: filterlens sweep, or filterlens run with num_labels)")
@@ -147,9 +161,9 @@ def build_compare(dirs, out, pool: bool = False, echo=None) -> Path:
     mark(out, "compare")
     written = []
     pooled = [_pooled(g) for g in groups]
-    written.append(write_csv(out / "compare_pooled.csv", [{"recipe": g["recipe"], "runs": " ".join(g["runs"]), **row}
+    written.append(write_csv(out / COMPARE_POOLED_CSV, [{"recipe": g["recipe"], "runs": " ".join(g["runs"]), **row}
                                                           for g in pooled for row in g["rows"]], POOLED_COLUMNS))
-    written.append(write_json(out / "compare_pooled.json", {"version": 1, "groups": pooled}))
+    written.append(write_json(out / COMPARE_POOLED_JSON, {"version": 1, "groups": pooled}))
     if echo is not None:
         for g in pooled:
             echo(g["note"])
@@ -157,14 +171,14 @@ def build_compare(dirs, out, pool: bool = False, echo=None) -> Path:
                 echo(line)
     if runs:
         written += [_depth_figure(runs, metric, name, ylabel, out / png) for metric, name, ylabel, png in METRICS]
-    written.append(write_csv(out / "compare.csv", [r for run in runs for r in _csv_rows(run)], CSV_COLUMNS))
-    written.append(write_csv(out / "compare_claims.csv", _claim_rows(runs, sweeps), CLAIM_COLUMNS))
+    written.append(write_csv(out / COMPARE_CSV, [r for run in runs for r in _csv_rows(run)], CSV_COLUMNS))
+    written.append(write_csv(out / COMPARE_CLAIMS, _claim_rows(runs, sweeps), CLAIM_COLUMNS))
     if sweeps:
         written += [_sweep_figure(sweeps, key, name, out / png) for key, name, png in SWEEP_METRICS]
-        written.append(write_csv(out / "compare_sweeps.csv", [
+        written.append(write_csv(out / COMPARE_SWEEPS, [
             {"sweep": str(s.path), **{k: c.get(k) for k in SWEEP_COLUMNS[1:]}} for s in sweeps for c in s.per_count],
             SWEEP_COLUMNS))
-    page = write_text(out / "compare.html", _page(runs, sweeps, [p for p in written if p.suffix == ".png"], pooled))
+    page = write_text(out / COMPARE_HTML, _page(runs, sweeps, [p for p in written if p.suffix == ".png"], pooled))
     for name in OUTPUTS:  # an earlier compare's files that this one does not replace would mislead
         stale = out / name
         if stale not in written and stale != page and stale.is_file():
@@ -178,8 +192,8 @@ def _expand_seeds(dirs: list) -> list:
     for d in dirs:
         p = Path(str(d))
         if str(d).strip() and p.is_dir() and kind_of(p) == "seeds":
-            found = sorted((q for q in p.iterdir() if q.is_dir() and q.name.startswith("seed-")
-                            and q.name[5:].isdigit()), key=lambda q: int(q.name[5:]))
+            found = sorted((q for q in p.iterdir() if q.is_dir() and q.name.startswith(SEED_PREFIX)
+                            and q.name[len(SEED_PREFIX):].isdigit()), key=lambda q: int(q.name[len(SEED_PREFIX):]))
             if not found:
                 raise FilterlensError(f"folder of seeds '{p}' holds no seed-N run yet; "
                                       "run filterlens run --seeds first")
@@ -197,7 +211,7 @@ def recipe_groups(runs: list, pool: bool = False, echo=None) -> list[list]:
 
     by: dict[str, list] = {}
     for r in runs:
-        cfg = Config.from_dict(r.res.get("config") or {}, source=f"{r.path}/results.json")
+        cfg = Config.from_dict(r.res.get("config") or {}, source=f"{r.path}/{RESULTS}")
         r.recipe, r.seed = cfg.recipe_hash(), cfg.seed
         by.setdefault(r.recipe, []).append(r)
     if pool and len(runs) > 1:
@@ -253,21 +267,21 @@ def _read_run(p: Path) -> list[_Run]:
     """The finished run in ``p`` ([] when it holds no results.json), one line per unit kind where its layers mix
     kinds (heads and MLP nodes: each kind's layers with their own relative depth); a damaged one is refused."""
     rd = RunDir(p)
-    if not rd.exists("results.json"):
+    if not rd.exists(RESULTS):
         return []
     res = rd.read_results()
-    if not rd.file("layers.csv").is_file():
+    if not rd.file(LAYERS).is_file():
         raise FilterlensError(f"input '{p}' holds results.json but no layers.csv, so it is not a finished run; "
                               "run filterlens analyze (or filterlens run) on it again")
-    rd.verify("layers.csv", "bootstrap.csv")
-    rows = _csv_file(rd.file("layers.csv"))
+    rd.verify(LAYERS, BOOTSTRAP)
+    rows = _csv_file(rd.file(LAYERS))
     if not rows or any(m not in rows[0] for m in REQUIRED):
         missing = [m for m in REQUIRED if not rows or m not in rows[0]]
-        raise FilterlensError(f"'{rd.file('layers.csv')}' is damaged or from another filterlens: no "
+        raise FilterlensError(f"'{rd.file(LAYERS)}' is damaged or from another filterlens: no "
                               f"{'layer rows' if not rows else 'column ' + ', '.join(missing)}")
     cfg, data = res.get("config", {}), res.get("data", {})
     labels = res.get("label_names") or []
-    boot = _csv_file(rd.file("bootstrap.csv"))
+    boot = _csv_file(rd.file(BOOTSTRAP))
     out = []
     for kind in dict.fromkeys(r.get("unit_kind") or "filter" for r in rows):
         mine = [r for r in rows if (r.get("unit_kind") or "filter") == kind]
@@ -303,7 +317,7 @@ def _bands(boot: list[dict], rows: list[dict]) -> dict:
 
 def _read_sweep(p: Path) -> _Sweep | None:
     """The finished sweep in ``p`` (``sweep/sweep.json`` of a run, or ``sweep.json`` of filterlens sweep)."""
-    for rel in ("sweep/sweep.json", "sweep.json"):
+    for rel in (SWEEP_JSON, SWEEP_SUMMARY):
         if (p / rel).is_file():
             break
     else:

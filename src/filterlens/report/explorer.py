@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import sfp
+from ..config import DEFAULT_THRESHOLD
 
 MAX_SHOWN_LABELS = 120
 UNIT_COLUMNS = ["u", "clusters", "n", "size", "noise", "vote"]  # one row per unit in the explorer's table
@@ -58,7 +59,7 @@ def explorer_data(d: Path, res: dict, filters: list[dict]) -> dict:
     cfg = res.get("config", {})
     limit = int(cfg.get("explorer_units", 32))
     k = int(cfg.get("top_images", 8))
-    threshold = float(res.get("sfp", {}).get("threshold", cfg.get("threshold", 0.3)))
+    threshold = float(res.get("sfp", {}).get("threshold", cfg.get("threshold", DEFAULT_THRESHOLD)))
     normalise = res.get("sfp", {}).get("normalise", cfg.get("normalise", "max"))
     probes = ProbeResult.load(d)
     weights = {r.name: r.weight for r in probes.layers}

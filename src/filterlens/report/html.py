@@ -10,7 +10,28 @@ from ..claims import snr_sentence
 from ..config import STAGE_ORDER
 from ..errors import FilterlensError
 from ..files import read_json, write_text
-from ..names import REPORT_READS, THUMBNAILS
+from ..names import (
+    ACCURACY_PNG,
+    AFCC,
+    AFCC_PNG,
+    AFCC_PRUNING,
+    AFCC_THRESHOLDS,
+    BOOTSTRAP,
+    CLUSTERS_PNG,
+    FILTERS,
+    LABEL_MEANS,
+    LAYERS,
+    PROBES,
+    REPORT,
+    REPORT_READS,
+    SWEEP,
+    SWEEP_CLUSTERS_PNG,
+    SWEEP_ERROR_PNG,
+    SWEEP_JSON,
+    SWEEP_SUMMARY,
+    THRESHOLDS,
+    THUMBNAILS,
+)
 from ..rundir import RunDir
 from .explorer import explorer_data, explorer_view
 from .pages import cell, claims, image, render, table
@@ -31,7 +52,7 @@ READS = REPORT_READS
 
 def explorer_left_out(d: Path) -> str | None:
     """Why the report's unit explorer cannot be built from the run ``d`` (a file it reads is missing), or None."""
-    missing = [n for n in ("filters.csv", "probes.pt", "label_means.pt") if not (Path(d) / n).exists()]
+    missing = [n for n in (FILTERS, PROBES, LABEL_MEANS) if not (Path(d) / n).exists()]
     if not missing:
         return None
     return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing from the run directory; "
@@ -57,10 +78,10 @@ def build_report(run_dir, settings_hash: str | None = None, echo=None) -> Path:
         res = rd.read_results()
         rd.verify(*READS)
         stages = rd.stages()
-        path = write_text(rd.file("report.html"), _page(rd.path, res, stages))
+        path = write_text(rd.file(REPORT), _page(rd.path, res, stages))
         if settings_hash is None:
             settings_hash = "|".join(stages[s]["hash"] for s in STAGE_ORDER if s in stages and s != "report")
-        rd.record("report", settings_hash, ("report.html",), time.perf_counter() - t0)
+        rd.record("report", settings_hash, (REPORT,), time.perf_counter() - t0)
     left_out = explorer_left_out(rd.path)
     if left_out and echo is not None:
         echo(f"note: the report's unit explorer is left out: {left_out}")
@@ -74,8 +95,8 @@ def _claims(d: Path, res: dict) -> dict | None:
     """The papers' claims this run (and its sweep) can test, with one sentence on the SNR candidates; None where
     the run was analysed without the claims table."""
     rows = list(res.get("claims") or [])
-    if (d / "sweep" / "sweep.json").exists():
-        rows += read_json(d / "sweep" / "sweep.json").get("claims") or []
+    if (d / SWEEP_JSON).exists():
+        rows += read_json(d / SWEEP_JSON).get("claims") or []
     if not rows:
         return None
     rows = sorted(rows, key=lambda r: r.get("claim", 0))
@@ -84,7 +105,7 @@ def _claims(d: Path, res: dict) -> dict | None:
 
 def _explorer(d: Path, res: dict) -> dict | None:
     """The unit explorer's section: why it is left out, its data, or None (no unit in filters.csv)."""
-    filters = _read_csv(d / "filters.csv")
+    filters = _read_csv(d / FILTERS)
     left_out = explorer_left_out(d)
     if left_out:
         return {"left_out": left_out}
@@ -118,28 +139,28 @@ def _page(d: Path, res: dict, stages: dict) -> str:
                ("probe mode / engine", f"{probes.get('mode')} / {probes.get('engine')} "
                                        f"({probes.get('forward_passes')} forward pass(es))"),
                ("threshold / normalise", f"{sfp.get('threshold')} / {sfp.get('normalise')}")]
-    layers = _read_csv(d / "layers.csv")
+    layers = _read_csv(d / LAYERS)
     afcc = None
-    if (d / "afcc.csv").exists():
-        afcc = {"table": _csv_table(d / "afcc.csv"), "thresholds": _csv_table(d / "afcc_thresholds.csv"),
-                "pruning": _csv_table(d / "afcc_pruning.csv"),
-                "image": image(d / "afcc.png", "afcc") if (d / "afcc.png").exists() else None}
-    sweep, sw = None, d / "sweep"
-    if (sw / "sweep.json").exists():
-        sj = read_json(sw / "sweep.json")
+    if (d / AFCC).exists():
+        afcc = {"table": _csv_table(d / AFCC), "thresholds": _csv_table(d / AFCC_THRESHOLDS),
+                "pruning": _csv_table(d / AFCC_PRUNING),
+                "image": image(d / AFCC_PNG, "afcc") if (d / AFCC_PNG).exists() else None}
+    sweep, sw = None, d / SWEEP
+    if (sw / SWEEP_SUMMARY).exists():
+        sj = read_json(sw / SWEEP_SUMMARY)
         fits = [{"fit": k, **{kk: v.get(kk) for kk in ("a", "b", "r2", "b_low", "b_high", "n")}}
                 for k, v in sj.get("fits", {}).items()]
         sweep = {"per_count": table(sj.get("per_count", [])), "fits": table(fits, left=("fit",)),
-                 "images": [image(sw / p, p) for p in ("sweep_error.png", "sweep_clusters.png") if (sw / p).exists()]}
+                 "images": [image(sw / p, p) for p in (SWEEP_ERROR_PNG, SWEEP_CLUSTERS_PNG) if (sw / p).exists()]}
     data = res.get("data", {})
     return render(
         "report.html.j2", title=res.get("title", "filterlens report"), version=env.get("filterlens", ""),
         built=time.strftime("%Y-%m-%d %H:%M"), seed=cfg.get("seed"),
         summary=table([{"item": k, "value": v} for k, v in summary], ["item", "value"], left=("item", "value")),
         claims=_claims(d, res), layers=table(layers), unit=unit_word(layers),
-        plots=[image(d / p, p) for p in ("accuracy.png", "clusters.png") if (d / p).exists()],
-        explorer=_explorer(d, res), thresholds=_csv_table(d / "thresholds.csv"),
-        bootstrap=_csv_table(d / "bootstrap.csv"), afcc=afcc, sweep=sweep,
+        plots=[image(d / p, p) for p in (ACCURACY_PNG, CLUSTERS_PNG) if (d / p).exists()],
+        explorer=_explorer(d, res), thresholds=_csv_table(d / THRESHOLDS),
+        bootstrap=_csv_table(d / BOOTSTRAP), afcc=afcc, sweep=sweep,
         stages=table([{"stage": k, "seconds": v.get("seconds"), "finished": v.get("finished")}
                       for k, v in stages.items()], ["stage", "seconds", "finished"], left=("stage", "finished"))
         if stages else None,

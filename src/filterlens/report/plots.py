@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import sfp
 from ..files import write_with
+from ..names import ACCURACY_PNG, CLUSTERS_PNG, SWEEP_CLUSTERS_PNG, SWEEP_ERROR_PNG
 
 
 def _new_figure(figsize, nrows: int = 1, ncols: int = 1):
@@ -88,7 +89,7 @@ def layer_figures(rows: list[dict], title: str = "") -> dict:
         ax2.set_ylabel(f"SNR (signal / noise elements per {unit})", color="tab:red")
     ax.set_title(title or "accuracy and SNR per layer")
     ax.grid(alpha=0.3)
-    out["accuracy.png"] = fig
+    out[ACCURACY_PNG] = fig
 
     if rows and "noise_per_filter" in rows[0]:
         fig, ax = _new_figure((max(6, 0.5 * len(rows) + 3), 4))
@@ -106,7 +107,7 @@ def layer_figures(rows: list[dict], title: str = "") -> dict:
         ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
         ax.set_title(title or "noise and clusters per layer")
         ax.grid(alpha=0.3)
-        out["clusters.png"] = fig
+        out[CLUSTERS_PNG] = fig
     return out
 
 
@@ -137,7 +138,7 @@ def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("error against the number of labels")
-    paths = [save_figure(fig, directory / "sweep_error.png")]
+    paths = [save_figure(fig, directory / SWEEP_ERROR_PNG)]
 
     fig, axes = _new_figure((12, 3.6), 1, 3)
     for ax, key, label in zip(axes, ("mean_cluster_size", "mean_clusters_per_filter", "mean_snr"),
@@ -146,7 +147,7 @@ def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: P
         ax.set_xlabel("number of labels L")
         ax.set_title(f"last layer: {label}")
         ax.grid(alpha=0.3)
-    paths.append(save_figure(fig, directory / "sweep_clusters.png"))
+    paths.append(save_figure(fig, directory / SWEEP_CLUSTERS_PNG))
     return paths
 
 

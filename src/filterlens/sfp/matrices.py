@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+#: Default binarisation threshold (METHOD.md stage 3, item 2), defined once in filterlens.config.
+from ..config import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
+
 NORMALISE_CHOICES = ("max", "column-centred")
-#: Default binarisation threshold (METHOD.md stage 3, item 2).
-DEFAULT_THRESHOLD = 0.3
 #: The summary keys METHOD.md stage 3 items 5-6 require (``LayerSFP.summary`` has more).
 SUMMARY_KEYS = (
     "clusters_per_filter",
