@@ -198,18 +198,21 @@ class Analysis:
 
     def heatmaps(self, directory) -> list[Path]:
         """PNG heatmaps (raw normalised and binarised, labels reordered by cluster) of chosen filters."""
-        spec = self.meta.get("config", {}).get("heatmaps", "auto")
-        if spec == "none" or not self.sfp:
+        if not self.sfp:
+            return []
+        # parsed as the config's check read it: auto or none with spaces around is auto or none
+        spec = parse_heatmaps(self.meta.get("config", {}).get("heatmaps", "auto"))
+        if spec == "none":
             return []
         names = list(self.sfp)
         picks: list[tuple[str, int]] = []
-        if spec == "auto":
+        if isinstance(spec, str):  # auto
             for name in dict.fromkeys([names[0], names[len(names) // 2], names[-1]]):
                 est = self.sfp[name]
                 order = np.argsort(-np.asarray(est.signal_), kind="stable")[:3]
                 picks += [(name, int(c)) for c in order]
         else:  # checked against the analysed layers before any work (check_heatmaps)
-            picks = parse_heatmaps(spec)
+            picks = spec
         labels = self.meta.get("label_names")
         folder = Path(directory) / "heatmaps"
         if folder.is_dir():  # drop the previous analysis' pictures (they may show other filters or thresholds), not
