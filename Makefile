@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.filterlens-installed
 
-.PHONY: setup demo lint test test-slow bench docs clean
+.PHONY: setup demo lint typecheck test test-slow bench docs clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: setup
 # ruff under pyproject.toml's [tool.ruff] settings (pyflakes, pycodestyle, import order, 120 columns)
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# mypy under pyproject.toml's [tool.mypy] settings (the package, src/filterlens)
+typecheck: setup
+	$(VENV)/bin/mypy
 
 # the default run (under 10 minutes on 2 cores); the slow tests (marked `slow`) run in their own CI step
 test: setup

@@ -226,6 +226,23 @@ def test_cli_threshold_out_of_range(cli_run):
 # ----------------------------------------------------------------------------- Python API
 
 
+@pytest.mark.parametrize("spaced, plain", [(" none ", "none"), ("auto ", "auto")])
+def test_heatmaps_setting_with_spaces_means_what_it_says(tmp_path, spaced, plain):
+    """A heatmaps setting with spaces around auto or none passes the config's check (which strips it) and draws
+    what the plain word draws (it was taken for a LAYER:UNIT list and failed unpacking its letters)."""
+    from filterlens.analysis import Analysis
+
+    matrices = np.random.default_rng(0).random((4, 5, 5))
+    drawn = {}
+    for spec in (spaced, plain):
+        fitted = {"features.0": sfp.LayerSFP().fit_matrices(matrices)}
+        meta = {"config": {"heatmaps": spec}, "label_names": list("abcde")}
+        out = tmp_path / repr(spec)
+        drawn[spec] = [p.relative_to(out) for p in Analysis([], [], None, fitted, meta).heatmaps(out)]
+    assert drawn[spaced] == drawn[plain]
+    assert len(drawn[plain]) == (3 if plain == "auto" else 0)  # auto: 3 units of the one layer
+
+
 def test_python_api_analyze_and_save(cli_run, tmp_path):
     from filterlens.analysis import Analysis, analyze
     from filterlens.train import load_trained

@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -212,18 +213,21 @@ class Analysis:
 
     def heatmaps(self, directory) -> list[Path]:
         """PNG heatmaps (raw normalised and binarised, labels reordered by cluster) of chosen filters."""
-        spec = self.meta.get("config", {}).get("heatmaps", "auto")
-        if spec == "none" or not self.sfp:
+        if not self.sfp:
+            return []
+        # parsed as the config's check read it: auto or none with spaces around is auto or none
+        spec = parse_heatmaps(self.meta.get("config", {}).get("heatmaps", "auto"))
+        if spec == "none":
             return []
         names = list(self.sfp)
         picks: list[tuple[str, int]] = []
-        if spec == "auto":
+        if isinstance(spec, str):  # auto
             for name in dict.fromkeys([names[0], names[len(names) // 2], names[-1]]):
                 est = self.sfp[name]
                 order = np.argsort(-np.asarray(est.signal_), kind="stable")[:3]
                 picks += [(name, int(c)) for c in order]
         else:  # checked against the analysed layers before any work (check_heatmaps)
-            picks = parse_heatmaps(spec)
+            picks = spec
         labels = self.meta.get("label_names")
         folder = Path(directory) / HEATMAPS
         if folder.is_dir():  # drop the previous analysis' pictures (they may show other filters or thresholds), not
@@ -407,7 +411,8 @@ def check_heatmaps(spec: str, layers) -> None:
 def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
     """Stage 3 from stage 2's outputs: every filter's matrix, clusters, noise; every layer's SNR."""
     t0 = time.perf_counter()
-    rows, filter_rows, fitted, sweep_rows, boot_rows, replicates = [], [], {}, [], [], {}
+    rows, filter_rows, fitted, sweep_rows, boot_rows = [], [], {}, [], []
+    replicates: dict[str, list] = {}
     thresholds = parse_thresholds(cfg.thresholds)
     label_names = data_meta["label_names"]
     n_test = float(pr.label_counts.sum())
@@ -463,20 +468,22 @@ def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicate
     its rows of bootstrap.csv, and each metric's replicates appended to ``replicates[metric]`` (a list per
     layer). It reads whichever input the probe stage kept for the layer: the per-sample fields, or the test
     features with the probe weight (the same replicates, ``sfp.bootstrap_summary_from_features``)."""
-    settings = dict(threshold=cfg.threshold, normalise=cfg.normalise, return_samples=True, accuracy=True)
+    settings: dict[str, Any] = dict(threshold=cfg.threshold, normalise=cfg.normalise, return_samples=True,
+                                    accuracy=True)
     labels, num_labels = pr.test_labels.numpy() if pr.test_labels is not None else None, int(r.weight.shape[0])
     if r.fields is not None:
         fields = [r.fields, *(r.extra_fields or [])]  # probe b mod K in replicate b (probe_seeds)
-        intervals, samples = sfp.bootstrap_summary(fields if len(fields) > 1 else r.fields, labels, num_labels,
-                                                   cfg.bootstrap, cfg.seed, **settings)
+        out = sfp.bootstrap_summary(fields if len(fields) > 1 else r.fields, labels, num_labels, cfg.bootstrap,
+                                    cfg.seed, **settings)
     elif r.test_features is not None:
         weights = [r.weight, *(r.extra_weights or [])]  # probe b mod K in replicate b (probe_seeds)
-        intervals, samples = sfp.bootstrap_summary_from_features(r.test_features, weights if len(weights) > 1
-                                                                 else r.weight, labels, num_labels, cfg.bootstrap,
-                                                                 cfg.seed, **settings)
+        out = sfp.bootstrap_summary_from_features(r.test_features, weights if len(weights) > 1 else r.weight,
+                                                  labels, num_labels, cfg.bootstrap, cfg.seed, **settings)
     else:
         raise FilterlensError("bootstrap needs the per-sample test fields or test features; rerun the probes stage "
                               f"with bootstrap = {cfg.bootstrap}")
+    assert isinstance(out, tuple)  # return_samples: (intervals, samples)
+    intervals, samples = out
     for key, values in samples.items():
         replicates.setdefault(key, []).append(values)
     return [{"layer": r.name, "metric": key, "estimate": estimates.get(key), "low": intervals[key][0],

@@ -104,7 +104,7 @@ class Capture:
         self._stack: ExitStack | None = None
         self._out: dict[str, torch.Tensor] = {}
         self._deepest = max(layers, key=lambda l: l.index).name
-        self._was_training = None
+        self._was_training: dict | None = None
 
     # -- context manager ---------------------------------------------------
     def __enter__(self) -> "Capture":

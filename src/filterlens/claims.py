@@ -26,6 +26,7 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 HOLDS, FAILS, UNCLEAR = "holds", "does not hold", "cannot tell"
 VERDICTS = (HOLDS, FAILS, UNCLEAR)
@@ -109,7 +110,7 @@ def _f(v: Any) -> float:
 
 # ------------------------------------------------------------------------------ statistics
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+def spearman(x: ArrayLike, y: ArrayLike) -> float:
     """Spearman's rank correlation (average ranks for ties) of the pairs where both are not nan (inf ranks
     last); nan with fewer than 2 such pairs or when either side is constant."""
     from scipy.stats import rankdata
@@ -406,8 +407,8 @@ def _pooled_afcc(runs, afcc, level: float, resamples: int, rng) -> dict:
         if not isinstance(a, Mapping):
             continue
         acc = a.get("accuracy") or {}
-        draws = [_f(v) for v in (acc.get("random_retrained_draws") or [acc.get("random_retrained")])]
-        draws = np.array([v for v in draws if not math.isnan(v)])
+        listed = [_f(v) for v in (acc.get("random_retrained_draws") or [acc.get("random_retrained")])]
+        draws = np.array([v for v in listed if not math.isnan(v)])
         retrained = _f(acc.get("retrained"))
         diffs.append(retrained - draws)
         losses.append(_f(acc.get("before")) - retrained)

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from dataclasses import fields
+from typing import Any, Callable
 
 from . import distributed  # light: imports torch only inside torchrun
 from .checks import int_flag, parse_int
@@ -24,7 +25,7 @@ ANALYZE_STAGES = ("probes", "sfp", "run")
 
 def _add_config_flags(p: argparse.ArgumentParser, stages, only=None, aliases: dict | None = None) -> None:
     """One flag per field of the ``stages`` (or the fields named in ``only``); ``aliases``: field -> more flags."""
-    groups = {}
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in (stage_fields(*stages) if only is None else [f for f in fields(Config) if f.name in only]):
         g = groups.setdefault(f.metadata["stage"], p.add_argument_group(f"{f.metadata['stage']} settings"))
         flags = ["--" + f.name.replace("_", "-"), *(aliases or {}).get(f.name, ())]
@@ -34,7 +35,8 @@ def _add_config_flags(p: argparse.ArgumentParser, stages, only=None, aliases: di
             g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=f.metadata["help"] + f" (default: {default})")
             continue
-        conv = {"int": int_flag, "float": float}.get(base, str)
+        converters: dict[str, Callable[[str], Any]] = {"int": int_flag, "float": float}
+        conv = converters.get(base, str)
         g.add_argument(*flags, dest=f.name, type=conv, default=None, metavar=f.name.upper(),
                        choices=f.metadata.get("choices"), help=f.metadata["help"] + f" (default: {default})")
 

@@ -110,9 +110,11 @@ class ArraySplit(torch.utils.data.Dataset):
         if images.is_floating_point():
             return images.float()
         x = images.float().div_(255.0)
-        if self.mean is None:
-            return x
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean is not None:
+            x = x - self.mean.to(x.device)
+        if self.std is not None:
+            x = x / self.std.to(x.device)
+        return x
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         """The same resize for every split (``--image-size``): bilinear, antialiased when shrinking."""
@@ -201,13 +203,16 @@ class FolderSplit(torch.utils.data.Dataset):
         return tf(img), y
 
 
+Split = ArraySplit | DatasetSplit | FolderSplit  # the splits a Data holds (each with labels, read once)
+
+
 @dataclass
 class Data:
     """Train and test splits of one dataset (after the label subset)."""
 
     name: str
-    train: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
+    train: Split
+    test: Split
     label_names: list[str]
     label_map: list[int]  # new label k is original label label_map[k]
     spec: DatasetSpec
@@ -276,8 +281,7 @@ def parse_labels(spec, label_names: Sequence[str]) -> list[int]:
         head = text.split(":", 1)[0]
         if head in ("first", "random"):
             parts = text.split(":")
-            want = 2 if head == "first" else (2, 3)
-            if (head == "first" and len(parts) != 2) or (head == "random" and len(parts) not in want):
+            if (head == "first" and len(parts) != 2) or (head == "random" and len(parts) not in (2, 3)):
                 raise FilterlensError(
                     f"label spec '{spec}' is malformed; use first:K, random:K:SEED or a list of names/indices")
             k = _parse_int(parts[1], spec)
@@ -327,9 +331,9 @@ def _check_k(k: int, n: int, spec) -> None:
 def _relabel(labels: torch.Tensor, label_map: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep samples whose label is in ``label_map``; return (index, new labels)."""
     lookup = torch.full((int(labels.max()) + 1 if len(labels) else 1,), -1, dtype=torch.long)
-    for new, old in enumerate(label_map):
+    for k, old in enumerate(label_map):
         if old < len(lookup):
-            lookup[old] = new
+            lookup[old] = k
     new = lookup[labels.long()]
     keep = torch.nonzero(new >= 0).flatten()
     return keep, new[keep]
@@ -371,8 +375,9 @@ def _find_idx(data_dir: Path, stem: str) -> Path | None:
 def _load_idx_dataset(name: str, data_dir: Path):
     stems = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
              "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
-    found = {k: _find_idx(data_dir, s) for k, s in stems.items()}
-    missing = [stems[k] + "[.gz]" for k, p in found.items() if p is None]
+    located = {k: _find_idx(data_dir, s) for k, s in stems.items()}
+    found = {k: p for k, p in located.items() if p is not None}
+    missing = [stems[k] + "[.gz]" for k in stems if k not in found]
     if missing:
         hint = (" (install the Debian package dataset-fashion-mnist: apt-get install dataset-fashion-mnist)"
                 if name == "fashion-mnist" else "")
@@ -576,21 +581,24 @@ def _load_data(dataset, data_dir, labels, download, image_size, split_seed) -> D
     if spec.in_memory:
         if dataset == "digits":
             train, test, names = _load_digits(split_seed)
-        elif dataset in ("mnist", "fashion-mnist"):
-            train, test, names = _load_idx_dataset(dataset, path)
         else:
-            if download:
-                path.mkdir(parents=True, exist_ok=True)
-            train, test, names = _load_cifar(dataset, path, download)
+            assert path is not None  # DEFAULT_DATA_DIRS names a folder for every in-memory dataset but digits
+            if dataset in ("mnist", "fashion-mnist"):
+                train, test, names = _load_idx_dataset(dataset, path)
+            else:
+                if download:
+                    path.mkdir(parents=True, exist_ok=True)
+                train, test, names = _load_cifar(dataset, path, download)
         chosen = parse_labels(labels, names)
         size = image_size or spec.image_size
-        splits = []
+        splits: list[Split] = []
         for x, y in (train, test):
             keep, new = _relabel(y, chosen)
             splits.append(ArraySplit(x[keep], new, spec.mean, spec.std, size if size != spec.image_size else None))
         return Data(dataset, splits[0], splits[1], [names[i] for i in chosen], chosen, spec, size,
                     source=str(path) if path else "scikit-learn")
 
+    assert path is not None  # imagenet: a default folder; imagefolder without one was refused above
     train_s, test_s, names = _load_folder(dataset, path)
     chosen = parse_labels(labels, names)
     new_of = {old: new for new, old in enumerate(chosen)}

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .config import Config
 
 # The demo's settings (also in configs/demo.toml): 15 epochs of vgg_small on digits (~5 s on 2 cores),
 # then every layer's probe from the feature cache and the single-filter analysis, 50 bootstrap resamples of the test
 # images (the intervals of the papers' claims), and AFCC on the last two layers.
-DEMO = dict(dataset="digits", model="vgg_small", epochs=15, batch_size=64, lr=0.05, seed=0, probe_epochs=30,
-            bootstrap=50, afcc_layers="last:2", retrain_epochs=3, random_draws=3)
+DEMO: dict[str, Any] = dict(dataset="digits", model="vgg_small", epochs=15, batch_size=64, lr=0.05, seed=0,
+            probe_epochs=30, bootstrap=50, afcc_layers="last:2", retrain_epochs=3, random_draws=3)
 
 
 def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False, echo=print):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import FilterlensError
 
@@ -178,7 +178,7 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         broadcast_(b, 0)
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
     """Sums of plain numbers over the ranks (float64)."""
     if not active():
         return list(values)

@@ -33,7 +33,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from .folders import (
     remove_empty,
 )
 from .names import CACHE_FOLDER, MARK
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 ENGINES = ("auto", "memory", "groups", "disk", "stream")
 
@@ -215,7 +218,7 @@ class DiskCache:
         self.dtype = dtype
         self.caches: dict[str, FeatureCache] = {}
         self.means: dict | None = None
-        self._lock = None
+        self._lock: BaseFileLock | None = None
 
     def _names(self) -> list[str]:
         return [f"{self.key}.{s}.{x}" for s in self.SPLITS for x in ("f16", "labels")] + [f"{self.key}.means.pt"]
@@ -324,9 +327,9 @@ class DiskCache:
 
         if (self.home / f"{self.key}.lock").is_symlink():  # never opened through a link: replaced
             remove_file(self.home / f"{self.key}.lock")
-        self._lock = FileLock(str(self.home / f"{self.key}.lock"), timeout=0)
+        lock = self._lock = FileLock(str(self.home / f"{self.key}.lock"), timeout=0)
         try:
-            self._lock.acquire()
+            lock.acquire()
         except Timeout:
             self._lock = None
             raise FilterlensError(f"the disk cache of this model and data in '{self.home}' is in use by another "
@@ -402,13 +405,13 @@ def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: in
                                   f"{size_text(FeatureCache.nbytes([big], rows))}, over the cache budget "
                                   f"{size_text(budget)}; raise --cache-budget or use --engine disk or stream")
         return EnginePlan("groups", groups, note=f"{len(groups)} layer groups, one capture pass each ({size_note})")
-    if want in ("disk", "auto") and cache_dir is None:
+    if want == "stream":
+        return EnginePlan("stream", [list(layers)], note=f"streaming: one forward pass per epoch ({size_note})")
+    if cache_dir is None:  # disk, or auto over budget
         raise FilterlensError("engine disk needs a cache directory (--cache-dir)")
     if want == "disk":
         _check_disk_room(cache_dir, need)
         return EnginePlan("disk", [list(layers)], cache_dir, note=f"cache on disk in {cache_dir} ({size_note})")
-    if want == "stream":
-        return EnginePlan("stream", [list(layers)], note=f"streaming: one forward pass per epoch ({size_note})")
     # auto, over budget: estimate every option from measured throughputs
     cost = train_cost or (lambda group: 0.0)
     full = forward_seconds(model, layers, pool, loader, precision=precision)
@@ -425,10 +428,11 @@ def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: in
         est.update(disk_s=rows * full + need / write + epochs * need * train_rows / rows / read + train_all,
                    disk_write_bytes_per_s=write, disk_read_bytes_per_s=read)
     options = {k[:-2]: v for k, v in est.items() if k in ("stream_s", "groups_s", "disk_s")}
-    best = min(options, key=options.get)
+    best = min(options, key=options.__getitem__)
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(options.items(), key=lambda kv: kv[1]))
     note = f"engine {best} chosen by estimated time ({parts}; {size_note})"
     if best == "groups":
+        assert groups is not None  # groups_s is estimated only when the layers make groups
         return EnginePlan("groups", groups, note=note, estimates=est)
     if best == "disk":
         return EnginePlan("disk", [list(layers)], cache_dir, note=note, estimates=est)

@@ -208,8 +208,8 @@ def torch_save(path, obj) -> Path:
 
     def write(fh):
         out = _RecordingWriter(fh)
-        try:
-            torch.save(obj, out)
+        try:  # torch.save writes to any object with write and flush (its documentation); its annotation says IO[bytes]
+            torch.save(obj, out)  # type: ignore[arg-type]
         except RuntimeError:
             if out.error is not None:
                 raise out.error from None

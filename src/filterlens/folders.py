@@ -90,7 +90,7 @@ def links_in(folder) -> list[Path]:
     import os
 
     root = Path(folder)
-    found = []
+    found: list[Path] = []
     if not root.is_dir():
         return found
     for top, dirs, files in os.walk(root, followlinks=False):

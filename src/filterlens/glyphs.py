@@ -274,7 +274,7 @@ def find_faces(cache_dir=None) -> tuple[list[Face], dict]:
         real = os.path.realpath(path)
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]  # any write to the file changes ctime
         entry = old.get(real)
-        if not _valid_entry(entry, stamp):
+        if entry is None or not _valid_entry(entry, stamp):
             entry = {"stamp": stamp, "faces": _face_names(path), "covers": {}, "sha256": None}
         scan[real] = entry
         for index, names in enumerate(entry["faces"]):

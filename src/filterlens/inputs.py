@@ -209,7 +209,8 @@ def _first_shape(split, which: str) -> tuple[int, int, int]:
     x = split.images[0] if isinstance(split, ArraySplit) else split[0][0]
     if x.ndim != 3:
         raise FilterlensError(f"{which} images have shape {tuple(x.shape)}; expected (C, H, W) or (H, W)")
-    return tuple(int(v) for v in x.shape)
+    c, h, w = (int(v) for v in x.shape)
+    return c, h, w
 
 
 def _label_names(labels, objs, splits) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,8 +42,8 @@ class ProbeRecipe:
     def paper(cls, epochs: int = 200, **kw) -> "ProbeRecipe":
         """The papers' recipe: SGD, lr 0.01, momentum 0.975 (Nesterov), weight decay 1e-3, lr x 0.975 per
         epoch, batch 100, augmentation, ``epochs`` epochs; ``kw`` (None: kept) overrides."""
-        base = dict(optimizer="sgd", lr=0.01, epochs=epochs, batch_size=100, momentum=0.975, nesterov=True,
-                    weight_decay=1e-3, lr_decay="exp:0.975", augment=True)
+        base: dict[str, Any] = dict(optimizer="sgd", lr=0.01, epochs=epochs, batch_size=100, momentum=0.975,
+                                    nesterov=True, weight_decay=1e-3, lr_decay="exp:0.975", augment=True)
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -50,8 +51,8 @@ class ProbeRecipe:
     def fast(cls, epochs: int = 30, **kw) -> "ProbeRecipe":
         """The fast recipe: Adam, lr 1e-2, cosine decay, batch 100, no weight decay nor augmentation, ``epochs``
         epochs; ``kw`` (None: kept) overrides."""
-        base = dict(optimizer="adam", lr=1e-2, epochs=epochs, batch_size=100, weight_decay=0.0, lr_decay="cosine",
-                    augment=False)
+        base: dict[str, Any] = dict(optimizer="adam", lr=1e-2, epochs=epochs, batch_size=100, weight_decay=0.0,
+                                    lr_decay="cosine", augment=False)
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(**base)
 
@@ -186,12 +187,12 @@ class ProbeResult:
             weights = torch.load(d / PROBES, map_location="cpu", weights_only=True)
             blob = torch.load(d / LABEL_MEANS, map_location="cpu", weights_only=True)
             fields, features, top = blob.get("fields") or {}, blob.get("features") or {}, blob.get("top") or {}
+            no_top = {"values": None, "indices": None}
             layers = [LayerProbeResult(m["name"], m["index"], m["filters"], tuple(m["shape"]), tuple(m["layer_shape"]),
                                        m["features"], m["accuracy"], m["train_accuracy"], weights[m["name"]],
                                        blob["means"][m["name"]], blob["votes"][m["name"]], fields.get(m["name"]),
-                                       m.get("unit_kind", "filter"),
-                                       *((top[m["name"]]["values"], top[m["name"]]["indices"]) if m["name"] in top
-                                         else (None, None)), test_features=features.get(m["name"]))
+                                       m.get("unit_kind", "filter"), top.get(m["name"], no_top)["values"],
+                                       top.get(m["name"], no_top)["indices"], test_features=features.get(m["name"]))
                       for m in meta["layers"]]
             extra, extra_w = blob.get("extra_fields") or {}, blob.get("extra_weights") or {}
             for r, m in zip(layers, meta["layers"]):

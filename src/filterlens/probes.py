@@ -94,6 +94,8 @@ class ProbeSet:
         for p in params:
             p.grad = self._flat_grad[start : start + p.numel()].view_as(p)
             start += p.numel()
+        self.opt: torch.optim.Optimizer
+        self.sched: torch.optim.lr_scheduler.LRScheduler
         if recipe.optimizer == "sgd":
             self.opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                        nesterov=recipe.nesterov and recipe.momentum > 0,
@@ -148,6 +150,7 @@ class ProbeSet:
         target[torch.arange(n, device=target.device), y] = 1.0 / n
         p = torch.softmax(logits, dim=2).div_(n).sub_(target)  # d(mean cross-entropy)/d(logits)
         for k, (x, w) in enumerate(zip(xs, ws)):
+            assert w.grad is not None  # a view of _flat_grad since __init__ (nothing here sets it to None)
             if x.dtype == torch.bfloat16:
                 w.grad.copy_(torch.mm(p[k].T.to(torch.bfloat16), x))
             else:
@@ -224,7 +227,7 @@ class ProbeEval:
         w = self._w[name]
         # (C, n, S) @ (C, S, L) -> (C, n, L): one batched product, float32
         fields = torch.bmm(x.transpose(0, 1).float(), w.permute(1, 2, 0)).transpose(0, 1)  # (n, C, L)
-        self.correct[name] += (fields.sum(1).argmax(1) == y).sum().item()
+        self.correct[name] += int((fields.sum(1).argmax(1) == y).sum().item())
         winner = fields.argmax(2).cpu()  # (n, C)
         if name in self.fields_of:
             self.fields[name].append(fields.to("cpu", torch.float32, memory_format=torch.contiguous_format))
@@ -379,6 +382,7 @@ class _Run:
             tag = f"-rank{self.rank}" if self.world > 1 else ""
             rows = {"train": n_train, "test": n_test}
             key = cache_key(self.model, group, self.feed.describe(), rows, tag + _name(self.cache_dtype))
+            assert plan.cache_dir is not None  # plan_engine gives the disk engine its folder
             disk = DiskCache(plan.cache_dir, group, rows, key, self.echo, dtype=self.cache_dtype)
         try:
             out = self._from_cache(group, plan, n_train, n_test, disk)
@@ -478,7 +482,7 @@ class _Run:
                 "extra": extra}
 
 
-def _top(ev: ProbeEval, name: str):
+def _top(ev: ProbeEval, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if name not in ev.top:
         return None, None
     values, indices = ev.top[name]
@@ -489,7 +493,8 @@ def _merge(parts: list[dict], cls: list[CaptureLayer], keep: dict[str, str]):
     """The layers' results from the groups' parts, in layer order; label counts and test labels from the first.
     ``keep``: per layer, the bootstrap's input kept (``"fields"`` or ``"features"``; {} for none). With the
     features, the probes of other seeds bring their weights (the features are the same)."""
-    by_layer, timings = {}, {}
+    by_layer: dict[str, tuple] = {}
+    timings: dict[str, float] = {}
     for part in parts:
         part["means"].all_reduce()
         part["ev"].all_reduce()
@@ -551,7 +556,7 @@ def train_from_cache(probes: ProbeSet, cache: FeatureCache, recipe: ProbeRecipe,
             idx = idx.to(data.device)
             torch.index_select(data, 0, idx, out=st)
             cache.touch(st.numel() * 2)
-            if direct:
+            if buf is None:  # direct
                 b = st
             else:
                 b = buf[: len(idx)]

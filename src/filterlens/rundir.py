@@ -71,7 +71,8 @@ _OTHER_KINDS = {"cache": "the disk engine's cache folder", "compare": "the outpu
 # run directories this process holds the lock of (nested lock() calls)
 _held: dict[Path, int] = {}
 # the entries of results.json and the JSON types they must have (None: the entry may be null)
-_RESULT_KEYS = {"config": dict, "environment": dict, "data": dict, "probes": dict, "sfp": dict, "timings": dict,
+_RESULT_KEYS: dict[str, type | tuple[type, ...]] = {
+                "config": dict, "environment": dict, "data": dict, "probes": dict, "sfp": dict, "timings": dict,
                 "layers": list, "label_names": list, "thresholds": list, "heatmaps": list, "title": str,
                 "train": (dict, type(None)), "bootstrap": (dict, type(None)), "afcc": (dict, type(None)),
                 "afcc_pruned": (dict, type(None)), "claims": list}

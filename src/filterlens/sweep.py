@@ -250,7 +250,7 @@ def merge(sweep_dir, echo=print) -> dict:
             missing.append(folder)
     if missing:
         raise FilterlensError(f"sweep '{sweep_dir}' lacks {len(missing)} finished model(s): {', '.join(missing[:5])}")
-    keys = {}
+    keys: dict[str, str] = {}
     for folder, r in zip(plan["tasks"], rows):
         if r.get("data_key") is not None:
             keys.setdefault(r["data_key"], folder)

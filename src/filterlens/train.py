@@ -78,7 +78,9 @@ def evaluate(model: nn.Module, loader, device, precision: Precision = FLOAT32, r
 
     ``reduce``: the loader holds this rank's shard; sum the counts over the ranks.
     """
-    correct, total, loss = 0, 0, 0.0
+    correct: float = 0  # counts (floats once summed over the ranks)
+    total: float = 0
+    loss = 0.0
     with eval_mode(model):
         for x, y in loader:
             with precision.autocast():
@@ -119,6 +121,7 @@ def _scheduler(cfg: Config, opt, epochs: int | None = None):
     sched = torch.optim.lr_scheduler
     epochs = cfg.epochs if epochs is None else epochs
     warm = min(cfg.warmup_epochs, max(epochs - 1, 0))
+    main: sched.LRScheduler
     if cfg.schedule == "cosine":
         main = sched.CosineAnnealingLR(opt, T_max=max(epochs - warm, 1))
     elif cfg.schedule == "step":
@@ -250,8 +253,8 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
-    if cfg.compile:
-        net = torch.compile(net)
+    if cfg.compile:  # a Module's compiled form is a Module (an OptimizedModule); torch's stub says a function
+        net = torch.compile(net)  # type: ignore[assignment]
     opt = _optimizer(cfg, model)
     train_loader = make_loader(data, "train", batch, train=True, seed=cfg.seed, device=device,
                                augment=cfg.augment, num_workers=cfg.num_workers, rank=rank, world_size=world)
@@ -281,7 +284,9 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     for epoch in range(start, epochs):
         net.train()
         train_loader.set_epoch(epoch)
-        total, loss_sum, correct = 0, 0.0, 0
+        total: float = 0  # counts (floats once summed over the ranks)
+        correct: float = 0
+        loss_sum = 0.0
         te = time.perf_counter()
         bar = progress_bar(train_loader, show, desc=f"train epoch {epoch + 1}/{epochs}")
         for x, y in bar:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -253,7 +254,7 @@ def _variant(net0, clusters, ctx: _Context, cfg: Config, progress) -> dict:
     ``random_masks``/``random_net`` are the first draw's.
     """
     masks = make_masks(net0, clusters)
-    out = {"masks": masks}
+    out: dict[str, Any] = {"masks": masks}
     draws = [("", masks)] + [(f"random{k}_", random_masks(masks, cfg.seed + k)) for k in range(cfg.random_draws)]
     for tag, mk in draws:
         net = apply_masks(copy.deepcopy(net0), mk)

@@ -84,7 +84,7 @@ def measure_latency(models: dict, input_size, batch: int = 64, repeats: int = 30
             t.timeit(2)
             per_call = t.timeit(3).mean
             number[k] = max(1, int(block_s / max(per_call, 1e-9)))
-        times = {k: [] for k in names}
+        times: dict[str, list[float]] = {k: [] for k in names}
         for r in range(repeats):
             for k in (names if r % 2 == 0 else names[::-1]):
                 times[k].append(timers[k].timeit(number[k]).mean)

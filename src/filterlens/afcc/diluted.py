@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, is_dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,7 +46,7 @@ class HookTrunk(nn.Module):
 
     def forward(self, x):
         """Run the model on ``x`` until ``layer`` and return the layer's units, units first: (N, U, A, B)."""
-        box = {}
+        box: dict[str, Any] = {}
         pre, read = reader(self.layout, self.units, self.tokens)
         with taps(self.model, {self.layer: Tap(self.hook or self.layer, lambda *a: box.update(out=read(*a)), pre)},
                   stop=self.layer):
@@ -58,7 +58,7 @@ class HookTrunk(nn.Module):
 
 def hook_trunk(model: nn.Module, layer) -> nn.Sequential:
     """The trunk of a layer reached by a hook (``layer``: a :class:`~filterlens.models.Layer` or its dict)."""
-    get = layer.get if isinstance(layer, dict) else (lambda k, d=None: getattr(layer, k, d))
+    get: Callable[..., Any] = layer.get if isinstance(layer, dict) else (lambda k, d=None: getattr(layer, k, d))
     return nn.Sequential(HookTrunk(model, get("name"), get("hook"), get("layout") or "NCHW", get("units") or 0,
                                    get("tokens") or "all"))
 
@@ -70,6 +70,9 @@ class DilutedNet(nn.Module):
     trunk position ``start`` can be fed directly. ``info`` (plain data) describes the
     structure: the layer range, where each layer's conv and batch norm live, the pool.
     """
+
+    afcc_masks: list[LayerMask]  # a network loaded from a file (afcc.export.load): the file's masks and facts
+    afcc_meta: dict[str, Any]
 
     def __init__(self, trunk: nn.Sequential, fc: nn.Linear, fc_shape, pool_hw=None, info: dict | None = None):
         super().__init__()
@@ -223,12 +226,14 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
         trunk = hook_trunk(copy.deepcopy(model), b)
         structure = {"mode": "hook", "source": None, "trunk_len": len(trunk)}
     pool_hw = None if (H, W) == tuple(b.shape[1:]) else [H, W]
-    info = {"layers": [l.name for l in chosen], "deepest": b.name, "input_size": list(input_size),
-            "unit": {"name": b.name, "hook": b.hook, "layout": b.layout, "units": b.units, "tokens": b.tokens,
-                     "unit_kind": b.unit_kind},
-            "pool": pool_text, "pool_hw": pool_hw, "fc_shape_original": [L, C, H, W],
-            "layer_shapes": {l.name: list(l.shape) for l in chosen}, **structure, "convs": {}, "linears": {},
-            "nodes": {}, "pruned": None, "spec": asdict(spec) if is_dataclass(spec) else spec}
+    info: dict[str, Any] = {
+        "layers": [l.name for l in chosen], "deepest": b.name, "input_size": list(input_size),
+        "unit": {"name": b.name, "hook": b.hook, "layout": b.layout, "units": b.units, "tokens": b.tokens,
+                 "unit_kind": b.unit_kind},
+        "pool": pool_text, "pool_hw": pool_hw, "fc_shape_original": [L, C, H, W],
+        "layer_shapes": {l.name: list(l.shape) for l in chosen}, **structure, "convs": {}, "linears": {},
+        "nodes": {}, "pruned": None,
+        "spec": asdict(spec) if is_dataclass(spec) and not isinstance(spec, type) else spec}
     net = DilutedNet(trunk, fc, (L, C, H, W), pool_hw, info)
     if structure["mode"] == "hook":
         _locate_linears(trunk[0].model, chosen, info)

@@ -28,7 +28,7 @@ MASK_NOTE = ("masks: weights set to exactly 0.0 inside dense tensors (same shape
 def _spec_dict(spec):
     if spec is None:
         return None
-    if is_dataclass(spec):
+    if is_dataclass(spec) and not isinstance(spec, type):
         return asdict(spec)
     return dict(spec)
 

@@ -53,7 +53,7 @@ def _shape4(shape, what: str) -> tuple[int, int, int, int]:
     shape = tuple(int(s) for s in shape)
     if len(shape) != 4 or min(shape) < 1:
         raise FilterlensError(f"{what} shape {shape} is invalid; expected 4 positive sizes")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def fc_mask(clusters: Sequence, shape) -> "torch.Tensor":

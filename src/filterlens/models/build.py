@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -45,13 +46,15 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
         if isinstance(module, nn.Conv2d):
             if module.in_channels == in_channels:
                 return
-            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                            module.dilation, module.groups if module.groups == 1 else in_channels,
-                            module.bias is not None)
+            # torch keeps a Conv2d's kernel size, stride, padding and dilation as tuple[int, ...] (pairs), while its
+            # constructor's annotations take int | tuple[int, int]
+            new = nn.Conv2d(in_channels, module.out_channels,
+                            module.kernel_size, module.stride, module.padding, module.dilation,  # type: ignore[arg-type]
+                            module.groups if module.groups == 1 else in_channels, module.bias is not None)
             with torch.no_grad():
                 w = module.weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1)
                 new.weight.copy_(w * module.in_channels / in_channels)
-                if module.bias is not None:
+                if module.bias is not None and new.bias is not None:  # made with a bias when the old one has one
                     new.bias.copy_(module.bias)
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             setattr(parent, name.rsplit(".", 1)[-1], new)
@@ -131,7 +134,7 @@ def _timm_model(spec: ModelSpec, weights: str | None) -> nn.Module:
     tname = name[5:]
     if tname not in timm.list_models():
         raise FilterlensError(f"unknown timm model '{tname}'{closest(tname, timm.list_models())}")
-    kw = dict(pretrained=bool(weights), num_classes=spec.num_labels, in_chans=spec.in_channels)
+    kw: dict[str, Any] = dict(pretrained=bool(weights), num_classes=spec.num_labels, in_chans=spec.in_channels)
     try:
         try:  # transformers take the input size at construction; CNNs do not know the argument
             return timm.create_model(tname, img_size=spec.image_size, **kw)
@@ -177,7 +180,8 @@ def _torchvision_model(spec: ModelSpec, weights: str | None) -> nn.Module:
                                   f"elsewhere and put it at {target}") from None
         _replace_head(model, spec.num_labels)
     else:
-        extra = {"aux_logits": False, "init_weights": True} if tv_name in ("googlenet", "inception_v3") else {}
+        extra: dict[str, bool | int] = ({"aux_logits": False, "init_weights": True}
+                                        if tv_name in ("googlenet", "inception_v3") else {})
         if tv_name.startswith("vit_"):  # torchvision's ViTs take the input size at construction
             patch = int(tv_name.split("_")[-1])
             if spec.image_size % patch:

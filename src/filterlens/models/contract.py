@@ -43,7 +43,8 @@ def check_model(model, input_shape, num_labels: int | None = None, what: str = "
         raise FilterlensError(f"{what} has {kinds[0]} weights ('{name}'); filterlens analyses float32 models (in "
                               "bfloat16 autocast where the hardware has it): give model.float()")
     device = next(model.parameters()).device
-    shape = tuple(int(s) for s in input_shape)
+    c, h, w = (int(s) for s in input_shape)
+    shape = (c, h, w)
     x = torch.zeros((2, *shape), device=device)
     try:
         with torch.no_grad(), eval_mode(model):

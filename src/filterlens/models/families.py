@@ -240,7 +240,7 @@ def discover(model: nn.Module) -> Discovery:
 def _own_layers(model: nn.Module) -> Discovery:
     """The layers a model names with its own ``filterlens_layers()``: module paths as ``named_modules()`` names
     them, each checked (one line naming a path that is no module, and the model's top-level modules)."""
-    names = [str(n) for n in model.filterlens_layers()]
+    names = [str(n) for n in getattr(model, "filterlens_layers")()]  # the model's own method (not typed on Module)
     modules = dict(model.named_modules())
     for name in names:
         if not name or name not in modules:

@@ -77,13 +77,13 @@ def candidate_layers(model: nn.Module) -> list[str]:
 
 
 def _run_shapes(model: nn.Module, specs: dict[str, tuple[str, str, int]], input_size,
-                tokens: str = "all") -> tuple[dict[str, tuple], dict[str, int], list[str], set[str]]:
+                tokens: str = "all") -> tuple[dict[str, tuple | None], dict[str, int], list[str], set[str]]:
     """One forward pass on zeros (eval mode, the caller's mode restored, every hook removed). ``specs``: layer ->
     (module to hook, layout, units); layout ``auto`` (a module named by the user): ``NCHW`` for a 4-D output,
     ``nodes`` for (N, F) or (N, T, F), written back into ``specs``. Returns each layer's units-first shape (None:
     no map of its layout), how often its module ran, the order in which the layers first ran, and the node layers
     that are token-wise ((N, T, F): the ``tokens`` option applies)."""
-    shapes: dict[str, tuple] = {}
+    shapes: dict[str, tuple | None] = {}
     token_wise: set[str] = set()
     calls: dict[str, int] = {}
     order: list[str] = []
@@ -199,7 +199,8 @@ def list_layers(model: nn.Module, input_size: tuple[int, int, int], which: str =
             raise FilterlensError(f"module '{n}' gives neither a 4-D map (N x C x H x W) nor nodes (N x F or N x T x "
                                   "F); name a module that does")
     layer = {n: _layer_of(n, shapes.get(n), specs[n], tokens, n in token_wise) for n in names}
-    blocks = [layer[n] for n in order if n in found.blocks and layer[n] is not None and calls[n] == 1]
+    made = {n: l for n, l in layer.items() if l is not None}
+    blocks = [made[n] for n in order if n in found.blocks and n in made and calls[n] == 1]
     if which == "stages":
         wanted = set(found.stages or _stage_ends(blocks))
     elif which == "blocks":
@@ -207,7 +208,7 @@ def list_layers(model: nn.Module, input_size: tuple[int, int, int], which: str =
     else:
         raise ValueError(f"which must be 'blocks' or 'stages', not {which!r}")
     wanted |= set(extra) | {n for n in node_names if calls.get(n) == 1}
-    chosen = [layer[n] for n in order if n in wanted and layer[n] is not None]
+    chosen = [made[n] for n in order if n in wanted and n in made]
     return [replace(l, index=i) for i, l in enumerate(chosen)]
 
 

@@ -15,6 +15,7 @@ import importlib.util
 import inspect
 import sys
 from pathlib import Path
+from typing import Mapping
 
 import torch.nn as nn
 
@@ -72,6 +73,8 @@ def _load_file(path: Path, reference: str):
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # never for a .py file (its suffix has a loader)
+        raise FilterlensError(f"model '{reference}': '{path}' cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -89,6 +92,7 @@ def build_user_model(spec) -> nn.Module:
     """Call the user's factory with the arguments its signature takes (see the module docstring)."""
     factory = load_callable(spec.model)
     values = {"num_labels": spec.num_labels, "in_channels": spec.in_channels, "image_size": spec.image_size}
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):

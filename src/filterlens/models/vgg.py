@@ -76,6 +76,7 @@ class VGG(nn.Module):
             if v == "M":
                 size = -(-size // 2)
         self.flatten = nn.Flatten()
+        self.classifier: nn.Module
         if hidden:
             head, width = [], cin * size * size
             for n in hidden:
@@ -103,7 +104,7 @@ def _scaled(cfg, mult):
 
 
 def _parse_vgg_cfg(text: str) -> list:
-    out = []
+    out: list[int | str] = []
     for tok in text.split(","):
         tok = tok.strip()
         if tok.upper() == "M":

@@ -132,7 +132,8 @@ def build_compare(dirs, out, pool: bool = False, echo=None) -> Path:
         raise FilterlensError(f"no directory to compare; give one or more: {_VALID}")
     out = RunDir.validate(out, "output directory")
     dirs = _expand_seeds(dirs)
-    runs, sweeps, seen = [], [], {}
+    runs, sweeps = [], []
+    seen: dict[Path, Path] = {}
     for d in dirs:
         p = path_arg(d, "input directory") if str(d).strip() else Path(str(d))
         if not str(d).strip():
@@ -341,7 +342,7 @@ def _read_sweep(p: Path) -> _Sweep | None:
 
 def _check_data_keys(items) -> None:
     """Refuse inputs of one dataset rendered from other fonts or settings (their data keys differ)."""
-    seen = {}
+    seen: dict[str, _Run | _Sweep] = {}
     for it in items:
         if it.data_key is None:
             continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,13 +68,15 @@ def explorer_data(d: Path, res: dict, filters: list[dict]) -> dict:
     top = {r.name: {"values": r.top_values, "indices": r.top_indices} for r in probes.layers
            if r.top_indices is not None}
     heat = _heatmap_units(res)
-    layers, wanted = [], set()
+    layers = []
+    wanted: set[int] = set()
     for row in res.get("layers", []):
         name = row["layer"]
         rows = [f for f in filters if f["layer"] == name]
-        units = [[int(f["unit"]), f.get("clusters") or "", int(f["num_clusters"]), None, int(float(f["noise"])),
-                  round(float(f["vote_fraction"]), 3) if f.get("vote_fraction") not in (None, "") else None]
-                 for f in rows]  # the columns of UNIT_COLUMNS (compact: thousands of rows on a large network)
+        units: list[list[Any]] = [
+            [int(f["unit"]), f.get("clusters") or "", int(f["num_clusters"]), None, int(float(f["noise"])),
+             round(float(f["vote_fraction"]), 3) if f.get("vote_fraction") not in (None, "") else None]
+            for f in rows]  # the columns of UNIT_COLUMNS (compact: thousands of rows on a large network)
         detail = {}
         if name in weights and name in blob["means"]:
             for u in _chosen_units(rows, heat.get(name, []), limit):

@@ -227,7 +227,7 @@ class _FeaturesRoute:
         self.features, self.weights = features, weights
         self.n, self.c, self.p = (int(x) for x in features.shape)
         self.L = int(weights[0].shape[0])
-        self._maps = self._wts = None
+        self._maps = self._wts = torch.empty(0, dtype=torch.float64)  # made to size by sums()
 
     def plan(self, n_boot: int, n_max: int) -> tuple[int, int]:
         return _plan(self.n, self.c, self.L, n_boot, n_max, _in_bytes(self.features), self.p)

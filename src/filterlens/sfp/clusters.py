@@ -72,8 +72,7 @@ def normalise_matrices(matrices: Any, normalise: str = "max") -> tuple[np.ndarra
     m = _as_matrices(matrices)
     out = np.empty_like(m)
     _, _, dead = _process_block(torch.from_numpy(m), normalise, torch.from_numpy(out))
-    dead = dead.numpy()
-    return (out[0], dead[0]) if single else (out, dead)
+    return (out[0], dead.numpy()[0]) if single else (out, dead.numpy())
 
 
 def binarise_matrices(matrices: Any, threshold: float = DEFAULT_THRESHOLD,

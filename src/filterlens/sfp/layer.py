@@ -92,6 +92,9 @@ class LayerSFP:
         field is on the preferred unit.
     """
 
+    _weight: torch.Tensor | None  # after fit: the weight and means (None after fit_matrices)
+    _means: torch.Tensor | None
+
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, normalise: str = "max",
                  dtype: Any = "float64", keep_matrices: Any = "auto") -> None:
         self.threshold = threshold
@@ -192,7 +195,7 @@ class LayerSFP:
         self.ones_ = np.empty(n_units, dtype=np.int64)
         self.field_signal_ = np.full(n_units, np.nan)
         self.field_noise_ = np.full(n_units, np.nan)
-        self.clusters_ = [None] * n_units
+        self.clusters_: list[list[list[int]]] = [[] for _ in range(n_units)]  # each unit's, set by _fit_block
         for name in ("matrices_", "binary_", "vote_fraction_"):
             if hasattr(self, name):
                 delattr(self, name)
@@ -235,6 +238,7 @@ class LayerSFP:
             raise IndexError(f"unit {unit} outside 0..{self.num_units_ - 1}")
         if hasattr(self, "matrices_"):
             return self.matrices_[int(unit)]
+        assert self._weight is not None and self._means is not None  # fit keeps them when it keeps no matrices
         return contract(self._weight[:, int(unit):int(unit) + 1], self._means[:, int(unit):int(unit) + 1],
                         _check_dtype(self.dtype))[0]
 
