@@ -266,7 +266,8 @@ def main(argv=None) -> int:
     probe_train = tm.get("probe_train_s", 0.0)
     probe_epoch = probe_train / cfg.probe_epochs
     probes_fixed = stages["probes"]["seconds"] - probe_train
-    seconds = {k: v["seconds"] for k, v in stages.items()}
+    # the stages' times (stages.json also records config.json, with no time)
+    seconds = {k: v["seconds"] for k, v in stages.items() if v.get("seconds") is not None}
     rows = {
         "train": {"measured_s": seconds["train"], "per_epoch_s": train_epoch,
                   "images_per_s": n_train / train_epoch,

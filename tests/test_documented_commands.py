@@ -20,9 +20,10 @@ The commands of one document run in document order in one temporary folder (with
 (`conftest.run_cli`: a subprocess without stdin, one thread), so that a later command finds the run
 directories the earlier ones made; each must exit 0. Every command is shrunk by one rule (`shrink`):
 each of `--epochs 1 --train-samples 256 --test-samples 128 --probe-epochs 1 --bootstrap 5
---random-draws 2 --retrain-epochs 1 --latency-repeats 2 --subsets 1` is an upper bound, appended where
-the subcommand takes the flag and the command does not set it, lowering a larger number the command
-sets (`--epochs 0` stays 0), and `--no-progress` is appended. A document whose commands need
+--random-draws 2 --retrain-epochs 1 --latency-repeats 2 --subsets 1 --warmup-epochs 0` is an upper
+bound, appended where the subcommand takes the flag and the command does not set it, lowering a larger
+number the command sets (`--epochs 0` stays 0); a glyphs command reads 10 labels (`--labels first:10`,
+label counts `--num-labels 2,3`); `--no-progress` is appended. A document whose commands need
 Fashion-MNIST (`--dataset fashion-mnist`, or a config of that dataset) is skipped when the files of
 Debian's dataset-fashion-mnist are absent (.ci/run installs them); no other command is skipped.
 
@@ -56,7 +57,8 @@ FENCE = re.compile(r"\s*```\s*(\S*)")
 
 # the sizes every documented command is shrunk to (see shrink)
 TINY = {"--epochs": 1, "--train-samples": 256, "--test-samples": 128, "--probe-epochs": 1, "--bootstrap": 5,
-        "--random-draws": 2, "--retrain-epochs": 1, "--latency-repeats": 2, "--subsets": 1}
+        "--random-draws": 2, "--retrain-epochs": 1, "--latency-repeats": 2, "--subsets": 1,
+        "--warmup-epochs": 0}  # a warm-up must be shorter than the training, here 1 epoch
 
 # the usage synopses the documents hold, by document: each left out by the rule of is_synopsis
 SYNOPSES = {
@@ -121,13 +123,19 @@ def subcommand_flags(subcommand: str) -> frozenset[str]:
 def shrink(words: list[str]) -> list[str]:
     """THE rule that makes a documented command tiny: each of `--epochs 1 --train-samples 256
     --test-samples 128 --probe-epochs 1 --bootstrap 5 --random-draws 2 --retrain-epochs 1
-    --latency-repeats 2 --subsets 1` is made an upper bound, where the subcommand takes the flag (its
-    --help): appended when the command does not set it, lowered to it when the command sets a larger
-    number, kept when the command sets a smaller one (`--epochs 0` stays 0) or something that is not a
-    number (the CLI judges it); and `--no-progress` is appended unless the command chooses. Nothing else
-    changes: a value a config file sets is overridden by the flag, as for any user."""
+    --latency-repeats 2 --subsets 1 --warmup-epochs 0` is made an upper bound, where the subcommand takes
+    the flag (its --help): appended when the command does not set it, lowered to it when the command sets
+    a larger number, kept when the command sets a smaller one (`--epochs 0` stays 0) or something that is
+    not a number (the CLI judges it); a command on the glyphs data set (3,755 labels to render) reads
+    `--labels first:10` and, where it takes label counts, `--num-labels 2,3`; and `--no-progress` is
+    appended unless the command chooses. Nothing else changes: a value a config file sets is overridden by
+    the flag, as for any user."""
     flags = subcommand_flags(words[1])
     words = list(words)
+    if _dataset_of(words) == "glyphs":
+        for flag, few in (("--labels", "first:10"), ("--num-labels", "2,3")):
+            if flag in flags and flag not in words:
+                words += [flag, few]
     for flag, tiny in TINY.items():
         if flag not in flags:
             continue
@@ -154,19 +162,25 @@ def _at_most(value: str, tiny: int) -> str:
 
 # ------------------------------------------------------------------------------ the tests
 
-def _needs_fashion_mnist(commands: list[list[str]]) -> bool:
-    """Whether a command names Fashion-MNIST: `--dataset fashion-mnist`, or a config file of that dataset."""
+def _dataset_of(words: list[str]) -> str | None:
+    """The data set a command names: its `--dataset`, else that of a config file it names."""
     from filterlens.cli import load_toml
     from filterlens.config import Config
 
-    for words in commands:
-        for before, word in zip([""] + words, words):
-            if (before, word) == ("--dataset", "fashion-mnist") or word == "--dataset=fashion-mnist":
-                return True
-            if word.endswith(".toml") and (REPO / word).is_file():
-                if Config.from_dict(load_toml(REPO / word), source=word).dataset == "fashion-mnist":
-                    return True
-    return False
+    for before, word in zip([""] + words, words):
+        if before == "--dataset":
+            return word
+        if word.startswith("--dataset="):
+            return word.split("=", 1)[1]
+    for word in words:
+        if word.endswith(".toml") and (REPO / word).is_file():
+            return Config.from_dict(load_toml(REPO / word), source=word).dataset
+    return None
+
+
+def _needs_fashion_mnist(commands: list[list[str]]) -> bool:
+    """Whether a command names Fashion-MNIST: `--dataset fashion-mnist`, or a config file of that dataset."""
+    return any(_dataset_of(words) == "fashion-mnist" for words in commands)
 
 
 def test_the_documents_show_commands():
@@ -193,6 +207,10 @@ def test_synopsis_and_shrink_rules():
     assert shrink(["filterlens", "report", "runs/x"]) == ["filterlens", "report", "runs/x"]
     assert shrink(["filterlens", "afcc", "--run-dir", "r"])[4:] == [
         "--random-draws", "2", "--retrain-epochs", "1", "--latency-repeats", "2", "--no-progress"]
+    glyphs = shrink(["filterlens", "sweep", "--config", "configs/glyphs/glyphs-sweep.toml"])
+    assert glyphs[4:8] == ["--labels", "first:10", "--num-labels", "2,3"]
+    assert "--labels" not in shrink(["filterlens", "sweep", "--dataset", "digits"])
+    assert "--warmup-epochs" in shrink(["filterlens", "train", "--dataset", "digits"])
 
 
 def _tail(text: str, lines: int = 40) -> str:
