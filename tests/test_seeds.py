@@ -45,6 +45,7 @@ def test_seeds_make_one_run_each_and_pool_their_claims(tmp_path):
     assert rc == 0 and out2.count("nothing read or written") == 2, out2 + err
 
 
+@pytest.mark.slow  # 26-74 s each: the slow step of .ci/run (`make test-slow`)
 def test_a_killed_seeds_command_resumes_at_the_next_seed(tmp_path):
     cfg = _config(tmp_path)
     cmd = [sys.executable, "-m", "filterlens", "run", str(cfg), "--seeds", "0,1", "--run-dir", str(tmp_path / "r"),
@@ -65,6 +66,7 @@ def test_a_killed_seeds_command_resumes_at_the_next_seed(tmp_path):
     assert (tmp_path / "r" / "pooled_claims.json").exists()
 
 
+@pytest.mark.slow  # 26-74 s each: the slow step of .ci/run (`make test-slow`)
 def test_seed_placeholder_in_checkpoint_loads_each_seeds_weights(tmp_path):
     """--checkpoint with {seed}: each seed's run starts from its own weights (the seed-1 run from the seed-1 file)."""
     for s in (0, 1):
@@ -94,6 +96,7 @@ def test_bad_seeds_are_one_line_and_change_nothing(tmp_path, seeds, message):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # 26-74 s each: the slow step of .ci/run (`make test-slow`)
 def test_seeds_folder_refuses_a_users_folder_and_another_recipe(tmp_path):
     cfg = _config(tmp_path)
     mine = tmp_path / "mine"
@@ -190,6 +193,7 @@ def _planted(analysis, folder: Path, seed: int, centre: float, threshold: float 
     return folder
 
 
+@pytest.mark.slow  # 26-74 s each: the slow step of .ci/run (`make test-slow`)
 def test_compare_pools_a_recipes_seeds_and_never_mixes_recipes_unasked(one_analysis, tmp_path):
     import jsonschema
 
