@@ -136,9 +136,15 @@ def remove_units(net, removed: dict[str, list[int]]):
         group.prune()
     kept_b = [c for c in range(C) if c not in set(removed.get(layers[-1], []))]
     new.fc_shape = (L, len(kept_b), H, W)
+    return _record_pruned(new, net, {l: [c for c in range(int(net.info["layer_shapes"][l][0]))
+                                         if c not in set(removed.get(l, []))] for l in layers})
+
+
+def _record_pruned(new, net, pruned: dict[str, list[int]]):
+    """``new`` (the pruned copy of ``net``) with ``net``'s info, the units each layer keeps (``pruned``) and the
+    unpruned parameter shapes (for reloading: :func:`filterlens.afcc.export.load` rebuilds, then removes)."""
     new.info = copy.deepcopy(net.info)
-    new.info["pruned"] = {l: [c for c in range(int(net.info["layer_shapes"][l][0])) if c not in set(removed.get(l, []))]
-                          for l in layers}
+    new.info["pruned"] = pruned
     if not new.info.get("original_shapes"):
         new.info["original_shapes"] = {k: list(v.shape) for k, v in net.state_dict().items()}
     return new
@@ -194,12 +200,8 @@ def _remove_nodes(net, removed: dict[str, list[int]]):
     with torch.no_grad():
         fc.weight.copy_(net.fc.weight[:, cols])
     new.fc, new.fc_shape = fc, (L, len(kept), H, W)
-    new.info = copy.deepcopy(net.info)
-    new.info["pruned"] = {l: [c for c in range(int(net.info["layer_shapes"][l][0])) if c not in set(removed.get(l, []))]
-                          for l in layers}
-    if not new.info.get("original_shapes"):
-        new.info["original_shapes"] = {k: list(v.shape) for k, v in net.state_dict().items()}
-    return new
+    return _record_pruned(new, net, {l: [c for c in range(int(net.info["layer_shapes"][l][0]))
+                                         if c not in set(removed.get(l, []))] for l in layers})
 
 
 def _remove_heads(net, removed: dict[str, list[int]]):
@@ -250,11 +252,8 @@ def _remove_heads(net, removed: dict[str, list[int]]):
         fc.weight.copy_(net.fc.weight[:, fc_cols])
     new.fc = fc
     new.fc_shape = (L, len(kept), T, D)
-    new.info = copy.deepcopy(net.info)  # "unit" keeps the unpruned head count: load() rebuilds, then removes
-    new.info["pruned"] = {b: kept}
-    if not new.info.get("original_shapes"):
-        new.info["original_shapes"] = {k: list(v.shape) for k, v in net.state_dict().items()}
-    return new
+    # "unit" keeps the unpruned head count: load() rebuilds, then removes
+    return _record_pruned(new, net, {b: kept})
 
 
 def prune(net, masks: Sequence[LayerMask]):
