@@ -264,15 +264,10 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     sched = _scheduler(cfg, opt, epochs)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none
     scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "float16")
-    history, start = [], 0
+    history: list[dict] = []
+    start = 0
     if resume and rd.exists(CHECKPOINT):
-        state = load_checkpoint(rd.file(CHECKPOINT), model, spec)  # before any step: DDP replicas agree
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if state.get("grad_scaler"):  # float16 AMP: the loss scale it had reached
-            scaler.load_state_dict(state["grad_scaler"])
-        history, start = list(state["history"]), int(state["epoch"])
-        torch.set_rng_state(state["torch_rng"])
+        history, start = _resume(rd, model, spec, opt, sched, scaler)
         echo(f"resuming from epoch {start} of {epochs}" + (f" on {world} processes" if world > 1 else ""))
 
     show = progress if progress is not None else cfg.progress
@@ -284,25 +279,9 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     for epoch in range(start, epochs):
         net.train()
         train_loader.set_epoch(epoch)
-        total: float = 0  # counts (floats once summed over the ranks)
-        correct: float = 0
-        loss_sum = 0.0
         te = time.perf_counter()
         bar = progress_bar(train_loader, show, desc=f"train epoch {epoch + 1}/{epochs}")
-        for x, y in bar:
-            with precision.autocast():
-                out = logits_of(net(precision.batch(x)))
-                loss = F.cross_entropy(out.float(), y)
-            value = float(loss.detach())
-            if not math.isfinite(value) or value > limit:
-                _diverged(cfg, f"its loss became {value:.4g} at epoch {epoch + 1}", limit)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += value * len(y)
-            correct += (out.argmax(1) == y).sum().item()
-            total += len(y)
+        loss_sum, correct, total = _train_epoch(net, bar, opt, scaler, precision, cfg, epoch, limit)
         sched.step()
         if world > 1:
             loss_sum, correct, total = dist_.all_reduce_sum([loss_sum, correct, total])
@@ -343,6 +322,42 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         del net  # DDP's reducer, with its communication hooks, goes before the process group does
         dist_.barrier()  # every rank returns once the files are there
     return summary
+
+
+def _resume(rd: RunDir, model: nn.Module, spec: ModelSpec, opt, sched, scaler) -> tuple[list, int]:
+    """The run's checkpoint.pt read back into the model, optimiser, schedule, loss scaler and torch's generator;
+    returns the history so far and the number of epochs done."""
+    state = load_checkpoint(rd.file(CHECKPOINT), model, spec)  # before any step: DDP replicas agree
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if state.get("grad_scaler"):  # float16 AMP: the loss scale it had reached
+        scaler.load_state_dict(state["grad_scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    return list(state["history"]), int(state["epoch"])
+
+
+def _train_epoch(net, batches, opt, scaler, precision, cfg: Config, epoch: int, limit: float
+                 ) -> tuple[float, float, float]:
+    """One pass over the training batches: a step each; returns this rank's (summed loss, correct, samples).
+    A loss that is not finite or above ``limit`` stops the training (:func:`_diverged`)."""
+    total: float = 0  # counts (floats once summed over the ranks)
+    correct: float = 0
+    loss_sum = 0.0
+    for x, y in batches:
+        with precision.autocast():
+            out = logits_of(net(precision.batch(x)))
+            loss = F.cross_entropy(out.float(), y)
+        value = float(loss.detach())
+        if not math.isfinite(value) or value > limit:
+            _diverged(cfg, f"its loss became {value:.4g} at epoch {epoch + 1}", limit)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        loss_sum += value * len(y)
+        correct += (out.argmax(1) == y).sum().item()
+        total += len(y)
+    return loss_sum, correct, total
 
 
 def _diverged(cfg: Config, what: str, limit: float):
