@@ -93,6 +93,19 @@ def assert_user_error(rc: int, out: str, err: str, *needles: str) -> str:
 
 # ------------------------------------------------------------------------------ trained run
 
+def flip_a_weight_bit(path: Path) -> None:
+    """One bit flipped in the middle of the largest tensor a torch file stores (the file still loads: only a
+    digest tells)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 def tiny_toml(model: str = "vgg_tiny", epochs="2", probe_epochs: int = 3, extra: str = "") -> str:
     """A small, fast `filterlens run` config: digits, a few epochs, AFCC off (AFCC has its own tests).
     ``epochs`` may be "{epochs}" to leave a placeholder for str.format."""

@@ -280,17 +280,11 @@ def test_saving_into_a_trained_run_of_another_model_needs_overwrite(tiny_run, tm
 # ------------------------------------------------------------------------------ item 4: files read back are checked
 
 def _flip_a_weight_bit(path) -> None:
-    """One bit in the middle of the largest tensor a torch file stores (the file still loads)."""
-    import struct
-    import zipfile
+    """conftest.flip_a_weight_bit, and the file still loads: only the digest tells."""
+    from conftest import flip_a_weight_bit
 
-    with zipfile.ZipFile(path) as z:
-        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    data = bytearray(path.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
-    data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-    torch.load(path, map_location="cpu", weights_only=True)  # still a readable file: only the digest tells
+    flip_a_weight_bit(path)
+    torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_a_flipped_byte_in_an_afcc_file_or_a_checkpoint_is_refused(tmp_path):

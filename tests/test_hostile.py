@@ -34,6 +34,7 @@ from conftest import (
     cifar_row,
     cli_env,
     copy_run,
+    flip_a_weight_bit,
     idx_bytes,
     make_idx_arrays,
     run_cli,
@@ -280,16 +281,7 @@ def mine_kept(target: str = "mine") -> tuple:
 def flip_tensor_byte(rel: str) -> Setup:
     """One bit of the largest tensor stored in a torch file flipped (the file still loads)."""
     def run(ws: Path) -> None:
-        import struct
-        import zipfile
-
-        p = ws / rel
-        with zipfile.ZipFile(p) as z:
-            info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-        data = bytearray(p.read_bytes())
-        name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
-        data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x01
-        p.write_bytes(bytes(data))
+        flip_a_weight_bit(ws / rel)
     return run
 
 
