@@ -244,6 +244,64 @@ def test_the_library_leaves_the_callers_random_state_alone(tmp_path):
     assert torch.equal(torch.get_rng_state(), states[2])
 
 
+def test_threads_setting_is_used_inside_and_the_callers_count_comes_back(monkeypatch):
+    """``threads=1`` is torch's thread count while analyze and afcc.apply work (seen from inside a layer's forward)
+    and the caller's count is back afterwards, as with the generators above."""
+    import torch
+
+    import filterlens
+    from filterlens.data import load_data
+    from filterlens.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("vgg_tiny", 10, 1, 8, 1.0, None))
+    data = load_data("digits")
+    seen: set[int] = set()
+    model.features[0].register_forward_hook(lambda *_: seen.add(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = filterlens.analyze(model, data, probe_epochs=1, heatmaps="none", threads=1, progress=False,
+                               echo=lambda *x: None)
+        assert seen == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        filterlens.afcc.apply(model, a, data, retrain_epochs=1, random_draws=1, threads=1, progress=False,
+                              echo=lambda *x: None)
+        assert seen == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_busy_threads_note_names_the_free_cores():
+    """The note appears only when the threads outnumber the cores left free, and names the count to give."""
+    import os
+
+    from filterlens.utils import busy_threads_note
+
+    cores = len(os.sched_getaffinity(0))
+    assert busy_threads_note(cores, busy=0) is None
+    assert busy_threads_note(1, busy=cores) is None  # one thread always has a core to itself
+    if cores > 1:
+        note = busy_threads_note(cores, busy=1)
+        assert note is not None and f"--threads {cores - 1} " in note and f"keep 1 of the {cores} cores" in note
+
+
+def test_busy_cores_sees_a_spinning_process():
+    """busy_cores counts a process that keeps a core busy (a child spinning for a few seconds)."""
+    import subprocess
+    import sys
+    import time
+
+    from filterlens.utils import busy_cores
+
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+    try:
+        time.sleep(0.5)
+        assert (busy_cores() or 0) >= 1
+    finally:
+        spin.kill()
+        spin.wait()
+
+
 def test_python_values_equal_the_command_lines_strings():
     """analyze with Python values (a list of layers, a predicate, a list of thresholds, a pool as a tuple, a budget in
     bytes, heatmaps as pairs) gives the same analysis as with the strings the command line takes (issue 31)."""

@@ -51,7 +51,7 @@ from .report.explorer import explorer_data, thumbnails
 from .report.plots import layer_figures, plot_filter_matrix, plot_layers
 from .results import UnitView, unit_view
 from .rundir import HEATMAP, RunDir
-from .utils import environment, keeps_global_rng, resolve_device, seed_everything
+from .utils import environment, keeps_global_state, resolve_device, seed_everything, use_threads
 
 RESULTS_VERSION = 1
 LAYER_COLUMNS = ["layer", "index", "unit_kind", "units", "features", "accuracy", "train_accuracy",
@@ -271,7 +271,7 @@ def html_table(rows: list[dict], columns: list[str], caption: str = "") -> str:
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-@keeps_global_rng
+@keeps_global_state
 def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Config | None = None, device=None,
             cache_dir=None, progress: bool | None = None, echo=print, **settings) -> Analysis:
     """Layer accuracies (stage 2) and single-unit performance (stage 3) of ``model`` on ``train``/``test``.
@@ -294,6 +294,7 @@ def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Co
                               "pathlib.Path), or None for a temporary one")
     data = as_data(train, test, labels)
     cfg = with_settings(config, _layer_choice(model, data, settings))
+    use_threads(cfg.threads)
     check_model(model, data.input_shape, data.num_labels, "the model", cfg.layers, cfg.tokens)  # one dry forward
     pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress, echo=echo)
     result = sfp_stage(pr, data.describe(), cfg)
@@ -367,7 +368,7 @@ def _layer_choice(model: torch.nn.Module, data: Data, settings: dict) -> dict:
     return {**settings, "layers": chosen}
 
 
-@keeps_global_rng
+@keeps_global_state
 def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, cache_dir=None,
                 progress: bool | None = None, echo=print) -> ProbeResult:
     """Stage 2: select the layers, build the batches once (:class:`~filterlens.loaders.Feed`) and train every
@@ -378,6 +379,7 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
         device = dist_.setup(cfg.device) or resolve_device(cfg.device)
     else:
         device = resolve_device(str(device))
+    use_threads(cfg.threads, device)
     model.to(device)
     show = cfg.progress if progress is None else progress
     t0 = time.perf_counter()
@@ -490,7 +492,7 @@ def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicate
              "high": intervals[key][1]} for key in ["accuracy", *LAYER_METRICS] if key in intervals]
 
 
-@keeps_global_rng
+@keeps_global_state
 def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
     """Analyse the trained model of ``run_dir`` and write the results there.
 
@@ -511,6 +513,7 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
             cfg = cfg.replace(**overrides)
         cfg.validate()
         rd.check(cfg, stage="train")  # what claim() checks below, once the analysis succeeded
+        use_threads(cfg.threads)
         train_summary = read_train_summary(rd)
         device = dist_.setup(cfg.device)
         if not dist_.is_main():

@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--run-dir", default="runs/demo", help="run directory")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo run with other settings")
+    d.add_argument("--threads", type=int_flag, default=0, help="CPU threads torch uses (0: torch's default); on a "
+                   "machine where other jobs keep cores busy, the free cores")
     return p
 
 
@@ -399,7 +401,7 @@ def cmd_demo(args) -> int:
     """``filterlens demo`` (:func:`filterlens.demo.run_demo`). Returns the exit status."""
     from .demo import run_demo
 
-    run_demo(args.run_dir, progress=not args.no_progress, overwrite=args.overwrite)
+    run_demo(args.run_dir, progress=not args.no_progress, overwrite=args.overwrite, threads=args.threads)
     return 0
 
 

@@ -176,6 +176,9 @@ class Config:
     device: str = _f("auto", "run", "auto, cpu, cuda or cuda:N")
     cache_dir: str | None = _f(None, "run", "folder of the disk engine's feature cache (default: cache/ in the run "
                                             "directory, or a temporary folder outside one)")
+    threads: int = _f(0, "run", "CPU threads torch uses (0: torch's default, one per core); where other jobs keep "
+                                "cores busy, the free cores: threads sharing a busy core run many times slower",
+                      bounds="[0, 1024]")
     num_workers: int = _f(0, "run", "DataLoader workers for folder datasets (0: read in this process)",
                           bounds="[0, 64]")
     compile: bool = _f(False, "run", "torch.compile the network for training (worth it on GPUs)")

@@ -13,13 +13,14 @@ DEMO: dict[str, Any] = dict(dataset="digits", model="vgg_small", epochs=15, batc
             probe_epochs=30, bootstrap=50, afcc_layers="last:2", retrain_epochs=3, random_draws=3)
 
 
-def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False, echo=print):
+def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False, threads: int = 0, echo=print):
     """``filterlens demo``: train vgg_small on digits into ``run_dir``, analyse every layer, run AFCC on the
-    last two and write report.html; returns the training summary and the analysis."""
+    last two and write report.html; returns the training summary and the analysis. ``threads``: torch's CPU
+    threads (the ``threads`` setting; 0 torch's default)."""
     from .analysis import analyze_run, print_table
     from .train import train
 
-    cfg = Config(progress=progress, **DEMO)
+    cfg = Config(progress=progress, threads=threads, **DEMO).validate()
     t0 = time.perf_counter()
     echo(f"filterlens demo: training {cfg.model} on {cfg.dataset} into {run_dir}")
     summary = train(cfg, run_dir, overwrite=overwrite, echo=echo)

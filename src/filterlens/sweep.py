@@ -33,7 +33,7 @@ from .files import read_json, write_csv, write_json
 from .folders import make_dirs, mark
 from .names import CHECKPOINT, SWEEP_COUNTS, SWEEP_PLAN, SWEEP_SUMMARY, SWEEP_TABLE, TASK
 from .rundir import check_sweep_folder
-from .utils import keeps_global_rng
+from .utils import keeps_global_state
 
 SWEEP_COLUMNS = ["num_labels", "subset", "labels", "error", "last_layer_accuracy", "clusters_per_filter",
                  "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field", "layer", "seconds"]
@@ -140,7 +140,7 @@ def _run_task(args) -> dict:
     return row
 
 
-@keeps_global_rng
+@keeps_global_state
 def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layers: str = "-1", jobs: int = 1,
               shard: tuple[int, int] = (0, 1), merge_only: bool = False, echo=print) -> dict | None:
     """Run (this shard of) the label-count study into ``sweep_dir``; merge when every task is done."""
@@ -184,7 +184,7 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
         for t in mine:
             tcfg = cfg.replace(labels=",".join(map(str, t.labels)), progress=cfg.progress and jobs == 1)
             work.append((tcfg.to_dict(), str(sweep_dir / t.folder), t, sweep_layers, cfg.progress and jobs == 1,
-                         max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0))
+                         cfg.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)))
         todo = [w for w in work if not (Path(w[1]) / TASK).exists()]
         echo(f"sweep: {len(tasks)} models in all, {len(mine)} in this shard, {len(mine) - len(todo)} already done")
         if jobs > 1 and len(todo) > 1:

@@ -32,7 +32,7 @@ from .names import CHECKPOINT, CONFIG, MODEL, RESULTS, TRAIN_LOG, TRAIN_SUMMARY
 from .precision import FLOAT32, Precision, for_inference, for_training
 from .progress import progress_bar
 from .rundir import RunDir
-from .utils import eval_mode, keeps_global_rng, resolve_device, seed_everything
+from .utils import eval_mode, keeps_global_state, resolve_device, seed_everything, use_threads
 
 
 def loss_limit(num_labels: int) -> float:
@@ -134,7 +134,7 @@ def _scheduler(cfg: Config, opt, epochs: int | None = None):
     return sched.SequentialLR(opt, [ramp, main], milestones=[warm])
 
 
-@keeps_global_rng
+@keeps_global_state
 def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
           echo=print) -> dict:
     """Train ``cfg.model`` on ``cfg.dataset`` into ``run_dir``; return the training summary.
@@ -173,6 +173,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
 
     seed_everything(cfg.seed)
     device = dist_device or resolve_device(cfg.device)
+    use_threads(cfg.threads, device)
     batch = dist_.per_rank_batch(cfg.batch_size, "batch_size")  # the global batch is the same for any N
     data, model, spec = _prepare(cfg)
     made = not rd.path.exists()

@@ -33,7 +33,7 @@ from ..loaders import Feed
 from ..models import list_layers, select_layers
 from ..precision import for_inference
 from ..progress import progress_bar
-from ..utils import keeps_global_rng, resolve_device, seed_everything
+from ..utils import keeps_global_state, resolve_device, seed_everything, use_threads
 from .cost import count_macs, measure_latency
 from .diluted import _check_consecutive, _first_trainable, apply_masks, build_diluted, make_masks, trainable_parameters
 from .masks import random_masks
@@ -59,7 +59,7 @@ def choose_layers(all_layers, spec, analysed: set):
     return chosen
 
 
-@keeps_global_rng
+@keeps_global_state
 def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=None, config: Config | None = None,
           device=None, progress: bool | None = None, echo=print, **settings) -> AfccResult:
     """AFCC of ``model`` by the clusters of ``analysis`` (see the module docstring).
@@ -77,6 +77,7 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
         raise FilterlensError(f"analysis is a {type(analysis).__name__}; give what filterlens.analyze returned (or "
                               "filterlens.analysis.Analysis.load(run_dir))")
     cfg = with_settings(config or analysis.config, settings)
+    use_threads(cfg.threads)
     if analysis.probes is None:
         raise FilterlensError("the analysis holds no probe weights and label means; load it with "
                               "Analysis.load(run_dir) from a run directory that has them")

@@ -17,11 +17,11 @@ from ..errors import FilterlensError
 from ..files import write_json
 from ..names import AFCC_PRUNED, AFCC_PRUNING, LABEL_MEANS, PROBES, RESULTS
 from ..rundir import RunDir
-from ..utils import environment, keeps_global_rng
+from ..utils import environment, keeps_global_state
 from .apply import apply
 
 
-@keeps_global_rng
+@keeps_global_state
 def run_afcc(run_dir, overrides: dict | None = None, progress: bool | None = None, echo=print,
              settings_hash: str | None = None) -> dict:
     """AFCC on the analysed run ``run_dir`` with its settings and ``overrides`` (fields of :class:`Config`);
