@@ -248,14 +248,7 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     model.to(device)
     precision = for_training(device, cfg.amp, model, data.input_shape)  # bfloat16 where it pays (precision.py)
     infer = for_inference(device, cfg.amp, model)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # the training's own model, built above
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
-    if cfg.compile:  # a Module's compiled form is a Module (an OptimizedModule); torch's stub says a function
-        net = torch.compile(net)  # type: ignore[assignment]
+    model, net = _training_net(model, cfg, device, world, precision.channels_last)
     opt = _optimizer(cfg, model)
     train_loader = make_loader(data, "train", batch, train=True, seed=cfg.seed, device=device,
                                augment=cfg.augment, num_workers=cfg.num_workers, rank=rank, world_size=world)
@@ -299,11 +292,7 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         echo(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  train acc "
              f"{row['train_accuracy']:.4f}  test acc {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)")
         if main:
-            save_checkpoint(rd.file(CHECKPOINT), _unwrap(model), spec, data.label_names,
-                            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                             "history": history, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
-                             "world_size": world, "grad_scaler": scaler.state_dict()})
-            write_csv(rd.file(TRAIN_LOG), history)
+            _save_epoch(rd, cfg, model, spec, data, history, opt, sched, scaler, world)
 
     final = evaluate(model, test_loader, device, infer, reduce=world > 1) if not history or start == epochs \
         else {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
@@ -323,6 +312,31 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
         del net  # DDP's reducer, with its communication hooks, goes before the process group does
         dist_.barrier()  # every rank returns once the files are there
     return summary
+
+
+def _training_net(model: nn.Module, cfg: Config, device, world: int, channels_last: bool):
+    """The model to train (in channels-last memory where the precision wants it) and the network that runs its
+    steps: the model itself, wrapped in DistributedDataParallel under torchrun, compiled with ``cfg.compile``."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # the training's own model, built by _prepare
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    if cfg.compile:  # a Module's compiled form is a Module (an OptimizedModule); torch's stub says a function
+        net = torch.compile(net)  # type: ignore[assignment]
+    return model, net
+
+
+def _save_epoch(rd: RunDir, cfg: Config, model: nn.Module, spec: ModelSpec, data: Data, history: list, opt, sched,
+                scaler, world: int) -> None:
+    """checkpoint.pt after an epoch (weights, optimiser, schedule, loss scaler, torch's generator: what
+    :func:`_resume` reads back) and train_log.csv."""
+    save_checkpoint(rd.file(CHECKPOINT), _unwrap(model), spec, data.label_names,
+                    {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": len(history),
+                     "history": history, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
+                     "world_size": world, "grad_scaler": scaler.state_dict()})
+    write_csv(rd.file(TRAIN_LOG), history)
 
 
 def _resume(rd: RunDir, model: nn.Module, spec: ModelSpec, opt, sched, scaler) -> tuple[list, int]:

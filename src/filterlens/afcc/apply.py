@@ -120,16 +120,7 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
                                                   "seed", "random_draws", "afcc_thresholds", "afcc_layers")}
     return AfccResult(
         plan.names, plan.threshold, main["masks"], accs, curve, main["net"], main["masked_net"], removal["net"],
-        removal["info"], removal["rows"],
-        {"epochs": cfg.retrain_epochs, "lr": cfg.retrain_lr, "momentum": cfg.retrain_momentum,
-         "weight_decay": cfg.retrain_weight_decay, "batch_size": cfg.retrain_batch_size,
-         "augment": cfg.retrain_augment, "seed": cfg.seed, "random_draws": cfg.random_draws, "optimizer": "sgd",
-         "nesterov": False, "schedule": "constant",
-         "batch_norm": "eval mode: running statistics frozen; affine parameters of masked blocks trained",
-         "masks": "re-applied (weight.mul_(mask)) after every optimiser step", "trainable": trainable,
-         "engine": ctx.engine, "engine_note": ctx.note, "history": main["history"],
-         "precision": ctx.precision.record(),
-         "random_history": main["random_history"]},
+        removal["info"], removal["rows"], _retraining_record(cfg, ctx, main, trainable),
         {"threshold": float(analysis.meta.get("sfp", {}).get("threshold", cfg.threshold)), "normalise": cfg.normalise,
          "probe_pool": cfg.probe_pool, "probe_mode": cfg.probe_mode, "sfp_hash": cfg.stage_hash("sfp")},
         settings_used,
@@ -138,6 +129,19 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
          "title": f"AFCC: {analysis.meta.get('title', '')}, {plan.names[0]}"
                   + (f"..{plan.names[-1]}" if len(plan.names) > 1 else "")},
         removal["masks"])
+
+
+def _retraining_record(cfg: Config, ctx: _Context, main: dict, trainable) -> dict:
+    """How the diluted networks were retrained (results.json's ``afcc.retraining``): the settings, what is frozen
+    and trained, the engine and precision, and the main and random variants' per-epoch histories."""
+    return {"epochs": cfg.retrain_epochs, "lr": cfg.retrain_lr, "momentum": cfg.retrain_momentum,
+            "weight_decay": cfg.retrain_weight_decay, "batch_size": cfg.retrain_batch_size,
+            "augment": cfg.retrain_augment, "seed": cfg.seed, "random_draws": cfg.random_draws, "optimizer": "sgd",
+            "nesterov": False, "schedule": "constant",
+            "batch_norm": "eval mode: running statistics frozen; affine parameters of masked blocks trained",
+            "masks": "re-applied (weight.mul_(mask)) after every optimiser step", "trainable": trainable,
+            "engine": ctx.engine, "engine_note": ctx.note, "history": main["history"],
+            "precision": ctx.precision.record(), "random_history": main["random_history"]}
 
 
 def check_between(net) -> None:
