@@ -97,7 +97,7 @@ def test_cli_layers_csv(cli_run):
         assert c in cols, c
     assert [r["layer"] for r in rows] == [l.name for l in expected]
     for r, l in zip(rows, expected):
-        assert int(r["units"]) == l.filters and r["unit_kind"] == "filter"
+        assert int(r["units"]) == l.units and r["unit_kind"] == "filter"
         assert int(r["features"]) == l.features == int(np.prod(l.shape))
         acc = float(r["accuracy"])
         assert 0.5 < acc <= 1.0  # chance is 0.1
@@ -258,7 +258,7 @@ def test_python_api_analyze_and_save(cli_run, tmp_path):
     assert isinstance(result, Analysis)
     expected = _expected_layers()
     assert [r["layer"] for r in result.layers] == [l.name for l in expected]
-    assert len(result.filters) == sum(l.filters for l in expected)
+    assert len(result.units) == sum(l.units for l in expected)
     out = tmp_path / "saved"
     result.save(out)
     _, rows = _read_csv(out / "layers.csv")

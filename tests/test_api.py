@@ -331,7 +331,7 @@ def test_bad_python_input_is_one_clear_filterlens_error(world, analyses):
         (lambda: a.unit("nosuch", 0), "was not analysed"),
         (lambda: a.unit("4", "3"), "is a str; give an integer"),
         (lambda: a.unit("4", 12), "out of range"),
-        (lambda: a.to_frame("units"), "unknown table"),
+        (lambda: a.to_frame("neurons"), "unknown table"),
     ]
     assert len(cases) >= 15
     for call, needle in cases:

@@ -95,7 +95,7 @@ def test_list_layers_names_and_shapes_match_forward_hooks(name, size):
     shapes = hooked_shapes(model, [l.name for l in layers], torch.zeros(1, 3, size, size))
     for l in layers:
         assert tuple(l.shape) == shapes[l.name], (l.name, l.shape, shapes[l.name])
-        assert l.filters == l.shape[0]
+        assert l.units == l.shape[0]
         assert l.features == l.shape[0] * l.shape[1] * l.shape[2]
 
 
@@ -125,7 +125,7 @@ def test_vgg16_cifar_form():
     model = get_model("vgg16", 100, 3, 32)
     layers = list_layers(model, (3, 32, 32))
     assert len(layers) == 13
-    assert [l.filters for l in layers] == VGG16_WIDTHS
+    assert [l.units for l in layers] == VGG16_WIDTHS
     assert [l.shape[1] for l in layers] == vgg16_sizes(32)
     assert [l.shape[2] for l in layers] == vgg16_sizes(32)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -154,7 +154,7 @@ def test_vgg16_slim_has_vgg16_shape():
     layers = list_layers(get_model("vgg16_slim", 10, 3, 32), (3, 32, 32))
     assert len(layers) == 13
     assert [l.shape[1] for l in layers] == vgg16_sizes(32)
-    assert [l.filters for l in layers] == [w // 8 for w in VGG16_WIDTHS]  # 1/8 width (models.py docstring)
+    assert [l.units for l in layers] == [w // 8 for w in VGG16_WIDTHS]  # 1/8 width (models.py docstring)
 
 
 def test_vgg16_imagenet_layers_end_at_relu_or_pool():
@@ -162,7 +162,7 @@ def test_vgg16_imagenet_layers_end_at_relu_or_pool():
     model = get_model("vgg16_imagenet", 10, 3, 64)
     layers = list_layers(model, (3, 64, 64))
     assert len(layers) == 13
-    assert [l.filters for l in layers] == VGG16_WIDTHS
+    assert [l.units for l in layers] == VGG16_WIDTHS
     assert [l.shape[1] for l in layers] == vgg16_sizes(64)
     for i, l in enumerate(layers, start=1):
         want = nn.MaxPool2d if i in POOL_AFTER else nn.ReLU
@@ -174,12 +174,12 @@ def test_efficientnet_b0_stages():
     with strides 1, 2, 2, 2, 1, 2, 1, then the 1x1 conv to 1280."""
     model = get_model("efficientnet_b0", 10, 3, 64)
     layers = list_layers(model, (3, 64, 64), "stages")
-    assert [l.filters for l in layers] == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
+    assert [l.units for l in layers] == [32, 16, 24, 40, 80, 112, 192, 320, 1280]
     assert [l.shape[1] for l in layers] == [32, 32, 16, 8, 4, 4, 2, 2, 2]
     # the default layers are its blocks: the stem, the 16 MBConv blocks (1, 2, 2, 3, 3, 4, 1 per stage), the head
     blocks = list_layers(model, (3, 64, 64))
     assert len(blocks) == 18 and blocks[0].name == "features.0" and blocks[-1].name == "features.8"
-    assert [l.filters for l in blocks[1:-1]] == [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192,
+    assert [l.units for l in blocks[1:-1]] == [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192,
                                                   320]
 
 

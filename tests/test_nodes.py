@@ -171,7 +171,7 @@ def test_fc_node_matrices_equal_silencing_the_other_nodes(monkeypatch):
     assert (r.name, r.unit_kind, tuple(r.weight.shape)) == ("classifier.4", "node", (LABELS, 24, 1, 1))
     brute = _silenced_matrices(model, model.classifier[4], r.weight.double(), data)
     np.testing.assert_allclose(result.sfp["classifier.4"].matrices_, brute, rtol=0, atol=1e-6 * np.abs(brute).max())
-    assert {f["unit_kind"] for f in result.filters} == {"node"} and len(result.filters) == 24
+    assert {f["unit_kind"] for f in result.units} == {"node"} and len(result.units) == 24
 
 
 @pytest.mark.parametrize("tokens", ["all", "mean"])
@@ -338,7 +338,7 @@ def test_analyze_torchvision_vgg11_analyses_its_classifier_hidden_layers(tv_vgg1
                      heatmaps="none", progress=False, device="cpu", echo=_quiet)
     assert [(r["layer"], r["unit_kind"], r["units"]) for r in result.layers] == [
         ("features.20", "filter", 512), ("classifier.1", "node", 4096), ("classifier.4", "node", 4096)]
-    assert sum(f["unit_kind"] == "node" for f in result.filters) == 2 * 4096
+    assert sum(f["unit_kind"] == "node" for f in result.units) == 2 * 4096
     assert {c.get("unit_kind") for c in result.claims} == {"filter", "node"}  # claims 1-3 per kind
 
 

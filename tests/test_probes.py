@@ -298,8 +298,8 @@ def test_result_shapes_and_label_counts(fast30, trained):
     for r, l in zip(res.layers, layers):
         assert tuple(r.weight.shape) == (10, *l.shape)
         assert tuple(r.label_means.shape) == (10, *l.shape)
-        assert tuple(r.votes.shape) == (l.filters, 10)
-        assert r.filters == l.filters and r.features == l.features and tuple(r.shape) == l.shape
+        assert tuple(r.votes.shape) == (l.units, 10)
+        assert r.units == l.units and r.features == l.features and tuple(r.shape) == l.shape
     np.testing.assert_array_equal(res.label_counts.numpy(), np.bincount(data.test.labels.numpy(), minlength=10))
     assert [row["layer"] for row in res.table()] == [l.name for l in layers]
 

@@ -271,6 +271,26 @@ def test_threads_setting_is_used_inside_and_the_callers_count_comes_back(monkeyp
         torch.set_num_threads(before)
 
 
+def test_units_is_the_name_and_filters_the_alias():
+    """One name per concept (issue 31): a layer's, a probe result's and an analysis' units are ``units``;
+    ``filters``, the name from before heads and nodes, gives the same values."""
+    import filterlens
+    from filterlens.data import load_data
+    from filterlens.models import ModelSpec, build_model, list_layers
+
+    model = build_model(ModelSpec("vgg_tiny", 10, 1, 8, 1.0, None))
+    data = load_data("digits")
+    layers = list_layers(model, data.input_shape)
+    assert [l.units for l in layers] == [l.filters for l in layers] and layers[0].units > 0
+    a = filterlens.analyze(model, data, layers=[layers[-1].name], probe_epochs=1, heatmaps="none", progress=False,
+                           echo=lambda *x: None)
+    assert a.filters is a.units and len(a.units) == layers[-1].units
+    assert [r.units for r in a.probes.layers] == [r.filters for r in a.probes.layers] == [layers[-1].units]
+    assert a.to_frame("units").equals(a.to_frame("filters")) and len(a.to_frame("units")) == layers[-1].units
+    with pytest.raises(FilterlensError, match="units"):
+        a.to_frame("neurons")
+
+
 def test_busy_threads_note_names_the_free_cores():
     """The note appears only when the threads outnumber the cores left free, and names the count to give."""
     import os

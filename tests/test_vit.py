@@ -82,7 +82,7 @@ def test_heads_matrices_equal_brute_force_silencing(name, monkeypatch):
     assert deepest.shape == layers[-1].shape  # heads x tokens x d_head
     _, brute = brute_force_matrices(model, layers[-1], deepest.weight.double(), data)
     np.testing.assert_allclose(result.sfp[deepest.name].matrices_, brute, rtol=0, atol=1e-5 * np.abs(brute).max())
-    assert {r["unit_kind"] for r in result.filters} == {"head"}
+    assert {r["unit_kind"] for r in result.units} == {"head"}
 
 
 def test_tokens_option_reads_all_cls_or_mean():

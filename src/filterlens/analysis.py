@@ -67,14 +67,15 @@ FILTER_COLUMNS = ["layer", "unit", "unit_kind", "num_clusters", "clusters", "sig
 
 
 class Analysis:
-    """What :func:`analyze` returns: one row per layer (``layers``), one per unit (``filters``), the stage-2
-    arrays (``probes``), every layer's fitted single-unit analysis (``sfp``: layer name -> ``sfp.LayerSFP``),
-    the settings and records (``meta``) and, in memory, the data it was computed on (``data``)."""
+    """What :func:`analyze` returns: one row per layer (``layers``), one per unit (``units``: filter, head or
+    node), the stage-2 arrays (``probes``), every layer's fitted single-unit analysis (``sfp``: layer name ->
+    ``sfp.LayerSFP``), the settings and records (``meta``) and, in memory, the data it was computed on
+    (``data``)."""
 
-    def __init__(self, layers: list[dict], filters: list[dict], probes: ProbeResult | None, sfp_layers: dict,
+    def __init__(self, layers: list[dict], units: list[dict], probes: ProbeResult | None, sfp_layers: dict,
                  meta: dict, data: Data | None = None):
         self.layers = layers
-        self.filters = filters
+        self.units = units
         self.probes = probes
         self.sfp = sfp_layers  # layer name -> fitted sfp.LayerSFP
         self.meta = meta
@@ -85,13 +86,19 @@ class Analysis:
         """The settings the analysis ran with (a :class:`~filterlens.config.Config`, read from ``meta``)."""
         return Config.from_dict(self.meta["config"], stored=True)
 
+    @property
+    def filters(self) -> list[dict]:
+        """``units`` by its name from before units beyond filters existed (filters.csv keeps that name)."""
+        return self.units
+
     def to_frame(self, table: str = "layers"):
-        """The layers (or ``"filters"``: units) table as a pandas DataFrame."""
-        if table not in ("layers", "filters"):
-            raise FilterlensError(f"unknown table {table!r}; valid: layers, filters")
+        """The ``"layers"`` table (one row per layer) or the ``"units"`` table (one row per filter, head or node;
+        ``"filters"`` is the same) as a pandas DataFrame."""
+        if table not in ("layers", "units", "filters"):
+            raise FilterlensError(f"unknown table {table!r}; valid: layers, units (or filters, the same)")
         import pandas as pd
 
-        return pd.DataFrame(self.layers if table == "layers" else self.filters)
+        return pd.DataFrame(self.layers if table == "layers" else self.units)
 
     def unit(self, layer: str, index: int) -> UnitView:
         """One unit (filter, head or node): its matrix (raw, normalised, binarised), clusters, noise and top test
@@ -192,7 +199,7 @@ class Analysis:
         their names relative to it."""
         d = Path(directory)
         written = [write_csv(d / LAYERS, self.layers, LAYER_COLUMNS),
-                   write_csv(d / FILTERS, self.filters, FILTER_COLUMNS)]
+                   write_csv(d / FILTERS, self.units, FILTER_COLUMNS)]
         # a new analysis replaces results.json whole: later stages (AFCC) add their entries again
         results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers}
         for name in (THRESHOLDS, BOOTSTRAP, THUMBNAILS):  # from an earlier analysis with other settings
@@ -206,7 +213,7 @@ class Analysis:
         written += heat
         results["heatmaps"] = [str(p.relative_to(d)) for p in heat]
         if self.data is not None and all((d / f).exists() for f in PROBE_FILES):
-            wanted = explorer_data(d, results, self.filters)["wanted"]
+            wanted = explorer_data(d, results, self.units)["wanted"]
             written.append(write_json(d / THUMBNAILS, thumbnails(self.data, wanted)))
         written.append(write_json(d / RESULTS, results))
         return [str(Path(p).relative_to(d)) for p in written]
@@ -405,9 +412,9 @@ def check_heatmaps(spec: str, layers) -> None:
         if layer not in by_name:
             raise FilterlensError(f"heatmap '{layer}:{unit}' names a layer that is not analysed"
                                   f"{closest(layer, by_name)}; analysed layers: {', '.join(by_name)}")
-        if unit >= by_name[layer].filters:
-            raise FilterlensError(f"heatmap '{layer}:{unit}': layer '{layer}' has {by_name[layer].filters} units "
-                                  f"(0..{by_name[layer].filters - 1})")
+        if unit >= by_name[layer].units:
+            raise FilterlensError(f"heatmap '{layer}:{unit}': layer '{layer}' has {by_name[layer].units} units "
+                                  f"(0..{by_name[layer].units - 1})")
 
 
 def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
@@ -424,7 +431,7 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         votes = r.votes.numpy()
         pref = np.asarray(est.preferred_label_)
         frac = votes[np.arange(len(pref)), pref] / max(n_test, 1.0)
-        row = {"layer": r.name, "index": r.index, "unit_kind": r.unit_kind, "units": r.filters, "features": r.features,
+        row = {"layer": r.name, "index": r.index, "unit_kind": r.unit_kind, "units": r.units, "features": r.features,
                "accuracy": r.accuracy, "train_accuracy": r.train_accuracy}
         summary = est.summary()
         row.update({k: summary[k] for k in LAYER_COLUMNS if k in summary})

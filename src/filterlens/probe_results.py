@@ -74,7 +74,7 @@ class LayerProbeResult:
 
     name: str
     index: int
-    filters: int
+    units: int  # C: the layer's filters, heads or nodes
     shape: tuple[int, int, int]  # (C, H, W) the FC sees (after probe_pool)
     layer_shape: tuple[int, int, int]  # the layer's own output shape
     features: int
@@ -97,9 +97,9 @@ class LayerProbeResult:
     extra_weights: list | None = None  # their weights (L, C, H, W), for the bootstrap with the test features
 
     @property
-    def units(self) -> int:
-        """The layer's number of units (filters, heads or nodes): C."""
-        return self.filters
+    def filters(self) -> int:
+        """``units`` by its name from before units beyond filters existed (kept for earlier code)."""
+        return self.units
 
     @property
     def bootstrap_input(self) -> str | None:
@@ -129,7 +129,7 @@ class ProbeResult:
 
     def table(self) -> list[dict]:
         """One row per layer: its name, filters (units), features and accuracy."""
-        return [{"layer": r.name, "filters": r.filters, "features": r.features, "accuracy": r.accuracy}
+        return [{"layer": r.name, "filters": r.units, "features": r.features, "accuracy": r.accuracy}
                 for r in self.layers]
 
     def layer(self, name: str) -> LayerProbeResult:
@@ -166,7 +166,7 @@ class ProbeResult:
             "fields_kept": bool(inputs) and all(k == "fields" for k in inputs),
             "bootstrap_inputs_kept": bool(inputs) and all(k is not None for k in inputs),
             "precision": self.precision, "model_fingerprint": self.model_fingerprint,
-            "layers": [{"name": r.name, "index": r.index, "filters": r.filters, "unit_kind": r.unit_kind,
+            "layers": [{"name": r.name, "index": r.index, "filters": r.units, "unit_kind": r.unit_kind,
                         "shape": list(r.shape), "layer_shape": list(r.layer_shape), "features": r.features,
                         "accuracy": r.accuracy, "train_accuracy": r.train_accuracy,
                         "extra_accuracy": r.extra_accuracy or [], "bootstrap_input": r.bootstrap_input}

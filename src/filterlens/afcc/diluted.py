@@ -248,8 +248,8 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
             if loc is None:
                 continue
             conv = net.get_submodule(loc["conv"])
-            fits_prev = prev is None or conv.in_channels == prev.filters
-            if conv.groups != 1 or conv.out_channels != l.filters or not fits_prev:
+            fits_prev = prev is None or conv.in_channels == prev.units
+            if conv.groups != 1 or conv.out_channels != l.units or not fits_prev:
                 continue
             info["convs"][l.name] = loc
     net.info = info
