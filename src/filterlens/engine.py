@@ -412,7 +412,15 @@ def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: in
     if want == "disk":
         _check_disk_room(cache_dir, need)
         return EnginePlan("disk", [list(layers)], cache_dir, note=f"cache on disk in {cache_dir} ({size_note})")
-    # auto, over budget: estimate every option from measured throughputs
+    return _fastest(model, layers, pool, groups, need, rows, epochs, train_rows, cache_dir, loader, train_cost,
+                    precision, size_note)
+
+
+def _fastest(model, layers: Sequence[CaptureLayer], pool, groups: list | None, need: int, rows: int, epochs: int,
+             train_rows: int, cache_dir: Path, loader, train_cost, precision, size_note: str) -> EnginePlan:
+    """``auto`` over the cache budget: the engine of the least estimated time (stream, groups where the layers
+    make groups, disk where it has room), from the measured forward throughput of the layers (and of each group),
+    the disk's measured speed and ``train_cost``; the estimates are kept in the plan."""
     cost = train_cost or (lambda group: 0.0)
     full = forward_seconds(model, layers, pool, loader, precision=precision)
     train_all = cost(list(layers))
