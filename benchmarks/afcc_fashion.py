@@ -96,14 +96,14 @@ def main(argv=None) -> int:
     key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
     run = Path(args.run_dir) if args.run_dir else Path(tempfile.gettempdir()) / f"filterlens-afcc-fashion-{key}"
     t0 = time.perf_counter()
-    summary = train(cfg, run, echo=print)
+    summary = train(cfg, run)
     t_train = time.perf_counter() - t0
     print(f"trained: test accuracy {summary['test_accuracy']:.4f} ({t_train:.0f}s)")
 
     t0 = time.perf_counter()
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
     if results.get("config") != cfg.to_dict() or not (run / "probes.pt").exists():
-        analysis = analyze_run(run, echo=print)
+        analysis = analyze_run(run)
         layers = analysis.layers
     else:
         layers = results["layers"]
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         out = afcc.run_afcc(run, layers=lay, retrain_epochs=args.retrain_epochs, retrain_lr=0.01, seed=0,
                             thresholds=thr, latency_repeats=args.latency_repeats,
-                            latency_threads=args.latency_threads, random_draws=args.random_draws, echo=print)
+                            latency_threads=args.latency_threads, random_draws=args.random_draws)
         afcc.print_afcc(out)
         seconds = time.perf_counter() - t0
         print(f"({name}: {seconds:.0f}s)\n")

@@ -60,6 +60,7 @@ from filterlens.config import Config
 from filterlens.errors import FilterlensError
 from filterlens.files import read_json, write_json
 from filterlens.loaders import make_loader
+from filterlens.output import to_stdout
 from filterlens.pipeline import run_pipeline
 from filterlens.train import load_trained
 from filterlens.utils import resolve_device
@@ -246,7 +247,8 @@ def main(argv=None) -> int:
              f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
              f"epochs {cfg.epochs}/{full.epochs}, probe epochs {cfg.probe_epochs}/{full.probe_epochs}, "
              f"AFCC retrain epochs {cfg.retrain_epochs}/{full.retrain_epochs}")
-        stages = run_pipeline(cfg, run_dir, overwrite=True, echo=echo)
+        with to_stdout():  # the stages' own lines, as filterlens run prints them
+            stages = run_pipeline(cfg, run_dir, overwrite=True)
 
         rd = Path(run_dir)
         train_summary = read_json(rd / "train.json")

@@ -242,7 +242,7 @@ def trained_model(args, echo):
     run_dir = Path(tempfile.gettempdir()) / f"filterlens-bench-probe-engine-{cfg.stage_hash('train')}"
     done = (run_dir / "model.pt").exists() and (run_dir / "train.json").exists()
     t0 = time.perf_counter()
-    summary = train(cfg, run_dir, overwrite=not done, progress=False, echo=echo)
+    summary = train(cfg, run_dir, overwrite=not done, progress=False)
     return run_dir, summary, time.perf_counter() - t0, done
 
 
@@ -275,8 +275,7 @@ def floor_pass(model, data, device) -> None:
 
 def engine_mode(model, layers, data, cfg: Config, device):
     """(b) or (c): filterlens.probes.train_probes."""
-    return train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False,
-                        echo=lambda s: None)
+    return train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False)
 
 
 def warm_up(model, layers, data, cfg: Config, device) -> None:
@@ -368,8 +367,7 @@ def memory_worker(spec: dict) -> dict:
     hwm_before = peak_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    res = train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False,
-                       echo=lambda s: None)
+    res = train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, cache_dir=None, progress=False)
     sync(device)
     peak = peak_bytes()
     gpu_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -427,7 +425,7 @@ def scale_case(args) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="filterlens-scale-"))
 
     def run(key, cfg, subset=None):
-        quiet = wait_quiet(args.wait_quiet or 0, echo=lambda s: None)
+        quiet = wait_quiet(args.wait_quiet or 0)
         d = data
         if subset is not None:  # the first half of the samples
             import copy
@@ -437,7 +435,7 @@ def scale_case(args) -> int:
         try:
             with Meter() as m:
                 res = train_probes(model, layers, Feed(d, device, seed=cfg.seed), cfg, cache_dir=scratch / key,
-                                   progress=False, echo=lambda s: None)
+                                   progress=False)
                 sync(device)
         except FilterlensError as exc:  # e.g. groups when one layer alone is over the budget
             runs[key] = {"refused": str(exc)}

@@ -20,6 +20,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +362,27 @@ def as_filterlens_runs(model, device: str = "cpu"):
             return stack.__exit__(*exc)
 
     return _Ctx()
+
+
+@contextmanager
+def said(into: list | None = None):
+    """What filterlens says inside the block (the ``filterlens`` logger's records, :mod:`filterlens.output`), as a
+    list of lines filled as they come (``into``, or a new list)."""
+    import logging
+
+    from filterlens.output import LOGGER
+
+    lines: list[str] = [] if into is None else into
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    handler, before = _Collect(), LOGGER.level
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(before)

@@ -324,8 +324,8 @@ def analysed_run(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("afcc") / "run"
     cfg = Config(dataset="digits", model="vgg_tiny", epochs=3, seed=0, progress=False, probe_epochs=4)
-    train(cfg, run, echo=lambda *a: None)
-    analyze_run(run, overrides={"probe_epochs": 4, "progress": False, "heatmaps": "none"}, echo=lambda *a: None)
+    train(cfg, run)
+    analyze_run(run, overrides={"probe_epochs": 4, "progress": False, "heatmaps": "none"})
     return run
 
 

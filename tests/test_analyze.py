@@ -250,7 +250,7 @@ def test_python_api_analyze_and_save(cli_run, tmp_path):
     model, cfg, data, _ = load_trained(cli_run[0])
     model.train()  # the caller's mode, to be restored
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    result = analyze(model, data, config=cfg.replace(probe_epochs=5, progress=False), echo=lambda *a: None)
+    result = analyze(model, data, config=cfg.replace(probe_epochs=5, progress=False))
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), f"analyze changed {k}"

@@ -78,7 +78,7 @@ def test_probe_stage_keeps_the_smaller_input(setup, engine, tmp_path):
     model, data, layers = setup
     cfg = Config(probe_epochs=2, seed=0, progress=False, engine=engine, probe_seeds=2)
     pr = train_probes(model, layers, Feed(data, seed=0), cfg, cache_dir=tmp_path / "cache", progress=False,
-                      echo=lambda *a: None, keep_fields=True)
+                      keep_fields=True)
     assert pr.engine == engine
     dtype = torch.bfloat16 if pr.precision["cache"] == "bfloat16" else torch.float16
     assert pr.precision["cache"] in ("bfloat16", "float16")
@@ -127,7 +127,7 @@ def test_probe_stage_keeps_the_smaller_input(setup, engine, tmp_path):
 def test_without_bootstrap_nothing_is_kept(setup, tmp_path):
     model, data, layers = setup
     cfg = Config(probe_epochs=1, seed=0, progress=False, engine="memory")
-    pr = train_probes(model, layers, Feed(data, seed=0), cfg, progress=False, echo=lambda *a: None)
+    pr = train_probes(model, layers, Feed(data, seed=0), cfg, progress=False)
     assert all(r.bootstrap_input is None for r in pr.layers) and pr.test_labels is None
     rd = RunDir(tmp_path)
     pr.save(rd.path)
@@ -154,7 +154,7 @@ def test_analysis_reads_features_or_fields_alike(setup, monkeypatch):
     for route in ("fields", "features"):
         monkeypatch.setattr(probes_mod, "bootstrap_input", lambda *args, route=route: route)
         out[route] = filterlens.analyze(model, data, probe_epochs=3, bootstrap=20, heatmaps="none", top_images=0,
-                                        engine="memory", progress=False, echo=lambda *a: None)
+                                        engine="memory", progress=False)
     f, g = out["fields"], out["features"]
     assert set(f.meta["bootstrap"]["inputs"].values()) == {"fields"}
     assert set(g.meta["bootstrap"]["inputs"].values()) == {"features"}
@@ -181,7 +181,7 @@ def test_analysis_reads_features_or_fields_alike(setup, monkeypatch):
     # and with the rule as it is, the layers split between the two inputs; the same probes again
     monkeypatch.undo()
     mixed = filterlens.analyze(model, data, probe_epochs=3, bootstrap=20, heatmaps="none", top_images=0,
-                               engine="memory", progress=False, echo=lambda *a: None)
+                               engine="memory", progress=False)
     assert list(mixed.meta["bootstrap"]["inputs"].values()) == ["fields"] + ["features"] * 5
     assert [(r["low"], r["high"]) for r in mixed.meta["bootstrap"]["intervals"] if r["metric"] in COUNT_METRICS] \
         == [(r["low"], r["high"]) for r in rows_f if r["metric"] in COUNT_METRICS]

@@ -48,7 +48,7 @@ def test_config_runs_at_tiny_scale(path, tmp_path, request):  # the paper recipe
         small.update(train_samples=300, test_samples=300)
     cfg = cfg.replace(**small)
     torch.set_num_threads(1)
-    run_pipeline(cfg, tmp_path / "run", echo=lambda *a, **k: None)
+    run_pipeline(cfg, tmp_path / "run")
     with open(tmp_path / "run" / "layers.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)

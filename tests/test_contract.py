@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 import filterlens
 from filterlens.errors import FilterlensError
 
-SETTINGS = dict(probe_epochs=1, heatmaps="none", top_images=0, progress=False, seed=0, echo=lambda *a, **k: None)
+SETTINGS = dict(probe_epochs=1, heatmaps="none", top_images=0, progress=False, seed=0)
 L = 3
 
 
@@ -229,23 +229,22 @@ def _negated():
 def test_afcc_refuses_a_model_the_analysis_was_not_made_of(analysis, other, needle):
     with pytest.raises(FilterlensError, match=needle):
         filterlens.afcc.apply(other(), analysis, retrain_epochs=0, random_draws=1, afcc_thresholds="",
-                              progress=False, echo=lambda *a: None)
+                              progress=False)
 
 
 def test_afcc_refuses_data_with_other_labels(analysis):
     x, y = TRAIN
     with pytest.raises(FilterlensError, match="labels"):
         filterlens.afcc.apply(make(), analysis, (x, y), TEST, labels=["x", "y", "z"], retrain_epochs=0,
-                              random_draws=1, afcc_thresholds="", progress=False, echo=lambda *a: None)
+                              random_draws=1, afcc_thresholds="", progress=False)
     with pytest.raises(FilterlensError, match="4 labels"):
         filterlens.afcc.apply(make(), analysis, (x, torch.arange(30) % 4), (TEST[0], torch.arange(15) % 4),
-                              retrain_epochs=0, random_draws=1, afcc_thresholds="", progress=False,
-                              echo=lambda *a: None)
+                              retrain_epochs=0, random_draws=1, afcc_thresholds="", progress=False)
 
 
 def test_afcc_accepts_the_model_it_analysed(analysis):
     out = filterlens.afcc.apply(make(), analysis, retrain_epochs=0, random_draws=1, afcc_thresholds="",
-                                progress=False, echo=lambda *a: None)
+                                progress=False)
     assert out.accuracy["before"] >= 0
 
 

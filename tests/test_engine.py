@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import said
 from filterlens import engine as engine_module
 from filterlens.capture import CaptureLayer, FeatureCache
 from filterlens.config import Config
@@ -36,8 +37,7 @@ def setup():
 def _train(setup, tmp_path=None, **kw):
     model, data, layers, _ = setup
     cfg = Config(probe_epochs=3, seed=0, progress=False, **kw)
-    return train_probes(model, layers, Feed(data, seed=cfg.seed), cfg, cache_dir=tmp_path, progress=False,
-                        echo=lambda *a: None)
+    return train_probes(model, layers, Feed(data, seed=cfg.seed), cfg, cache_dir=tmp_path, progress=False)
 
 
 def _same(a, b):
@@ -166,8 +166,8 @@ def _disk(setup, cache_dir, lines=None, **kw):
     """Probes from the disk engine with ``cache_dir``; the notes it prints are appended to ``lines``."""
     model, data, layers, need = setup
     cfg = Config(probe_epochs=3, seed=0, progress=False, engine="disk", cache_budget=str(need // 2), **kw)
-    echo = (lambda *a: lines.append(" ".join(map(str, a)))) if lines is not None else (lambda *a: None)
-    return train_probes(model, layers, Feed(data, seed=cfg.seed), cfg, cache_dir=cache_dir, progress=False, echo=echo)
+    with said(lines):
+        return train_probes(model, layers, Feed(data, seed=cfg.seed), cfg, cache_dir=cache_dir, progress=False)
 
 
 def _killed_after_fill(setup, cache_dir, monkeypatch):

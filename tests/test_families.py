@@ -106,7 +106,7 @@ def test_family_end_to_end(name, data, monkeypatch):
         assert all(l.layout == "NHWC" for l in layers)
 
     cfg = Config(layers="all", probe_epochs=1, heatmaps="none", seed=0, progress=False)
-    result = analyze(model, data, config=cfg, device="cpu", echo=lambda *a: None)
+    result = analyze(model, data, config=cfg, device="cpu")
     assert [r["layer"] for r in result.layers] == [l.name for l in layers]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in result.layers)
 

@@ -70,7 +70,7 @@ def _probe(run: Path, device: str):
     model, cfg, data, _ = load_trained(run, device=device)
     cfg = cfg.replace(layers="all", probe_mode="fast", probe_epochs=5, progress=False)
     layers = select_layers(list_layers(model, (data.in_channels, data.image_size, data.image_size)), cfg.layers)
-    return train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, progress=False, echo=lambda *a: None)
+    return train_probes(model, layers, Feed(data, device, seed=cfg.seed), cfg, progress=False)
 
 
 @pytest.mark.parametrize("placement", ["gpu_cache", "pinned_host_staging"])

@@ -166,7 +166,7 @@ def test_fc_node_matrices_equal_silencing_the_other_nodes(monkeypatch):
     monkeypatch.setenv("FILTERLENS_CPU_BF16", "0")  # stage 3's arithmetic against float32 brute force
     model, data = _vgg_fc(), synthetic_data()
     result = analyze(model, data, config=Config(layers="classifier.4", probe_epochs=1, heatmaps="none",
-                                                progress=False), device="cpu", echo=_quiet)
+                                                progress=False), device="cpu")
     r = result.probes.layers[0]
     assert (r.name, r.unit_kind, tuple(r.weight.shape)) == ("classifier.4", "node", (LABELS, 24, 1, 1))
     brute = _silenced_matrices(model, model.classifier[4], r.weight.double(), data)
@@ -179,7 +179,7 @@ def test_mlp_node_matrices_equal_silencing_the_other_nodes(tokens, monkeypatch):
     monkeypatch.setenv("FILTERLENS_CPU_BF16", "0")
     model, data = _small_vit(), synthetic_data(size=16)
     result = analyze(model, data, config=Config(layers="blocks.1.mlp", tokens=tokens, probe_epochs=1,
-                                                heatmaps="none", progress=False), device="cpu", echo=_quiet)
+                                                heatmaps="none", progress=False), device="cpu")
     r = result.probes.layers[0]
     assert tuple(r.weight.shape) == (LABELS, 64, 17 if tokens == "all" else 1, 1)  # P = T tokens, or 1
     brute = _silenced_matrices(model, model.blocks[1].mlp[1], r.weight.double(), data, tokens)
@@ -292,12 +292,12 @@ def _planted_mlp(labels=8):
 def test_afcc_on_a_planted_mlp_keeps_the_accuracy_and_beats_its_random_control():
     model, train, test = _planted_mlp()
     result = analyze(model, train, test, config=Config(layers="all,nodes", probe_epochs=10, heatmaps="none",
-                                                       progress=False), device="cpu", echo=_quiet)
+                                                       progress=False), device="cpu")
     assert [(r["layer"], r["unit_kind"]) for r in result.layers] == [("blocks.0", "head"), ("blocks.0.mlp", "node")]
     clusters = result.sfp["blocks.0.mlp"].clusters_
     assert [sorted(j for c in unit for j in c) for unit in clusters] == [[u % 8] for u in range(32)]  # as planted
     out = afcc.apply(model, result, afcc_layers="blocks.0.mlp", retrain_epochs=2, random_draws=3,
-                     afcc_thresholds="0.3", seed=0, progress=False, echo=_quiet)
+                     afcc_thresholds="0.3", seed=0, progress=False)
     a = out.accuracy
     assert a["before"] >= 0.98
     assert a["before"] - a["retrained"] <= AFCC_MAX_LOSS  # claim 6's "without affecting accuracy"
@@ -335,7 +335,7 @@ def test_depth_claims_are_per_unit_kind():
 
 def test_analyze_torchvision_vgg11_analyses_its_classifier_hidden_layers(tv_vgg11):
     result = analyze(tv_vgg11, synthetic_data(n_train=60, n_test=40), layers="-1,nodes", probe_epochs=1,
-                     heatmaps="none", progress=False, device="cpu", echo=_quiet)
+                     heatmaps="none", progress=False, device="cpu")
     assert [(r["layer"], r["unit_kind"], r["units"]) for r in result.layers] == [
         ("features.20", "filter", 512), ("classifier.1", "node", 4096), ("classifier.4", "node", 4096)]
     assert sum(f["unit_kind"] == "node" for f in result.units) == 2 * 4096

@@ -52,7 +52,7 @@ def pages(tmp_path_factory):
                           nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 3))
     x, y = torch.randn(60, 3, 8, 8), torch.arange(60) % 3
     a = filterlens.analyze(model, (x, y), (x, y), labels=NAMES, probe_epochs=1, heatmaps="none", bootstrap=0,
-                           top_images=2, progress=False, seed=0, echo=lambda *_: None)
+                           top_images=2, progress=False, seed=0)
     run = base / FOLDER
     a.save(run)
     report = build_report(run).read_text()

@@ -120,7 +120,7 @@ def test_bfloat16_analysis_agrees_with_float32_and_says_so(monkeypatch, tmp_path
 
     monkeypatch.setenv(pr.CPU_BF16_ENV, "0")
     run = tmp_path / "run"
-    train(Config(dataset="digits", model="vgg_small", epochs=4, seed=0, progress=False), run, echo=lambda *a: None)
+    train(Config(dataset="digits", model="vgg_small", epochs=4, seed=0, progress=False), run)
     model = build_model(ModelSpec("vgg_small", 10, 1, 8, 1.0, None))
     from filterlens.models import load_checkpoint
 
@@ -129,7 +129,7 @@ def test_bfloat16_analysis_agrees_with_float32_and_says_so(monkeypatch, tmp_path
     out = {}
     for flag in ("0", "1"):
         monkeypatch.setenv(pr.CPU_BF16_ENV, flag)
-        a = filterlens.analyze(model, data, probe_epochs=20, heatmaps="none", progress=False, echo=lambda *a: None)
+        a = filterlens.analyze(model, data, probe_epochs=20, heatmaps="none", progress=False)
         a.save(tmp_path / f"a{flag}")
         out[flag] = a
     f32, bf16 = out["0"], out["1"]

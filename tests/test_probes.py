@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import said
 from filterlens.capture import Capture, FeatureCache, capture_pass
 from filterlens.config import Config
 from filterlens.loaders import Feed, make_loader
@@ -32,7 +33,7 @@ N_TRAIN, N_TEST = 1347, 450  # digits' fixed 75/25 split
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("probes-run")
     cfg = Config(dataset="digits", model="vgg_small", epochs=8, seed=0, progress=False)
-    summary = train(cfg, run, echo=lambda *a: None)
+    summary = train(cfg, run)
     model, cfg, data, _ = load_trained(run)
     assert summary["test_accuracy"] > 0.9  # a trained backbone, so the probes have something to find
     layers = list_layers(model, (1, 8, 8))
@@ -70,14 +71,14 @@ class _SampleCounter:
         self.handle.remove()
 
 
-def _run(trained, echo=None, **settings):
+def _run(trained, **settings):
     model, data, layers = trained
     counter = _SampleCounter(model.features[0])
-    lines = []
     try:
         cfg = Config(progress=False, seed=0, **settings)
         chosen = select_layers(layers, cfg.layers)
-        res = train_probes(model, chosen, Feed(data, seed=cfg.seed), cfg, echo=lines.append)
+        with said() as lines:
+            res = train_probes(model, chosen, Feed(data, seed=cfg.seed), cfg)
     finally:
         counter.remove()
     return res, counter.samples, lines

@@ -25,7 +25,7 @@ def analysed(tiny_run, tmp_path_factory) -> Path:
     from filterlens.analysis import analyze_run
 
     run = copy_run(tiny_run, tmp_path_factory.mktemp("door") / "run")
-    analyze_run(run, overrides={"probe_epochs": 1, "progress": False}, echo=lambda *a, **k: None)
+    analyze_run(run, overrides={"probe_epochs": 1, "progress": False})
     return run
 
 
@@ -236,8 +236,8 @@ def test_the_library_leaves_the_callers_random_state_alone(tmp_path):
     np.random.seed(123)
     torch.manual_seed(123)
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    a = filterlens.analyze(model, data, probe_epochs=1, heatmaps="none", progress=False, echo=lambda *x: None)
-    filterlens.afcc.apply(model, a, data, retrain_epochs=1, random_draws=1, progress=False, echo=lambda *x: None)
+    a = filterlens.analyze(model, data, probe_epochs=1, heatmaps="none", progress=False)
+    filterlens.afcc.apply(model, a, data, retrain_epochs=1, random_draws=1, progress=False)
     assert random.getstate() == states[0]
     now = np.random.get_state()
     assert now[0] == states[1][0] and (now[1] == states[1][1]).all() and now[2:] == states[1][2:]
@@ -260,12 +260,10 @@ def test_threads_setting_is_used_inside_and_the_callers_count_comes_back(monkeyp
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        a = filterlens.analyze(model, data, probe_epochs=1, heatmaps="none", threads=1, progress=False,
-                               echo=lambda *x: None)
+        a = filterlens.analyze(model, data, probe_epochs=1, heatmaps="none", threads=1, progress=False)
         assert seen == {1} and torch.get_num_threads() == 2
         seen.clear()
-        filterlens.afcc.apply(model, a, data, retrain_epochs=1, random_draws=1, threads=1, progress=False,
-                              echo=lambda *x: None)
+        filterlens.afcc.apply(model, a, data, retrain_epochs=1, random_draws=1, threads=1, progress=False)
         assert seen == {1} and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -282,8 +280,7 @@ def test_units_is_the_name_and_filters_the_alias():
     data = load_data("digits")
     layers = list_layers(model, data.input_shape)
     assert [l.units for l in layers] == [l.filters for l in layers] and layers[0].units > 0
-    a = filterlens.analyze(model, data, layers=[layers[-1].name], probe_epochs=1, heatmaps="none", progress=False,
-                           echo=lambda *x: None)
+    a = filterlens.analyze(model, data, layers=[layers[-1].name], probe_epochs=1, heatmaps="none", progress=False)
     assert a.filters is a.units and len(a.units) == layers[-1].units
     assert [r.units for r in a.probes.layers] == [r.filters for r in a.probes.layers] == [layers[-1].units]
     assert a.to_frame("units").equals(a.to_frame("filters")) and len(a.to_frame("units")) == layers[-1].units
@@ -339,7 +336,7 @@ def test_python_values_equal_the_command_lines_strings():
             python_values(bad)
     model = build_model(ModelSpec("vgg_tiny", 10, 1, 8, 1.0, None))
     data = load_data("digits")
-    quiet = dict(probe_epochs=2, progress=False, echo=lambda *a: None)
+    quiet = dict(probe_epochs=2, progress=False)
     by_strings = filterlens.analyze(model, data, layers="features.0,features.1", thresholds="0.2,0.4",
                                     probe_pool="2x2", cache_budget="1073741824", heatmaps="features.0:3", **quiet)
     by_python = filterlens.analyze(model, data, layers=["features.0", "features.1"], thresholds=[0.2, 0.4],

@@ -131,7 +131,7 @@ def test_probe_seeds_put_the_probes_training_spread_into_the_intervals(tmp_path)
     model = build_model(spec)
     load_checkpoint(tmp_path / "t" / "model.pt", model, spec)
     a = filterlens.analyze(model, load_data("digits"), probe_epochs=3, probe_seeds=3, bootstrap=30, heatmaps="none",
-                           progress=False, echo=lambda *x: None)
+                           progress=False)
     r = a.probes.layers[-1]
     assert r.bootstrap_input == "features" and r.extra_fields is None
     assert len(r.extra_weights) == 2 and len(r.extra_accuracy) == 2
@@ -167,8 +167,7 @@ def one_analysis():
     from filterlens.models import ModelSpec, build_model
 
     model = build_model(ModelSpec("vgg_tiny", 10, 1, 8, 1.0, None))
-    return filterlens.analyze(model, load_data("digits"), probe_epochs=1, heatmaps="none", progress=False,
-                              echo=lambda *a: None)
+    return filterlens.analyze(model, load_data("digits"), probe_epochs=1, heatmaps="none", progress=False)
 
 
 def _planted(analysis, folder: Path, seed: int, centre: float, threshold: float = 0.3) -> Path:

@@ -76,7 +76,7 @@ def test_heads_matrices_equal_brute_force_silencing(name, monkeypatch):
     layers = list_layers(model, (3, SIZE, SIZE))
     assert all(l.unit_kind == "head" for l in layers)
     result = analyze(model, data, config=Config(layers="last:2", probe_epochs=1, heatmaps="none", progress=False),
-                     device="cpu", echo=lambda *a: None)
+                     device="cpu")
     assert [r["layer"] for r in result.layers] == [l.name for l in layers[-2:]]
     deepest = result.probes.layers[-1]
     assert deepest.shape == layers[-1].shape  # heads x tokens x d_head

@@ -45,6 +45,7 @@ from .names import (
     THUMBNAILS,
     TRAIN_SUMMARY,
 )
+from .output import say
 from .probe_results import ProbeResult
 from .probes import train_probes
 from .report.explorer import explorer_data, thumbnails
@@ -280,7 +281,7 @@ def html_table(rows: list[dict], columns: list[str], caption: str = "") -> str:
 
 @keeps_global_state
 def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Config | None = None, device=None,
-            cache_dir=None, progress: bool | None = None, echo=print, **settings) -> Analysis:
+            cache_dir=None, progress: bool | None = None, **settings) -> Analysis:
     """Layer accuracies (stage 2) and single-unit performance (stage 3) of ``model`` on ``train``/``test``.
 
     ``train``, ``test``: tensors or arrays ``(images, labels)``, a torch ``Dataset`` or ``DataLoader``, a
@@ -303,7 +304,7 @@ def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Co
     cfg = with_settings(config, _layer_choice(model, data, settings))
     use_threads(cfg.threads)
     check_model(model, data.input_shape, data.num_labels, "the model", cfg.layers, cfg.tokens)  # one dry forward
-    pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress, echo=echo)
+    pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress)
     result = sfp_stage(pr, data.describe(), cfg)
     result.data = data
     # the settings record what was analysed: the model by its class (the command line cannot rebuild it), the data by
@@ -377,7 +378,7 @@ def _layer_choice(model: torch.nn.Module, data: Data, settings: dict) -> dict:
 
 @keeps_global_state
 def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, cache_dir=None,
-                progress: bool | None = None, echo=print) -> ProbeResult:
+                progress: bool | None = None) -> ProbeResult:
     """Stage 2: select the layers, build the batches once (:class:`~filterlens.loaders.Feed`) and train every
     layer's FC probe (one capture pass)."""
     check_labels_present(data)
@@ -395,7 +396,7 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir  # checked by train_probes before any work
     feed = Feed(data, device, seed=cfg.seed, num_workers=cfg.num_workers, rank=dist_.rank(),
                 world_size=dist_.world_size())
-    pr = train_probes(model, layers, feed, cfg, cache_dir=cache_dir, progress=show, echo=echo,
+    pr = train_probes(model, layers, feed, cfg, cache_dir=cache_dir, progress=show,
                       keep_fields=cfg.bootstrap > 0)
     pr.model_fingerprint = weights_fingerprint(model)  # what was analysed: every pairing call checks it
     pr.timings["stage_s"] = time.perf_counter() - t0
@@ -500,7 +501,7 @@ def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicate
 
 
 @keeps_global_state
-def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
+def analyze_run(run_dir, overrides: dict | None = None) -> Analysis:
     """Analyse the trained model of ``run_dir`` and write the results there.
 
     Every setting and input is checked before any work; the run directory is locked for the
@@ -523,9 +524,7 @@ def analyze_run(run_dir, overrides: dict | None = None, echo=print) -> Analysis:
         use_threads(cfg.threads)
         train_summary = read_train_summary(rd)
         device = dist_.setup(cfg.device)
-        if not dist_.is_main():
-            echo = _silent
-        pr = probe_stage(model, data, cfg, device=device, echo=echo, cache_dir=cfg.cache_dir or rd.file("cache"))
+        pr = probe_stage(model, data, cfg, device=device, cache_dir=cfg.cache_dir or rd.file("cache"))
         result = sfp_stage(pr, data.describe(), cfg)
         result.meta["processes"] = dist_.world_size()
         result.data = data
@@ -559,30 +558,26 @@ def write_sfp_result(rd: RunDir, cfg: Config, result: Analysis, train_summary: d
     return files
 
 
-def _silent(*args, **kwargs) -> None:
-    """The echo of ranks other than 0."""
-
-
-def print_table(result: Analysis, echo=print) -> None:
+def print_table(result: Analysis) -> None:
     """The layer table, as the CLI prints it."""
     pr = result.meta["probes"]
-    echo(f"{result.meta['title']}; probes: {pr['mode']} mode, {pr['engine']} engine, "
+    say(f"{result.meta['title']}; probes: {pr['mode']} mode, {pr['engine']} engine, "
          f"{pr['forward_passes']} forward pass(es); threshold {result.meta['sfp']['threshold']}")
     kinds = {r.get("unit_kind", "filter") for r in result.layers}
     head = f"{next(iter(kinds))}s" if len(kinds) == 1 else "units"
     u = head[0]
     width = max([14] + [len(r["layer"]) + 2 for r in result.layers])
     mixed = len(kinds) > 1  # a kind column: the claims below are per kind
-    echo(f"{'layer':<{width}}{'kind    ' if mixed else ''}{head:>8}{'features':>9}{'acc':>8}{'clus/' + u:>8}{'size':>6}"
+    say(f"{'layer':<{width}}{'kind    ' if mixed else ''}{head:>8}{'features':>9}{'acc':>8}{'clus/' + u:>8}{'size':>6}"
          f"{'noise/' + u:>9}{'no-clus':>8}{'SNR':>8}")
     for r in result.layers:
         kind = f"{r.get('unit_kind', 'filter'):<8}" if mixed else ""
-        echo(f"{r['layer']:<{width}}{kind}{r['units']:>8}{r['features']:>9}{r['accuracy']:>8.4f}"
+        say(f"{r['layer']:<{width}}{kind}{r['units']:>8}{r['features']:>9}{r['accuracy']:>8.4f}"
              f"{_fmt(r.get('clusters_per_filter')):>8}{_fmt(r.get('cluster_size')):>6}"
              f"{_fmt(r.get('noise_per_filter')):>9}{_fmt(r.get('filters_without_cluster')):>8}"
              f"{_fmt(r.get('snr')):>8}")
     for line in claims.format_table(result.meta.get("claims") or []):
-        echo(line)
+        say(line)
 
 
 def _fmt(v) -> str:

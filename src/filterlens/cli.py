@@ -18,6 +18,7 @@ from .checks import int_flag, parse_int
 from .config import Config, stage_fields
 from .errors import FilterlensError
 from .names import ERROR_LOG_PREFIX
+from .output import to_stdout
 
 TRAIN_STAGES = ("data", "model", "train", "run")
 ANALYZE_STAGES = ("probes", "sfp", "run")
@@ -227,6 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _speaks(command):
+    """A command of the command line: what the library says while it runs (:mod:`filterlens.output`) is printed
+    on stdout."""
+    import functools
+
+    @functools.wraps(command)
+    def run(args) -> int:
+        with to_stdout():
+            return command(args)
+
+    return run
+
+
+@_speaks
 def cmd_train(args) -> int:
     """``filterlens train``: stage 1 into ``--run-dir``; prints the test accuracy. Returns the exit status."""
     from .train import train
@@ -241,6 +256,7 @@ def cmd_train(args) -> int:
     return 0
 
 
+@_speaks
 def cmd_layers(args) -> int:
     """``filterlens layers``: the model's family and analysable layers (blocks, stages or named modules, and its
     node layers) with their units and shapes; ``--list-models``: the models by name. Returns the exit status."""
@@ -298,6 +314,7 @@ def cmd_layers(args) -> int:
     return 0
 
 
+@_speaks
 def cmd_analyze(args) -> int:
     """``filterlens analyze``: stages 2 and 3 on a trained run; prints the layer table. Returns the exit status."""
     from .analysis import analyze_run, print_table
@@ -324,6 +341,7 @@ def _overrides(args) -> dict:
     return out
 
 
+@_speaks
 def cmd_sweep(args) -> int:
     """``filterlens sweep``: (one shard of) the label-count study (stage 4); prints it once merged. Returns the exit
     status."""
@@ -347,6 +365,7 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+@_speaks
 def cmd_run(args) -> int:
     """``filterlens run CONFIG``: every stage of the config file into ``--run-dir`` (default runs/CONFIG's stem),
     once per seed with ``--seeds``. Returns the exit status."""
@@ -371,22 +390,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+@_speaks
 def cmd_report(args) -> int:
     """``filterlens report``: report.html from a run's saved results. Returns the exit status."""
     from .report import build_report
 
-    print(f"wrote {build_report(args.run_dir, echo=print)}")
+    print(f"wrote {build_report(args.run_dir)}")
     return 0
 
 
+@_speaks
 def cmd_compare(args) -> int:
     """``filterlens compare``: several runs and sweeps side by side in ``--out``. Returns the exit status."""
     from .report import build_compare
 
-    print(f"wrote {build_compare(args.dirs, args.out, pool=args.pool, echo=print)}")
+    print(f"wrote {build_compare(args.dirs, args.out, pool=args.pool)}")
     return 0
 
 
+@_speaks
 def cmd_afcc(args) -> int:
     """``filterlens afcc``: AFCC (stage 5) on an analysed run; prints its table. Returns the exit status."""
     from .afcc import print_afcc, run_afcc
@@ -397,6 +419,7 @@ def cmd_afcc(args) -> int:
     return 0
 
 
+@_speaks
 def cmd_demo(args) -> int:
     """``filterlens demo`` (:func:`filterlens.demo.run_demo`). Returns the exit status."""
     from .demo import run_demo

@@ -5,6 +5,7 @@ import time
 from typing import Any
 
 from .config import Config
+from .output import say
 
 # The demo's settings (also in configs/demo.toml): 15 epochs of vgg_small on digits (~5 s on 2 cores),
 # then every layer's probe from the feature cache and the single-filter analysis, 50 bootstrap resamples of the test
@@ -13,7 +14,7 @@ DEMO: dict[str, Any] = dict(dataset="digits", model="vgg_small", epochs=15, batc
             probe_epochs=30, bootstrap=50, afcc_layers="last:2", retrain_epochs=3, random_draws=3)
 
 
-def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False, threads: int = 0, echo=print):
+def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False, threads: int = 0):
     """``filterlens demo``: train vgg_small on digits into ``run_dir``, analyse every layer, run AFCC on the
     last two and write report.html; returns the training summary and the analysis. ``threads``: torch's CPU
     threads (the ``threads`` setting; 0 torch's default)."""
@@ -22,21 +23,21 @@ def run_demo(run_dir="runs/demo", progress: bool = True, overwrite: bool = False
 
     cfg = Config(progress=progress, threads=threads, **DEMO).validate()
     t0 = time.perf_counter()
-    echo(f"filterlens demo: training {cfg.model} on {cfg.dataset} into {run_dir}")
-    summary = train(cfg, run_dir, overwrite=overwrite, echo=echo)
+    say(f"filterlens demo: training {cfg.model} on {cfg.dataset} into {run_dir}")
+    summary = train(cfg, run_dir, overwrite=overwrite)
     t_train = time.perf_counter() - t0
-    echo(f"trained: test accuracy {summary['test_accuracy']:.4f} ({t_train:.1f}s)")
+    say(f"trained: test accuracy {summary['test_accuracy']:.4f} ({t_train:.1f}s)")
     t1 = time.perf_counter()
-    result = analyze_run(run_dir, overrides={"progress": progress}, echo=echo)
-    print_table(result, echo=echo)
+    result = analyze_run(run_dir, overrides={"progress": progress})
+    print_table(result)
     from .afcc import print_afcc, run_afcc
     from .report import build_report
 
     t2 = time.perf_counter()
-    out = run_afcc(run_dir, progress=progress, echo=echo)
+    out = run_afcc(run_dir, progress=progress)
     print_afcc(out)
-    echo(f"AFCC {time.perf_counter() - t2:.1f}s")
+    say(f"AFCC {time.perf_counter() - t2:.1f}s")
     build_report(run_dir)
-    echo(f"analysis {time.perf_counter() - t1:.1f}s; total {time.perf_counter() - t0:.1f}s; "
+    say(f"analysis {time.perf_counter() - t1:.1f}s; total {time.perf_counter() - t0:.1f}s; "
          f"results in {run_dir}/ (report.html, layers.csv, filters.csv, afcc.csv, results.json, plots)")
     return summary, result

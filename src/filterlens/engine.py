@@ -52,6 +52,7 @@ from .folders import (
     remove_empty,
 )
 from .names import CACHE_FOLDER, MARK
+from .output import say
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -205,16 +206,16 @@ class DiskCache:
     uses it.
 
     :meth:`open` makes (or checks) the folder, takes the lock and opens the files: a complete cache whose
-    checksums match is reused; a damaged one is rebuilt, saying so through ``echo``. :meth:`finish` after the
+    checksums match is reused; a damaged one is rebuilt, saying so. :meth:`finish` after the
     fill; :meth:`remove` once the probes are trained (also the folder when nothing else is left, and the folders
     made for it); :meth:`release` when interrupted (the files stay for the next run).
     """
 
     SPLITS = ("train", "test")
 
-    def __init__(self, home: Path, layers: Sequence[CaptureLayer], rows: dict, key: str, echo=print,
+    def __init__(self, home: Path, layers: Sequence[CaptureLayer], rows: dict, key: str,
                  dtype: torch.dtype = torch.float16):
-        self.home, self.layers, self.rows, self.key, self.echo = Path(home), list(layers), dict(rows), key, echo
+        self.home, self.layers, self.rows, self.key = Path(home), list(layers), dict(rows), key
         self.dtype = dtype
         self.caches: dict[str, FeatureCache] = {}
         self.means: dict | None = None
@@ -241,7 +242,7 @@ class DiskCache:
             except Exception as exc:  # noqa: BLE001 - whatever the reason, the cache is filled again
                 why = f"it cannot be read ({type(exc).__name__})"
         if why:
-            self.echo(f"note: the disk cache in {self.home} was damaged after it was written ({why}); it is rebuilt")
+            say(f"note: the disk cache in {self.home} was damaged after it was written ({why}); it is rebuilt")
         for name in self._names() + [self._marker().name]:  # a link among them is replaced, its target untouched
             remove_file(self.home / name)
         self.caches = {s: FeatureCache(self.layers, self.rows[s], self.home, f"{self.key}.{s}", dtype=self.dtype)

@@ -25,6 +25,7 @@ from .names import (
     SWEEP_CSV,
     SWEEP_JSON,
 )
+from .output import say
 from .rundir import RunDir
 
 PIPELINE = STAGE_ORDER
@@ -43,8 +44,7 @@ def parse_seeds(text) -> list[int]:
     return seeds
 
 
-def run_seeds(cfg: Config, run_dir, seeds, from_stage: str | None = None, overwrite: bool = False,
-              echo=print) -> dict:
+def run_seeds(cfg: Config, run_dir, seeds, from_stage: str | None = None, overwrite: bool = False) -> dict:
     """``cfg`` once per seed, each a whole run (:func:`run_pipeline`) in ``run_dir/seed-N``, then the papers'
     claims pooled over the seeds (:func:`filterlens.claims.pooled_claims`), written to ``pooled_claims.json`` and
     ``.csv`` in ``run_dir`` and printed. Every seed's run resumes as any run does: run the same command again after
@@ -69,12 +69,12 @@ def run_seeds(cfg: Config, run_dir, seeds, from_stage: str | None = None, overwr
     make_dirs(root)
     mark(root, "seeds", recipe=recipe)
     for s, path in zip(seeds, runs):
-        echo(f"==== seed {s} ({path})")
-        run_pipeline(cfg.replace(seed=s), path, from_stage=from_stage, overwrite=overwrite, echo=echo)
-    return pool_seed_runs(root, seeds, runs, echo)
+        say(f"==== seed {s} ({path})")
+        run_pipeline(cfg.replace(seed=s), path, from_stage=from_stage, overwrite=overwrite)
+    return pool_seed_runs(root, seeds, runs)
 
 
-def pool_seed_runs(root, seeds: list[int], runs: list, echo=print) -> dict:
+def pool_seed_runs(root, seeds: list[int], runs: list) -> dict:
     """The claims pooled over finished runs of one recipe (their results.json read through the checked reader),
     written into the seeds folder ``root`` and printed."""
     from . import claims
@@ -92,13 +92,12 @@ def pool_seed_runs(root, seeds: list[int], runs: list, echo=print) -> dict:
              **{f"seed_{s}_verdict": v for s, v in zip(seeds, row["per_seed_verdicts"])}} for row in rows]
     write_csv(root / POOLED_CSV, flat)
     for line in claims.format_pooled(rows, seeds):
-        echo(line)
-    echo(f"pooled claims of {len(seeds)} seeds: {root / POOLED_JSON}")
+        say(line)
+    say(f"pooled claims of {len(seeds)} seeds: {root / POOLED_JSON}")
     return out
 
 
-def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite: bool = False,
-                 echo=print) -> dict:
+def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite: bool = False) -> dict:
     """Train (or load), analyse every layer, AFCC, the optional sweep, and the report, into ``run_dir``.
 
     Each stage's outputs are keyed by the hash of the settings it depends on
@@ -131,7 +130,7 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
         _check_before_work(cfg, wanted)
     timeline = dict.fromkeys(wanted)
     try:
-        _stages(rd, cfg, wanted, hashes, from_stage, overwrite, echo, timeline)
+        _stages(rd, cfg, wanted, hashes, from_stage, overwrite, timeline)
     except Diverged:
         if made:  # the training diverged in a new run directory: nothing of it stays
             remove_owned(rd.path)
@@ -141,18 +140,18 @@ def run_pipeline(cfg: Config, run_dir, from_stage: str | None = None, overwrite:
         return rd.stages()
     total = sum(v for v in timeline.values() if v)
     parts = ", ".join(f"{k} {v:.1f}s" if v is not None else f"{k} cached" for k, v in timeline.items())
-    echo(f"done in {total:.1f}s ({parts}); report: {rd.file(REPORT)}")
+    say(f"done in {total:.1f}s ({parts}); report: {rd.file(REPORT)}")
     return rd.stages()
 
 
-def _stages(rd: RunDir, cfg: Config, wanted: list[str], hashes: dict, from_stage, overwrite: bool, echo,
+def _stages(rd: RunDir, cfg: Config, wanted: list[str], hashes: dict, from_stage, overwrite: bool,
             timeline: dict) -> None:
     """The stages of :func:`run_pipeline` that are not done, under the run directory's lock; ``timeline`` gets each
     stage's seconds (it is emptied when nothing was to do)."""
     with rd.lock("filterlens run"):
-        plan, damaged = _plan(rd, wanted, hashes, from_stage, cfg, echo)
+        plan, damaged = _plan(rd, wanted, hashes, from_stage, cfg)
         if not plan:
-            echo(f"done in 0.0s ({', '.join(f'{k} cached' for k in wanted)}; nothing read or written); report: "
+            say(f"done in 0.0s ({', '.join(f'{k} cached' for k in wanted)}; nothing read or written); report: "
                  f"{rd.file(REPORT)}")
             timeline.clear()
             return
@@ -162,8 +161,8 @@ def _stages(rd: RunDir, cfg: Config, wanted: list[str], hashes: dict, from_stage
         for stage in plan:
             t0 = time.perf_counter()
             if stage != "report":
-                echo(f"== stage {stage}")
-            _RUN[stage](rd, cfg, echo, overwrite or from_stage == "train")
+                say(f"== stage {stage}")
+            _RUN[stage](rd, cfg, overwrite or from_stage == "train")
             timeline[stage] = time.perf_counter() - t0
             if stage == "sfp":
                 rd.claim(cfg, stage="train")  # stages 2-3 accepted these settings: config.json records them
@@ -177,11 +176,11 @@ def hashes_of(cfg: Config) -> dict[str, str]:
     return hashes
 
 
-def _plan(rd: RunDir, wanted: list[str], hashes: dict, from_stage: str | None, cfg: Config,
-          echo) -> tuple[list[str], list[str]]:
+def _plan(rd: RunDir, wanted: list[str], hashes: dict, from_stage: str | None, cfg: Config
+          ) -> tuple[list[str], list[str]]:
     """The stages to run (from the first one that is forced, has other settings, or has a changed or missing
     file, to the end) and the changed files, which the caller removes once everything is checked."""
-    stages = rd.stages(echo)
+    stages = rd.stages(say_damage=True)
     if rd.manifest_damaged():  # nothing it vouched for is trusted: it goes, and every stage runs
         return wanted, [MANIFEST]
     for i, stage in enumerate(wanted):
@@ -191,7 +190,7 @@ def _plan(rd: RunDir, wanted: list[str], hashes: dict, from_stage: str | None, c
         bad = rd.changed(sorted(set(rec["sha256"]) | set(STAGE_FILES[stage])), stages)
         if bad:
             shown = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
-            echo(f"note: {shown} changed or missing since stage {stage} wrote it (checksum); it is not trusted: "
+            say(f"note: {shown} changed or missing since stage {stage} wrote it (checksum); it is not trusted: "
                  f"stage {stage} and the later ones run again")
             return wanted[i:], [b for b in bad if rd.exists(b)]
         if stage == "probes" and cfg.bootstrap > 0 and not _has_bootstrap_inputs(rd):
@@ -232,28 +231,28 @@ def _check_before_work(cfg: Config, plan: list[str]) -> None:
         parse_counts(cfg.num_labels, dataset_spec(cfg.dataset).num_labels)
 
 
-def _train(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+def _train(rd: RunDir, cfg: Config, fresh: bool) -> None:
     from .train import checkpoint_damage, train
 
     damage = checkpoint_damage(rd) if rd.exists(CHECKPOINT) and not fresh else None
     if damage:  # nothing to resume from: the training starts again (and writes a new checkpoint)
-        echo(f"note: {rd.file(CHECKPOINT)} is damaged ({damage}); it cannot be resumed: training starts again")
+        say(f"note: {rd.file(CHECKPOINT)} is damaged ({damage}); it cannot be resumed: training starts again")
         fresh = True
-    train(cfg, rd.path, resume=rd.exists(CHECKPOINT) and not fresh, overwrite=fresh, echo=echo)
+    train(cfg, rd.path, resume=rd.exists(CHECKPOINT) and not fresh, overwrite=fresh)
 
 
-def _probes(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+def _probes(rd: RunDir, cfg: Config, fresh: bool) -> None:
     from . import analysis as an
     from .train import load_trained
 
     model, _, data, _ = load_trained(rd.path)
-    pr = an.probe_stage(model, data, cfg, echo=echo, cache_dir=cfg.cache_dir or rd.file("cache"))
+    pr = an.probe_stage(model, data, cfg, cache_dir=cfg.cache_dir or rd.file("cache"))
     files = pr.save(rd.path, cfg.stage_hash("probes"))
     rd.record("probes", cfg.stage_hash("probes"), [str(p.relative_to(rd.path)) for p in files],
               pr.timings.get("stage_s"))
 
 
-def _sfp(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+def _sfp(rd: RunDir, cfg: Config, fresh: bool) -> None:
     from . import analysis as an
     from .probe_results import ProbeResult
     from .train import load_data_for
@@ -262,30 +261,30 @@ def _sfp(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
     result = an.sfp_stage(pr, pr.data, cfg)
     result.data = load_data_for(cfg)  # the test images of the report's thumbnails
     an.write_sfp_result(rd, cfg, result)
-    an.print_table(result, echo=echo)  # the layer table and the claims it can test
+    an.print_table(result)  # the layer table and the claims it can test
 
 
-def _afcc(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+def _afcc(rd: RunDir, cfg: Config, fresh: bool) -> None:
     from . import afcc
     from .claims import format_table
 
     overrides = {f: getattr(cfg, f) for f in ("afcc_layers", "retrain_epochs", "retrain_lr", "retrain_momentum",
                                               "retrain_weight_decay", "retrain_batch_size", "retrain_augment",
                                               "random_draws", "afcc_thresholds", "latency_batch", "latency_repeats")}
-    out = afcc.run_afcc(rd.path, overrides, progress=cfg.progress, echo=echo, settings_hash=cfg.stage_hash("afcc"))
+    out = afcc.run_afcc(rd.path, overrides, progress=cfg.progress, settings_hash=cfg.stage_hash("afcc"))
     for line in format_table(out.get("claims", [])):
-        echo(line)
+        say(line)
 
 
-def _sweep(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+def _sweep(rd: RunDir, cfg: Config, fresh: bool) -> None:
     from .sweep import run_sweep
 
     t0 = time.perf_counter()
-    run_sweep(cfg.replace(labels="all"), rd.file("sweep"), cfg.num_labels, cfg.subsets, cfg.sweep_layers, echo=echo)
+    run_sweep(cfg.replace(labels="all"), rd.file("sweep"), cfg.num_labels, cfg.subsets, cfg.sweep_layers)
     rd.record("sweep", cfg.stage_hash("sweep"), (SWEEP_JSON, SWEEP_CSV), time.perf_counter() - t0)
 
 
-def _report(rd: RunDir, cfg: Config, echo, fresh: bool) -> None:
+def _report(rd: RunDir, cfg: Config, fresh: bool) -> None:
     from .report import build_report
 
     build_report(rd.path, settings_hash=hashes_of(cfg)["report"])

@@ -40,6 +40,7 @@ from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture
 from .config import Config, parse_bytes, parse_pool
 from .engine import CACHE_FOLDER, DiskCache, EnginePlan, bound_resident, cache_home, cache_key, plan_engine
 from .models import Layer
+from .output import say
 from .precision import FLOAT32, for_inference
 from .probe_results import LayerProbeResult, ProbeRecipe, ProbeResult
 from .progress import progress_bar
@@ -276,7 +277,7 @@ class ProbeEval:
 
 
 def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, cache_dir: Path | None = None,
-                 progress: bool = True, echo=print, keep_fields: bool = False) -> ProbeResult:
+                 progress: bool = True, keep_fields: bool = False) -> ProbeResult:
     """Train every selected layer's probe; return accuracies, weights, label means and votes.
 
     ``cfg`` supplies ``probe_mode``, ``probe_epochs``, ``probe_lr``, ``probe_batch_size``,
@@ -313,10 +314,10 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
                            recipe.epochs, n_train, recipe.augment, device, home, feed.train,
                            lambda group: _training_seconds(group, feed.num_labels, recipe, batch, n_train, device,
                                                            arithmetic), precision=precision)
-        echo(f"note: {plan.note}")
+        say(f"note: {plan.note}")
         keep = ({cl.name: bootstrap_input(cl.shape, feed.num_labels, cache_dtype.itemsize) for cl in cls}
                 if keep_fields else {})
-        run = _Run(model, pool, feed, cfg, recipe, batch, progress, keep, echo, precision, cache_dtype)
+        run = _Run(model, pool, feed, cfg, recipe, batch, progress, keep, precision, cache_dtype)
         if plan.engine == "stream":
             parts = [run.stream(cls)]
         else:
@@ -354,7 +355,7 @@ def _training_seconds(group: list[CaptureLayer], num_labels: int, recipe: ProbeR
 class _Run:
     """One probe stage's settings, and the two ways a group of layers is trained: from a cache, or streamed."""
 
-    def __init__(self, model, pool, feed, cfg, recipe, batch, progress, keep: dict[str, str], echo=print,
+    def __init__(self, model, pool, feed, cfg, recipe, batch, progress, keep: dict[str, str],
                  precision=FLOAT32, cache_dtype=torch.float16):
         self.model, self.pool, self.feed, self.cfg, self.recipe = model, pool, feed, cfg, recipe
         self.precision, self.cache_dtype = precision, cache_dtype
@@ -362,7 +363,7 @@ class _Run:
         # per layer, the bootstrap's input the test pass keeps ({} without a bootstrap): fields or features
         self.fields_of = [name for name, kind in keep.items() if kind == "fields"]
         self.features_of = [name for name, kind in keep.items() if kind == "features"]
-        self.rank, self.world, self.echo = feed.rank, feed.world_size, echo
+        self.rank, self.world = feed.rank, feed.world_size
 
     def _bar(self, desc):
         return lambda it: progress_bar(it, self.progress, desc=desc)
@@ -383,7 +384,7 @@ class _Run:
             rows = {"train": n_train, "test": n_test}
             key = cache_key(self.model, group, self.feed.describe(), rows, tag + _name(self.cache_dtype))
             assert plan.cache_dir is not None  # plan_engine gives the disk engine its folder
-            disk = DiskCache(plan.cache_dir, group, rows, key, self.echo, dtype=self.cache_dtype)
+            disk = DiskCache(plan.cache_dir, group, rows, key, dtype=self.cache_dtype)
         try:
             out = self._from_cache(group, plan, n_train, n_test, disk)
         except BaseException:

@@ -60,6 +60,7 @@ from .names import (
     SWEEP,
     SWEEP_FILES,
 )
+from .output import say
 
 HEATMAP = re.compile(r"^.+-(filter|head|node)\d+\.png$")  # heatmaps/<layer>-filter3.png: analyze draws these
 CONFIG_RECORD = "config"  # the record of config.json in stages.json (not a stage: claim writes it)
@@ -300,10 +301,10 @@ class RunDir:
         return res
 
     # ------------------------------------------------------------------ checksums of the stages' outputs
-    def stages(self, echo=None, strict: bool = False) -> dict:
+    def stages(self, strict: bool = False, say_damage: bool = False) -> dict:
         """The records of ``stages.json``. A damaged file (not JSON, wrong shape) is refused in one line when
         ``strict`` (nothing it vouches for can be checked), else counts as no record (``filterlens run``
-        then runs every stage again, and says so through ``echo``)."""
+        then runs every stage again, and says so with ``say_damage``)."""
         if not self.exists(MANIFEST):
             return {}
         try:
@@ -318,8 +319,8 @@ class RunDir:
             raise FilterlensError(f"'{self.file(MANIFEST)}' is damaged ({why}): the checksums of this run cannot be "
                                   "checked, so none of its files is trusted; filterlens run recomputes them (or train "
                                   "again with --overwrite)")
-        if echo:
-            echo(f"note: {self.file(MANIFEST)} is damaged ({why}); no output of this run is trusted, every "
+        if say_damage:
+            say(f"note: {self.file(MANIFEST)} is damaged ({why}); no output of this run is trusted, every "
                  "stage runs again")
         return {}
 

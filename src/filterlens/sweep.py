@@ -32,6 +32,7 @@ from .errors import FilterlensError
 from .files import read_json, write_csv, write_json
 from .folders import make_dirs, mark
 from .names import CHECKPOINT, SWEEP_COUNTS, SWEEP_PLAN, SWEEP_SUMMARY, SWEEP_TABLE, TASK
+from .output import quiet, say
 from .rundir import check_sweep_folder
 from .utils import keeps_global_state
 
@@ -123,10 +124,10 @@ def _run_task(args) -> dict:
         except ValueError:
             pass  # damaged: redo
     t0 = time.perf_counter()
-    quiet = (lambda *a, **k: None)
-    summary = train(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), echo=quiet, progress=progress)
-    model, cfg, data, _ = load_trained(run_dir)
-    result = analyze(model, data, config=cfg.replace(layers=sweep_layers), progress=progress, echo=quiet)
+    with quiet():  # the sweep says one line per model; its models' own lines stay unsaid
+        summary = train(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=progress)
+        model, cfg, data, _ = load_trained(run_dir)
+        result = analyze(model, data, config=cfg.replace(layers=sweep_layers), progress=progress)
     result.save(run_dir)
     last = result.layers[-1]
     row = {"num_labels": task.num_labels, "subset": task.subset, "labels": " ".join(map(str, task.labels)),
@@ -142,7 +143,7 @@ def _run_task(args) -> dict:
 
 @keeps_global_state
 def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layers: str = "-1", jobs: int = 1,
-              shard: tuple[int, int] = (0, 1), merge_only: bool = False, echo=print) -> dict | None:
+              shard: tuple[int, int] = (0, 1), merge_only: bool = False) -> dict | None:
     """Run (this shard of) the label-count study into ``sweep_dir``; merge when every task is done."""
     from .checks import of_type
     from .data import load_data
@@ -186,24 +187,24 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
             work.append((tcfg.to_dict(), str(sweep_dir / t.folder), t, sweep_layers, cfg.progress and jobs == 1,
                          cfg.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)))
         todo = [w for w in work if not (Path(w[1]) / TASK).exists()]
-        echo(f"sweep: {len(tasks)} models in all, {len(mine)} in this shard, {len(mine) - len(todo)} already done")
+        say(f"sweep: {len(tasks)} models in all, {len(mine)} in this shard, {len(mine) - len(todo)} already done")
         if jobs > 1 and len(todo) > 1:
             import multiprocessing as mp
 
             with mp.get_context("spawn").Pool(min(jobs, len(todo)), initializer=_worker_signals) as pool:
                 for row in pool.imap_unordered(_run_task, work):
-                    echo(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}")
+                    say(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}")
         else:
             for w in work:
                 row = _run_task(w)
-                echo(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}"
+                say(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}"
                      f"  ({row['seconds']:.1f}s)")
     missing = [t.folder for t in tasks if not (sweep_dir / t.folder / TASK).exists()]
     if missing:
-        echo(f"sweep: {len(missing)} model(s) not done yet ({', '.join(missing[:4])}...); run the other shards, "
+        say(f"sweep: {len(missing)} model(s) not done yet ({', '.join(missing[:4])}...); run the other shards, "
              "then filterlens sweep --merge")
         return None
-    return merge(sweep_dir, echo=echo)
+    return merge(sweep_dir)
 
 
 def _worker_signals() -> None:
@@ -234,7 +235,7 @@ def _check_layers(cfg: Config, data, sweep_layers: str) -> None:
     resolve_layers(model, data.input_shape, sweep_layers, cfg.tokens)
 
 
-def merge(sweep_dir, echo=print) -> dict:
+def merge(sweep_dir) -> dict:
     """Combine every finished task of a sweep into sweep.csv, sweep.json, the fits and the plots."""
     sweep_dir = Path(sweep_dir)
     plan_path = sweep_dir / SWEEP_PLAN
@@ -283,10 +284,10 @@ def merge(sweep_dir, echo=print) -> dict:
     plot_sweep(per_count, fits, rows, sweep_dir)
     for name in ("max_error", "mean_error"):
         f = fits[name]
-        echo(f"fit {name}: error = {f['a']:.4f} + {f['b']:.5f} * L   (R^2 {f['r2']:.3f}, 95% CI of b "
+        say(f"fit {name}: error = {f['a']:.4f} + {f['b']:.5f} * L   (R^2 {f['r2']:.3f}, 95% CI of b "
              f"[{f['b_low']:.5f}, {f['b_high']:.5f}])")
     for line in claims.format_table(out["claims"]):
-        echo(line)
+        say(line)
     return out
 
 
@@ -302,12 +303,12 @@ def _nanmean(values) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
-def print_sweep(out: dict, echo=print) -> None:
+def print_sweep(out: dict) -> None:
     """Print the sweep's table: per label count, the errors (max, mean, min), the last layer's accuracy,
     clusters per filter, cluster size and SNR."""
-    echo(f"{'L':>5}{'subsets':>9}{'max err':>9}{'mean err':>10}{'min err':>9}{'last acc':>10}{'clus/f':>8}"
+    say(f"{'L':>5}{'subsets':>9}{'max err':>9}{'mean err':>10}{'min err':>9}{'last acc':>10}{'clus/f':>8}"
          f"{'size':>7}{'SNR':>7}")
     for c in out["per_count"]:
-        echo(f"{c['num_labels']:>5}{c['subsets']:>9}{c['max_error']:>9.4f}{c['mean_error']:>10.4f}"
+        say(f"{c['num_labels']:>5}{c['subsets']:>9}{c['max_error']:>9.4f}{c['mean_error']:>10.4f}"
              f"{c['min_error']:>9.4f}{c['mean_last_layer_accuracy']:>10.4f}{c['mean_clusters_per_filter']:>8.2f}"
              f"{c['mean_cluster_size']:>7.2f}{c['mean_snr']:>7.2f}")

@@ -29,6 +29,7 @@ from .loaders import make_loader
 from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from .models.contract import check_model
 from .names import CHECKPOINT, CONFIG, MODEL, RESULTS, TRAIN_LOG, TRAIN_SUMMARY
+from .output import say
 from .precision import FLOAT32, Precision, for_inference, for_training
 from .progress import progress_bar
 from .rundir import RunDir
@@ -135,8 +136,7 @@ def _scheduler(cfg: Config, opt, epochs: int | None = None):
 
 
 @keeps_global_state
-def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
-          echo=print) -> dict:
+def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, progress: bool | None = None) -> dict:
     """Train ``cfg.model`` on ``cfg.dataset`` into ``run_dir``; return the training summary.
 
     Files: ``config.json``, ``checkpoint.pt`` (after every epoch), ``model.pt`` (final),
@@ -152,8 +152,6 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     cfg.validate()
     RunDir.validate(run_dir)
     dist_device = dist_.setup(cfg.device)  # under torchrun: join the process group
-    if not dist_.is_main():
-        echo = _silent
     rd = RunDir(run_dir)
     try:
         same = rd.check(cfg, overwrite=overwrite, stage="train")
@@ -161,7 +159,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
         _prepare(cfg)  # a bad value (a label, a checkpoint) is reported as itself, not as "another config"
         raise
     if same and not overwrite:
-        summary = _finished(rd, cfg, echo)
+        summary = _finished(rd, cfg)
         if summary is not None:
             return summary
     if same and rd.exists(CHECKPOINT) and (resume or not overwrite):
@@ -180,7 +178,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
     # only now, with every setting and input checked, is the run directory locked and written
     with rd.lock("filterlens train"):
         try:
-            return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress, echo)
+            return _fit(cfg, rd, data, model, spec, device, batch, resume, overwrite, progress)
         except Diverged:
             if made and dist_.is_main():  # a new run directory: nothing of the failed training stays
                 from .rundir import LOCK, LOCK_INFO, remove_owned
@@ -222,23 +220,23 @@ def _refuse_damaged_checkpoint(rd: RunDir) -> None:
                               "--overwrite (filterlens run --from train)")
 
 
-def _finished(rd: RunDir, cfg: Config, echo) -> dict | None:
+def _finished(rd: RunDir, cfg: Config) -> dict | None:
     """The summary of a finished training with these settings, or None (also when its files changed since)."""
     if not (rd.exists(MODEL) and rd.exists(TRAIN_SUMMARY)):
         return None
     if "train" in rd.stages(strict=True) and rd.changed((MODEL, TRAIN_SUMMARY)):
-        echo(f"note: {', '.join(rd.changed((MODEL, TRAIN_SUMMARY)))} in {rd.path} changed since stage train "
+        say(f"note: {', '.join(rd.changed((MODEL, TRAIN_SUMMARY)))} in {rd.path} changed since stage train "
              "wrote it (checksum); it is not trusted: training again")
         return None
     summary = rd.read_json(TRAIN_SUMMARY)
     if not isinstance(summary, dict) or summary.get("train_hash") != cfg.stage_hash("train"):
         return None
-    echo(f"model already trained in {rd.path} (test accuracy {summary['test_accuracy']:.4f}); nothing to do")
+    say(f"model already trained in {rd.path} (test accuracy {summary['test_accuracy']:.4f}); nothing to do")
     return summary
 
 
 def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec, device, batch: int, resume: bool,
-         overwrite: bool, progress: bool | None, echo) -> dict:
+         overwrite: bool, progress: bool | None) -> dict:
     """Train (or resume) into the locked run directory; write model.pt and train.json and record them."""
     main = dist_.is_main()
     rank, world = dist_.rank(), dist_.world_size()
@@ -262,12 +260,12 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     start = 0
     if resume and rd.exists(CHECKPOINT):
         history, start = _resume(rd, model, spec, opt, sched, scaler)
-        echo(f"resuming from epoch {start} of {epochs}" + (f" on {world} processes" if world > 1 else ""))
+        say(f"resuming from epoch {start} of {epochs}" + (f" on {world} processes" if world > 1 else ""))
 
     show = progress if progress is not None else cfg.progress
     limit = loss_limit(data.num_labels)
     if start < epochs:
-        echo(f"note: training in {precision.name}" + (" with channels-last maps" if precision.channels_last else "")
+        say(f"note: training in {precision.name}" + (" with channels-last maps" if precision.channels_last else "")
              + f" ({precision.reason})")
     t0 = time.perf_counter()
     for epoch in range(start, epochs):
@@ -289,7 +287,7 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
                "train_accuracy": correct / total, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
                "seconds": time.perf_counter() - te, "precision": precision.name}
         history.append(row)
-        echo(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  train acc "
+        say(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  train acc "
              f"{row['train_accuracy']:.4f}  test acc {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)")
         if main:
             _save_epoch(rd, cfg, model, spec, data, history, opt, sched, scaler, world)
@@ -378,10 +376,6 @@ def _train_epoch(net, batches, opt, scaler, precision, cfg: Config, epoch: int, 
 def _diverged(cfg: Config, what: str, limit: float):
     raise Diverged(f"the training diverged: {what} (a training that learns stays below {limit:.0f}, 100 times the "
                    f"loss of a chance guess); no model is written: lower --lr (now {cfg.lr:g}) and train again")
-
-
-def _silent(*args, **kwargs) -> None:
-    """The echo of ranks other than 0."""
 
 
 def _unwrap(model):

@@ -31,6 +31,7 @@ from ..errors import FilterlensError
 from ..inputs import as_data
 from ..loaders import Feed
 from ..models import list_layers, select_layers
+from ..output import say
 from ..precision import for_inference
 from ..progress import progress_bar
 from ..utils import keeps_global_state, resolve_device, seed_everything, use_threads
@@ -61,7 +62,7 @@ def choose_layers(all_layers, spec, analysed: set):
 
 @keeps_global_state
 def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=None, config: Config | None = None,
-          device=None, progress: bool | None = None, echo=print, **settings) -> AfccResult:
+          device=None, progress: bool | None = None, **settings) -> AfccResult:
     """AFCC of ``model`` by the clusters of ``analysis`` (see the module docstring).
 
     ``train``/``test`` (anything :func:`filterlens.analyze` takes): the data to retrain and measure on
@@ -92,8 +93,7 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
     show = cfg.progress if progress is None else progress
     main_clusters = plan.clusters_at(plan.threshold)
     trainable = trainable_parameters(plan.net0, make_masks(plan.net0, main_clusters))
-    ctx = _Context(plan.net0, trainable, Feed(data, device, seed=cfg.seed, num_workers=cfg.num_workers), cfg, show,
-                   echo)
+    ctx = _Context(plan.net0, trainable, Feed(data, device, seed=cfg.seed, num_workers=cfg.num_workers), cfg, show)
     t0 = time.perf_counter()
     acc_before = ctx.accuracy(plan.net0)
     main = _variant(plan.net0, main_clusters, ctx, cfg, show)
@@ -200,7 +200,7 @@ class _Plan:
 class _Context:
     """Batches for one AFCC: train/test at the first trainable trunk position, cached when possible."""
 
-    def __init__(self, net, names, feed: Feed, cfg: Config, progress, echo):
+    def __init__(self, net, names, feed: Feed, cfg: Config, progress):
         self.feed, self.cfg = feed, cfg
         self.start = _first_trainable(net, names)
         # the frozen trunk's passes (the cache, the whole network's accuracies) in bfloat16 where the CPU has it;
@@ -225,7 +225,7 @@ class _Context:
             self.train_x, self.train_y = self._cache(net, feed.train, "train", progress)
             self.test_x, self.test_y = self._cache(net, feed.test, "test", progress)
         else:
-            echo(f"note: {self.note}")
+            say(f"note: {self.note}")
 
     def _cache(self, net, loader, split, progress):
         hs, ys = [], []

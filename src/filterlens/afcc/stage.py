@@ -16,13 +16,14 @@ from ..config import Config
 from ..errors import FilterlensError
 from ..files import write_json
 from ..names import AFCC_PRUNED, AFCC_PRUNING, LABEL_MEANS, PROBES, RESULTS
+from ..output import say
 from ..rundir import RunDir
 from ..utils import environment, keeps_global_state
 from .apply import apply
 
 
 @keeps_global_state
-def run_afcc(run_dir, overrides: dict | None = None, progress: bool | None = None, echo=print,
+def run_afcc(run_dir, overrides: dict | None = None, progress: bool | None = None,
              settings_hash: str | None = None) -> dict:
     """AFCC on the analysed run ``run_dir`` with its settings and ``overrides`` (fields of :class:`Config`);
     returns what it adds to results.json (the ``afcc`` entry, with ``pruned`` and ``run_dir``)."""
@@ -44,7 +45,7 @@ def run_afcc(run_dir, overrides: dict | None = None, progress: bool | None = Non
         model, run_cfg, data, spec = load_trained(rd.path)
         analysis.data, analysis.meta["spec"] = data, spec
         t0 = time.perf_counter()
-        result = apply(model, analysis, config=cfg, progress=progress, echo=echo)
+        result = apply(model, analysis, config=cfg, progress=progress)
         result.meta["title"] = f"AFCC: {spec.model} on {data.name}, {result.layers[0]}" + \
             (f"..{result.layers[-1]}" if len(result.layers) > 1 else "")
         files = result.write(rd.path)
@@ -74,35 +75,35 @@ def _standalone_hash(run_cfg: Config, cfg: Config) -> str:
     return "custom-" + hashlib.sha256(h.encode()).hexdigest()[:16]
 
 
-def print_afcc(out: dict, echo=print) -> None:
+def print_afcc(out: dict) -> None:
     """The short table the CLI prints."""
     a = out["accuracy"]
-    echo(f"AFCC on {', '.join(out['layers'])} at threshold {out['threshold']:g}; retraining: "
+    say(f"AFCC on {', '.join(out['layers'])} at threshold {out['threshold']:g}; retraining: "
          f"{out['retrain']['epochs']} epoch(s), lr {out['retrain']['lr']:g} ({out['retrain']['engine']})")
-    echo(f"{'layer':<16}{'kind':<6}{'dilution':>9}{'kept':>10}{'total':>10}{'no-conn units':>17}")
+    say(f"{'layer':<16}{'kind':<6}{'dilution':>9}{'kept':>10}{'total':>10}{'no-conn units':>17}")
     for r in out["masked"]:
-        echo(f"{r['layer']:<16}{r['kind']:<6}{r['dilution']:>9.4f}{r['kept']:>10}{r['total']:>10}"
+        say(f"{r['layer']:<16}{r['kind']:<6}{r['dilution']:>9.4f}{r['kept']:>10}{r['total']:>10}"
              f"{r['filters_without_connection']:>17}")
     n = a.get("random_draws", 1)
     spread = f" ± {a['random_retrained_sd']:.4f} (sd of {n} draws)" if n > 1 else ""
-    echo(f"accuracy: before {a['before']:.4f}  masked {a['masked']:.4f}  retrained {a['retrained']:.4f}  |  random"
+    say(f"accuracy: before {a['before']:.4f}  masked {a['masked']:.4f}  retrained {a['retrained']:.4f}  |  random"
          f"{' (mean)' if n > 1 else ''}: masked {a['random_masked']:.4f}  "
          f"retrained {a['random_retrained']:.4f}{spread}")
     p = out.get("pruned") or {}
     if p.get("supported"):
         f = "; ".join(f"{k} {v['filters_before']}->{v['filters_after']}" for k, v in p["filters"].items())
-        echo(f"physical removal: units {f}; params {p['original']['params']} -> {p['pruned']['params']}; MACs "
+        say(f"physical removal: units {f}; params {p['original']['params']} -> {p['pruned']['params']}; MACs "
              f"{p['original']['macs']} -> {p['pruned']['macs']}; CPU latency (batch {p['latency']['batch']}) "
              f"{p['original']['latency_ms']:.2f} -> {p['pruned']['latency_ms']:.2f} ms (paired speed-up "
              f"x{p['speedup']:.2f}); accuracy pruned "
              f"{p['accuracy']['pruned']:.4f}, from retrained {p['accuracy']['pruned_retrained']:.4f}")
     else:
-        echo(f"physical removal: {p.get('reason', 'not supported')}")
-    echo(f"{'threshold':>9}{'dilution':>10}{'AFCC':>8}{'random':>8}   (accuracy after retraining)")
+        say(f"physical removal: {p.get('reason', 'not supported')}")
+    say(f"{'threshold':>9}{'dilution':>10}{'AFCC':>8}{'random':>8}   (accuracy after retraining)")
     for r in out["thresholds"]:
-        echo(f"{r['threshold']:>9g}{r['dilution']:>10.4f}{r['acc_retrained']:>8.4f}{r['acc_random_retrained']:>8.4f}")
+        say(f"{r['threshold']:>9g}{r['dilution']:>10.4f}{r['acc_retrained']:>8.4f}{r['acc_random_retrained']:>8.4f}")
     for line in claims.format_table(out.get("claims") or []):
-        echo(line)
-    echo(f"files in {out.get('run_dir', '.')}: {', '.join(out['files'])} (results.json: afcc, afcc_pruned, claims)")
+        say(line)
+    say(f"files in {out.get('run_dir', '.')}: {', '.join(out['files'])} (results.json: afcc, afcc_pruned, claims)")
 
 

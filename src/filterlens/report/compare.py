@@ -45,6 +45,7 @@ from ..names import (
     SWEEP_JSON,
     SWEEP_SUMMARY,
 )
+from ..output import say
 from ..rundir import RunDir
 from .html import _read_csv
 from .pages import claims, image, render, table
@@ -111,15 +112,15 @@ class _Sweep:
     data_key: str | None = None  # rendered data (glyphs): the fonts and settings
 
 
-def build_compare(dirs, out, pool: bool = False, echo=None) -> Path:
+def build_compare(dirs, out, pool: bool = False) -> Path:
     """Compare finished runs and sweeps: write the figures, ``compare.csv``, ``compare_sweeps.csv``, the claims
     pooled over the seeds of each recipe and ``compare.html`` into ``out``; returns the path of ``compare.html``.
 
     ``dirs``: run directories (``filterlens run`` / ``analyze``), folders of seeds (``filterlens run --seeds``)
     and sweep directories (``filterlens sweep``); a run directory holding a sweep under ``sweep/`` counts as
     both. ``pool``: pool the claims of every run given, even of different recipes (the differences are said).
-    ``echo``: where the pooled tables are printed (None: not printed). Every input and ``out`` are checked
-    before anything is written (FilterlensError, one line).
+    The pooled tables are said (:func:`filterlens.output.say`). Every input and ``out`` are checked before
+    anything is written (FilterlensError, one line).
     """
     from ..checks import path_arg
 
@@ -157,7 +158,7 @@ def build_compare(dirs, out, pool: bool = False, echo=None) -> Path:
     _unique_labels(runs)
     _unique_labels(sweeps)
 
-    groups = recipe_groups(runs, pool, echo)
+    groups = recipe_groups(runs, pool)
     make_dirs(out)
     mark(out, "compare")
     written = []
@@ -165,11 +166,10 @@ def build_compare(dirs, out, pool: bool = False, echo=None) -> Path:
     written.append(write_csv(out / COMPARE_POOLED_CSV, [{"recipe": g["recipe"], "runs": " ".join(g["runs"]), **row}
                                                           for g in pooled for row in g["rows"]], POOLED_COLUMNS))
     written.append(write_json(out / COMPARE_POOLED_JSON, {"version": 1, "groups": pooled}))
-    if echo is not None:
-        for g in pooled:
-            echo(g["note"])
-            for line in format_pooled(g["rows"], g["seeds"]):
-                echo(line)
+    for g in pooled:
+        say(g["note"])
+        for line in format_pooled(g["rows"], g["seeds"]):
+            say(line)
     if runs:
         written += [_depth_figure(runs, metric, name, ylabel, out / png) for metric, name, ylabel, png in METRICS]
     written.append(write_csv(out / COMPARE_CSV, [r for run in runs for r in _csv_rows(run)], CSV_COLUMNS))
@@ -204,10 +204,10 @@ def _expand_seeds(dirs: list) -> list:
     return out
 
 
-def recipe_groups(runs: list, pool: bool = False, echo=None) -> list[list]:
+def recipe_groups(runs: list, pool: bool = False) -> list[list]:
     """The runs of each recipe (every setting but the seed equal: :meth:`Config.recipe_hash`) that has two or more
     runs of distinct seeds; with ``pool`` every run in one group. Runs of one recipe with a seed in common are not
-    pooled (one is a rerun of the other, not another seed): ``echo`` says so."""
+    pooled (one is a rerun of the other, not another seed): a note says so."""
     from ..config import Config
 
     by: dict[str, list] = {}
@@ -222,9 +222,8 @@ def recipe_groups(runs: list, pool: bool = False, echo=None) -> list[list]:
         seeds = [r.seed for r in g]
         if len(set(seeds)) != len(seeds):
             twice = next(s for s in seeds if seeds.count(s) > 1)
-            if echo is not None:
-                echo(f"note: {', '.join(str(r.path) for r in g if r.seed == twice)} are one recipe with the same seed "
-                     f"{twice} (reruns, not other seeds): their claims are not pooled")
+            say(f"note: {', '.join(str(r.path) for r in g if r.seed == twice)} are one recipe with the same seed "
+                f"{twice} (reruns, not other seeds): their claims are not pooled")
             continue
         groups.append(g)
     return groups

@@ -32,6 +32,7 @@ from ..names import (
     THRESHOLDS,
     THUMBNAILS,
 )
+from ..output import say
 from ..rundir import RunDir
 from .explorer import explorer_data, explorer_view
 from .pages import cell, claims, image, render, table
@@ -59,13 +60,13 @@ def explorer_left_out(d: Path) -> str | None:
             "run filterlens analyze again to have it")
 
 
-def build_report(run_dir, settings_hash: str | None = None, echo=None) -> Path:
+def build_report(run_dir, settings_hash: str | None = None) -> Path:
     """Write ``report.html``: one self-contained file (images embedded) from the run's saved results.
 
     Nothing is recomputed; ``filterlens report RUN_DIR`` calls this. A file it reads that changed
     since its stage wrote it is refused (one line). ``settings_hash``: the report's key in
-    ``stages.json`` (default: the hashes of the stages it reports on). ``echo``: where a part left out of the
-    report is said (the unit explorer without filters.csv).
+    ``stages.json`` (default: the hashes of the stages it reports on). A part left out of the report (the
+    unit explorer without filters.csv) is said.
     """
     rd = RunDir(RunDir.validate(run_dir))
     if not rd.path.is_dir():
@@ -83,8 +84,8 @@ def build_report(run_dir, settings_hash: str | None = None, echo=None) -> Path:
             settings_hash = "|".join(stages[s]["hash"] for s in STAGE_ORDER if s in stages and s != "report")
         rd.record("report", settings_hash, (REPORT,), time.perf_counter() - t0)
     left_out = explorer_left_out(rd.path)
-    if left_out and echo is not None:
-        echo(f"note: the report's unit explorer is left out: {left_out}")
+    if left_out:
+        say(f"note: the report's unit explorer is left out: {left_out}")
     return path
 
 
