@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -129,19 +128,15 @@ def test_refused_analyze_leaves_the_run_identical(pipeline_run, tmp_path, args, 
 
 def test_second_run_of_the_demo_config_changes_nothing(tmp_path):
     run = tmp_path / "demo"
-    t0 = time.perf_counter()
     rc, out, err = run_cli("run", REPO / "configs" / "demo.toml", "--run-dir", run, "--no-progress", cwd=tmp_path)
-    first = time.perf_counter() - t0
     assert rc == 0, err
     assert (run / "afcc.csv").exists()  # AFCC is on in the demo config
     files, times = tree(run), mtimes(run)
-    t0 = time.perf_counter()
     rc, out, err = run_cli("run", REPO / "configs" / "demo.toml", "--run-dir", run, "--no-progress", cwd=tmp_path)
-    second = time.perf_counter() - t0
     assert rc == 0, err
     assert "does not match" not in out and "changed" not in out and "== stage" not in out, out
+    assert "nothing read or written" in out, out  # every stage cached (not timed: the machines are shared)
     assert tree(run) == files and mtimes(run) == times  # no file rewritten
-    assert second < 0.1 * first, (first, second)
 
 
 # ------------------------------------------------------------------------------------------ 4
