@@ -110,7 +110,7 @@ def use_threads(threads: int, device: torch.device | None = None) -> int:
         _busy_noted = True
         note = busy_threads_note(threads)
         if note:
-            logging.getLogger("filterlens").warning(note)
+            log.warning(note)
     return torch.get_num_threads()
 
 
