@@ -258,7 +258,7 @@ def test_results_follow_the_schema_and_load_back(tmp_path):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema())
     run = filterlens.load_run(d)
-    assert {"layers", "filters", "afcc", "train_log"} <= set(run.tables())
+    assert {"layers", "units", "claims", "afcc", "train_log"} <= set(run.tables())
     layers = run.layers
     with open(d / "layers.csv") as fh:
         assert len(layers) == len(fh.read().strip().splitlines()) - 1

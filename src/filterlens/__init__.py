@@ -8,22 +8,21 @@ matrices with their clusters, noise and SNR, the label-count study, and AFCC dil
     analysis = filterlens.analyze(model, train, test, probe_epochs=10)   # any nn.Module, any dataset
     analysis.to_frame(); analysis.unit("layer3.1", 7); analysis.save("runs/mine")
     diluted = filterlens.afcc.apply(model, analysis)                     # AFCC in memory
-    run = filterlens.load_run("runs/mine")                               # a run directory read back
+    again = filterlens.load_run("runs/mine")                             # the Analysis of a run directory
 
-``analyze`` and ``afcc`` are imported on first use, so the command line starts without torch.
+``analyze``, ``load_run`` and ``afcc`` are imported on first use, so the command line starts without torch.
 """
 from .errors import FilterlensError
-from .results import load_run
 from .version import __version__
 
 __all__ = ["FilterlensError", "analyze", "afcc", "load_run", "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "analyze":
-        from .analysis import analyze
+    if name in ("analyze", "load_run"):
+        from . import analysis
 
-        return analyze
+        return getattr(analysis, name)
     if name == "afcc":
         import importlib
 

@@ -48,6 +48,7 @@ from .names import (
 from .output import say
 from .probe_results import ProbeResult
 from .probes import train_probes
+from .records import ClaimRecord, LayerRecord, Table, UnitRecord
 from .report.explorer import explorer_data, thumbnails
 from .report.plots import layer_figures, plot_filter_matrix, plot_layers
 from .results import UnitView, unit_view
@@ -55,32 +56,36 @@ from .rundir import HEATMAP, RunDir
 from .utils import environment, keeps_global_state, resolve_device, seed_everything, use_threads
 
 RESULTS_VERSION = 1
-LAYER_COLUMNS = ["layer", "index", "unit_kind", "units", "features", "accuracy", "train_accuracy",
-                 "clusters_per_filter", "clusters_per_filter_all", "cluster_size", "noise_per_filter",
-                 "noise_per_filter_all", "filters_without_cluster", "signal_per_filter_all", "snr",
-                 "snr_median", "snr_field", "signal_field", "noise_field", "vote_fraction"]
+LAYER_COLUMNS = LayerRecord.columns()  # layers.csv
 # the layer metrics that thresholds.csv gives at every extra threshold and bootstrap.csv intervals of (after the
 # accuracy): the summary METHOD.md requires (sfp.SUMMARY_KEYS) and signal_per_filter_all, the SNR's numerator, in
 # layers.csv's order
 LAYER_METRICS = [k for k in LAYER_COLUMNS if k in sfp.SUMMARY_KEYS or k == "signal_per_filter_all"]
-FILTER_COLUMNS = ["layer", "unit", "unit_kind", "num_clusters", "clusters", "signal", "noise", "preferred_label",
-                  "vote_fraction"]  # one row per unit (filter, head or node); the file keeps its name, filters.csv
+FILTER_COLUMNS = UnitRecord.columns()  # one row per unit (filter, head or node); the file keeps its name, filters.csv
 
 
 class Analysis:
-    """What :func:`analyze` returns: one row per layer (``layers``), one per unit (``units``: filter, head or
-    node), the stage-2 arrays (``probes``), every layer's fitted single-unit analysis (``sfp``: layer name ->
-    ``sfp.LayerSFP``), the settings and records (``meta``) and, in memory, the data it was computed on
-    (``data``)."""
+    """What :func:`analyze` returns and :func:`load_run` reads back: one row per layer (``layers``, a
+    :class:`~filterlens.records.Table` of :class:`~filterlens.records.LayerRecord`), one per unit (``units``:
+    filter, head or node, :class:`~filterlens.records.UnitRecord`), the papers' claims (``claims``), the stage-2
+    arrays (``probes``), every layer's fitted single-unit analysis (``sfp``: layer name -> ``sfp.LayerSFP``; empty
+    when read back), the settings and records (``meta``), in memory the data it was computed on (``data``) and,
+    when read from a run directory, its ``path`` and every table the run holds (:meth:`table`)."""
 
-    def __init__(self, layers: list[dict], units: list[dict], probes: ProbeResult | None, sfp_layers: dict,
-                 meta: dict, data: Data | None = None):
-        self.layers = layers
-        self.units = units
+    def __init__(self, layers, units, probes: ProbeResult | None, sfp_layers: dict, meta: dict,
+                 data: Data | None = None, files=None):
+        self.layers = Table(LayerRecord, layers)
+        self.units = Table(UnitRecord, units)
         self.probes = probes
         self.sfp = sfp_layers  # layer name -> fitted sfp.LayerSFP
         self.meta = meta
         self.data = data
+        self._files = files  # results.RunFiles of the run directory it was read from, or None
+
+    @property
+    def path(self) -> Path | None:
+        """The run directory this analysis was read from (None for one made in memory and not read back)."""
+        return self._files.path if self._files is not None else None
 
     @property
     def config(self) -> Config:
@@ -88,40 +93,75 @@ class Analysis:
         return Config.from_dict(self.meta["config"], stored=True)
 
     @property
-    def filters(self) -> list[dict]:
+    def filters(self) -> Table:
         """``units`` by its name from before units beyond filters existed (filters.csv keeps that name)."""
         return self.units
 
+    @property
+    def claims(self) -> Table:
+        """The papers' claims as this analysis can test them (:mod:`filterlens.claims`): one
+        :class:`~filterlens.records.ClaimRecord` per claim and metric."""
+        return Table(ClaimRecord, self.meta.get("claims") or [])
+
+    @property
+    def results(self) -> dict:
+        """results.json as this analysis writes it (read back: as the run holds it, later stages' entries
+        included)."""
+        if self._files is not None:
+            return self._files.results
+        return {"version": RESULTS_VERSION, **self.meta, "layers": self.layers.to_dicts()}
+
+    def tables(self) -> list[str]:
+        """The tables :meth:`table` gives: layers, units, claims and, read from a run directory, every table file
+        the run holds (``afcc``, ``bootstrap``, ``thresholds``, ...)."""
+        names = ["layers", "units", "claims"]
+        present = self._files.tables() if self._files is not None else []
+        return names + [n for n in present if n not in names and n != "filters"]
+
+    def table(self, name: str = "layers") -> list:
+        """The table ``name`` (:meth:`tables`; ``filters`` is ``units``): layers, units and claims as typed
+        records; another table of a run directory as dicts read from its file, checked against the checksum its
+        stage recorded."""
+        if name == "layers":
+            return self.layers
+        if name in ("units", "filters"):
+            return self.units
+        if name == "claims":
+            return self.claims
+        if self._files is None or name not in self.tables():
+            raise FilterlensError(f"unknown table {name!r}; valid: {', '.join(self.tables())} (or filters, the "
+                                  "same as units)" + ("" if self._files is not None else
+                                                       "; a saved run has its AFCC and interval tables too"))
+        return self._files.table(name)
+
     def to_frame(self, table: str = "layers"):
-        """The ``"layers"`` table (one row per layer) or the ``"units"`` table (one row per filter, head or node;
-        ``"filters"`` is the same) as a pandas DataFrame."""
-        if table not in ("layers", "units", "filters"):
-            raise FilterlensError(f"unknown table {table!r}; valid: layers, units (or filters, the same)")
+        """The table ``table`` (:meth:`table`; default ``layers``) as a pandas DataFrame."""
+        rows = self.table(table)
+        if isinstance(rows, Table):
+            return rows.to_frame()
         import pandas as pd
 
-        return pd.DataFrame(self.layers if table == "layers" else self.units)
+        return pd.DataFrame(rows)
 
     def unit(self, layer: str, index: int) -> UnitView:
         """One unit (filter, head or node): its matrix (raw, normalised, binarised), clusters, noise and top test
         images."""
-        names = [r["layer"] for r in self.layers]
-        if not isinstance(layer, str) or layer not in names:
+        names = [r.layer for r in self.layers]
+        if not isinstance(layer, str):
+            raise FilterlensError(f"layer {layer!r} is a {type(layer).__name__}; give the name of an analysed layer "
+                                  f"(a str): {', '.join(names)}")
+        if layer not in names:
             raise FilterlensError(f"layer {layer!r} was not analysed{closest(str(layer), names)}; analysed: "
                                   f"{', '.join(names)}")
         if self.probes is None:
-            raise FilterlensError("this analysis holds no probe weights (loaded without them); load it with "
-                                  "Analysis.load(run_dir)")
+            raise FilterlensError("this analysis holds no probe weights (its run directory has no "
+                                  f"{' or '.join(PROBE_FILES)}); analyse the model again to see one unit")
         r = self.probes.layer(layer)
         sfp_meta = self.meta.get("sfp", {})
         return unit_view(layer, index, r.unit_kind, r.weight, r.label_means,
                          (r.top_values, r.top_indices) if r.top_indices is not None else None,
                          float(sfp_meta.get("threshold", DEFAULT_THRESHOLD)), sfp_meta.get("normalise", "max"),
                          int(self.meta.get("config", {}).get("top_images", 8)), self.meta.get("label_names", []))
-
-    @property
-    def claims(self) -> list[dict]:
-        """The papers' claims as this analysis can test them (:mod:`filterlens.claims`): one row per claim."""
-        return list(self.meta.get("claims") or [])
 
     def plot(self) -> dict:
         """The analysis' figures (matplotlib), by the file name ``save`` gives them: accuracy.png, clusters.png."""
@@ -202,7 +242,7 @@ class Analysis:
         written = [write_csv(d / LAYERS, self.layers, LAYER_COLUMNS),
                    write_csv(d / FILTERS, self.units, FILTER_COLUMNS)]
         # a new analysis replaces results.json whole: later stages (AFCC) add their entries again
-        results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers}
+        results = {"version": RESULTS_VERSION, **self.meta, "layers": self.layers.to_dicts()}
         for name in (THRESHOLDS, BOOTSTRAP, THUMBNAILS):  # from an earlier analysis with other settings
             remove_file(d / name)
         if self.meta.get("thresholds"):
@@ -254,14 +294,22 @@ class Analysis:
 
     @classmethod
     def load(cls, directory) -> "Analysis":
-        """An analysis written by :meth:`save` (or by ``filterlens analyze``/``run``), every file checked against
-        the checksum its stage recorded; the stage-2 arrays with it when they are there."""
-        from .results import load_run
+        """The analysis of a run directory (written by :meth:`save`, ``filterlens analyze`` or ``run``), every file
+        checked against the checksum its stage recorded; the stage-2 arrays with it when they are there.
+        ``filterlens.load_run`` is this."""
+        from .results import RunFiles
 
-        run = load_run(directory)  # the checks of filterlens report: checksums, the shapes of results and tables
-        probes = ProbeResult.load(run.path) if all((run.path / f).exists() for f in PROBE_FILES) else None
-        meta = {k: v for k, v in run.results.items() if k not in ("layers", "version")}
-        return cls(run.results.get("layers", []), run.table("filters"), probes, {}, meta)
+        files = RunFiles(directory)  # the checks of filterlens report: checksums, the shapes of results and tables
+        files.verify_tables()  # layers.csv and every other table unchanged since their stages wrote them
+        probes = ProbeResult.load(files.path) if all((files.path / f).exists() for f in PROBE_FILES) else None
+        meta = {k: v for k, v in files.results.items() if k not in ("layers", "version")}
+        return cls(files.results.get("layers", []), files.table("filters"), probes, {}, meta, files=files)
+
+
+def load_run(directory) -> Analysis:
+    """A run directory read back (``filterlens.load_run``): its :class:`Analysis`, every file checked against the
+    checksum its stage recorded, as ``filterlens report`` checks it."""
+    return Analysis.load(directory)
 
 
 def html_table(rows: list[dict], columns: list[str], caption: str = "") -> str:
@@ -444,10 +492,9 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
         if cfg.bootstrap > 0:
             boot_rows += _bootstrap_layer(r, pr, cfg, {**summary, **row}, replicates)
         for fr, vf in zip(est.filter_table(r.name, label_names), frac):
-            fr["unit"] = fr.pop("filter")
-            fr["unit_kind"] = r.unit_kind
-            fr["vote_fraction"] = float(vf)
-            filter_rows.append(fr)
+            filter_rows.append(UnitRecord.from_dict({
+                "unit": fr["filter"], "unit_kind": r.unit_kind, "vote_fraction": float(vf),
+                **{k: fr[k] for k in FILTER_COLUMNS if k in fr and k != "vote_fraction"}}))
     t_sfp = time.perf_counter() - t0
     meta = {
         "config": cfg.to_dict(),

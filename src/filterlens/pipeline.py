@@ -79,9 +79,9 @@ def pool_seed_runs(root, seeds: list[int], runs: list) -> dict:
     written into the seeds folder ``root`` and printed."""
     from . import claims
     from .files import write_csv, write_json
-    from .results import load_run
+    from .results import RunFiles
 
-    results = [load_run(r).results for r in runs]
+    results = [RunFiles(r).results for r in runs]
     rows = claims.pooled_claims([{"claims": r.get("claims") or [], "afcc": r.get("afcc")} for r in results])
     out = {"recipe": results[0].get("config", {}) and Config.from_dict(results[0]["config"], stored=True).recipe_hash(),
            "seeds": seeds, "runs": [str(r) for r in runs], "pooled": rows,

@@ -1,4 +1,5 @@
-"""Reading a run directory back: ``filterlens.load_run(path)``.
+"""The checked files of a run directory (:class:`RunFiles`), read back by ``filterlens.load_run(path)``, which
+returns the run's :class:`~filterlens.analysis.Analysis`; one unit's view (:class:`UnitView`).
 
 ``results.json`` follows the JSON Schema shipped with the package (``results.schema.json``,
 :func:`schema`); its tables are also CSV files that load straight into pandas.
@@ -33,13 +34,12 @@ def _convert(v: str):
     return v
 
 
-class Run:
-    """A finished run directory: ``results`` (the parsed results.json), ``config``, and its tables.
-
-    ``run.table("layers")`` is a list of dicts (numbers converted); ``run.frame("layers")`` the same as a
-    pandas DataFrame (pandas needed); ``run.tables()`` lists those present. Every file is read through the
-    checks of ``filterlens report``: a file whose content changed since its stage recorded it
-    (``stages.json``), or of the wrong shape, is refused with one line (FilterlensError).
+class RunFiles:
+    """The files of a finished run directory: ``results`` (the parsed results.json), ``config`` (its settings, a
+    dict) and its tables (``table(name)``: a list of dicts, numbers converted; ``tables()``: those present).
+    Every file is read through the checks of ``filterlens report``: a file whose content changed since its stage
+    recorded it (``stages.json``), or of the wrong shape, is refused with one line (FilterlensError). Readers use
+    ``filterlens.load_run``, which builds the run's Analysis on this.
     """
 
     def __init__(self, path):
@@ -58,6 +58,12 @@ class Run:
     def tables(self) -> list[str]:
         """The names of the tables (``layers``, ``filters``, ``afcc``, ...) whose files this run has."""
         return [name for name, file in TABLES.items() if (self.path / file).exists()]
+
+    def verify_tables(self) -> None:
+        """Read every table file the run has through :meth:`table`'s checks: the checksum its stage recorded and
+        the rows' shape (one line when a file changed or is damaged)."""
+        for name in self.tables():
+            self.table(name)
 
     def _table_file(self, name) -> Path:
         """The checked file of table ``name``: a known table, present, unchanged since its stage wrote it."""
@@ -87,47 +93,14 @@ class Run:
                                       "than its header")
         return [{k: _convert(v) for k, v in row.items()} for row in rows]
 
-    def frame(self, name: str = "layers"):
-        """The table ``name`` (default ``layers``) as a pandas DataFrame, after the checks of :meth:`table`."""
-        self.table(name)  # the same checks
-        try:
-            import pandas as pd
-        except ImportError:
-            raise FilterlensError("Run.frame needs pandas (pip install pandas); Run.table gives the same rows as "
-                                  "dicts") from None
-        return pd.read_csv(self._table_file(name))
-
-    @property
-    def layers(self) -> list[dict]:
-        """The layers table (layers.csv): one row per layer."""
-        return self.table("layers")
-
-    def unit(self, layer: str, index: int) -> "UnitView":
-        """One unit (filter, head or node) of an analysed layer: its matrix (raw, normalised, binarised), its clusters
-        and, per cluster, the test images that drive it most (indices into the analysed test split), from the
-        run's saved probe weights and label means (checked against their checksums)."""
-        from .probe_results import ProbeResult
-
-        names = [r["layer"] for r in self.results.get("layers", [])]
-        if not isinstance(layer, str):
-            raise FilterlensError(f"layer {layer!r} is a {type(layer).__name__}; give the name of an analysed layer "
-                                  f"(a str): {', '.join(names)}")
-        if layer not in names:
-            raise FilterlensError(f"layer '{layer}' was not analysed in '{self.path}'; analysed: {', '.join(names)}")
-        r = ProbeResult.load(self.path).layer(layer)  # checked against stages.json, shapes included
-        sfp_cfg = self.results.get("sfp", {})
-        return unit_view(layer, index, r.unit_kind, r.weight, r.label_means,
-                         (r.top_values, r.top_indices) if r.top_indices is not None else None,
-                         float(sfp_cfg.get("threshold", DEFAULT_THRESHOLD)), sfp_cfg.get("normalise", "max"),
-                         int(self.config.get("top_images", 8)), self.results.get("label_names", []))
-
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r}, tables={self.tables()})"
+        return f"RunFiles({str(self.path)!r}, tables={self.tables()})"
 
 
 @dataclass
 class UnitView:
-    """What :meth:`Run.unit` returns: one unit's matrix, clusters and top test images."""
+    """What :meth:`Analysis.unit <filterlens.analysis.Analysis.unit>` returns: one unit's matrix, clusters and top
+    test images."""
 
     layer: str
     unit: int
@@ -180,8 +153,3 @@ def unit_view(layer: str, index, unit_kind: str, weight, means, top, threshold: 
     return UnitView(layer, index, unit_kind, u.matrix, u.normalised, u.binary, u.clusters,
                     u.top or [[] for _ in u.clusters], [names[i] for c in u.clusters for i in c], float(u.noise),
                     threshold, normalise, names)
-
-
-def load_run(path) -> Run:
-    """Open a run directory written by ``filterlens analyze`` / ``filterlens run``."""
-    return Run(path)

@@ -132,7 +132,7 @@ def _run_task(args) -> dict:
     last = result.layers[-1]
     row = {"num_labels": task.num_labels, "subset": task.subset, "labels": " ".join(map(str, task.labels)),
            "label_names": " | ".join(data.label_names), "error": 1.0 - summary["test_accuracy"],
-           "last_layer_accuracy": last["accuracy"], "layer": last["layer"], "layers": result.layers,
+           "last_layer_accuracy": last["accuracy"], "layer": last["layer"], "layers": result.layers.to_dicts(),
            "seconds": time.perf_counter() - t0, "hash": cfg.stage_hash("sfp"),
            "data_key": data.describe().get("data_key")}  # rendered data (glyphs): the fonts and settings
     for k in LAST_LAYER_KEYS:

@@ -15,13 +15,11 @@ from pathlib import Path
 
 from ..files import write_csv
 from ..names import AFCC, AFCC_MODEL, AFCC_PNG, AFCC_PRUNED, AFCC_PRUNING, AFCC_THRESHOLDS
+from ..records import AfccRecord, ClaimRecord, Table
 from .export import FORMAT_VERSION, MASK_NOTE, save
 from .masks import connections
 
-AFCC_COLUMNS = ["layer", "kind", "prev_layer", "param", "threshold", "dilution", "kept", "total",
-                "connections_kept", "connections_total", "filters", "filters_without_connection",
-                "acc_before", "acc_masked", "acc_retrained", "acc_random_masked", "acc_random_retrained",
-                "acc_random_retrained_sd", "random_draws", "probe_accuracy"]
+AFCC_COLUMNS = AfccRecord.columns()  # afcc.csv
 THRESHOLD_COLUMNS = ["threshold", "dilution", "fc_dilution", "conv_dilution", "linear_dilution", "acc_before",
                      "acc_masked", "acc_retrained", "acc_random_masked", "acc_random_retrained",
                      "acc_random_retrained_sd", "acc_random_retrained_draws", "random_draws", "filters_without_cluster"]
@@ -61,26 +59,32 @@ class AfccResult:
         return total_dilution(self.masks)
 
     @property
-    def claims(self) -> list[dict]:
-        """Claim 6 of the papers (AFCC dilutes strongly with little loss and beats the random control), tested."""
+    def claims(self) -> Table:
+        """Claim 6 of the papers (AFCC dilutes strongly with little loss and beats the random control), tested:
+        :class:`~filterlens.records.ClaimRecord` rows."""
         from ..claims import afcc_claims
 
-        return afcc_claims(self.to_dict())
+        return Table(ClaimRecord, afcc_claims(self.to_dict()))
 
-    def rows(self) -> list[dict]:
-        """afcc.csv: one row per masked tensor."""
+    def to_frame(self):
+        """afcc.csv as a pandas DataFrame: one row per masked tensor (:meth:`rows`)."""
+        return self.rows().to_frame()
+
+    def rows(self) -> Table:
+        """afcc.csv: one :class:`~filterlens.records.AfccRecord` per masked tensor."""
         a = self.accuracy
-        return [{**r, "threshold": self.threshold, "acc_before": a["before"], "acc_masked": a["masked"],
-                 "acc_retrained": a["retrained"], "acc_random_masked": a["random_masked"],
-                 "acc_random_retrained": a["random_retrained"], "acc_random_retrained_sd": a["random_retrained_sd"],
-                 "random_draws": a["random_draws"], "probe_accuracy": a["probe"]} for r in connection_rows(self.masks)]
+        shared = {"threshold": self.threshold, "acc_before": a["before"], "acc_masked": a["masked"],
+                  "acc_retrained": a["retrained"], "acc_random_masked": a["random_masked"],
+                  "acc_random_retrained": a["random_retrained"], "acc_random_retrained_sd": a["random_retrained_sd"],
+                  "random_draws": a["random_draws"], "probe_accuracy": a["probe"]}
+        return Table(AfccRecord, [{**r, **shared} for r in connection_rows(self.masks)])
 
     def to_dict(self) -> dict:
         """The ``afcc`` entry of results.json."""
         a = self.accuracy
         between = "+".join(dict.fromkeys(m.kind for m in self.masks if m.kind != "fc"))
         return {"version": FORMAT_VERSION, "layers": self.layers, "kind": f"{between}+fc" if between else "fc",
-                "threshold": self.threshold, "analysis": self.analysis, "masked": self.rows(),
+                "threshold": self.threshold, "analysis": self.analysis, "masked": self.rows().to_dicts(),
                 "dilution": self.dilution, "dilution_total": self.dilution_total,
                 "fc_dilution": total_dilution(self.masks, "fc"), "accuracy": a,
                 "afcc_beats_random": a["retrained"] >= a["random_retrained"], "retrain": self.retrain,
