@@ -33,7 +33,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,6 +76,33 @@ class EnginePlan:
         return {"engine": self.engine, "groups": [[cl.name for cl in g] for g in self.groups],
                 "capture_passes": len(self.groups) if self.engine != "stream" else None, "note": self.note,
                 "estimates": self.estimates, "cache_dir": str(self.cache_dir) if self.cache_dir else None}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the probe stage will ask of its features: their size (``need``, bytes of the float16 or bfloat16
+    cache), the samples they hold (``rows``: training and test), the probes' ``epochs`` over the ``train_rows``
+    training samples, and whether augmentation changes the features every epoch."""
+
+    need: int
+    rows: int
+    epochs: int
+    train_rows: int
+    augment: bool = False
+
+
+@dataclass(frozen=True)
+class Forward:
+    """What ``auto`` measures to choose an engine: the model's forward pass up to ``layers`` (read at ``pool``, in
+    ``precision``) on batches of ``loader``, and ``train_cost(group)``, the estimated seconds of training a
+    group's probes (every engine trains them: a group's set of probes has its own per-step overhead, so more
+    groups cost more)."""
+
+    model: torch.nn.Module
+    pool: Any
+    loader: Any
+    train_cost: Callable | None = None
+    precision: Any = None
 
 
 def group_layers(layers: Sequence[CaptureLayer], rows: int, budget: int) -> list[list[CaptureLayer]] | None:
@@ -372,16 +399,15 @@ def size_text(nbytes: float) -> str:
     return f"{int(nbytes)} B"
 
 
-def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: int, budget: int, rows: int,
-                epochs: int, train_rows: int, augment: bool, device: torch.device, cache_dir: Path | None,
-                loader, train_cost=None, precision=None) -> EnginePlan:
-    """Choose the engine (see the module docstring); ``want`` is the ``engine`` setting. ``train_cost(group)``:
-    the estimated seconds of training a group's probes (every engine trains them: a group's set of probes has
-    its own per-step overhead, so more groups cost more)."""
+def plan_engine(layers: Sequence[CaptureLayer], want: str, budget: int, work: Workload, device: torch.device,
+                cache_dir: Path | None, forward: Forward) -> EnginePlan:
+    """Choose the engine (see the module docstring) for ``work`` on ``layers``; ``want`` is the ``engine`` setting,
+    ``budget`` the cache budget in bytes; ``forward`` is measured only when ``auto`` must choose by time."""
+    need, rows = work.need, work.rows
     if want not in ENGINES:
         raise FilterlensError(f"engine '{want}' is invalid; valid: {', '.join(ENGINES)}")
     size_note = f"features {size_text(need)}, cache budget {size_text(budget)}"
-    if augment:
+    if work.augment:
         if want not in ("auto", "stream"):
             raise FilterlensError(f"engine '{want}' caches features, but probe augmentation changes them every epoch; "
                                   "use --engine stream (or auto), or --no-probe-augment")
@@ -413,22 +439,23 @@ def plan_engine(model, layers: Sequence[CaptureLayer], pool, want: str, need: in
     if want == "disk":
         _check_disk_room(cache_dir, need)
         return EnginePlan("disk", [list(layers)], cache_dir, note=f"cache on disk in {cache_dir} ({size_note})")
-    return _fastest(model, layers, pool, groups, need, rows, epochs, train_rows, cache_dir, loader, train_cost,
-                    precision, size_note)
+    return _fastest(layers, groups, work, cache_dir, forward, size_note)
 
 
-def _fastest(model, layers: Sequence[CaptureLayer], pool, groups: list | None, need: int, rows: int, epochs: int,
-             train_rows: int, cache_dir: Path, loader, train_cost, precision, size_note: str) -> EnginePlan:
+def _fastest(layers: Sequence[CaptureLayer], groups: list | None, work: Workload, cache_dir: Path, fw: Forward,
+             size_note: str) -> EnginePlan:
     """``auto`` over the cache budget: the engine of the least estimated time (stream, groups where the layers
     make groups, disk where it has room), from the measured forward throughput of the layers (and of each group),
     the disk's measured speed and ``train_cost``; the estimates are kept in the plan."""
-    cost = train_cost or (lambda group: 0.0)
-    full = forward_seconds(model, layers, pool, loader, precision=precision)
+    need, rows, epochs, train_rows = work.need, work.rows, work.epochs, work.train_rows
+    cost = fw.train_cost or (lambda group: 0.0)
+    full = forward_seconds(fw.model, layers, fw.pool, fw.loader, precision=fw.precision)
     train_all = cost(list(layers))
     est = {"stream_s": (epochs * train_rows + (rows - train_rows)) * full + train_all, "forward_s_per_sample": full,
            "probe_training_s": train_all}
     if groups is not None:
-        per = [forward_seconds(model, g, pool, loader, precision=precision) if g[-1].name != layers[-1].name else full
+        per = [forward_seconds(fw.model, g, fw.pool, fw.loader, precision=fw.precision)
+               if g[-1].name != layers[-1].name else full
                for g in groups]
         est["groups_s"] = rows * sum(per) + sum(cost(g) for g in groups)
     free = shutil.disk_usage(_existing(cache_dir)).free

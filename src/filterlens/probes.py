@@ -38,7 +38,17 @@ import torch.nn as nn
 from . import distributed as dist_
 from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture_pass, pooled_shape
 from .config import Config, parse_bytes, parse_pool
-from .engine import CACHE_FOLDER, DiskCache, EnginePlan, bound_resident, cache_home, cache_key, plan_engine
+from .engine import (
+    CACHE_FOLDER,
+    DiskCache,
+    EnginePlan,
+    Forward,
+    Workload,
+    bound_resident,
+    cache_home,
+    cache_key,
+    plan_engine,
+)
 from .models import Layer
 from .output import say
 from .precision import FLOAT32, for_inference
@@ -310,10 +320,10 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, c
         scratch = Path(tempfile.mkdtemp(prefix="filterlens-cache-"))
         home = scratch / CACHE_FOLDER
     try:
-        plan = plan_engine(model, cls, pool, cfg.engine, need, parse_bytes(cfg.cache_budget), n_train + n_test,
-                           recipe.epochs, n_train, recipe.augment, device, home, feed.train,
-                           lambda group: _training_seconds(group, feed.num_labels, recipe, batch, n_train, device,
-                                                           arithmetic), precision=precision)
+        work = Workload(need, n_train + n_test, recipe.epochs, n_train, recipe.augment)
+        forward = Forward(model, pool, feed.train, lambda group: _training_seconds(
+            group, feed.num_labels, recipe, batch, n_train, device, arithmetic), precision)
+        plan = plan_engine(cls, cfg.engine, parse_bytes(cfg.cache_budget), work, device, home, forward)
         say(f"note: {plan.note}")
         keep = ({cl.name: bootstrap_input(cl.shape, feed.num_labels, cache_dtype.itemsize) for cl in cls}
                 if keep_fields else {})
