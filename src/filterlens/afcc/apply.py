@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -96,42 +97,46 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
     ctx = _Context(plan.net0, trainable, Feed(data, device, seed=cfg.seed, num_workers=cfg.num_workers), cfg, show)
     t0 = time.perf_counter()
     acc_before = ctx.accuracy(plan.net0)
-    main = _variant(plan.net0, main_clusters, ctx, cfg, show)
+    chosen = _variant(plan.net0, main_clusters, ctx, cfg, show)  # the main threshold's
     t_main = time.perf_counter() - t0
-    accs = {"before": acc_before, "masked": main["acc_masked"], "retrained": main["acc_retrained"],
-            "random_masked": main["acc_random_masked"], "random_retrained": main["acc_random_retrained"],
-            "random_retrained_sd": main["acc_random_retrained_sd"],
-            "random_retrained_draws": main["acc_random_retrained_draws"],
-            "random_masked_draws": main["acc_random_masked_draws"], "random_draws": cfg.random_draws,
+    accs = {"before": acc_before, "masked": chosen.afcc.acc_masked, "retrained": chosen.afcc.acc_retrained,
+            "random_masked": chosen.random_mean("masked"), "random_retrained": chosen.random_mean("retrained"),
+            "random_retrained_sd": chosen.random_sd("retrained"),
+            "random_retrained_draws": chosen.random_accuracies("retrained"),
+            "random_masked_draws": chosen.random_accuracies("masked"), "random_draws": cfg.random_draws,
             "probe": plan.probe_accuracy}
     t0 = time.perf_counter()
     curve = []
     for t in sorted(set(parse_thresholds(cfg.afcc_thresholds)) | {plan.threshold}):
         clusters = main_clusters if t == plan.threshold else plan.clusters_at(t)
-        v = main if t == plan.threshold else _variant(plan.net0, clusters, ctx, cfg, show)
+        v = chosen if t == plan.threshold else _variant(plan.net0, clusters, ctx, cfg, show)
         curve.append({**_curve_row(t, v, clusters[plan.names[-1]], acc_before, cfg.random_draws),
                       "main": t == plan.threshold})
     t_curve = time.perf_counter() - t0
     t0 = time.perf_counter()
-    removal = _removal(plan, main, ctx, accs, cfg, device)
+    removal = _removal(plan, chosen, ctx, accs, cfg, device)
     t_prune = time.perf_counter() - t0
     settings_used = {k: getattr(cfg, k) for k in ("retrain_epochs", "retrain_lr", "retrain_momentum",
                                                   "retrain_weight_decay", "retrain_batch_size", "retrain_augment",
                                                   "seed", "random_draws", "afcc_thresholds", "afcc_layers")}
     return AfccResult(
-        plan.names, plan.threshold, main["masks"], accs, curve, main["net"], main["masked_net"], removal["net"],
-        removal["info"], removal["rows"], _retraining_record(cfg, ctx, main, trainable),
-        {"threshold": float(analysis.meta.get("sfp", {}).get("threshold", cfg.threshold)), "normalise": cfg.normalise,
-         "probe_pool": cfg.probe_pool, "probe_mode": cfg.probe_mode, "sfp_hash": cfg.stage_hash("sfp")},
-        settings_used,
-        {"main_s": t_main, "thresholds_s": t_curve, "pruning_s": t_prune, "total_s": time.perf_counter() - t_start},
-        {"spec": plan.spec, "data": data.describe(), "config": cfg.to_dict(),
-         "title": f"AFCC: {analysis.meta.get('title', '')}, {plan.names[0]}"
-                  + (f"..{plan.names[-1]}" if len(plan.names) > 1 else "")},
-        removal["masks"])
+        layers=plan.names, threshold=plan.threshold, masks=chosen.afcc.masks, accuracy=accs, thresholds=curve,
+        model=chosen.afcc.net, masked_model=chosen.afcc.masked_net, pruned_model=removal["net"],
+        pruned=removal["info"], pruning_rows=removal["rows"],
+        retrain=_retraining_record(cfg, ctx, chosen, trainable),
+        analysis={"threshold": float(analysis.meta.get("sfp", {}).get("threshold", cfg.threshold)),
+                  "normalise": cfg.normalise, "probe_pool": cfg.probe_pool, "probe_mode": cfg.probe_mode,
+                  "sfp_hash": cfg.stage_hash("sfp")},
+        settings=settings_used,
+        timings={"main_s": t_main, "thresholds_s": t_curve, "pruning_s": t_prune,
+                 "total_s": time.perf_counter() - t_start},
+        meta={"spec": plan.spec, "data": data.describe(), "config": cfg.to_dict(),
+              "title": f"AFCC: {analysis.meta.get('title', '')}, {plan.names[0]}"
+                       + (f"..{plan.names[-1]}" if len(plan.names) > 1 else "")},
+        pruned_masks=removal["masks"])
 
 
-def _retraining_record(cfg: Config, ctx: _Context, main: dict, trainable) -> dict:
+def _retraining_record(cfg: Config, ctx: _Context, chosen: _Variant, trainable) -> dict:
     """How the diluted networks were retrained (results.json's ``afcc.retraining``): the settings, what is frozen
     and trained, the engine and precision, and the main and random variants' per-epoch histories."""
     return {"epochs": cfg.retrain_epochs, "lr": cfg.retrain_lr, "momentum": cfg.retrain_momentum,
@@ -140,8 +145,8 @@ def _retraining_record(cfg: Config, ctx: _Context, main: dict, trainable) -> dic
             "nesterov": False, "schedule": "constant",
             "batch_norm": "eval mode: running statistics frozen; affine parameters of masked blocks trained",
             "masks": "re-applied (weight.mul_(mask)) after every optimiser step", "trainable": trainable,
-            "engine": ctx.engine, "engine_note": ctx.note, "history": main["history"],
-            "precision": ctx.precision.record(), "random_history": main["random_history"]}
+            "engine": ctx.engine, "engine_note": ctx.note, "history": chosen.afcc.history,
+            "precision": ctx.precision.record(), "random_history": chosen.random[0].history}
 
 
 def check_between(net) -> None:
@@ -251,53 +256,79 @@ class _Context:
         return accuracy(net, self.test_full, 0, self.precision)
 
 
-def _variant(net0, clusters, ctx: _Context, cfg: Config, progress) -> dict:
+@dataclass
+class _Draw:
+    """One set of masks applied to a copy of the network: its accuracy masked and after retraining, the retraining's
+    history, and the networks (kept for the cluster masks and the first random draw only)."""
+
+    masks: list
+    acc_masked: float
+    acc_retrained: float
+    history: list
+    masked_net: Any = None
+    net: Any = None
+
+
+@dataclass
+class _Variant:
+    """The cluster masks of one threshold (``afcc``) and ``random`` draws of the control: per unit the same number of
+    kept connections, placed at random."""
+
+    afcc: _Draw
+    random: list[_Draw]
+
+    def random_accuracies(self, what: str) -> list[float]:
+        """Every random draw's accuracy ``masked`` or ``retrained``."""
+        return [getattr(d, f"acc_{what}") for d in self.random]
+
+    def random_mean(self, what: str) -> float:
+        """The random draws' mean accuracy ``masked`` or ``retrained``."""
+        return statistics.fmean(self.random_accuracies(what))
+
+    def random_sd(self, what: str) -> float | None:
+        """The random draws' standard deviation of the accuracy ``masked`` or ``retrained`` (None for one draw)."""
+        vals = self.random_accuracies(what)
+        return statistics.stdev(vals) if len(vals) > 1 else None
+
+
+def _variant(net0, clusters, ctx: _Context, cfg: Config, progress) -> _Variant:
     """Masks from ``clusters``; accuracy masked and retrained; the same for ``random_draws`` random controls.
 
     Random draw k places the connections with seed ``seed + k``; every draw is retrained with the same data
-    order (``seed``). ``acc_random_*`` are the means over the draws (the spread is in ``acc_random_*_draws``);
-    ``random_masks``/``random_net`` are the first draw's.
+    order (``seed``). The networks are kept for the cluster masks and for the first random draw.
     """
     masks = make_masks(net0, clusters)
-    out: dict[str, Any] = {"masks": masks}
-    draws = [("", masks)] + [(f"random{k}_", random_masks(masks, cfg.seed + k)) for k in range(cfg.random_draws)]
-    for tag, mk in draws:
+
+    def draw(mk, keep: bool) -> _Draw:
         net = apply_masks(copy.deepcopy(net0), mk)
-        out[f"acc_{tag}masked"] = ctx.accuracy(net)
-        out[f"{tag}masked_net"] = copy.deepcopy(net) if tag in ("", "random0_") else None
+        acc_masked = ctx.accuracy(net)
+        masked_net = copy.deepcopy(net) if keep else None
+        history: list = []
         if cfg.retrain_epochs > 0:
             loader, start = ctx.train_loader()
-            out[f"{tag}history"] = retrain(net, mk, loader, cfg.retrain_epochs, cfg.retrain_lr, cfg.retrain_momentum,
-                                           cfg.retrain_weight_decay, start, cfg.seed, progress)
-            out[f"acc_{tag}retrained"] = ctx.accuracy(net)
-        else:
-            out[f"{tag}history"] = []
-            out[f"acc_{tag}retrained"] = out[f"acc_{tag}masked"]
-        out[f"{tag}net"] = net if tag in ("", "random0_") else None
-        out[f"{tag}masks"] = mk
-    n = cfg.random_draws
-    for what in ("masked", "retrained"):
-        vals = [out[f"acc_random{k}_{what}"] for k in range(n)]
-        out[f"acc_random_{what}_draws"] = vals
-        out[f"acc_random_{what}"] = statistics.fmean(vals)
-        out[f"acc_random_{what}_sd"] = statistics.stdev(vals) if n > 1 else None
-    out["random_masks"], out["random_history"] = out["random0_masks"], out["random0_history"]
-    return out
+            history = retrain(net, mk, loader, cfg.retrain_epochs, cfg.retrain_lr, cfg.retrain_momentum,
+                              cfg.retrain_weight_decay, start, cfg.seed, progress)
+        acc_retrained = ctx.accuracy(net) if cfg.retrain_epochs > 0 else acc_masked
+        return _Draw(mk, acc_masked, acc_retrained, history, masked_net, net if keep else None)
+
+    afcc = draw(masks, keep=True)  # first, then the draws in order, as the results have always been made
+    return _Variant(afcc, [draw(random_masks(masks, cfg.seed + k), keep=k == 0) for k in range(cfg.random_draws)])
 
 
-def _curve_row(t: float, v: dict, deepest_clusters, acc_before: float, draws: int) -> dict:
-    return {"threshold": t, "dilution": total_dilution(v["masks"]), "fc_dilution": total_dilution(v["masks"], "fc"),
-            "conv_dilution": total_dilution(v["masks"], "conv"),
-            "linear_dilution": total_dilution(v["masks"], "linear"), "acc_before": acc_before,
-            "acc_masked": v["acc_masked"], "acc_retrained": v["acc_retrained"],
-            "acc_random_masked": v["acc_random_masked"], "acc_random_retrained": v["acc_random_retrained"],
-            "acc_random_retrained_sd": v["acc_random_retrained_sd"],
-            "acc_random_retrained_draws": " ".join(f"{a:.4f}" for a in v["acc_random_retrained_draws"]),
+def _curve_row(t: float, v: _Variant, deepest_clusters, acc_before: float, draws: int) -> dict:
+    masks = v.afcc.masks
+    return {"threshold": t, "dilution": total_dilution(masks), "fc_dilution": total_dilution(masks, "fc"),
+            "conv_dilution": total_dilution(masks, "conv"),
+            "linear_dilution": total_dilution(masks, "linear"), "acc_before": acc_before,
+            "acc_masked": v.afcc.acc_masked, "acc_retrained": v.afcc.acc_retrained,
+            "acc_random_masked": v.random_mean("masked"), "acc_random_retrained": v.random_mean("retrained"),
+            "acc_random_retrained_sd": v.random_sd("retrained"),
+            "acc_random_retrained_draws": " ".join(f"{a:.4f}" for a in v.random_accuracies("retrained")),
             "random_draws": draws,
             "filters_without_cluster": sum(1 for c in deepest_clusters if not c) / max(len(deepest_clusters), 1)}
 
 
-def _removal(plan: _Plan, main: dict, ctx: _Context, accs: dict, cfg: Config, device) -> dict:
+def _removal(plan: _Plan, chosen: _Variant, ctx: _Context, accs: dict, cfg: Config, device) -> dict:
     """Physical removal of the units whose outgoing connections are all masked, with its cost."""
     from .export import MASK_NOTE
 
@@ -308,18 +339,18 @@ def _removal(plan: _Plan, main: dict, ctx: _Context, accs: dict, cfg: Config, de
         return {"net": None, "masks": [], "rows": [], "info": info}
     size = plan.input_size
     try:
-        pruned0, _, filt = prune(main["masked_net"], main["masks"])
-        pruned_net, pruned_masks, _ = prune(main["net"], main["masks"])
+        pruned0, _, filt = prune(chosen.afcc.masked_net, chosen.afcc.masks)
+        pruned_net, pruned_masks, _ = prune(chosen.afcc.net, chosen.afcc.masks)
     except FilterlensError as exc:  # the dependency graph refused (a residual reader): the masks stand, no removal
         info.update(supported=False,
                     reason=f"not supported: {str(exc).removeprefix('physical removal is not supported here: ')}")
         return {"net": None, "masks": [], "rows": [], "info": info}
     x = torch.randn(8, *size, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     with torch.no_grad():
-        diff = float((main["masked_net"](x) - pruned0(x)).abs().max())
+        diff = float((chosen.afcc.masked_net(x) - pruned0(x)).abs().max())
     acc_pruned = ctx.accuracy_full(pruned0)
     acc_pruned_retrained = ctx.accuracy_full(pruned_net) if cfg.retrain_epochs > 0 else acc_pruned
-    models = {"original": plan.net0, "masked": main["masked_net"], "pruned": pruned0}
+    models = {"original": plan.net0, "masked": chosen.afcc.masked_net, "pruned": pruned0}
     lat = measure_latency(models, size, cfg.latency_batch, cfg.latency_repeats, seed=cfg.seed)
     cost = {k: count_macs(m, size) for k, m in models.items()}
     acc_of = {"original": accs["before"], "masked": accs["masked"], "pruned": acc_pruned}
