@@ -195,6 +195,34 @@ def test_run_files_are_consistent(tiny_run):
         assert f"{float(r['test_accuracy']):.4f}" in line
         assert f"{float(r['train_loss']):.4f}" in line
     assert f"test accuracy {summary['test_accuracy']:.4f}" in out
+    # two epochs of a tiny network: judged by the rule from its own log (a tail of both epochs), said when not met
+    conv = summary["convergence"]
+    last, tail = log[-1], [float(r["test_accuracy"]) for r in log]
+    met = float(last["train_accuracy"]) >= 0.98 and abs(float(last["test_accuracy"]) - sum(tail) / 2) <= 0.01
+    assert conv["converged"] is met and conv["plateau_epochs"] == 2
+    assert ("not converged" in out) is (not met)
+
+
+def _history(train, test):
+    return [{"epoch": i + 1, "train_accuracy": a, "test_accuracy": b} for i, (a, b) in enumerate(zip(train, test))]
+
+
+@pytest.mark.parametrize("train, test, converged, why", [
+    # plateaued: the last five of 25 epochs hold 0.905-0.91, the last 0.909; fits its training set
+    ([0.5] * 20 + [0.99] * 5, [0.5] * 20 + [0.905, 0.91, 0.906, 0.908, 0.909], True, ""),
+    # still climbing: 0.86 -> 0.90 over the last fifth, the last 0.90 is 2 points above their mean 0.88
+    ([0.99] * 25, [0.5] * 20 + [0.86, 0.87, 0.88, 0.89, 0.90], False, "+0.0200 from the mean of the last 5"),
+    # flat but underfit: training accuracy 0.95
+    ([0.95] * 10, [0.9] * 10, False, "training accuracy 0.9500 < 0.98"),
+])
+def test_convergence_rule_on_made_up_histories(train, test, converged, why):
+    from filterlens.train import convergence
+
+    got = convergence(_history(train, test))
+    assert got["converged"] is converged and why in got["reason"]
+    assert convergence(_history([0.99], [0.9]))["converged"] is None  # one epoch: nothing to judge
+    # the window is a fifth of the epochs, at least two: 1,000 epochs of a 3-label subset judge the last 200
+    assert convergence(_history([0.99] * 1000, [0.9] * 1000))["plateau_epochs"] == 200
 
 
 def test_reported_accuracy_is_the_saved_models(tiny_run):

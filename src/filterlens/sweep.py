@@ -37,7 +37,7 @@ from .rundir import check_sweep_folder
 from .utils import keeps_global_state
 
 SWEEP_COLUMNS = ["num_labels", "subset", "labels", "error", "last_layer_accuracy", "clusters_per_filter",
-                 "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field", "layer", "seconds"]
+                 "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field", "layer", "seconds", "converged"]
 # the last layer's metrics each model records, and their means per label count (claim 4 reads them)
 LAST_LAYER_KEYS = ("clusters_per_filter", "cluster_size", "noise_per_filter", "snr", "snr_median", "snr_field")
 
@@ -134,7 +134,8 @@ def _run_task(args) -> dict:
            "label_names": " | ".join(data.label_names), "error": 1.0 - summary["test_accuracy"],
            "last_layer_accuracy": last["accuracy"], "layer": last["layer"], "layers": result.layers.to_dicts(),
            "seconds": time.perf_counter() - t0, "hash": cfg.stage_hash("sfp"),
-           "data_key": data.describe().get("data_key")}  # rendered data (glyphs): the fonts and settings
+           "data_key": data.describe().get("data_key"),  # rendered data (glyphs): the fonts and settings
+           "converged": summary.get("convergence", {}).get("converged")}  # train.convergence's rule
     for k in LAST_LAYER_KEYS:
         row[k] = last.get(k)
     write_json(done, row)

@@ -35,6 +35,38 @@ from .progress import progress_bar
 from .rundir import RunDir
 from .utils import eval_mode, keeps_global_state, resolve_device, seed_everything, use_threads
 
+# the convergence rule a training is checked by (convergence(); written beside the glyph study's recipe)
+CONVERGED_TRAIN_ACCURACY = 0.98  # the last epoch's training accuracy at least this
+PLATEAU_WINDOW = 0.2  # the last fifth of the epochs ...
+PLATEAU_TOLERANCE = 0.01  # ... whose mean test accuracy the last epoch's is within (1 point)
+
+
+def convergence(history: list[dict], train_accuracy: float = CONVERGED_TRAIN_ACCURACY,
+                window: float = PLATEAU_WINDOW, tolerance: float = PLATEAU_TOLERANCE) -> dict:
+    """Whether a training converged, by a rule stated before the runs it judges: the last epoch's training accuracy
+    is at least ``train_accuracy`` (the network fits its training set) and its test accuracy is within
+    ``tolerance`` of the mean test accuracy over the last ``window`` of the epochs (at least two epochs: the test
+    accuracy has plateaued). ``history``: train.json's rows (``train_accuracy``, ``test_accuracy`` per epoch).
+    Returns ``converged`` (None without two epochs to judge), the numbers it compared and, when not, why."""
+    rows = [r for r in history if r.get("train_accuracy") is not None and r.get("test_accuracy") is not None]
+    rule = (f"training accuracy >= {train_accuracy:g} at the end; last test accuracy within {tolerance:g} of its "
+            f"mean over the last {window:.0%} of the epochs")
+    if len(rows) < 2:
+        return {"converged": None, "rule": rule, "reason": f"{len(rows)} epoch(s) logged: nothing to judge"}
+    last = rows[-1]
+    tail = rows[-max(2, math.ceil(window * len(rows))):]
+    mean = sum(float(r["test_accuracy"]) for r in tail) / len(tail)
+    gap = float(last["test_accuracy"]) - mean
+    reasons = []
+    if float(last["train_accuracy"]) < train_accuracy:
+        reasons.append(f"training accuracy {float(last['train_accuracy']):.4f} < {train_accuracy:g}")
+    if abs(gap) > tolerance:
+        reasons.append(f"last test accuracy {float(last['test_accuracy']):.4f} is {gap:+.4f} from the mean of the "
+                       f"last {len(tail)} epochs")
+    return {"converged": not reasons, "rule": rule, "epochs": len(rows),
+            "train_accuracy": float(last["train_accuracy"]), "test_accuracy": float(last["test_accuracy"]),
+            "plateau_epochs": len(tail), "plateau_mean": mean, "reason": "; ".join(reasons)}
+
 
 def loss_limit(num_labels: int) -> float:
     """The training loss above which a training has exploded: 100 times the cross-entropy of a chance guess (ln L),
@@ -299,7 +331,10 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
                # the whole training: the epochs before a resume (their logged times) and this process's time
                "seconds": sum(float(r.get("seconds", 0.0)) for r in history[:start]) + time.perf_counter() - t0,
                "model": asdict(spec), "data": data.describe(), "history": history, "processes": world,
-               "precision": {"train": precision.record(), "evaluation": infer.record()}}
+               "precision": {"train": precision.record(), "evaluation": infer.record()},
+               "convergence": convergence(history)}
+    if history and summary["convergence"]["converged"] is False:
+        say(f"note: not converged by filterlens' rule ({summary['convergence']['reason']})")
     if main:
         save_checkpoint(rd.file(MODEL), _unwrap(model), spec, data.label_names,
                         {"epoch": epochs, "history": history, "config": cfg.to_dict()})
