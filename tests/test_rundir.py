@@ -97,11 +97,15 @@ def test_altered_probe_weights_are_not_read_by_afcc_or_report(pipeline_run, tmp_
     run = copy_run(pipeline_run, tmp_path / "run")
     with open(run / "probes.pt", "ab") as fh:
         fh.write(b"\0")
-    with open(run / "layers.csv", "a") as fh:
-        fh.write("features.9,9,1,1,1\n")
     before = tree(run)
     rc, out, err = run_cli("afcc", "--run-dir", run, "--no-progress", cwd=tmp_path)
     assert_user_error(rc, out, err, "probes.pt", "changed since stage probes")
+    assert tree(run) == before
+    with open(run / "layers.csv", "a") as fh:  # afcc reads every table too: the first changed file it meets
+        fh.write("features.9,9,1,1,1\n")
+    before = tree(run)
+    rc, out, err = run_cli("afcc", "--run-dir", run, "--no-progress", cwd=tmp_path)
+    assert_user_error(rc, out, err, "changed since stage")
     rc, out, err = run_cli("report", run, cwd=tmp_path)
     assert_user_error(rc, out, err, "layers.csv", "changed since stage sfp")
     assert tree(run) == before
