@@ -549,7 +549,7 @@ def test_chunked_fit_equals_the_whole_layer_at_once(monkeypatch):
 
 
 def test_analyze_unit_is_that_unit_of_the_layer_analysis():
-    """A unit analysed on its own (the explorer's and Run.unit's path) gives the layer analysis' matrix,
+    """A unit analysed on its own (the explorer's and Analysis.unit's path) gives the layer analysis' matrix,
     binary matrix, clusters and noise for that unit; its matrix is the silenced-FC mean of the brute-force
     loop; its top samples are the k strongest fields on the cluster's output units, found here by sorting
     all of them."""
