@@ -145,3 +145,21 @@ def test_sweep_bad_input_is_one_line(tmp_path):
     assert "Traceback" not in r.stderr + r.stdout
     r = _cli("sweep", "--dataset", "digits", "--shard", "3/2", "--run-dir", str(tmp_path / "y"))
     assert r.returncode == 2 and "3/2" in r.stderr
+
+
+def test_the_error_figure_shows_L_on_a_linear_and_a_logarithmic_axis():
+    """The papers' range, 3 to 1,000 labels, crowds the small counts at the left of a linear axis; the error
+    figure draws the same points against log L beside it (issue 29, item 6)."""
+    from filterlens.report.plots import sweep_figures
+
+    per_count = [{"num_labels": n, "max_error": e, "mean_error": e / 2, "mean_cluster_size": 1.0,
+                  "mean_clusters_per_filter": 1.0, "mean_snr": 1.0} for n, e in ((3, 0.0), (30, 0.02), (1000, 0.03))]
+    rows = [{"num_labels": c["num_labels"], "error": c["max_error"]} for c in per_count]
+    fits = {"max_error": {"a": 0.01, "b": 2e-05, "r2": 0.5}}
+    figs = sweep_figures(per_count, fits, rows)
+    assert sorted(figs) == ["sweep_clusters.png", "sweep_error.png"]
+    axes = figs["sweep_error.png"].axes
+    assert [ax.get_xscale() for ax in axes] == ["linear", "log"]
+    for ax in axes:  # each panel: the two curves and the one fit line given
+        assert any("fit 0.010" in t.get_text() for t in ax.get_legend().get_texts())
+        assert sorted(x for line in ax.get_lines()[:1] for x in line.get_xdata()) == [3, 30, 1000]

@@ -117,28 +117,36 @@ def plot_layers(rows: list[dict], directory: Path, title: str = "") -> list[Path
 
 
 def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: Path) -> list[Path]:
-    """``sweep_error.png`` (error against L with the fit lines) and ``sweep_clusters.png``
-    (cluster size, clusters per filter and SNR of the last layer against L)."""
+    """Write :func:`sweep_figures` into ``directory``: ``sweep_error.png`` and ``sweep_clusters.png``."""
+    directory = Path(directory)
+    return [save_figure(fig, directory / name) for name, fig in sweep_figures(per_count, fits, rows).items()]
+
+
+def sweep_figures(per_count: list[dict], fits: dict, rows: list[dict]) -> dict:
+    """The label-count study's figures by file name: ``sweep_error.png`` (the error of every model, the maximal and
+    mean error per L with their fit lines, against L on a linear axis and, beside it, a logarithmic one, where
+    a range like the papers' 3 to 1,000 labels shows the small counts) and ``sweep_clusters.png`` (cluster size,
+    clusters per filter and SNR of the last layer against L)."""
     import numpy as np
 
-    directory = Path(directory)
     xs = np.array([c["num_labels"] for c in per_count], dtype=float)
-    fig, ax = _new_figure((6.5, 4))
-    ax.scatter([r["num_labels"] for r in rows], [r["error"] for r in rows], s=14, color="0.6", label="each subset")
-    for key, style, label in (("max_error", "o-", "maximal error"), ("mean_error", "s-", "mean error")):
-        ys = [c[key] for c in per_count]
-        line, = ax.plot(xs, ys, style, label=label)
-        f = fits.get(key, {})
-        if f and all(math.isfinite(f.get(k, math.nan)) for k in ("a", "b")):
-            grid = np.linspace(xs.min(), xs.max(), 50)
-            ax.plot(grid, f["a"] + f["b"] * grid, "--", color=line.get_color(),
-                    label=f"fit {f['a']:.3f} + {f['b']:.4f} L (R² {f['r2']:.2f})")
-    ax.set_xlabel("number of labels L")
-    ax.set_ylabel("test error rate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("error against the number of labels")
-    paths = [save_figure(fig, directory / SWEEP_ERROR_PNG)]
+    fig, axes = _new_figure((12, 4), 1, 2)
+    for ax, scale in zip(axes, ("linear", "log")):
+        ax.scatter([r["num_labels"] for r in rows], [r["error"] for r in rows], s=14, color="0.6", label="each subset")
+        for key, style, label in (("max_error", "o-", "maximal error"), ("mean_error", "s-", "mean error")):
+            line, = ax.plot(xs, [c[key] for c in per_count], style, label=label)
+            f = fits.get(key, {})
+            if f and all(math.isfinite(f.get(k, math.nan)) for k in ("a", "b")):
+                grid = (np.geomspace if scale == "log" else np.linspace)(xs.min(), xs.max(), 50)
+                ax.plot(grid, f["a"] + f["b"] * grid, "--", color=line.get_color(),
+                        label=f"fit {f['a']:.3f} + {f['b']:.3g} L (R² {f['r2']:.2f})")
+        ax.set_xscale(scale)
+        ax.set_xlabel("number of labels L" + (" (log scale)" if scale == "log" else ""))
+        ax.set_ylabel("test error rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title("error against the number of labels")
+    figures = {SWEEP_ERROR_PNG: fig}
 
     fig, axes = _new_figure((12, 3.6), 1, 3)
     for ax, key, label in zip(axes, ("mean_cluster_size", "mean_clusters_per_filter", "mean_snr"),
@@ -147,8 +155,8 @@ def plot_sweep(per_count: list[dict], fits: dict, rows: list[dict], directory: P
         ax.set_xlabel("number of labels L")
         ax.set_title(f"last layer: {label}")
         ax.grid(alpha=0.3)
-    paths.append(save_figure(fig, directory / SWEEP_CLUSTERS_PNG))
-    return paths
+    figures[SWEEP_CLUSTERS_PNG] = fig
+    return figures
 
 
 def plot_afcc(rows: list[dict], path, title: str = "", acc_before: float | None = None) -> Path:
