@@ -300,10 +300,11 @@ class Analysis:
         from .results import RunFiles
 
         files = RunFiles(directory)  # the checks of filterlens report: checksums, the shapes of results and tables
-        files.verify_tables()  # layers.csv and every other table unchanged since their stages wrote them
+        tables = files.read_tables()  # layers.csv and every other table unchanged since their stages wrote them
+        units = tables["filters"] if "filters" in tables else files.table("filters")  # absent: refused in one line
         probes = ProbeResult.load(files.path) if all((files.path / f).exists() for f in PROBE_FILES) else None
         meta = {k: v for k, v in files.results.items() if k not in ("layers", "version")}
-        return cls(files.results.get("layers", []), files.table("filters"), probes, {}, meta, files=files)
+        return cls(files.results.get("layers", []), units, probes, {}, meta, files=files)
 
 
 def load_run(directory) -> Analysis:

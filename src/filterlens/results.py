@@ -59,11 +59,10 @@ class RunFiles:
         """The names of the tables (``layers``, ``filters``, ``afcc``, ...) whose files this run has."""
         return [name for name, file in TABLES.items() if (self.path / file).exists()]
 
-    def verify_tables(self) -> None:
-        """Read every table file the run has through :meth:`table`'s checks: the checksum its stage recorded and
-        the rows' shape (one line when a file changed or is damaged)."""
-        for name in self.tables():
-            self.table(name)
+    def read_tables(self) -> dict[str, list[dict]]:
+        """Every table file the run has, read once through :meth:`table`'s checks: the checksum its stage recorded
+        and the rows' shape (one line when a file changed or is damaged)."""
+        return {name: self.table(name) for name in self.tables()}
 
     def _table_file(self, name) -> Path:
         """The checked file of table ``name``: a known table, present, unchanged since its stage wrote it."""
