@@ -59,3 +59,20 @@ def test_config_runs_at_tiny_scale(path, tmp_path, request):  # the paper recipe
 
         sweep = json.loads((tmp_path / "run" / "sweep" / "sweep.json").read_text())
         assert [c["num_labels"] for c in sweep["per_count"]] == [2, 3] and sweep.get("claims")
+
+
+def test_toml_arrays_read_as_the_strings_the_command_line_takes(tmp_path):
+    """A config file may list labels, layers and thresholds as TOML arrays (a 1,000-label subset is unreadable as
+    one string); they mean what the comma-separated strings mean, and a bad array is refused in one line."""
+    from filterlens.errors import FilterlensError
+
+    arrays, strings = tmp_path / "arrays.toml", tmp_path / "strings.toml"
+    arrays.write_text('[data]\nlabels = [1, 3, 4]\n[probes]\nlayers = ["features.0", -1]\n'
+                      '[sfp]\nthresholds = [0.2, 0.4]\n')
+    strings.write_text('[data]\nlabels = "1,3,4"\n[probes]\nlayers = "features.0,-1"\n'
+                       '[sfp]\nthresholds = "0.2,0.4"\n')
+    assert Config.from_dict(load_toml(arrays)) == Config.from_dict(load_toml(strings))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data]\nlabels = [1.5]\n")
+    with pytest.raises(FilterlensError, match=r"config file '.*bad.toml': setting 'labels' = \[1.5\]"):
+        load_toml(bad)

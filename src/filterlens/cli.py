@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from . import distributed  # light: imports torch only inside torchrun
 from .checks import int_flag, parse_int
-from .config import Config, stage_fields
+from .config import Config, python_values, stage_fields
 from .errors import FilterlensError
 from .names import ERROR_LOG_PREFIX
 from .output import to_stdout
@@ -46,7 +46,9 @@ _TOML_TABLES = ("data", "model", "train", "probes", "sfp", "afcc", "sweep", "run
 
 
 def load_toml(path) -> dict:
-    """A TOML config file: flat keys of Config, or grouped in [data], [model], [train], ... tables."""
+    """A TOML config file: flat keys of Config, or grouped in [data], [model], [train], ... tables. Arrays (labels,
+    layers, thresholds, label counts) mean what the command line's comma-separated strings mean
+    (:func:`~filterlens.config.python_values`)."""
     import tomllib
 
     if not str(path).strip():
@@ -71,7 +73,10 @@ def load_toml(path) -> dict:
             flat.update({kk.replace("-", "_"): vv for kk, vv in v.items()})
         else:
             flat[k.replace("-", "_")] = v
-    return flat
+    try:
+        return python_values(flat)
+    except FilterlensError as exc:
+        raise FilterlensError(f"config file '{path}': {exc}") from None
 
 
 def _config_from_args(args, base: Config | None = None) -> Config:
