@@ -21,7 +21,7 @@ import torch
 
 from . import claims, sfp
 from . import distributed as dist_
-from .config import DEFAULT_THRESHOLD, Config, parse_heatmaps, parse_thresholds
+from .config import DEFAULT_THRESHOLD, Config, Hashed, ProbeSettings, SfpSettings, parse_heatmaps, parse_thresholds
 from .data import Data, check_labels_present
 from .errors import FilterlensError, closest
 from .files import remove_file, write_csv, write_json
@@ -353,7 +353,8 @@ def analyze(model: torch.nn.Module, train, test=None, *, labels=None, config: Co
     cfg = with_settings(config, _layer_choice(model, data, settings))
     use_threads(cfg.threads)
     check_model(model, data.input_shape, data.num_labels, "the model", cfg.layers, cfg.tokens)  # one dry forward
-    pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress)
+    pr = probe_stage(model, data, cfg, device=device, cache_dir=cache_dir, progress=progress,
+                     keep_fields=cfg.bootstrap > 0, heatmaps=cfg.heatmaps)
     result = sfp_stage(pr, data.describe(), cfg)
     result.data = data
     # the settings record what was analysed: the model by its class (the command line cannot rebuild it), the data by
@@ -426,10 +427,12 @@ def _layer_choice(model: torch.nn.Module, data: Data, settings: dict) -> dict:
 
 
 @keeps_global_state
-def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, cache_dir=None,
-                progress: bool | None = None) -> ProbeResult:
+def probe_stage(model: torch.nn.Module, data: Data, cfg: ProbeSettings, device=None, cache_dir=None,
+                progress: bool | None = None, keep_fields: bool = False, heatmaps: str = "none") -> ProbeResult:
     """Stage 2: select the layers, build the batches once (:class:`~filterlens.loaders.Feed`) and train every
-    layer's FC probe (one capture pass)."""
+    layer's FC probe (one capture pass). Two of stage 3's settings reach it from the caller: ``keep_fields``
+    (keep what the bootstrap resamples: ``bootstrap > 0``) and ``heatmaps`` (checked against the layers before
+    any work)."""
     check_labels_present(data)
     seed_everything(cfg.seed)
     if device is None:  # under torchrun: this rank's device
@@ -441,12 +444,11 @@ def probe_stage(model: torch.nn.Module, data: Data, cfg: Config, device=None, ca
     show = cfg.progress if progress is None else progress
     t0 = time.perf_counter()
     layers = resolve_layers(model, data.input_shape, cfg.layers, cfg.tokens)
-    check_heatmaps(cfg.heatmaps, layers)
+    check_heatmaps(heatmaps, layers)
     cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir  # checked by train_probes before any work
     feed = Feed(data, device, seed=cfg.seed, num_workers=cfg.num_workers, rank=dist_.rank(),
                 world_size=dist_.world_size())
-    pr = train_probes(model, layers, feed, cfg, cache_dir=cache_dir, progress=show,
-                      keep_fields=cfg.bootstrap > 0)
+    pr = train_probes(model, layers, feed, cfg, cache_dir=cache_dir, progress=show, keep_fields=keep_fields)
     pr.model_fingerprint = weights_fingerprint(model)  # what was analysed: every pairing call checks it
     pr.timings["stage_s"] = time.perf_counter() - t0
     return pr
@@ -467,7 +469,7 @@ def check_heatmaps(spec: str, layers) -> None:
                                   f"(0..{by_name[layer].units - 1})")
 
 
-def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
+def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: SfpSettings) -> Analysis:
     """Stage 3 from stage 2's outputs: every filter's matrix, clusters, noise; every layer's SNR."""
     t0 = time.perf_counter()
     rows, filter_rows, fitted, sweep_rows, boot_rows = [], [], {}, [], []
@@ -521,7 +523,7 @@ def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: Config) -> Analysis:
     return Analysis(rows, filter_rows, pr, fitted, meta)
 
 
-def _bootstrap_layer(r, pr: ProbeResult, cfg: Config, estimates: dict, replicates: dict) -> list[dict]:
+def _bootstrap_layer(r, pr: ProbeResult, cfg: SfpSettings, estimates: dict, replicates: dict) -> list[dict]:
     """One layer's bootstrap (``cfg.bootstrap`` stratified resamples of the test images, the same in every layer):
     its rows of bootstrap.csv, and each metric's replicates appended to ``replicates[metric]`` (a list per
     layer). It reads whichever input the probe stage kept for the layer: the per-sample fields, or the test
@@ -572,7 +574,8 @@ def analyze_run(run_dir, overrides: dict | None = None) -> Analysis:
         use_threads(cfg.threads)
         train_summary = read_train_summary(rd)
         device = dist_.setup(cfg.device)
-        pr = probe_stage(model, data, cfg, device=device, cache_dir=cfg.cache_dir or rd.file("cache"))
+        pr = probe_stage(model, data, cfg, device=device, cache_dir=cfg.cache_dir or rd.file("cache"),
+                         keep_fields=cfg.bootstrap > 0, heatmaps=cfg.heatmaps)
         result = sfp_stage(pr, data.describe(), cfg)
         result.meta["processes"] = dist_.world_size()
         result.data = data
@@ -596,7 +599,7 @@ def read_train_summary(rd: RunDir) -> dict | None:
     return {k: v for k, v in train.items() if k != "history"} if isinstance(train, dict) else None
 
 
-def write_sfp_result(rd: RunDir, cfg: Config, result: Analysis, train_summary: dict | None = None) -> list[str]:
+def write_sfp_result(rd: RunDir, cfg: Hashed, result: Analysis, train_summary: dict | None = None) -> list[str]:
     """Stage 3's files in the run directory (with the training summary, read here unless given), recorded in
     stages.json."""
     if rd.exists(TRAIN_SUMMARY):

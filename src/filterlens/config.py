@@ -13,6 +13,7 @@ import json
 import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Protocol
 
 from .checks import is_int_text, parse_int
 from .errors import FilterlensError, closest
@@ -425,3 +426,165 @@ def parse_pool(text):
     raise FilterlensError(f"probe_pool '{text}' is invalid; use none, HxW (e.g. 4x4) or max:N (e.g. max:8192)")
 
 
+
+
+# ------------------------------------------------------------------ each stage's settings
+# Config is the one record of a run's settings (the command line, TOML, config.json and the stage hashes read it
+# whole). A stage's functions take the group of settings they may read, as a typed protocol that Config satisfies:
+# each stage's own fields (one protocol per stage, each field in exactly one), composed with those of the stages
+# its results depend on (DEPENDS) and the run-wide ones. The type checker refuses a stage's function that reads a
+# later stage's setting, which its stage hash would not cover (tests/test_settings.py checks the groups against
+# Config's fields and DEPENDS).
+
+class RunFields(Protocol):
+    """Run-wide settings (stage ``run``): where and how the work runs, never what it computes."""
+
+    device: str
+    cache_dir: str | None
+    threads: int
+    num_workers: int
+    compile: bool
+    progress: bool
+
+
+class DataFields(Protocol):
+    """The ``data`` stage's settings: which images and labels (:class:`Config` documents each)."""
+
+    dataset: str
+    data_dir: str | None
+    labels: str
+    download: bool
+    image_size: int | None
+    train_samples: int
+    test_samples: int
+
+
+class ModelFields(Protocol):
+    """The ``model`` stage's settings: which network and which weights."""
+
+    model: str
+    width_mult: float
+    vgg_cfg: str | None
+    weights: str | None
+    checkpoint: str | None
+
+    def checkpoint_path(self) -> str | None:
+        """The checkpoint of this run's seed (:meth:`Config.checkpoint_path`)."""
+        ...
+
+
+class TrainFields(Protocol):
+    """The ``train`` stage's settings: the training recipe, its precision and the seed."""
+
+    epochs: int
+    min_steps: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    optimizer: str
+    schedule: str
+    warmup_epochs: int
+    step_epochs: int
+    gamma: float
+    augment: bool
+    amp: bool
+    seed: int
+
+
+class ProbeFields(Protocol):
+    """The ``probes`` stage's settings (METHOD.md stage 2): the layers and their FC probes."""
+
+    layers: str
+    probe_mode: str
+    probe_epochs: int | None
+    probe_lr: float | None
+    probe_batch_size: int
+    probe_weight_decay: float | None
+    probe_pool: str
+    tokens: str
+    probe_augment: bool
+    engine: str
+    cache_budget: str
+    probe_seeds: int
+    top_images: int
+
+
+class SfpFields(Protocol):
+    """The ``sfp`` stage's settings (METHOD.md stage 3): the unit matrices, their threshold and intervals."""
+
+    threshold: float
+    normalise: str
+    thresholds: str
+    bootstrap: int
+    explorer_units: int
+    heatmaps: str
+
+
+class AfccFields(Protocol):
+    """The ``afcc`` stage's settings (METHOD.md stage 5): the dilution, its retraining and its controls."""
+
+    afcc: bool
+    afcc_layers: str
+    retrain_epochs: int
+    retrain_lr: float
+    retrain_momentum: float
+    retrain_weight_decay: float
+    retrain_batch_size: int
+    retrain_augment: bool
+    random_draws: int
+    afcc_thresholds: str
+    latency_batch: int
+    latency_repeats: int
+
+
+class SweepFields(Protocol):
+    """The ``sweep`` stage's settings (METHOD.md stage 4): the label counts and subsets."""
+
+    num_labels: str
+    subsets: int
+    sweep_layers: str
+
+
+class Hashed(Protocol):
+    """A record of settings that can name its stage results (:meth:`Config.stage_hash`)."""
+
+    def stage_hash(self, stage: str) -> str:
+        """The hash of the settings ``stage``'s results depend on (:meth:`Config.stage_hash`)."""
+        ...
+
+    def to_dict(self) -> dict:
+        """Every setting by name (:meth:`Config.to_dict`)."""
+        ...
+
+
+class DataSettings(DataFields, RunFields, Protocol):
+    """What loading the data reads."""
+
+
+class ModelSettings(DataFields, ModelFields, RunFields, Protocol):
+    """What building the network reads."""
+
+
+class TrainSettings(DataFields, ModelFields, TrainFields, RunFields, Hashed, Protocol):
+    """What training reads: the data, the network and the recipe."""
+
+
+class ProbeSettings(DataFields, ModelFields, TrainFields, ProbeFields, RunFields, Hashed, Protocol):
+    """What the probes stage reads: its own settings and those its results depend on."""
+
+
+class SfpSettings(DataFields, ModelFields, TrainFields, ProbeFields, SfpFields, RunFields, Hashed, Protocol):
+    """What the single-unit analysis reads."""
+
+
+class AfccSettings(DataFields, ModelFields, TrainFields, ProbeFields, SfpFields, AfccFields, RunFields, Hashed,
+                   Protocol):
+    """What AFCC reads (not the sweep's settings: its results do not depend on them)."""
+
+
+# the stage whose own fields each protocol declares, and each stage's settings group (tests/test_settings.py)
+FIELDS_OF = {"run": RunFields, "data": DataFields, "model": ModelFields, "train": TrainFields, "probes": ProbeFields,
+             "sfp": SfpFields, "afcc": AfccFields, "sweep": SweepFields}
+SETTINGS_OF = {"data": DataSettings, "model": ModelSettings, "train": TrainSettings, "probes": ProbeSettings,
+               "sfp": SfpSettings, "afcc": AfccSettings}

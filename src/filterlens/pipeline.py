@@ -246,7 +246,8 @@ def _probes(rd: RunDir, cfg: Config, fresh: bool) -> None:
     from .train import load_trained
 
     model, _, data, _ = load_trained(rd.path)
-    pr = an.probe_stage(model, data, cfg, cache_dir=cfg.cache_dir or rd.file("cache"))
+    pr = an.probe_stage(model, data, cfg, cache_dir=cfg.cache_dir or rd.file("cache"), keep_fields=cfg.bootstrap > 0,
+                        heatmaps=cfg.heatmaps)
     files = pr.save(rd.path, cfg.stage_hash("probes"))
     rd.record("probes", cfg.stage_hash("probes"), [str(p.relative_to(rd.path)) for p in files],
               pr.timings.get("stage_s"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .config import Config
+from .config import ProbeFields
 from .errors import FilterlensError
 from .files import read_json, torch_save, write_json
 from .names import LABEL_MEANS, PROBE_FILES, PROBES, PROBES_JSON
@@ -57,7 +57,7 @@ class ProbeRecipe:
         return cls(**base)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "ProbeRecipe":
+    def from_config(cls, cfg: ProbeFields) -> "ProbeRecipe":
         """The recipe of ``cfg.probe_mode`` (paper: 200 epochs by default, fast: 30) with the probe
         settings ``cfg`` gives."""
         kw = dict(lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay, batch_size=cfg.probe_batch_size)

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from . import distributed as dist_
 from .capture import Capture, CaptureLayer, FeatureCache, LabelMeanSink, capture_pass, pooled_shape
-from .config import Config, parse_bytes, parse_pool
+from .config import ProbeSettings, parse_bytes, parse_pool
 from .engine import (
     CACHE_FOLDER,
     DiskCache,
@@ -286,7 +286,7 @@ class ProbeEval:
         return {n: c / max(self.total, 1) for n, c in self.correct.items()}
 
 
-def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: Config, cache_dir: Path | None = None,
+def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: ProbeSettings, cache_dir: Path | None = None,
                  progress: bool = True, keep_fields: bool = False) -> ProbeResult:
     """Train every selected layer's probe; return accuracies, weights, label means and votes.
 

@@ -27,7 +27,7 @@ import numpy as np
 from . import claims
 from .checks import is_int_text
 from .claims import fit_line
-from .config import Config
+from .config import Config, ProbeSettings
 from .errors import FilterlensError
 from .files import read_json, write_csv, write_json
 from .folders import make_dirs, mark
@@ -182,30 +182,36 @@ def run_sweep(cfg: Config, sweep_dir, counts: str, subsets: int = 3, sweep_layer
     mark(sweep_dir, "sweep")
     write_json(plan_path, plan)
     if not merge_only:
-        work = []
-        for t in mine:
-            tcfg = cfg.replace(labels=",".join(map(str, t.labels)), progress=cfg.progress and jobs == 1)
-            work.append((tcfg.to_dict(), str(sweep_dir / t.folder), t, sweep_layers, cfg.progress and jobs == 1,
-                         cfg.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)))
-        todo = [w for w in work if not (Path(w[1]) / TASK).exists()]
-        say(f"sweep: {len(tasks)} models in all, {len(mine)} in this shard, {len(mine) - len(todo)} already done")
-        if jobs > 1 and len(todo) > 1:
-            import multiprocessing as mp
-
-            with mp.get_context("spawn").Pool(min(jobs, len(todo)), initializer=_worker_signals) as pool:
-                for row in pool.imap_unordered(_run_task, work):
-                    say(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}")
-        else:
-            for w in work:
-                row = _run_task(w)
-                say(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}"
-                     f"  ({row['seconds']:.1f}s)")
+        _run_tasks(cfg, sweep_dir, mine, len(tasks), sweep_layers, jobs)
     missing = [t.folder for t in tasks if not (sweep_dir / t.folder / TASK).exists()]
     if missing:
         say(f"sweep: {len(missing)} model(s) not done yet ({', '.join(missing[:4])}...); run the other shards, "
              "then filterlens sweep --merge")
         return None
     return merge(sweep_dir)
+
+
+def _run_tasks(cfg: Config, sweep_dir: Path, mine: list, models: int, sweep_layers: str, jobs: int) -> None:
+    """Train and analyse this shard's models not done yet, in ``jobs`` processes (each with its share of the
+    cores unless ``threads`` is set), saying each model's error as it finishes."""
+    work = []
+    for t in mine:
+        tcfg = cfg.replace(labels=",".join(map(str, t.labels)), progress=cfg.progress and jobs == 1)
+        work.append((tcfg.to_dict(), str(sweep_dir / t.folder), t, sweep_layers, cfg.progress and jobs == 1,
+                     cfg.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)))
+    todo = [w for w in work if not (Path(w[1]) / TASK).exists()]
+    say(f"sweep: {models} models in all, {len(mine)} in this shard, {len(mine) - len(todo)} already done")
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(jobs, len(todo)), initializer=_worker_signals) as pool:
+            for row in pool.imap_unordered(_run_task, work):
+                say(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}")
+    else:
+        for w in work:
+            row = _run_task(w)
+            say(f"  L={row['num_labels']:>4} subset {row['subset']}: error {row['error']:.4f}"
+                 f"  ({row['seconds']:.1f}s)")
 
 
 def _worker_signals() -> None:
@@ -227,7 +233,7 @@ def _worker_signals() -> None:
             pass
 
 
-def _check_layers(cfg: Config, data, sweep_layers: str) -> None:
+def _check_layers(cfg: ProbeSettings, data, sweep_layers: str) -> None:
     """The layer selection of every model of the sweep, checked on the architecture before anything is trained."""
     from .models import ModelSpec, build_model, resolve_layers
 

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed as dist_
-from .config import Config
+from .config import Config, DataSettings, Hashed, ModelSettings, ProbeSettings, RunFields, TrainFields, TrainSettings
 from .data import Data, check_labels_present, load_data
 from .errors import Diverged, FilterlensError
 from .files import write_csv, write_json
 from .fingerprint import digest_matches
-from .loaders import make_loader
+from .loaders import ArrayLoader, DatasetLoader, make_loader
 from .models import ModelSpec, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from .models.contract import check_model
 from .names import CHECKPOINT, CONFIG, MODEL, RESULTS, TRAIN_LOG, TRAIN_SUMMARY
@@ -76,7 +76,7 @@ def loss_limit(num_labels: int) -> float:
     return 100.0 * max(math.log(max(num_labels, 2)), 1.0)
 
 
-def check_schedule(cfg: Config, steps_per_epoch: int) -> None:
+def check_schedule(cfg: TrainFields, steps_per_epoch: int) -> None:
     """Refuse (before any work) a warm-up that is not shorter than the training it warms up."""
     epochs = epochs_of(cfg, steps_per_epoch)
     if epochs > 0 and cfg.warmup_epochs >= epochs:
@@ -84,18 +84,18 @@ def check_schedule(cfg: Config, steps_per_epoch: int) -> None:
                               f"({epochs} epochs); give fewer warm-up epochs (at most {epochs - 1}) or more --epochs")
 
 
-def load_data_for(cfg: Config) -> Data:
+def load_data_for(cfg: DataSettings) -> Data:
     """The data ``cfg`` names: dataset, folder, label subset, image size and sample counts."""
     return load_data(cfg.dataset, cfg.data_dir, cfg.labels, cfg.download, cfg.image_size,
                      train_samples=cfg.train_samples, test_samples=cfg.test_samples)
 
 
-def model_spec_for(cfg: Config, data: Data) -> ModelSpec:
+def model_spec_for(cfg: ModelSettings, data: Data) -> ModelSpec:
     """The :class:`~filterlens.models.ModelSpec` of ``cfg``'s model for ``data`` (its labels, channels, size)."""
     return ModelSpec(cfg.model, data.num_labels, data.in_channels, data.image_size, cfg.width_mult, cfg.vgg_cfg)
 
 
-def make_model(cfg: Config, data: Data) -> tuple[nn.Module, ModelSpec]:
+def make_model(cfg: ModelSettings, data: Data) -> tuple[nn.Module, ModelSpec]:
     """Build the architecture for this data; start from --weights or --checkpoint if given."""
     spec = model_spec_for(cfg, data)
     model = build_model(spec, cfg.weights)
@@ -133,14 +133,14 @@ def logits_of(out):
     return out
 
 
-def _optimizer(cfg: Config, model: nn.Module):
+def _optimizer(cfg: TrainFields, model: nn.Module):
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            nesterov=cfg.momentum > 0)
 
 
-def epochs_of(cfg: Config, steps_per_epoch: int) -> int:
+def epochs_of(cfg: TrainFields, steps_per_epoch: int) -> int:
     """The epochs a training runs: ``epochs``, raised where ``min_steps`` asks for more optimiser steps than that
     gives (a small label subset's few batches per epoch still get a full training)."""
     if cfg.epochs == 0 or not cfg.min_steps:
@@ -148,7 +148,7 @@ def epochs_of(cfg: Config, steps_per_epoch: int) -> int:
     return max(cfg.epochs, -(-cfg.min_steps // max(steps_per_epoch, 1)))
 
 
-def _scheduler(cfg: Config, opt, epochs: int | None = None):
+def _scheduler(cfg: TrainFields, opt, epochs: int | None = None):
     """The per-epoch learning-rate schedule over ``epochs`` (default ``cfg.epochs``), after ``warmup_epochs`` of
     linear warm-up (from lr / (w + 1))."""
     sched = torch.optim.lr_scheduler
@@ -219,7 +219,7 @@ def train(cfg: Config, run_dir, resume: bool = False, overwrite: bool = False, p
             raise
 
 
-def _prepare(cfg: Config) -> tuple[Data, nn.Module, ModelSpec]:
+def _prepare(cfg: ProbeSettings) -> tuple[Data, nn.Module, ModelSpec]:
     """The data and the model of a training, every setting that needs them checked (one line each)."""
     data = load_data_for(cfg)
     check_labels_present(data)
@@ -252,7 +252,7 @@ def _refuse_damaged_checkpoint(rd: RunDir) -> None:
                               "--overwrite (filterlens run --from train)")
 
 
-def _finished(rd: RunDir, cfg: Config) -> dict | None:
+def _finished(rd: RunDir, cfg: Hashed) -> dict | None:
     """The summary of a finished training with these settings, or None (also when its files changed since)."""
     if not (rd.exists(MODEL) and rd.exists(TRAIN_SUMMARY)):
         return None
@@ -267,14 +267,30 @@ def _finished(rd: RunDir, cfg: Config) -> dict | None:
     return summary
 
 
-def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec, device, batch: int, resume: bool,
-         overwrite: bool, progress: bool | None) -> dict:
-    """Train (or resume) into the locked run directory; write model.pt and train.json and record them."""
-    main = dist_.is_main()
+@dataclass
+class _Session:
+    """One training's moving parts, made once by :func:`_session`: the model and the network that runs its steps
+    (:func:`_training_net`), the optimiser, schedule and loss scaler, the precisions of training and evaluation, the
+    loaders, the number of epochs, the loss above which the training has diverged, and the number of processes."""
+
+    model: nn.Module
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    infer: Precision
+    train_loader: ArrayLoader | DatasetLoader
+    test_loader: ArrayLoader | DatasetLoader
+    epochs: int
+    limit: float
+    world: int
+
+
+def _session(cfg: TrainSettings, data: Data, model: nn.Module, device, batch: int) -> _Session:
+    """Everything a training's epochs need, in the order the training has always made it (the loaders' seeded
+    generators after the optimiser), so a run resumed or trained again takes the same steps."""
     rank, world = dist_.rank(), dist_.world_size()
-    if main:
-        rd.claim(cfg, overwrite=overwrite, stage="train")
-    dist_.barrier()
     model.to(device)
     precision = for_training(device, cfg.amp, model, data.input_shape)  # bfloat16 where it pays (precision.py)
     infer = for_inference(device, cfg.amp, model)
@@ -288,66 +304,88 @@ def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec,
     sched = _scheduler(cfg, opt, epochs)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none
     scaler = torch.amp.GradScaler("cuda", enabled=precision.name == "float16")
+    return _Session(model, net, opt, sched, scaler, precision, infer, train_loader, test_loader, epochs,
+                    loss_limit(data.num_labels), world)
+
+
+def _fit(cfg: Config, rd: RunDir, data: Data, model: nn.Module, spec: ModelSpec, device, batch: int, resume: bool,
+         overwrite: bool, progress: bool | None) -> dict:
+    """Train (or resume) into the locked run directory; write model.pt and train.json and record them."""
+    main = dist_.is_main()
+    if main:
+        rd.claim(cfg, overwrite=overwrite, stage="train")
+    dist_.barrier()
+    s = _session(cfg, data, model, device, batch)
     history: list[dict] = []
     start = 0
     if resume and rd.exists(CHECKPOINT):
-        history, start = _resume(rd, model, spec, opt, sched, scaler)
-        say(f"resuming from epoch {start} of {epochs}" + (f" on {world} processes" if world > 1 else ""))
-
+        history, start = _resume(rd, s.model, spec, s.opt, s.sched, s.scaler)
+        say(f"resuming from epoch {start} of {s.epochs}" + (f" on {s.world} processes" if s.world > 1 else ""))
     show = progress if progress is not None else cfg.progress
-    limit = loss_limit(data.num_labels)
-    if start < epochs:
-        say(f"note: training in {precision.name}" + (" with channels-last maps" if precision.channels_last else "")
-             + f" ({precision.reason})")
+    if start < s.epochs:
+        say(f"note: training in {s.precision.name}" + (" with channels-last maps" if s.precision.channels_last
+                                                       else "") + f" ({s.precision.reason})")
     t0 = time.perf_counter()
-    for epoch in range(start, epochs):
-        net.train()
-        train_loader.set_epoch(epoch)
-        te = time.perf_counter()
-        bar = progress_bar(train_loader, show, desc=f"train epoch {epoch + 1}/{epochs}")
-        loss_sum, correct, total = _train_epoch(net, bar, opt, scaler, precision, cfg, epoch, limit)
-        sched.step()
-        if world > 1:
-            loss_sum, correct, total = dist_.all_reduce_sum([loss_sum, correct, total])
-            dist_.broadcast_buffers(model)  # the model rank 0 saves is the one every rank evaluates
-        if any(not bool(torch.isfinite(p).all()) for p in model.parameters()):
-            _diverged(cfg, f"its weights became NaN or infinite at epoch {epoch + 1}", limit)
-        ev = evaluate(model, test_loader, device, infer, reduce=world > 1)
-        if not math.isfinite(ev["loss"]):
-            _diverged(cfg, f"its test loss became {ev['loss']} at epoch {epoch + 1}", limit)
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / total,
-               "train_accuracy": correct / total, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
-               "seconds": time.perf_counter() - te, "precision": precision.name}
-        history.append(row)
-        say(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  train acc "
-             f"{row['train_accuracy']:.4f}  test acc {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)")
+    for epoch in range(start, s.epochs):
+        history.append(_epoch(s, cfg, epoch, show, device))
         if main:
-            _save_epoch(rd, cfg, model, spec, data, history, opt, sched, scaler, world)
-
-    final = evaluate(model, test_loader, device, infer, reduce=world > 1) if not history or start == epochs \
-        else {"accuracy": history[-1]["test_accuracy"], "loss": history[-1]["test_loss"]}
-    summary = {"train_hash": cfg.stage_hash("train"), "test_accuracy": final["accuracy"], "test_loss": final["loss"],
-               "epochs": epochs, "steps": epochs * len(train_loader),
-               # the whole training: the epochs before a resume (their logged times) and this process's time
-               "seconds": sum(float(r.get("seconds", 0.0)) for r in history[:start]) + time.perf_counter() - t0,
-               "model": asdict(spec), "data": data.describe(), "history": history, "processes": world,
-               "precision": {"train": precision.record(), "evaluation": infer.record()},
-               "convergence": convergence(history)}
+            _save_epoch(rd, cfg, s, spec, data, history)
+    summary = _summary(cfg, s, spec, data, history, start, device)
+    # the whole training: the epochs before a resume (their logged times) and this process's time
+    summary["seconds"] = sum(float(r.get("seconds", 0.0)) for r in history[:start]) + time.perf_counter() - t0
     if history and summary["convergence"]["converged"] is False:
         say(f"note: not converged by filterlens' rule ({summary['convergence']['reason']})")
     if main:
-        save_checkpoint(rd.file(MODEL), _unwrap(model), spec, data.label_names,
-                        {"epoch": epochs, "history": history, "config": cfg.to_dict()})
+        save_checkpoint(rd.file(MODEL), _unwrap(s.model), spec, data.label_names,
+                        {"epoch": s.epochs, "history": history, "config": cfg.to_dict()})
         write_json(rd.file(TRAIN_SUMMARY), summary)
         rd.remove(CHECKPOINT)
         rd.record("train", cfg.stage_hash("train"), (MODEL, TRAIN_SUMMARY), summary["seconds"])
-    if world > 1:
-        del net  # DDP's reducer, with its communication hooks, goes before the process group does
+    if s.world > 1:
+        del s.net  # DDP's reducer, with its communication hooks, goes before the process group does
         dist_.barrier()  # every rank returns once the files are there
     return summary
 
 
-def _training_net(model: nn.Module, cfg: Config, device, world: int, channels_last: bool):
+def _epoch(s: _Session, cfg: TrainSettings, epoch: int, show: bool, device) -> dict:
+    """One epoch: the steps over the training batches, the schedule's step, the divergence checks and the test
+    set's evaluation; returns the epoch's row of train_log.csv (and says it)."""
+    s.net.train()
+    s.train_loader.set_epoch(epoch)
+    te = time.perf_counter()
+    bar = progress_bar(s.train_loader, show, desc=f"train epoch {epoch + 1}/{s.epochs}")
+    loss_sum, correct, total = _train_epoch(s.net, bar, s.opt, s.scaler, s.precision, cfg, epoch, s.limit)
+    s.sched.step()
+    if s.world > 1:
+        loss_sum, correct, total = dist_.all_reduce_sum([loss_sum, correct, total])
+        dist_.broadcast_buffers(s.model)  # the model rank 0 saves is the one every rank evaluates
+    if any(not bool(torch.isfinite(p).all()) for p in s.model.parameters()):
+        _diverged(cfg, f"its weights became NaN or infinite at epoch {epoch + 1}", s.limit)
+    ev = evaluate(s.model, s.test_loader, device, s.infer, reduce=s.world > 1)
+    if not math.isfinite(ev["loss"]):
+        _diverged(cfg, f"its test loss became {ev['loss']} at epoch {epoch + 1}", s.limit)
+    row = {"epoch": epoch + 1, "lr": s.opt.param_groups[0]["lr"], "train_loss": loss_sum / total,
+           "train_accuracy": correct / total, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
+           "seconds": time.perf_counter() - te, "precision": s.precision.name}
+    say(f"epoch {epoch + 1:3d}/{s.epochs}  loss {row['train_loss']:.4f}  train acc "
+        f"{row['train_accuracy']:.4f}  test acc {row['test_accuracy']:.4f}  ({row['seconds']:.1f}s)")
+    return row
+
+
+def _summary(cfg: Hashed, s: _Session, spec: ModelSpec, data: Data, history: list[dict], start: int, device) -> dict:
+    """train.json's record of a finished training (its ``seconds`` are added by the caller). The final accuracy is
+    the last epoch's, or measured now where this process trained no epoch (a finished checkpoint resumed)."""
+    final = evaluate(s.model, s.test_loader, device, s.infer, reduce=s.world > 1) \
+        if not history or start == s.epochs else {"accuracy": history[-1]["test_accuracy"],
+                                                   "loss": history[-1]["test_loss"]}
+    return {"train_hash": cfg.stage_hash("train"), "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+            "epochs": s.epochs, "steps": s.epochs * len(s.train_loader),
+            "seconds": 0.0, "model": asdict(spec), "data": data.describe(), "history": history,
+            "processes": s.world, "precision": {"train": s.precision.record(), "evaluation": s.infer.record()},
+            "convergence": convergence(history)}
+
+
+def _training_net(model: nn.Module, cfg: RunFields, device, world: int, channels_last: bool):
     """The model to train (in channels-last memory where the precision wants it) and the network that runs its
     steps: the model itself, wrapped in DistributedDataParallel under torchrun, compiled with ``cfg.compile``."""
     if channels_last:
@@ -361,14 +399,13 @@ def _training_net(model: nn.Module, cfg: Config, device, world: int, channels_la
     return model, net
 
 
-def _save_epoch(rd: RunDir, cfg: Config, model: nn.Module, spec: ModelSpec, data: Data, history: list, opt, sched,
-                scaler, world: int) -> None:
+def _save_epoch(rd: RunDir, cfg: TrainSettings, s: _Session, spec: ModelSpec, data: Data, history: list) -> None:
     """checkpoint.pt after an epoch (weights, optimiser, schedule, loss scaler, torch's generator: what
     :func:`_resume` reads back) and train_log.csv."""
-    save_checkpoint(rd.file(CHECKPOINT), _unwrap(model), spec, data.label_names,
-                    {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": len(history),
+    save_checkpoint(rd.file(CHECKPOINT), _unwrap(s.model), spec, data.label_names,
+                    {"optimizer": s.opt.state_dict(), "scheduler": s.sched.state_dict(), "epoch": len(history),
                      "history": history, "torch_rng": torch.get_rng_state(), "config": cfg.to_dict(),
-                     "world_size": world, "grad_scaler": scaler.state_dict()})
+                     "world_size": s.world, "grad_scaler": s.scaler.state_dict()})
     write_csv(rd.file(TRAIN_LOG), history)
 
 
@@ -384,7 +421,7 @@ def _resume(rd: RunDir, model: nn.Module, spec: ModelSpec, opt, sched, scaler) -
     return list(state["history"]), int(state["epoch"])
 
 
-def _train_epoch(net, batches, opt, scaler, precision, cfg: Config, epoch: int, limit: float
+def _train_epoch(net, batches, opt, scaler, precision, cfg: TrainSettings, epoch: int, limit: float
                  ) -> tuple[float, float, float]:
     """One pass over the training batches: a step each; returns this rank's (summed loss, correct, samples).
     A loss that is not finite or above ``limit`` stops the training (:func:`_diverged`)."""
@@ -408,7 +445,7 @@ def _train_epoch(net, batches, opt, scaler, precision, cfg: Config, epoch: int, 
     return loss_sum, correct, total
 
 
-def _diverged(cfg: Config, what: str, limit: float):
+def _diverged(cfg: TrainFields, what: str, limit: float):
     raise Diverged(f"the training diverged: {what} (a training that learns stays below {limit:.0f}, 100 times the "
                    f"loss of a chance guess); no model is written: lower --lr (now {cfg.lr:g}) and train again")
 

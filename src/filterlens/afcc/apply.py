@@ -27,7 +27,8 @@ import torch
 
 from .. import sfp
 from ..capture import pooled_shape
-from ..config import Config, parse_bytes, parse_pool, parse_thresholds
+from ..config import AfccSettings, Config, ProbeSettings, parse_bytes, parse_pool, parse_thresholds
+from ..data import Data
 from ..errors import FilterlensError
 from ..inputs import as_data
 from ..loaders import Feed
@@ -71,22 +72,7 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
     (``afcc_layers``, ``threshold``, ``retrain_epochs``, ``retrain_lr``, ``random_draws``,
     ``afcc_thresholds``, ``seed``, ...). The model is not modified.
     """
-    from ..analysis import check_pair, with_settings
-
-    if not isinstance(model, torch.nn.Module):
-        raise FilterlensError(f"model is a {type(model).__name__}; give the torch.nn.Module the analysis was made of")
-    if not all(hasattr(analysis, k) for k in ("probes", "layers", "meta")):
-        raise FilterlensError(f"analysis is a {type(analysis).__name__}; give what filterlens.analyze returned (or "
-                              "filterlens.analysis.Analysis.load(run_dir))")
-    cfg = with_settings(config or analysis.config, settings)
-    use_threads(cfg.threads)
-    if analysis.probes is None:
-        raise FilterlensError("the analysis holds no probe weights and label means; load it with "
-                              "Analysis.load(run_dir) from a run directory that has them")
-    data = as_data(train, test, labels) if train is not None else getattr(analysis, "data", None)
-    if data is None:
-        raise FilterlensError("the analysis holds no data (it was loaded from a run directory); give train and test")
-    check_pair(model, analysis, data)  # the weights it analysed, one score per label, its labels
+    cfg, data = _checked(model, analysis, (train, test, labels), config, settings)
     device = resolve_device(str(device) if device is not None else cfg.device)
     t_start = time.perf_counter()
     plan = _Plan(model, analysis, data, cfg, device)
@@ -136,7 +122,32 @@ def apply(model: torch.nn.Module, analysis, train=None, test=None, *, labels=Non
         pruned_masks=removal["masks"])
 
 
-def _retraining_record(cfg: Config, ctx: _Context, chosen: _Variant, trainable) -> dict:
+def _checked(model, analysis, given: tuple, config: Config | None, settings: dict) -> tuple[Config, Data]:
+    """:func:`apply`'s inputs checked before any work (one line each): the model, the analysis (with its probe
+    weights), the settings over the analysis' own, and the data (``given``: train, test and labels, or the
+    analysis' own), paired with the model and the analysis (:func:`~filterlens.analysis.check_pair`). The
+    settings' thread count is taken (the Python door restores the caller's)."""
+    from ..analysis import check_pair, with_settings
+
+    if not isinstance(model, torch.nn.Module):
+        raise FilterlensError(f"model is a {type(model).__name__}; give the torch.nn.Module the analysis was made of")
+    if not all(hasattr(analysis, k) for k in ("probes", "layers", "meta")):
+        raise FilterlensError(f"analysis is a {type(analysis).__name__}; give what filterlens.analyze returned (or "
+                              "filterlens.analysis.Analysis.load(run_dir))")
+    cfg = with_settings(config or analysis.config, settings)
+    use_threads(cfg.threads)
+    if analysis.probes is None:
+        raise FilterlensError("the analysis holds no probe weights and label means; load it with "
+                              "Analysis.load(run_dir) from a run directory that has them")
+    train, test, labels = given
+    data = as_data(train, test, labels) if train is not None else getattr(analysis, "data", None)
+    if data is None:
+        raise FilterlensError("the analysis holds no data (it was loaded from a run directory); give train and test")
+    check_pair(model, analysis, data)  # the weights it analysed, one score per label, its labels
+    return cfg, data
+
+
+def _retraining_record(cfg: AfccSettings, ctx: _Context, chosen: _Variant, trainable) -> dict:
     """How the diluted networks were retrained (results.json's ``afcc.retraining``): the settings, what is frozen
     and trained, the engine and precision, and the main and random variants' per-epoch histories."""
     return {"epochs": cfg.retrain_epochs, "lr": cfg.retrain_lr, "momentum": cfg.retrain_momentum,
@@ -163,7 +174,7 @@ def check_between(net) -> None:
                                   f"--afcc-layers {names[-1]} for the FC mask only")
 
 
-def check_range(model, layers, num_labels: int, input_size, cfg: Config) -> None:
+def check_range(model, layers, num_labels: int, input_size, cfg: ProbeSettings) -> None:
     """Before any work: the AFCC range ``layers`` (:class:`~filterlens.models.Layer`, consecutive) can be masked
     on ``model`` (its initial weights will do): a diluted network is built on it and :func:`check_between` asked."""
     if len(layers) < 2:
@@ -177,7 +188,7 @@ def check_range(model, layers, num_labels: int, input_size, cfg: Config) -> None
 class _Plan:
     """The layers AFCC masks, the diluted network built on them, and their clusters at any threshold."""
 
-    def __init__(self, model, analysis, data, cfg: Config, device):
+    def __init__(self, model, analysis, data, cfg: AfccSettings, device):
         probes = analysis.probes
         weights = {r.name: r.weight for r in probes.layers}
         means = {r.name: r.label_means for r in probes.layers}
@@ -205,7 +216,7 @@ class _Plan:
 class _Context:
     """Batches for one AFCC: train/test at the first trainable trunk position, cached when possible."""
 
-    def __init__(self, net, names, feed: Feed, cfg: Config, progress):
+    def __init__(self, net, names, feed: Feed, cfg: AfccSettings, progress):
         self.feed, self.cfg = feed, cfg
         self.start = _first_trainable(net, names)
         # the frozen trunk's passes (the cache, the whole network's accuracies) in bfloat16 where the CPU has it;
@@ -291,7 +302,7 @@ class _Variant:
         return statistics.stdev(vals) if len(vals) > 1 else None
 
 
-def _variant(net0, clusters, ctx: _Context, cfg: Config, progress) -> _Variant:
+def _variant(net0, clusters, ctx: _Context, cfg: AfccSettings, progress) -> _Variant:
     """Masks from ``clusters``; accuracy masked and retrained; the same for ``random_draws`` random controls.
 
     Random draw k places the connections with seed ``seed + k``; every draw is retrained with the same data
@@ -328,7 +339,7 @@ def _curve_row(t: float, v: _Variant, deepest_clusters, acc_before: float, draws
             "filters_without_cluster": sum(1 for c in deepest_clusters if not c) / max(len(deepest_clusters), 1)}
 
 
-def _removal(plan: _Plan, chosen: _Variant, ctx: _Context, accs: dict, cfg: Config, device) -> dict:
+def _removal(plan: _Plan, chosen: _Variant, ctx: _Context, accs: dict, cfg: AfccSettings, device) -> dict:
     """Physical removal of the units whose outgoing connections are all masked, with its cost."""
     from .export import MASK_NOTE
 

@@ -198,17 +198,7 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
     input_size = tuple(int(s) for s in input_size)
     all_layers = list_layers(model, input_size, "blocks", [layers] if isinstance(layers, str) else list(layers),
                              tokens)
-    by_name = {l.name: l for l in all_layers}
-    names = [layers] if isinstance(layers, str) else list(layers)
-    if not names:
-        raise FilterlensError("no layer given for AFCC; give one layer or a range of consecutive layers")
-    for n in names:
-        if n not in by_name:
-            raise FilterlensError(f"unknown layer '{n}'; valid layers: {', '.join(by_name)}")
-    if len(set(names)) != len(names):
-        raise FilterlensError(f"layer list {names} repeats a layer")
-    chosen = sorted((by_name[n] for n in names), key=lambda l: l.index)
-    _check_consecutive(chosen, all_layers)
+    chosen = _chosen_layers(all_layers, layers)
     b = chosen[-1]
     C, H, W = pooled_shape(b.shape, parsed, b.unit_kind)
     w = torch.as_tensor(fc_weight).detach().float().cpu()
@@ -238,23 +228,48 @@ def build_diluted(model, layers, fc_weight, input_size, pool: str | None = "none
     if structure["mode"] == "hook":
         _locate_linears(trunk[0].model, chosen, info)
     if structure["mode"] == "prefix":
-        pos = {l.name: int(l.name.rpartition(".")[2]) for l in all_layers
-               if l.name.rpartition(".")[0] == "features" and l.name.rpartition(".")[2].isdigit()}
-        for l in chosen:
-            prev = all_layers[l.index - 1] if l.index > 0 else None
-            if l.name not in pos or (prev is not None and prev.name not in pos):
-                continue
-            loc = _locate_conv(trunk, pos[l.name], pos[prev.name] if prev is not None else -1)
-            if loc is None:
-                continue
-            conv = net.get_submodule(loc["conv"])
-            fits_prev = prev is None or conv.in_channels == prev.units
-            if conv.groups != 1 or conv.out_channels != l.units or not fits_prev:
-                continue
-            info["convs"][l.name] = loc
+        _locate_convs(net, chosen, all_layers, info)
     net.info = info
     device = next(model.parameters()).device
     return net.to(device).eval()
+
+
+def _chosen_layers(all_layers: list, layers) -> list:
+    """The layers named by ``layers`` (one name or consecutive names), in depth order; an empty list, an unknown or
+    repeated name, or layers that are not consecutive is refused in one line."""
+    by_name = {l.name: l for l in all_layers}
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names:
+        raise FilterlensError("no layer given for AFCC; give one layer or a range of consecutive layers")
+    for n in names:
+        if n not in by_name:
+            raise FilterlensError(f"unknown layer '{n}'; valid layers: {', '.join(by_name)}")
+    if len(set(names)) != len(names):
+        raise FilterlensError(f"layer list {names} repeats a layer")
+    chosen = sorted((by_name[n] for n in names), key=lambda l: l.index)
+    _check_consecutive(chosen, all_layers)
+    return chosen
+
+
+def _locate_convs(net: DilutedNet, chosen: list, all_layers: list, info: dict) -> None:
+    """A prefix trunk (``features[:k+1]``): record in ``info["convs"]`` the conv that makes each chosen layer's
+    units, where one plain conv does (as many output channels as the layer has units, reading the previous layer's
+    units, no groups), so its masks can act on that conv's weights."""
+    trunk = net.trunk
+    pos = {l.name: int(l.name.rpartition(".")[2]) for l in all_layers
+           if l.name.rpartition(".")[0] == "features" and l.name.rpartition(".")[2].isdigit()}
+    for l in chosen:
+        prev = all_layers[l.index - 1] if l.index > 0 else None
+        if l.name not in pos or (prev is not None and prev.name not in pos):
+            continue
+        loc = _locate_conv(trunk, pos[l.name], pos[prev.name] if prev is not None else -1)
+        if loc is None:
+            continue
+        conv = net.get_submodule(loc["conv"])
+        fits_prev = prev is None or conv.in_channels == prev.units
+        if conv.groups != 1 or conv.out_channels != l.units or not fits_prev:
+            continue
+        info["convs"][l.name] = loc
 
 
 def _locate_linears(model, chosen, info: dict) -> None:

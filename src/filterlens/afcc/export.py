@@ -80,17 +80,9 @@ def save(path, diluted_model, masks: Sequence[LayerMask], meta: dict | None = No
     return torch_save(path, with_digest(state))  # load() checks the digest: a flipped byte is refused
 
 
-def load(path, model=None, device="cpu"):
-    """Rebuild a working diluted (or pruned) network from a file written by :func:`save`.
-
-    The architecture comes from the file's ModelSpec (:func:`filterlens.models.build_model`),
-    or from ``model`` (e.g. your own class; it is deep-copied, never modified); then the same
-    truncation, FC and, for a pruned file, the same filter removal; then the saved state.
-    Returns the network in eval mode, with ``afcc_masks`` (list of :class:`LayerMask`) and
-    ``afcc_meta`` attributes. A file that does not fit the architecture is a
-    :class:`FilterlensError` with one line.
-    """
-    path = Path(path)
+def _read_file(path: Path) -> dict:
+    """The contents of an AFCC file, refused in one line where it is missing, not a PyTorch file, not filterlens'
+    format or version, or damaged (its sha256 differs from the one saved with it)."""
     if path.is_dir():
         raise FilterlensError(f"AFCC file '{path}' is a directory, not a file; give the file filterlens afcc wrote "
                               "(RUN_DIR/afcc_model.pt or afcc_pruned.pt)")
@@ -111,21 +103,44 @@ def load(path, model=None, device="cpu"):
         raise FilterlensError(f"AFCC file '{path}' is damaged: what it holds differs from the sha256 filterlens saved "
                               "with it (a changed byte); it is not loaded: use an intact copy or run filterlens afcc "
                               "again")
-    spec = state["spec"]
-    what = f"it was made from model {spec.get('model')!r} ({spec.get('num_labels')} labels)"
-    base = model if model is not None else build_model(ModelSpec(**spec))
-    info = state["info"]
+    return state
+
+
+def _trunk(base: nn.Module, info: dict, unfit: str, what: str) -> nn.Sequential:
+    """The saved network's trunk rebuilt from ``base`` (deep-copied): the first modules of its ``features`` (a
+    prefix trunk) or the whole network stopped at the deepest layer by a hook; ``unfit`` and ``what`` open and
+    close the one line that refuses an architecture without them."""
     if info["mode"] == "prefix":
         feats = getattr(base, info["source"], None)
         if not isinstance(feats, nn.Sequential) or len(feats) < info["trunk_len"]:
             have = len(feats) if isinstance(feats, nn.Sequential) else "none"
-            raise FilterlensError(f"'{path}' does not fit this architecture (it needs '{info['source']}' with at least "
+            raise FilterlensError(f"{unfit} (it needs '{info['source']}' with at least "
                                   f"{info['trunk_len']} modules, the model has {have}); {what}")
         trunk = nn.Sequential(*[copy.deepcopy(m) for m in list(feats.children())[: info["trunk_len"]]])
     else:
         if info["deepest"] not in dict(base.named_modules()):
-            raise FilterlensError(f"'{path}' does not fit this architecture (no layer '{info['deepest']}'); {what}")
+            raise FilterlensError(f"{unfit} (no layer '{info['deepest']}'); {what}")
         trunk = hook_trunk(copy.deepcopy(base), info.get("unit") or {"name": info["deepest"]})
+    return trunk
+
+
+def load(path, model=None, device="cpu"):
+    """Rebuild a working diluted (or pruned) network from a file written by :func:`save`.
+
+    The architecture comes from the file's ModelSpec (:func:`filterlens.models.build_model`),
+    or from ``model`` (e.g. your own class; it is deep-copied, never modified); then the same
+    truncation, FC and, for a pruned file, the same filter removal; then the saved state.
+    Returns the network in eval mode, with ``afcc_masks`` (list of :class:`LayerMask`) and
+    ``afcc_meta`` attributes. A file that does not fit the architecture is a
+    :class:`FilterlensError` with one line.
+    """
+    path = Path(path)
+    state = _read_file(path)
+    spec = state["spec"]
+    what = f"it was made from model {spec.get('model')!r} ({spec.get('num_labels')} labels)"
+    base = model if model is not None else build_model(ModelSpec(**spec))
+    info = state["info"]
+    trunk = _trunk(base, info, f"'{path}' does not fit this architecture", what)
     L, C, H, W = info["fc_shape_original"]
     full = {**info, "layers": list(state["layers"]), "pool": state["pool"], "pruned": None, "spec": spec,
             "original_shapes": state["original_shapes"]}

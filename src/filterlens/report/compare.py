@@ -122,8 +122,6 @@ def build_compare(dirs, out, pool: bool = False) -> Path:
     The pooled tables are said (:func:`filterlens.output.say`). Every input and ``out`` are checked before
     anything is written (FilterlensError, one line).
     """
-    from ..checks import path_arg
-
     dirs = [dirs] if isinstance(dirs, (str, os.PathLike)) else dirs
     if isinstance(dirs, (bytes, int, float, bool)) or not hasattr(dirs, "__iter__"):
         raise FilterlensError(f"directories {dirs!r} is a {type(dirs).__name__}; give a list of run or sweep "
@@ -132,25 +130,7 @@ def build_compare(dirs, out, pool: bool = False) -> Path:
     if not dirs:
         raise FilterlensError(f"no directory to compare; give one or more: {_VALID}")
     out = RunDir.validate(out, "output directory")
-    dirs = _expand_seeds(dirs)
-    runs, sweeps = [], []
-    seen: dict[Path, Path] = {}
-    for d in dirs:
-        p = path_arg(d, "input directory") if str(d).strip() else Path(str(d))
-        if not str(d).strip():
-            raise FilterlensError(f"input directory '' is empty; give {_VALID}")
-        if not p.is_dir():
-            what = "does not exist" if not p.exists() else "is not a directory"
-            raise FilterlensError(f"input '{p}' {what}; give {_VALID}")
-        key = p.resolve()
-        if key in seen:
-            raise FilterlensError(f"input '{p}' is given twice (also as '{seen[key]}'); give each directory once")
-        seen[key] = p
-        found, sweep = _read_run(p), _read_sweep(p)
-        if not found and sweep is None:
-            raise FilterlensError(f"input '{p}' is neither a finished run nor a finished sweep; give {_VALID}")
-        runs += found
-        sweeps += [sweep] if sweep else []
+    runs, sweeps, seen = _read_inputs(_expand_seeds(dirs))
     if out.resolve() in seen:
         raise FilterlensError(f"output directory '{out}' is one of the inputs; choose another --out")
     _check_out(out)
@@ -185,6 +165,33 @@ def build_compare(dirs, out, pool: bool = False) -> Path:
         if stale not in written and stale != page and stale.is_file():
             stale.unlink()
     return page
+
+
+def _read_inputs(dirs: list) -> tuple[list, list, dict[Path, Path]]:
+    """The runs and sweeps of the input directories, each read through its checks, and the directories by their
+    resolved paths; an input that is empty, missing, given twice or neither a finished run nor a sweep is refused
+    in one line."""
+    from ..checks import path_arg
+
+    runs, sweeps = [], []
+    seen: dict[Path, Path] = {}
+    for d in dirs:
+        p = path_arg(d, "input directory") if str(d).strip() else Path(str(d))
+        if not str(d).strip():
+            raise FilterlensError(f"input directory '' is empty; give {_VALID}")
+        if not p.is_dir():
+            what = "does not exist" if not p.exists() else "is not a directory"
+            raise FilterlensError(f"input '{p}' {what}; give {_VALID}")
+        key = p.resolve()
+        if key in seen:
+            raise FilterlensError(f"input '{p}' is given twice (also as '{seen[key]}'); give each directory once")
+        seen[key] = p
+        found, sweep = _read_run(p), _read_sweep(p)
+        if not found and sweep is None:
+            raise FilterlensError(f"input '{p}' is neither a finished run nor a finished sweep; give {_VALID}")
+        runs += found
+        sweeps += [sweep] if sweep else []
+    return runs, sweeps, seen
 
 
 def _expand_seeds(dirs: list) -> list:
