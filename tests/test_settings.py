@@ -78,4 +78,5 @@ def test_the_probe_and_sfp_stages_run_on_their_groups_alone():
     result = sfp_stage(pr, data.describe(), _Only(cfg, SETTINGS_OF["sfp"]))  # type: ignore[arg-type]
     assert [r["layer"] for r in result.layers] == [layer.name for layer in pr.layers]
     intervals = result.meta["bootstrap"]["intervals"]  # the bootstrap ran, reading its settings through the group
-    assert result.meta["bootstrap"]["n"] == 5 and {row["layer"] for row in intervals} == {layer.name for layer in pr.layers}
+    assert result.meta["bootstrap"]["n"] == 5
+    assert {row["layer"] for row in intervals} == {layer.name for layer in pr.layers}
