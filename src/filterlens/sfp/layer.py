@@ -33,6 +33,17 @@ from .matrices import (
 )
 from .stats import unit_stats
 
+
+def _snr(signal: float, noise: float) -> float:
+    """The layer's SNR, signal over noise: inf when the noise is 0 and the signal positive, nan when both are 0 or
+    either is undefined (METHOD.md stage 3, item 6)."""
+    if math.isnan(signal) or math.isnan(noise):
+        return math.nan
+    if noise > 0:
+        return signal / noise
+    return math.inf if signal > 0 else math.nan
+
+
 # LayerSFP keeps a layer's matrices (and their binarised copies) only up to this size ("auto")
 _KEEP_BYTES = 256 * 2**20
 
@@ -301,12 +312,7 @@ class LayerSFP:
                      else np.zeros(0, dtype=np.int64))
         signal_all = _nanmean(self.signal_)
         noise_all = _nanmean(self.noise_)
-        if math.isnan(signal_all) or math.isnan(noise_all):
-            snr = math.nan
-        elif noise_all > 0:
-            snr = signal_all / noise_all
-        else:
-            snr = math.inf if signal_all > 0 else math.nan
+        snr = _snr(signal_all, noise_all)
         signal_field, noise_field = _nanmean(self.field_signal_[has]), _nanmean(self.field_noise_[has])
         out: dict[str, Any] = {
             "clusters_per_filter": _nanmean(self.num_clusters_[has]),
