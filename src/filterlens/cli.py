@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"filterlens {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_model_commands(sub)
+    _add_result_commands(sub)
+    return p
+
+
+def _add_model_commands(sub) -> None:
+    """The subcommands that train or analyse a model: train, analyze, layers, sweep and run (the whole pipeline)."""
     t = sub.add_parser("train", help="train a model on a dataset into a run directory",
                        formatter_class=_HelpFormatter)
     t.add_argument("--run-dir", required=True, help="run directory (created)")
@@ -192,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "claims over them ({seed} in --checkpoint names each seed's weights)")
     _add_config_flags(r, TRAIN_STAGES + ("probes", "sfp", "afcc", "sweep"))
 
+
+def _add_result_commands(sub) -> None:
+    """The subcommands that read or extend finished runs, and the demo: report, compare, afcc, demo."""
     rep = sub.add_parser("report", help="rebuild report.html of a run from its saved results (no recomputation)",
                          formatter_class=_HelpFormatter)
     rep.add_argument("run_dir", help="run directory")
@@ -230,7 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo run with other settings")
     d.add_argument("--threads", type=int_flag, default=0, help="CPU threads torch uses (0: torch's default); on a "
                    "machine where other jobs keep cores busy, the free cores")
-    return p
 
 
 def _speaks(command):
