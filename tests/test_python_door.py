@@ -267,6 +267,40 @@ def test_threads_setting_is_used_inside_and_the_callers_count_comes_back(monkeyp
         torch.set_num_threads(before)
 
 
+def test_the_single_unit_stage_uses_the_threads_setting_and_records_it(monkeypatch):
+    """Stage 3 on its own (as ``filterlens run`` calls it, after the probe stage gave the caller's count back)
+    works at ``threads`` and records that count in the result's environment; the caller's count comes back."""
+    import torch
+
+    from filterlens import sfp
+    from filterlens.analysis import probe_stage, sfp_stage
+    from filterlens.config import Config
+    from filterlens.data import load_data
+    from filterlens.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("vgg_tiny", 10, 1, 8, 1.0, None))
+    data = load_data("digits")
+    cfg = Config(probe_epochs=1, bootstrap=3, progress=False, threads=1)
+    seen: set[int] = set()
+    analyze_layer = sfp.analyze_layer
+
+    def watched(*args, **kwargs):
+        seen.add(torch.get_num_threads())
+        return analyze_layer(*args, **kwargs)
+
+    monkeypatch.setattr(sfp, "analyze_layer", watched)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pr = probe_stage(model, data, cfg, keep_fields=True)
+        assert torch.get_num_threads() == 2  # the probe stage gave the caller's count back
+        result = sfp_stage(pr, data.describe(), cfg)
+        assert seen == {1} and torch.get_num_threads() == 2
+        assert result.meta["environment"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_units_is_the_name_and_filters_the_alias():
     """One name per concept (issue 31): a layer's, a probe result's and an analysis' units are ``units``;
     ``filters``, the name from before heads and nodes, gives the same values."""

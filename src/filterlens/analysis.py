@@ -469,8 +469,11 @@ def check_heatmaps(spec: str, layers) -> None:
                                   f"(0..{by_name[layer].units - 1})")
 
 
+@keeps_global_state
 def sfp_stage(pr: ProbeResult, data_meta: dict, cfg: SfpSettings) -> Analysis:
-    """Stage 3 from stage 2's outputs: every filter's matrix, clusters, noise; every layer's SNR."""
+    """Stage 3 from stage 2's outputs: every filter's matrix, clusters, noise; every layer's SNR. It works at
+    ``cfg.threads`` (the count the result's environment records) and gives the caller's count back."""
+    use_threads(cfg.threads)
     t0 = time.perf_counter()
     rows, filter_rows, fitted, sweep_rows, boot_rows = [], [], {}, [], []
     replicates: dict[str, list] = {}
