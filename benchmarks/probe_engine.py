@@ -99,6 +99,7 @@ from filterlens.config import Config, parse_bytes, parse_pool
 from filterlens.data import FASHION_MNIST_DEBIAN_DIR
 from filterlens.errors import FilterlensError
 from filterlens.loaders import Feed, make_loader
+from filterlens.memory import peak_bytes, reset_peak
 from filterlens.models import build_model, list_layers, load_checkpoint, select_layers
 from filterlens.precision import for_inference
 from filterlens.probes import ProbeEval, ProbeRecipe, ProbeSet, train_probes
@@ -127,21 +128,6 @@ def _status_kib(key: str) -> int | None:
 
 def rss_bytes() -> int:
     kib = _status_kib("VmRSS")
-    return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_bytes() -> int:
-    kib = _status_kib("VmHWM")
     return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

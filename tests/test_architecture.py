@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "filterlens"
 FLOORS = [
     ["errors", "version", "names", "checks"],
     ["distributed"],
-    ["files", "config", "progress", "utils", "hooks", "folders", "precision", "fingerprint", "output", "records"],
+    ["files", "config", "progress", "utils", "hooks", "folders", "precision", "fingerprint", "output", "records",
+     "memory"],
     ["rundir", "glyphs"],
     ["data", "models", "inputs", "loaders"],
     ["capture", "engine"],

@@ -293,3 +293,29 @@ def test_a_full_disk_inside_torch_save_is_one_line_exit_1(tmp_path):
                        env={**ENV, "PYTHONPATH": str(ROOT / "src")}, stdin=subprocess.DEVNULL, cwd=tmp_path)
     _one_line_error(r, "disk full", "No space left", code=1)
     assert not (d / "model.pt").exists() and not list(d.glob(".model.pt.*.tmp"))
+
+
+def test_each_stage_records_its_own_peak_memory(tmp_path, monkeypatch):
+    """stages.json keeps, per stage that ran, the command's peak resident memory while it ran, measured from the
+    stage's start: a stage after one that held 400 MB more shows a peak below that one's."""
+    from filterlens import pipeline
+    from filterlens.config import Config
+    from filterlens.memory import reset_peak
+
+    if not reset_peak():
+        pytest.skip("this system keeps only the process' peak memory")
+    train = pipeline._RUN["train"]
+
+    def heavy_train(*args):
+        held = torch.ones(100 * 2**20)  # 400 MB, touched, freed when the stage ends
+        train(*args)
+        del held
+
+    monkeypatch.setitem(pipeline._RUN, "train", heavy_train)
+    cfg = Config(dataset="digits", model="vgg_tiny", epochs=1, probe_epochs=1, afcc=False, progress=False, threads=1)
+    pipeline.run_pipeline(cfg, tmp_path / "run")
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    peaks = {s: stages[s].get("peak_memory_bytes") for s in ("train", "probes", "sfp")}
+    assert all(isinstance(v, int) and v > 0 for v in peaks.values()), peaks
+    assert {stages[s]["peak_memory_scope"] for s in peaks} == {"stage"}
+    assert peaks["train"] > max(peaks["probes"], peaks["sfp"]) + 300 * 2**20, peaks

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+from . import distributed as dist_
+from . import memory
 from .config import STAGE_ORDER, Config
 from .errors import Diverged, FilterlensError, closest
 from .names import (
@@ -162,8 +164,11 @@ def _stages(rd: RunDir, cfg: Config, wanted: list[str], hashes: dict, from_stage
             t0 = time.perf_counter()
             if stage != "report":
                 say(f"== stage {stage}")
+            from_start = memory.reset_peak()
             _RUN[stage](rd, cfg, overwrite or from_stage == "train")
             timeline[stage] = time.perf_counter() - t0
+            if dist_.is_main():
+                rd.note_peak_memory(stage, memory.peak_bytes(), "stage" if from_start else "process")
             if stage == "sfp":
                 rd.claim(cfg, stage="train")  # stages 2-3 accepted these settings: config.json records them
 

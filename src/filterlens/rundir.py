@@ -362,6 +362,16 @@ class RunDir:
                                       f"from stages.json); it is not trusted: run that stage again (filterlens run "
                                       f"--from {stage}, or the command that wrote it)")
 
+    def note_peak_memory(self, stage: str, peak: int, scope: str) -> None:
+        """Add the peak resident memory of the command while ``stage`` ran (``scope``: ``"stage"`` when measured
+        from the stage's start, ``"process"`` when the system only keeps the process' peak) to the stage's record
+        in stages.json; nothing when the stage left no record."""
+        stages = self.stages()
+        if stage not in stages or not _valid_record(stages[stage]):
+            return
+        stages[stage].update({"peak_memory_bytes": int(peak), "peak_memory_scope": scope})
+        write_json(self.file(MANIFEST), stages)
+
     def record(self, stage: str, settings_hash: str, outputs, seconds: float | None = None) -> dict:
         """Record that ``stage`` ran with ``settings_hash`` and wrote ``outputs`` (their sha256).
 
