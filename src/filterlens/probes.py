@@ -60,6 +60,14 @@ from .utils import derive_seed
 PROBE_SEED_STREAM = 7_000
 #: bytes per value of the per-sample fields the bootstrap can read (float32)
 FIELD_BYTES = 4
+#: the device types whose probe optimiser runs its update as one fused kernel (torch's fused Adam and SGD)
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def optimiser_kernel(device) -> str:
+    """How the probes' optimiser updates the weights on ``device``: ``fused`` (one kernel per step, on the devices
+    of FUSED_DEVICES) or ``foreach`` (a kernel per operation); recorded in probes.json's ``precision``."""
+    return "fused" if torch.device(device).type in FUSED_DEVICES else "foreach"
 
 
 def bootstrap_input(shape: Sequence[int], num_labels: int, feature_bytes: int) -> str:
@@ -107,12 +115,17 @@ class ProbeSet:
             start += p.numel()
         self.opt: torch.optim.Optimizer
         self.sched: torch.optim.lr_scheduler.LRScheduler
+        # the optimiser's update in one fused kernel per step where torch has it (CPU and CUDA): the same update
+        # to float rounding, 2.4x (Adam) and 1.8x (SGD) faster on a 1,000 x 6,400 probe, where the per-element
+        # update of a wide probe costs more than its batch's products (benchmarks/probe_step.py)
+        fused = optimiser_kernel(params[0].device) == "fused"
         if recipe.optimizer == "sgd":
             self.opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
                                        nesterov=recipe.nesterov and recipe.momentum > 0,
-                                       weight_decay=recipe.weight_decay, foreach=True)
+                                       weight_decay=recipe.weight_decay, foreach=not fused, fused=fused or None)
         else:
-            self.opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
+            self.opt = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=not fused,
+                                        fused=fused or None)
         if recipe.lr_decay.startswith("exp:"):
             self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, float(recipe.lr_decay[4:]))
         else:
@@ -338,7 +351,8 @@ def train_probes(model: nn.Module, layers: Sequence[Layer], feed, cfg: ProbeSett
     results, counts, timings, test_labels = _merge(parts, cls, keep)
     timings["total_s"] = time.perf_counter() - t_all
     passes = plan.record()["capture_passes"] or recipe.epochs + 1
-    record = {**precision.record(), "cache": _name(cache_dtype), "probe_products": _name(arithmetic)}
+    record = {**precision.record(), "cache": _name(cache_dtype), "probe_products": _name(arithmetic),
+              "probe_update": optimiser_kernel(feed.device)}
     return ProbeResult(results, cfg.probe_mode, plan.engine, recipe, counts, timings, passes, plan.note, test_labels,
                        plan.record(), feed.describe(), record)
 
