@@ -33,6 +33,8 @@ CASES = {  # file: (config, sha256 in checkpoints/converged/README.md, test accu
         "resnet20", "11ba52dbd31c93c45d94ca3706707171f890b06ffc51a901a316909793ea439e", 0.9424),
     "seeds/fashion-mnist-resnet20-seed1.pt": (
         "resnet20", "36e5fdb9938931d2bdf0eb60ccf3fc62999211130373d8d19612233a18b6b55d", 0.9425),
+    "seeds/fashion-mnist-resnet20-seed2.pt": (
+        "resnet20", "1cb14d6b4a55c341fd6e3a092db204ef2874fb41bd3646530542413b2a3a38d5", 0.9407),
 }
 
 
