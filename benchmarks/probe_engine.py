@@ -99,7 +99,7 @@ from filterlens.config import Config, parse_bytes, parse_pool
 from filterlens.data import FASHION_MNIST_DEBIAN_DIR
 from filterlens.errors import FilterlensError
 from filterlens.loaders import Feed, make_loader
-from filterlens.memory import peak_bytes, reset_peak
+from filterlens.memory import peak_bytes, reset_peak, resident_bytes
 from filterlens.models import build_model, list_layers, load_checkpoint, select_layers
 from filterlens.precision import for_inference
 from filterlens.probes import ProbeEval, ProbeRecipe, ProbeSet, train_probes
@@ -114,22 +114,6 @@ TARGETS = {"naive_over_fast": (">=", 15.0), "naive_aug_over_paper": (">=", 5.0),
 
 
 # ----------------------------------------------------------------------------- memory helpers
-
-def _status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def rss_bytes() -> int:
-    kib = _status_kib("VmRSS")
-    return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
 
 def mib(b) -> float:
     return b / 2**20
@@ -346,9 +330,9 @@ def memory_worker(spec: dict) -> dict:
     model, data = load_model(Path(spec["run_dir"]), cfg, device)
     layers = select_layers(list_layers(model, (data.in_channels, data.image_size, data.image_size)), cfg.layers)
     gc.collect()
-    cold = rss_bytes()
+    cold = resident_bytes()
     warm_up(model, layers, data, cfg, device)
-    baseline = rss_bytes()
+    baseline = resident_bytes()
     reset_ok = reset_peak()
     hwm_before = peak_bytes()
     if device.type == "cuda":

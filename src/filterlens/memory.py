@@ -33,6 +33,12 @@ def reset_peak() -> bool:
     return _status_kib("VmHWM") is not None
 
 
+def resident_bytes() -> int:
+    """The process' resident memory now, in bytes (``VmRSS``; where the system has no such record, its peak)."""
+    kib = _status_kib("VmRSS")
+    return kib * 1024 if kib is not None else peak_bytes()
+
+
 def peak_bytes() -> int:
     """The process' peak resident memory in bytes: since the last :func:`reset_peak` that succeeded, else since
     it started."""
