@@ -44,6 +44,7 @@ TARGETS_MIN = {"vgg16": 10.0, "resnet20": 6.0}  # issue 28: the whole analysis, 
 def export(rev: str, into: Path) -> Path:
     """The ``src`` folder of revision ``rev`` of this repository, exported into ``into``."""
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True).stdout
+    into.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "src"
 
