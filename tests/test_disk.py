@@ -1,7 +1,7 @@
 """The test suites' disk footprint stays that of the tests running now, not the sum of every test.
 
-The slow suite runs every config at tiny scale, and the ImageNet recipes keep full-size VGG-16 and
-EfficientNet weights (a label-count study writes one model per label subset: 0.5 GB each). Under
+The slow suite runs every config at tiny scale, and the ImageNet VGG-16 recipes keep full-size weights
+(a label-count study writes one model per label subset: 0.5 GB each, 1.6 GB in one test). Under
 pytest's default retention every test's folder lives until the session ends, and on CI that sum
 filled the disk (stop 38: "No space left on device" from the hostile battery on). pyproject.toml's
 ``tmp_path_retention_policy = "failed"`` removes a passing test's folder when it ends and keeps a
