@@ -249,29 +249,32 @@ class ProbeEval:
                                             copy=True))
         x = x.reshape(n, x.shape[1], -1)
         w = self._w[name]
-        # (C, n, S) @ (C, S, L) -> (C, n, L): one batched product, float32
-        fields = torch.bmm(x.transpose(0, 1).float(), w.permute(1, 2, 0)).transpose(0, 1)  # (n, C, L)
-        self.correct[name] += int((fields.sum(1).argmax(1) == y).sum().item())
-        winner = fields.argmax(2).cpu()  # (n, C)
+        # (C, n, S) @ (C, S, L) -> (C, n, L): one batched product, float32; every reduction below runs along
+        # the last or first axis of this layout (no transposed copy of the fields)
+        fields = torch.bmm(x.float().transpose(0, 1), w.permute(1, 2, 0))
+        self.correct[name] += int((fields.sum(0).argmax(1) == y).sum().item())
+        winner = fields.argmax(2)  # (C, n): the output unit each unit's field makes win, per sample
+        self.votes[name].scatter_add_(1, winner.cpu(), torch.ones_like(winner, device="cpu"))
         if name in self.fields_of:
-            self.fields[name].append(fields.to("cpu", torch.float32, memory_format=torch.contiguous_format))
-        self.votes[name].scatter_add_(1, winner.T.contiguous(), torch.ones_like(winner.T))
+            self.fields[name].append(fields.transpose(0, 1).to("cpu", torch.float32,
+                                                               memory_format=torch.contiguous_format))
         if self.top_k:
             self._update_top(name, fields, start)
 
     def _update_top(self, name: str, fields: torch.Tensor, start: int) -> None:
-        """Merge these rows' fields (n, C, L) into the running top k per (unit, output unit)."""
-        n = fields.shape[0]
+        """Merge these rows' fields (C, n, L) into the running top k per (unit, output unit): the rows' own top k
+        first, then the top k of those and the ones kept."""
+        n = fields.shape[1]
         local = torch.arange(start, start + n)
         index = (self.test_index[local] if self.test_index is not None else local).to(fields.device)
-        vals = fields.permute(1, 2, 0).float()  # (C, L, n)
-        idx = index.view(1, 1, n).expand_as(vals)
+        vals, pos = fields.topk(min(self.top_k, n), dim=1)  # (C, k, L)
+        vals, idx = vals.transpose(1, 2), index[pos].transpose(1, 2)  # (C, L, k)
         if name in self.top:
             old_v, old_i = self.top[name]
             vals, idx = torch.cat([old_v, vals], 2), torch.cat([old_i.to(idx.device), idx], 2)
-        k = min(self.top_k, vals.shape[2])
-        best, pos = vals.topk(k, dim=2)
-        self.top[name] = (best, idx.gather(2, pos))
+            best, pos = vals.topk(min(self.top_k, vals.shape[2]), dim=2)
+            vals, idx = best, idx.gather(2, pos)
+        self.top[name] = (vals.contiguous(), idx.contiguous())
 
     def all_reduce(self) -> None:
         """Under torchrun (each rank saw its shard of the test set): sum the counts and votes, and
