@@ -18,12 +18,16 @@ On one frozen network and one data set, in ONE process, it times:
 (b) ``paper`` mode: ``train_probes`` with ``probe_mode="paper"`` (stream: one forward pass per
     epoch updates every layer's probe);
 (c) ``fast`` mode: ``train_probes`` with ``probe_mode="fast"`` (one capture pass into the
-    float16 cache, every probe trained from it); its capture / probe-training / evaluation
-    split (``ProbeResult.timings``) is reported, the probe-training share on its own;
+    cache, bfloat16 where the CPU has bfloat16 units, else float16; every probe trained from it);
+    its capture / probe-training / evaluation split (``ProbeResult.timings``) is reported, the
+    probe-training share on its own;
 (d) the floor: one inference pass of the full frozen network over train+test (no hooks,
     ``torch.no_grad``, batch 256 like the capture); the fastest of two runs (one before,
     one after the other modes; an untimed floor pass first warms every batch shape), which
-    makes ``fast_over_floor`` conservative.
+    makes ``fast_over_floor`` conservative;
+(e) the probes' products alone (:func:`probe_products`): the least time fast mode's probe training can take
+    with torch's kernels, so ``1 + probe_products_s / floor`` is the least ``fast_over_floor`` can be (the
+    capture is a forward pass too).
 
 Memory (each measurement in its own subprocess, after the timings, because peak RSS only
 grows within a process): the baseline is the resident set (VmRSS) right before
@@ -319,6 +323,39 @@ def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_
             "partial_forward_passes": passes, "recipe": recipe}
 
 
+@torch.no_grad()
+def probe_products(cap_layers, num_labels: int, rows: int, recipe: ProbeRecipe, device, dtype) -> float:
+    """Seconds that fast mode's probe training spends at least in its matrix products with torch's kernels: every
+    step's two products per layer (logits, gradient; what ``ProbeSet.step_all`` multiplies, in ``dtype``, the
+    cache's type) for one epoch of ``rows`` samples in batches of the recipe's size, times the epochs. No gather,
+    softmax or optimiser update, and one batch read again and again (from the CPU's caches): a lower bound, so
+    ``1 + probe_products_s / floor`` is the least ``fast_over_floor`` can be with these products (the capture
+    pass is a forward pass too)."""
+    bs = recipe.batch_size
+    mult = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    batch = torch.randn(bs, sum(cl.features for cl in cap_layers), device=device).to(mult)
+    views, a = [], 0
+    for cl in cap_layers:
+        views.append(batch[:, a:a + cl.features])
+        a += cl.features
+    weights = [torch.randn(num_labels, cl.features, device=device).to(mult) for cl in cap_layers]
+    p = torch.randn(bs, num_labels, device=device).to(mult)
+    steps = -(-rows // bs)
+
+    def epoch():
+        for _ in range(steps):
+            for x, w in zip(views, weights):
+                torch.mm(x, w.T)
+                torch.mm(p.T, x)
+
+    epoch()  # kernels chosen and memory touched before the clock starts
+    sync(device)
+    t0 = time.perf_counter()
+    epoch()
+    sync(device)
+    return (time.perf_counter() - t0) * recipe.epochs
+
+
 # ----------------------------------------------------------------------------- memory workers
 
 def memory_worker(spec: dict) -> dict:
@@ -608,6 +645,9 @@ def main(argv=None) -> int:
     naive_aug = timed("naive_aug", "(a) naive_aug",
                       lambda: naive_mode(model, layers, data, cfg_paper, recipe_paper, False, device))
     timed("floor_2", "(d) floor again", lambda: floor_pass(model, data, device))
+    cache_dtype = torch.bfloat16 if for_inference(device, True, model).dtype == torch.bfloat16 else torch.float16
+    products = timed("products", "probe products", lambda: probe_products(
+        cap_layers, data.num_labels, len(data.train), recipe_fast, device, cache_dtype))
     floor_key = min(("floor_1", "floor_2"), key=lambda k: runs[k]["wall_s"])
     runs["floor"] = dict(runs[floor_key], run=floor_key)
     timing_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -696,6 +736,8 @@ def main(argv=None) -> int:
                                            sec["fast"] / runs["floor_2"]["wall_s"]],
         "fast_capture_over_floor": capture_over_floor,
         "fast_without_probe_train_over_floor": (sec["fast"] - fast.timings.get("probe_train_s", 0.0)) / sec["floor"],
+        "probe_products_s": products,
+        "fast_over_floor_least": 1 + products / sec["floor"],
         "fast_timings": fast.timings,
         "paper_timings": paper.timings,
         "fast_vs_naive_max_abs_diff_points": diff_fast,
@@ -727,9 +769,13 @@ def main(argv=None) -> int:
             "load_average_start_mid_end": [load_start[0], load_mid[0], load_end[0]], "wait_quiet_s": args.wait_quiet,
         },
         "notes": [
-            "fast trains from a float16 cache (cast to float32 per batch); naive trains on float32 features computed "
-            "on the fly; naive uses the same per-epoch permutations as fast, so their accuracies differ only through "
-            "the float16 rounding (and floating-point order).",
+            "fast trains from the cache (bfloat16 where the CPU has bfloat16 units, multiplied as it is; else float16 "
+            "cast to float32 per batch); naive trains on the features computed on the fly in the same precision; "
+            "naive uses the same per-epoch permutations as fast, so their accuracies differ only through the cache's "
+            "rounding (and floating-point order).",
+            "probe_products_s: fast's probe products alone (two per layer and step, torch's kernels, one batch read "
+            "again and again): fast_over_floor_least = 1 + probe_products_s / floor is the least fast_over_floor "
+            "can be with them.",
             "naive_aug uses paper mode's loader (same order and augmentation) and initial weights, so its accuracies "
             "should match paper's up to floating-point order.",
             "paper and naive_aug run fewer epochs than fast and naive to keep the run short; both sides of each ratio "
@@ -758,6 +804,8 @@ def main(argv=None) -> int:
     ft = fast.timings
     echo(f"fast split: capture {ft.get('capture_s', 0):.2f}s ({capture_over_floor:.2f} x floor), probe training "
          f"{ft.get('probe_train_s', 0):.2f}s ({100 * share:.0f}% of fast), eval {ft.get('eval_s', 0):.2f}s")
+    echo(f"probe products alone: {products:.2f}s ({products / sec['floor']:.2f} x floor): fast/floor is at least "
+         f"{1 + products / sec['floor']:.2f} with them")
     echo("")
     echo(f"{'layer':<13}{'features':>9}{'naive':>8}{'fast':>8}{'naive_aug':>10}{'paper':>8}")
     for i, n in enumerate(names):
