@@ -325,21 +325,20 @@ def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_
 
 @torch.no_grad()
 def probe_products(cap_layers, num_labels: int, rows: int, recipe: ProbeRecipe, device, dtype) -> float:
-    """Seconds that fast mode's probe training spends at least in its matrix products with torch's kernels: every
-    step's two products per layer (logits, gradient; what ``ProbeSet.step_all`` multiplies, in ``dtype``, the
-    cache's type) for one epoch of ``rows`` samples in batches of the recipe's size, times the epochs. No gather,
-    softmax or optimiser update, and one batch read again and again (from the CPU's caches): a lower bound, so
-    ``1 + probe_products_s / floor`` is the least ``fast_over_floor`` can be with these products (the capture
-    pass is a forward pass too)."""
+    """Seconds that fast mode's probe training spends at least in its matrix products with torch's kernels: every step's
+    two products per layer (logits, gradient; what ``ProbeSet.step_all`` multiplies, in ``dtype``, the type the
+    engine recorded as its ``probe_products``) for one epoch of ``rows`` samples in batches of the recipe's size,
+    times the epochs. No gather, softmax or optimiser update, and one batch read again and again (from the CPU's
+    caches): a lower bound, so ``1 + probe_products_s / floor`` is the least ``fast_over_floor`` can be with
+    these products (the capture pass is a forward pass too)."""
     bs = recipe.batch_size
-    mult = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-    batch = torch.randn(bs, sum(cl.features for cl in cap_layers), device=device).to(mult)
+    batch = torch.randn(bs, sum(cl.features for cl in cap_layers), device=device).to(dtype)
     views, a = [], 0
     for cl in cap_layers:
         views.append(batch[:, a:a + cl.features])
         a += cl.features
-    weights = [torch.randn(num_labels, cl.features, device=device).to(mult) for cl in cap_layers]
-    p = torch.randn(bs, num_labels, device=device).to(mult)
+    weights = [torch.randn(num_labels, cl.features, device=device).to(dtype) for cl in cap_layers]
+    p = torch.randn(bs, num_labels, device=device).to(dtype)
     steps = -(-rows // bs)
 
     def epoch():
@@ -645,9 +644,9 @@ def main(argv=None) -> int:
     naive_aug = timed("naive_aug", "(a) naive_aug",
                       lambda: naive_mode(model, layers, data, cfg_paper, recipe_paper, False, device))
     timed("floor_2", "(d) floor again", lambda: floor_pass(model, data, device))
-    cache_dtype = torch.bfloat16 if for_inference(device, True, model).dtype == torch.bfloat16 else torch.float16
+    arithmetic = getattr(torch, fast.precision["probe_products"])  # the type fast mode multiplied in
     products = timed("products", "probe products", lambda: probe_products(
-        cap_layers, data.num_labels, len(data.train), recipe_fast, device, cache_dtype))
+        cap_layers, data.num_labels, len(data.train), recipe_fast, device, arithmetic))
     floor_key = min(("floor_1", "floor_2"), key=lambda k: runs[k]["wall_s"])
     runs["floor"] = dict(runs[floor_key], run=floor_key)
     timing_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
