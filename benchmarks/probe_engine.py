@@ -25,9 +25,9 @@ On one frozen network and one data set, in ONE process, it times:
     ``torch.no_grad``, batch 256 like the capture); the fastest of two runs (one before,
     one after the other modes; an untimed floor pass first warms every batch shape), which
     makes ``fast_over_floor`` conservative;
-(e) the probes' products alone (:func:`probe_products`): the least time fast mode's probe training can take
-    with torch's kernels, so ``1 + probe_products_s / floor`` is the least ``fast_over_floor`` can be (the
-    capture is a forward pass too).
+(e) the probes' steps in parts (:func:`probe_step_parts`): their products, their row gathers and their
+    optimiser updates, each alone; their sum is the least time fast mode's probe training can take with torch's
+    kernels, so ``1 + sum / floor`` is the least ``fast_over_floor`` can be (the capture is a forward pass too).
 
 Memory (each measurement in its own subprocess, after the timings, because peak RSS only
 grows within a process): the baseline is the resident set (VmRSS) right before
@@ -324,35 +324,62 @@ def naive_mode(model, layers, data, cfg: Config, recipe: ProbeRecipe, same_perm_
 
 
 @torch.no_grad()
-def probe_products(cap_layers, num_labels: int, rows: int, recipe: ProbeRecipe, device, dtype) -> float:
-    """Seconds that fast mode's probe training spends at least in its matrix products with torch's kernels: every step's
-    two products per layer (logits, gradient; what ``ProbeSet.step_all`` multiplies, in ``dtype``, the type the
-    engine recorded as its ``probe_products``) for one epoch of ``rows`` samples in batches of the recipe's size,
-    times the epochs. No gather, softmax or optimiser update, and one batch read again and again (from the CPU's
-    caches): a lower bound, so ``1 + probe_products_s / floor`` is the least ``fast_over_floor`` can be with
-    these products (the capture pass is a forward pass too)."""
-    bs = recipe.batch_size
-    batch = torch.randn(bs, sum(cl.features for cl in cap_layers), device=device).to(dtype)
+def probe_step_parts(cap_layers, num_labels: int, rows: int, recipe: ProbeRecipe, device, dtype) -> dict[str, float]:
+    """Seconds that fast mode's probe training spends at least in each of the three parts of its steps that
+    move the most bytes, each timed alone with the engine's own calls for one epoch of ``rows`` samples in batches
+    of the recipe's size, times the epochs:
+
+    - ``products``: every step's two products per layer (logits, gradient; what ``ProbeSet.step_all``
+      multiplies, in ``dtype``, the type the engine recorded as its ``probe_products``), one batch read again
+      and again (from the CPU's caches);
+    - ``gathers``: every step's rows gathered from a cache of ``rows`` samples in ``dtype`` into the reused
+      batch (``train_from_cache``'s ``index_select``), in one epoch's shuffled order;
+    - ``optimiser``: every step's update of all the probes' weights (a :class:`ProbeSet`'s own optimiser,
+      fused where torch has it), the gradients already written.
+
+    No softmax, labels or Python between them: a lower bound, so ``1 + sum / floor`` is the least
+    ``fast_over_floor`` can be with torch's kernels and the engine's design (the capture pass is a forward pass
+    too)."""
+    bs, width = recipe.batch_size, sum(cl.features for cl in cap_layers)
+    steps = -(-rows // bs)
+
+    batch = torch.randn(bs, width, device=device).to(dtype)
     views, a = [], 0
     for cl in cap_layers:
         views.append(batch[:, a:a + cl.features])
         a += cl.features
     weights = [torch.randn(num_labels, cl.features, device=device).to(dtype) for cl in cap_layers]
     p = torch.randn(bs, num_labels, device=device).to(dtype)
-    steps = -(-rows // bs)
 
-    def epoch():
+    def products():
         for _ in range(steps):
             for x, w in zip(views, weights):
                 torch.mm(x, w.T)
                 torch.mm(p.T, x)
 
-    epoch()  # kernels chosen and memory touched before the clock starts
-    sync(device)
-    t0 = time.perf_counter()
-    epoch()
-    sync(device)
-    return (time.perf_counter() - t0) * recipe.epochs
+    cache = torch.empty((rows, width), dtype=dtype, device=device).fill_(1)  # pages touched before the clock
+    batches = torch.randperm(rows, generator=torch.Generator().manual_seed(0)).to(device).split(bs)
+
+    def gathers():
+        for idx in batches:
+            torch.index_select(cache, 0, idx, out=batch[: len(idx)])
+
+    probes = ProbeSet(cap_layers, num_labels, recipe, device=device)
+    probes._flat_grad.normal_()
+
+    def optimiser():
+        for _ in range(steps):
+            probes.opt.step()
+
+    seconds = {}
+    for name, epoch in (("products", products), ("gathers", gathers), ("optimiser", optimiser)):
+        epoch()  # kernels chosen and memory touched before the clock starts
+        sync(device)
+        t0 = time.perf_counter()
+        epoch()
+        sync(device)
+        seconds[name] = (time.perf_counter() - t0) * recipe.epochs
+    return seconds
 
 
 # ----------------------------------------------------------------------------- memory workers
@@ -645,8 +672,9 @@ def main(argv=None) -> int:
                       lambda: naive_mode(model, layers, data, cfg_paper, recipe_paper, False, device))
     timed("floor_2", "(d) floor again", lambda: floor_pass(model, data, device))
     arithmetic = getattr(torch, fast.precision["probe_products"])  # the type fast mode multiplied in
-    products = timed("products", "probe products", lambda: probe_products(
+    parts = timed("step_parts", "probe step parts", lambda: probe_step_parts(
         cap_layers, data.num_labels, len(data.train), recipe_fast, device, arithmetic))
+    parts_sum = sum(parts.values())
     floor_key = min(("floor_1", "floor_2"), key=lambda k: runs[k]["wall_s"])
     runs["floor"] = dict(runs[floor_key], run=floor_key)
     timing_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -735,8 +763,9 @@ def main(argv=None) -> int:
                                            sec["fast"] / runs["floor_2"]["wall_s"]],
         "fast_capture_over_floor": capture_over_floor,
         "fast_without_probe_train_over_floor": (sec["fast"] - fast.timings.get("probe_train_s", 0.0)) / sec["floor"],
-        "probe_products_s": products,
-        "fast_over_floor_least": 1 + products / sec["floor"],
+        "probe_products_s": parts["products"],
+        "probe_step_parts_s": parts,
+        "fast_over_floor_least": 1 + parts_sum / sec["floor"],
         "fast_timings": fast.timings,
         "paper_timings": paper.timings,
         "fast_vs_naive_max_abs_diff_points": diff_fast,
@@ -772,9 +801,11 @@ def main(argv=None) -> int:
             "cast to float32 per batch); naive trains on the features computed on the fly in the same precision; "
             "naive uses the same per-epoch permutations as fast, so their accuracies differ only through the cache's "
             "rounding (and floating-point order).",
-            "probe_products_s: fast's probe products alone (two per layer and step, torch's kernels, one batch read "
-            "again and again): fast_over_floor_least = 1 + probe_products_s / floor is the least fast_over_floor "
-            "can be with them.",
+            "probe_step_parts_s: the parts of fast's probe steps that move the most bytes, each alone with the "
+            "engine's calls (products: two per layer and step, one batch read again and again; gathers: the rows "
+            "of each batch from a cache of the training set's size; optimiser: the fused update of every probe): "
+            "fast_over_floor_least = 1 + their sum / floor is the least fast_over_floor can be with torch's kernels "
+            "and the engine's design. probe_products_s is the first of them.",
             "naive_aug uses paper mode's loader (same order and augmentation) and initial weights, so its accuracies "
             "should match paper's up to floating-point order.",
             "paper and naive_aug run fewer epochs than fast and naive to keep the run short; both sides of each ratio "
@@ -803,8 +834,9 @@ def main(argv=None) -> int:
     ft = fast.timings
     echo(f"fast split: capture {ft.get('capture_s', 0):.2f}s ({capture_over_floor:.2f} x floor), probe training "
          f"{ft.get('probe_train_s', 0):.2f}s ({100 * share:.0f}% of fast), eval {ft.get('eval_s', 0):.2f}s")
-    echo(f"probe products alone: {products:.2f}s ({products / sec['floor']:.2f} x floor): fast/floor is at least "
-         f"{1 + products / sec['floor']:.2f} with them")
+    echo("probe steps in parts: " + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items())
+         + f" ({parts_sum / sec['floor']:.2f} x floor): fast/floor is at least {1 + parts_sum / sec['floor']:.2f} "
+         "with torch's kernels")
     echo("")
     echo(f"{'layer':<13}{'features':>9}{'naive':>8}{'fast':>8}{'naive_aug':>10}{'paper':>8}")
     for i, n in enumerate(names):
