@@ -369,3 +369,41 @@ def test_the_probe_update_is_one_fused_kernel_on_the_cpu():
         opt = ProbeSet([cl], 7, recipe).opt
         assert opt.defaults["fused"] is True and not opt.defaults["foreach"]
     assert optimiser_kernel("cpu") == "fused" and optimiser_kernel("meta") == "foreach"
+
+
+def test_bfloat16_step_of_several_layers_matches_autograd():
+    """bfloat16 features (column views of one batch, as train_from_cache feeds them) take the bfloat16 products:
+    every layer's gradient is its own cross-entropy gradient (autograd in float64 on the same bfloat16 values and
+    the weights rounded to bfloat16, as the products see them) within the bfloat16 roundings of the product
+    (twice the worst case of one rounding of each term and one of the sum), and each layer's optimiser state
+    follows its own gradient."""
+    import torch.nn.functional as F
+
+    from filterlens.capture import CaptureLayer
+    from filterlens.models import Layer
+
+    shapes = {"a": (3, 4, 4), "b": (5, 2, 2), "c": (7, 1, 1)}
+    cls = [CaptureLayer(Layer(i, n, s[0], s), s) for i, (n, s) in enumerate(shapes.items())]
+    widths = [math.prod(s) for s in shapes.values()]
+    g = torch.Generator().manual_seed(4)
+    batch = torch.randn(29, sum(widths), generator=g).relu().to(torch.bfloat16)
+    y = torch.randint(0, 6, (29,), generator=g)
+    feats, a = {}, 0
+    for cl, w in zip(cls, widths):
+        feats[cl.name] = batch[:, a:a + w]
+        a += w
+    ps = ProbeSet(cls, 6, ProbeRecipe.fast(epochs=2), seed=5)
+    for _ in range(2):
+        before = {n: fc.weight.detach().clone() for n, fc in ps.fcs.items()}
+        ps.step_all(feats, y)
+        for name, x in feats.items():
+            w = before[name].to(torch.bfloat16).double().requires_grad_()
+            logits = x.double() @ w.T
+            F.cross_entropy(logits, y).backward()
+            # each term p_i x_i rounds once to bfloat16 (p) and the sum once more: at most 2^-8 of sum |p_i x_i|
+            p = (torch.softmax(logits.detach(), 1) - F.one_hot(y, 6)) / len(y)
+            bound = 2.0**-7 * (p.abs().T @ x.double().abs())
+            assert ((ps.fcs[name].weight.grad.double() - w.grad).abs() <= bound).all(), name
+            state = ps.opt.state[ps.fcs[name].weight]
+            assert torch.equal(state["exp_avg_sq"] > 0, ps.fcs[name].weight.grad != 0)
+            assert not torch.equal(ps.fcs[name].weight, before[name])
