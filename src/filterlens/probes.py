@@ -106,13 +106,21 @@ class ProbeSet:
         self._build_optimiser()
 
     def _build_optimiser(self) -> None:
-        recipe, params = self.recipe, [fc.weight for fc in self.fcs.values()]
-        # every gradient is a view of one flat buffer: under torchrun one all-reduce averages them all
-        self._flat_grad = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
+        recipe = self.recipe
+        # every weight and every gradient is a view of one flat buffer: under torchrun one all-reduce averages the
+        # gradients, and bfloat16 products convert every weight and every gradient in one call each (step_all)
+        self._flat_weight = torch.cat([fc.weight.detach().reshape(-1) for fc in self.fcs.values()])
+        self._flat_grad = torch.zeros_like(self._flat_weight)
+        self._grad_bf16: torch.Tensor | None = None  # the bfloat16 products' gradients, allocated at first use
+        self._spans: list[tuple[int, int]] = []
         start = 0
-        for p in params:
-            p.grad = self._flat_grad[start : start + p.numel()].view_as(p)
-            start += p.numel()
+        for fc in self.fcs.values():
+            end = start + fc.weight.numel()
+            fc.weight = nn.Parameter(self._flat_weight[start:end].view_as(fc.weight))
+            fc.weight.grad = self._flat_grad[start:end].view_as(fc.weight)
+            self._spans.append((start, end))
+            start = end
+        params = [fc.weight for fc in self.fcs.values()]
         self.opt: torch.optim.Optimizer
         self.sched: torch.optim.lr_scheduler.LRScheduler
         # the optimiser's update in one fused kernel per step where torch has it (CPU and CUDA): the same update
@@ -163,22 +171,34 @@ class ProbeSet:
         for x in feats.values():
             x = x.reshape(n, -1)
             xs.append(x if x.dtype in (torch.float32, torch.bfloat16) else x.float())
-        ws = [fc.weight for fc in self.fcs.values()]
-        logits = torch.empty((len(ws), n, self.num_labels), device=ws[0].device)
+        L, ws = self.num_labels, [fc.weight for fc in self.fcs.values()]
+        bf16 = all(x.dtype == torch.bfloat16 for x in xs)
+        if bf16:  # products on the bfloat16 units: every float32 weight converted in one call
+            wb = self._flat_weight.to(torch.bfloat16)
+            ws = [wb[a:z].view(L, -1) for a, z in self._spans]
+        logits = torch.empty((len(ws), n, L), device=ws[0].device)
         for k, (x, w) in enumerate(zip(xs, ws)):
-            if x.dtype == torch.bfloat16:  # bfloat16 features: products on the bfloat16 units, float32 weights
-                logits[k] = torch.mm(x, w.T.to(torch.bfloat16))
+            if x.dtype == torch.bfloat16:  # a bfloat16 layer among float32 ones converts its own weight
+                logits[k] = torch.mm(x, w.T if bf16 else w.T.to(torch.bfloat16))
             else:
                 torch.mm(x, w.T, out=logits[k])
-        target = torch.zeros((n, self.num_labels), device=logits.device)
+        target = torch.zeros((n, L), device=logits.device)
         target[torch.arange(n, device=target.device), y] = 1.0 / n
         p = torch.softmax(logits, dim=2).div_(n).sub_(target)  # d(mean cross-entropy)/d(logits)
-        for k, (x, w) in enumerate(zip(xs, ws)):
-            assert w.grad is not None  # a view of _flat_grad since __init__ (nothing here sets it to None)
-            if x.dtype == torch.bfloat16:
-                w.grad.copy_(torch.mm(p[k].T.to(torch.bfloat16), x))
-            else:
-                torch.mm(p[k].T, x, out=w.grad)
+        if bf16:  # every gradient into one bfloat16 buffer, then one conversion into the float32 gradients
+            if self._grad_bf16 is None:
+                self._grad_bf16 = torch.empty_like(self._flat_grad, dtype=torch.bfloat16)
+            pb = p.to(torch.bfloat16)
+            for k, (x, (a, z)) in enumerate(zip(xs, self._spans)):
+                torch.mm(pb[k].T, x, out=self._grad_bf16[a:z].view(L, -1))
+            self._flat_grad.copy_(self._grad_bf16)
+        else:
+            for k, (x, w) in enumerate(zip(xs, ws)):
+                assert w.grad is not None  # a view of _flat_grad since __init__ (nothing here sets it to None)
+                if x.dtype == torch.bfloat16:
+                    w.grad.copy_(torch.mm(p[k].T.to(torch.bfloat16), x))
+                else:
+                    torch.mm(p[k].T, x, out=w.grad)
         dist_.all_reduce_(self._flat_grad, average=True)  # under torchrun: the global batch's gradient
         self.opt.step()
 
