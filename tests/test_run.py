@@ -1,6 +1,7 @@
 """`filterlens run`: the stage cache, kill-and-resume, bad input, and the report in a real browser."""
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from conftest import tiny_toml
+from filterlens import memory
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "CI": "true"}
@@ -248,6 +250,8 @@ def test_results_follow_the_schema_and_load_back(tmp_path):
     assert r.returncode == 0, r.stderr
     results = json.loads((d / "results.json").read_text())
     jsonschema.validate(results, schema())  # raises on any violation
+    if platform.libc_ver()[0] == "glibc" and not any(os.environ.get(k) for k in memory._USER_CHOICE):
+        assert results["environment"]["allocator"].startswith("glibc, freed blocks kept")  # the command line's
     assert "afcc" in results and "afcc_pruned" in results
     # the claims: 1-3 from the sfp stage, 6 added by the AFCC stage (one random draw: no interval), all printed
     assert [c["claim"] for c in results["claims"]] == [1, 2, 2, 2, 3, 6]

@@ -13,7 +13,7 @@ import sys
 from dataclasses import fields
 from typing import Any, Callable
 
-from . import distributed  # light: imports torch only inside torchrun
+from . import distributed, memory  # light: torch only inside torchrun; memory: ctypes
 from .checks import int_flag, parse_int
 from .config import Config, python_values, stage_fields
 from .errors import FilterlensError
@@ -478,6 +478,7 @@ def main(argv=None) -> int:
     import signal
 
     logging.basicConfig(level=os.environ.get("FILTERLENS_LOGLEVEL", "WARNING"), format="%(message)s")
+    memory.keep_freed_memory()  # the command line's process is ours: no page faults for every batch's maps
     parser = build_parser()
     args = parser.parse_args(argv)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:

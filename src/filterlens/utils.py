@@ -160,6 +160,7 @@ def environment() -> dict:
     import sklearn
     import torchvision
 
+    from . import memory
     from .version import __version__
 
     env = {
@@ -173,5 +174,6 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),  # CPU threads in use (sums over threads differ in the last bits)
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "allocator": memory.allocator(),  # the command line keeps freed blocks (filterlens.memory)
     }
     return env
