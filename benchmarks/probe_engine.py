@@ -29,6 +29,9 @@ On one frozen network and one data set, in ONE process, it times:
     optimiser updates, each alone; their sum is the least time fast mode's probe training can take with torch's
     kernels, so ``1 + sum / floor`` is the least ``fast_over_floor`` can be (the capture is a forward pass too).
 
+The benchmark's process (and each memory subprocess) has glibc keep freed blocks, as the command line does
+(``filterlens.memory.keep_freed_memory``; ``settings.allocator`` says what it got).
+
 Memory (each measurement in its own subprocess, after the timings, because peak RSS only
 grows within a process): the baseline is the resident set (VmRSS) right before
 ``train_probes`` (python + torch + filterlens imported, data loaded, model built, and every
@@ -103,7 +106,7 @@ from filterlens.config import Config, parse_bytes, parse_pool
 from filterlens.data import FASHION_MNIST_DEBIAN_DIR
 from filterlens.errors import FilterlensError
 from filterlens.loaders import Feed, make_loader
-from filterlens.memory import peak_bytes, reset_peak, resident_bytes
+from filterlens.memory import keep_freed_memory, peak_bytes, reset_peak, resident_bytes
 from filterlens.models import build_model, list_layers, load_checkpoint, select_layers
 from filterlens.precision import for_inference
 from filterlens.probes import ProbeEval, ProbeRecipe, ProbeSet, train_probes
@@ -609,6 +612,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    allocator = keep_freed_memory()  # as the command line does, in this process and in the memory workers
     if args.memory_worker is not None:
         print(json.dumps(memory_worker(json.loads(args.memory_worker))))
         return 0
@@ -795,6 +799,7 @@ def main(argv=None) -> int:
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "filterlens": getattr(filterlens, "__version__", None),
             "load_average_start_mid_end": [load_start[0], load_mid[0], load_end[0]], "wait_quiet_s": args.wait_quiet,
+            "allocator": allocator,
         },
         "notes": [
             "fast trains from the cache (bfloat16 where the CPU has bfloat16 units, multiplied as it is; else float16 "
