@@ -67,7 +67,7 @@ def keep_freed_memory() -> str:
     afresh and returns freed memory at the heap's top at once: a forward pass on the CPU then faults in the pages
     of every batch's activations again (tens of MiB per layer). Measured on this project's 2-core machine, one
     inference pass of the engine benchmark's network over 20,000 images took 5.2-5.5 s with glibc's defaults and
-    3.4-3.8 s with these two settings (README, "Speed"). The cost: up to 256 MiB of freed memory stays with the
+    3.4-3.8 s with these two settings (README, "Memory"). The cost: up to 256 MiB of freed memory stays with the
     process. The command line calls it at its start; a Python caller may call it once (it changes the whole
     process, for good). Where the user chose the allocator's settings (glibc's ``MALLOC_*_`` variables,
     ``GLIBC_TUNABLES``) or another allocator (``LD_PRELOAD``), and off glibc, nothing changes."""
