@@ -221,6 +221,29 @@ def test_temporary_files_of_a_killed_command_are_removed(pipeline_run, tmp_path)
     assert (run / ".draft.tmp").read_bytes() == b"mine"
 
 
+def test_a_folder_left_by_a_command_killed_while_marking_it_is_taken(tmp_path):
+    """A command killed between writing the folder's marker to its temporary file and renaming it leaves its lock
+    and that temporary file: the folder is still one filterlens is making (the seeds command's resume met one
+    under CI). With a file of the user's beside them it is refused, as any folder holding the user's files."""
+    for name, extra in (("killed", None), ("theirs", "notes.txt")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / ".filterlens.lock").write_bytes(b"")
+        (run / ".filterlens.lock.json").write_text('{"pid": 999999, "command": "filterlens run", "since": "x"}')
+        (run / "..filterlens.dtb1odn3.tmp").write_text('{"made_by": "filt')
+        if extra:
+            (run / extra).write_text("mine")
+        rc, out, err = run_cli("train", "--run-dir", run, "--dataset", "digits", "--model", "vgg_tiny", "--epochs",
+                               "1", "--no-progress", cwd=tmp_path)
+        if extra:
+            assert_user_error(rc, out, err, "is not a run directory", "notes.txt")
+            assert (run / extra).read_text() == "mine"
+        else:
+            assert rc == 0, err
+            assert json.loads((run / ".filterlens").read_text())["kind"] == "run"
+            assert not (run / "..filterlens.dtb1odn3.tmp").exists()
+
+
 # ------------------------------------------------------------------------------------------ issue 24, item 6
 # A run directory is a folder filterlens made (marked) or an empty one; --overwrite deletes only what filterlens
 # wrote. (The refusals, and --run-dir / or the home folder, are rows of tests/test_hostile.py.)
