@@ -25,6 +25,8 @@ LOCK_FILES = (LOCK, LOCK_INFO)  # a run directory's lock (filterlens.rundir)
 CACHE_FILE = re.compile(r"^[0-9a-f]{24}\.(train\.f16|train\.labels|test\.f16|test\.labels|means\.pt|json|lock)$")
 # the temporary files of files._atomic: ".NAME.<8 characters of tempfile's alphabet>.tmp"
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+# the marker's own temporary file: a command killed while marking the folder leaves it beside the lock
+_MARK_TEMPORARY = re.compile(r"^\." + re.escape(MARK) + r"\.[a-z0-9_]{8}\.tmp$")
 
 
 def is_temporary(name: str) -> bool:
@@ -70,8 +72,8 @@ def kind_of(folder) -> str:
     found = read_mark(p)
     if found is not None:
         return found["kind"]
-    if all(e.name in LOCK_FILES for e in p.iterdir()):
-        return "empty"  # nothing but the lock of a command that is making it
+    if all(e.name in LOCK_FILES or _MARK_TEMPORARY.match(e.name) for e in p.iterdir()):
+        return "empty"  # nothing but the lock (and the half-written marker) of a command that is making it
     config = _json(p / CONFIG)
     if isinstance(config, dict) and "dataset" in config and "model" in config:
         return "run"
